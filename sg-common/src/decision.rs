@@ -1,0 +1,215 @@
+//! Verdicts, the step of the evaluation that produced them, and the reasons a frame
+//! counts as malformed. Kept as integer constants so they can live in map values.
+
+/// What the program did with a packet (`Decision::verdict`).
+pub mod verdict {
+    pub const PASS: u8 = 0;
+    pub const DROP: u8 = 1;
+}
+
+/// Which step of the evaluation (SPEC section 3) decided (`Decision::step`).
+pub mod step {
+    /// Not an IP packet: always passes.
+    pub const NOT_IP: u8 = 0;
+    /// Malformed IP packet: dropped, counted under `Decision::reason`.
+    pub const MALFORMED: u8 = 1;
+    /// No rule set is installed for this interface and direction: passes.
+    pub const UNCONFIGURED: u8 = 2;
+    /// A live session admitted it.
+    pub const SESSION: u8 = 3;
+    /// An ICMP error related to a live session.
+    pub const RELATED: u8 = 4;
+    /// ICMPv6 neighbour discovery (types 133-136).
+    pub const NEIGHBOUR_DISCOVERY: u8 = 5;
+    /// Intra-group connectivity of a basic group.
+    pub const INTRA_GROUP_ACCEPT: u8 = 6;
+    /// A user rule; `Decision::rule_id` names it.
+    pub const RULE: u8 = 7;
+    /// Intra-group isolation.
+    pub const INTRA_GROUP_DROP: u8 = 8;
+    /// The group type's default.
+    pub const DEFAULT: u8 = 9;
+    /// A non-first fragment whose first fragment was never seen.
+    pub const FRAGMENT_UNKNOWN: u8 = 10;
+    pub const COUNT: usize = 11;
+
+    pub const NAMES: [&str; COUNT] = [
+        "not-ip",
+        "malformed",
+        "unconfigured",
+        "session",
+        "related",
+        "neighbour-discovery",
+        "intra-group-accept",
+        "rule",
+        "intra-group-drop",
+        "default",
+        "fragment-unknown",
+    ];
+}
+
+/// Why a frame is malformed (`Decision::reason`, and a drop counter each).
+pub mod malformed {
+    pub const NONE: u8 = 0;
+    /// Fewer than 14 bytes.
+    pub const TRUNCATED_ETHERNET: u8 = 1;
+    /// A VLAN tag cut short.
+    pub const TRUNCATED_VLAN: u8 = 2;
+    /// More than two VLAN tags.
+    pub const VLAN_TOO_DEEP: u8 = 3;
+    /// IPv4 header cut short (fixed part or options).
+    pub const TRUNCATED_IPV4: u8 = 4;
+    /// IPv4 version field is not 4.
+    pub const IPV4_BAD_VERSION: u8 = 5;
+    /// IPv4 IHL below 5.
+    pub const IPV4_BAD_IHL: u8 = 6;
+    /// IPv4 total length smaller than the header or beyond the frame.
+    pub const IPV4_BAD_TOTAL_LENGTH: u8 = 7;
+    /// IPv6 header cut short.
+    pub const TRUNCATED_IPV6: u8 = 8;
+    /// IPv6 version field is not 6.
+    pub const IPV6_BAD_VERSION: u8 = 9;
+    /// IPv6 payload length beyond the frame.
+    pub const IPV6_BAD_PAYLOAD_LENGTH: u8 = 10;
+    /// An IPv6 extension header cut short.
+    pub const TRUNCATED_IPV6_EXTENSION: u8 = 11;
+    /// More IPv6 extension headers than the parser walks.
+    pub const IPV6_EXTENSION_CHAIN_TOO_LONG: u8 = 12;
+    /// TCP header cut short (in a whole datagram or a first fragment).
+    pub const TRUNCATED_TCP: u8 = 13;
+    /// TCP data offset below 5.
+    pub const TCP_BAD_DATA_OFFSET: u8 = 14;
+    pub const TRUNCATED_UDP: u8 = 15;
+    pub const TRUNCATED_ICMP: u8 = 16;
+    pub const TRUNCATED_GRE: u8 = 17;
+    pub const COUNT: usize = 18;
+
+    pub const NAMES: [&str; COUNT] = [
+        "none",
+        "truncated-ethernet",
+        "truncated-vlan",
+        "vlan-too-deep",
+        "truncated-ipv4",
+        "ipv4-bad-version",
+        "ipv4-bad-ihl",
+        "ipv4-bad-total-length",
+        "truncated-ipv6",
+        "ipv6-bad-version",
+        "ipv6-bad-payload-length",
+        "truncated-ipv6-extension",
+        "ipv6-extension-chain-too-long",
+        "truncated-tcp",
+        "tcp-bad-data-offset",
+        "truncated-udp",
+        "truncated-icmp",
+        "truncated-gre",
+    ];
+}
+
+/// Slots of the per-CPU `STATS` array: one block per hook.
+///
+/// A block holds one counter per (step, verdict) pair, so a packet costs a single
+/// increment, followed by one counter per malformed reason. Pass and drop totals are
+/// sums over the steps.
+pub mod stats {
+    use super::{malformed, step};
+
+    pub const HOOK_INGRESS: u32 = 0;
+    pub const HOOK_EGRESS: u32 = 1;
+    pub const HOOKS: u32 = 2;
+
+    pub const MALFORMED_BASE: u32 = step::COUNT as u32 * 2;
+    pub const PER_HOOK: u32 = MALFORMED_BASE + malformed::COUNT as u32;
+    pub const SLOTS: u32 = PER_HOOK * HOOKS;
+
+    /// Slot counting packets that `step` decided with `verdict`.
+    pub const fn decision_slot(hook: u32, step: u8, verdict: u8) -> u32 {
+        hook * PER_HOOK + step as u32 * 2 + verdict as u32
+    }
+
+    /// Slot counting malformed packets by reason.
+    pub const fn malformed_slot(hook: u32, reason: u8) -> u32 {
+        hook * PER_HOOK + MALFORMED_BASE + reason as u32
+    }
+}
+
+/// The outcome of evaluating one packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Id of the deciding user rule when `step == RULE`, else 0.
+    pub rule_id: u32,
+    /// One of [`verdict`].
+    pub verdict: u8,
+    /// One of [`step`].
+    pub step: u8,
+    /// One of [`malformed`] when `step == MALFORMED`, else 0.
+    pub reason: u8,
+    pub _pad: u8,
+}
+
+impl Decision {
+    pub const fn new(verdict: u8, step: u8) -> Self {
+        Self { rule_id: 0, verdict, step, reason: 0, _pad: 0 }
+    }
+
+    pub const fn malformed(reason: u8) -> Self {
+        Self { rule_id: 0, verdict: verdict::DROP, step: step::MALFORMED, reason, _pad: 0 }
+    }
+}
+
+/// The last packet a hook saw and what it decided, recorded only when the program is
+/// loaded with tracing on (tests and `sgctl trace --live`), so the fast path pays nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// Incremented on every traced packet, so readers can tell a fresh record.
+    pub seq: u64,
+    pub meta: crate::PacketMeta,
+    pub decision: Decision,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integer fields only, no implicit padding (asserted in tests).
+unsafe impl aya::Pod for Decision {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for TraceRecord {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<Decision>(), 8);
+        assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 52 + 8 + 4);
+    }
+
+    #[test]
+    fn name_tables_cover_every_code() {
+        assert_eq!(step::NAMES.len(), step::COUNT);
+        assert_eq!(malformed::NAMES.len(), malformed::COUNT);
+        assert_eq!(step::NAMES[step::FRAGMENT_UNKNOWN as usize], "fragment-unknown");
+        assert_eq!(malformed::NAMES[malformed::TRUNCATED_GRE as usize], "truncated-gre");
+    }
+
+    #[test]
+    fn stats_slots_do_not_overlap() {
+        use stats::*;
+        let mut seen = std::collections::HashSet::new();
+        for hook in 0..HOOKS {
+            for s in 0..step::COUNT as u8 {
+                for v in [verdict::PASS, verdict::DROP] {
+                    assert!(seen.insert(decision_slot(hook, s, v)));
+                }
+            }
+            for r in 0..malformed::COUNT as u8 {
+                assert!(seen.insert(malformed_slot(hook, r)));
+            }
+        }
+        assert_eq!(seen.len() as u32, SLOTS);
+        assert!(seen.iter().all(|&s| s < SLOTS));
+    }
+}

@@ -1,0 +1,77 @@
+//! What the kernel parser extracts from a frame.
+
+/// IP protocol numbers the data plane looks at.
+pub mod ip_proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Address family of a parsed packet (`PacketMeta::family`).
+pub mod family {
+    /// Not an IP packet (ARP, LLDP, ...).
+    pub const NONE: u8 = 0;
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Fragment position of a parsed packet (`PacketMeta::fragment`).
+pub mod fragment {
+    /// A whole datagram.
+    pub const NONE: u8 = 0;
+    /// Offset 0 with more fragments to follow: carries the transport header.
+    pub const FIRST: u8 = 1;
+    /// Offset > 0: no transport header, ports are unknown.
+    pub const LATER: u8 = 2;
+}
+
+/// The parsed view of one frame, in host byte order except the addresses, which keep
+/// network order (IPv4 in the first four bytes, the rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP source port; 0 for other protocols.
+    pub src_port: u16,
+    /// TCP/UDP destination port; 0 for other protocols.
+    pub dst_port: u16,
+    /// ICMP/ICMPv6 echo identifier; 0 otherwise.
+    pub icmp_id: u16,
+    /// GRE protocol type; 0 otherwise.
+    pub gre_proto: u16,
+    /// IPv4 identification or IPv6 fragment-header identification; 0 when not a fragment.
+    pub frag_id: u32,
+    /// One of [`family`].
+    pub family: u8,
+    /// IP protocol of the transport header (after IPv6 extension headers).
+    pub protocol: u8,
+    /// One of [`fragment`].
+    pub fragment: u8,
+    /// Number of VLAN tags in front of the IP header (0..=2).
+    pub vlan_depth: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10); 0 otherwise.
+    pub tcp_flags: u8,
+    /// Number of IPv6 extension headers walked.
+    pub ext_headers: u8,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integer fields only, no implicit padding (asserted in tests).
+unsafe impl aya::Pod for PacketMeta {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_meta_has_no_implicit_padding() {
+        // 16 + 16 + 4*2 + 4 + 8*1 = 52 bytes, 4-byte aligned.
+        assert_eq!(core::mem::size_of::<PacketMeta>(), 52);
+        assert_eq!(core::mem::align_of::<PacketMeta>(), 4);
+    }
+}

@@ -1,0 +1,1 @@
+//! Rule files: model, parser and validator (in progress).

@@ -1,0 +1,74 @@
+//! Turning the raw per-CPU counter slots into totals people read.
+
+use serde::Serialize;
+use sg_common::{malformed, stats, step, verdict};
+
+/// Totals of one hook.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HookCounters {
+    pub passed: u64,
+    pub dropped: u64,
+    /// Packets per deciding step, by step name, with their verdict: `rule/drop` etc.
+    pub by_step: Vec<(String, u64)>,
+    /// Malformed drops by reason name.
+    pub malformed: Vec<(String, u64)>,
+}
+
+/// Sums the slots of `hook` out of the full counter array.
+pub fn hook_counters(slots: &[u64], hook: u32) -> HookCounters {
+    let at = |slot: u32| slots.get(slot as usize).copied().unwrap_or(0);
+    let mut out = HookCounters::default();
+    for s in 0..step::COUNT as u8 {
+        for (v, name) in [(verdict::PASS, "pass"), (verdict::DROP, "drop")] {
+            let n = at(stats::decision_slot(hook, s, v));
+            if v == verdict::PASS {
+                out.passed += n;
+            } else {
+                out.dropped += n;
+            }
+            if n > 0 {
+                out.by_step.push((format!("{}/{name}", step::NAMES[s as usize]), n));
+            }
+        }
+    }
+    for r in 1..malformed::COUNT as u8 {
+        let n = at(stats::malformed_slot(hook, r));
+        if n > 0 {
+            out.malformed.push((malformed::NAMES[r as usize].to_string(), n));
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for HookCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pass {} drop {}", self.passed, self.dropped)?;
+        let malformed: u64 = self.malformed.iter().map(|(_, n)| n).sum();
+        if malformed > 0 {
+            write!(f, " (malformed {malformed}:")?;
+            for (name, n) in &self.malformed {
+                write!(f, " {name}={n}")?;
+            }
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_steps_into_totals_and_names_reasons() {
+        let mut slots = vec![0u64; stats::SLOTS as usize];
+        slots[stats::decision_slot(stats::HOOK_EGRESS, step::NOT_IP, verdict::PASS) as usize] = 3;
+        slots[stats::decision_slot(stats::HOOK_EGRESS, step::MALFORMED, verdict::DROP) as usize] = 2;
+        slots[stats::malformed_slot(stats::HOOK_EGRESS, malformed::IPV4_BAD_IHL) as usize] = 2;
+        slots[stats::decision_slot(stats::HOOK_INGRESS, step::NOT_IP, verdict::PASS) as usize] = 99;
+        let egress = hook_counters(&slots, stats::HOOK_EGRESS);
+        assert_eq!((egress.passed, egress.dropped), (3, 2));
+        assert_eq!(egress.malformed, vec![("ipv4-bad-ihl".to_string(), 2)]);
+        assert_eq!(egress.to_string(), "pass 3 drop 2 (malformed 2: ipv4-bad-ihl=2)");
+    }
+}

@@ -1,0 +1,111 @@
+//! The embedded kernel object and loading it into the kernel.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use sg_common::{TraceRecord, global, map, program, stats};
+
+/// The kernel-side object, built by `build.rs` from the `sg-ebpf` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
+
+/// What to set before the programs are verified.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Record every packet's parse result and decision in the trace map (tests).
+    pub trace: bool,
+}
+
+/// The loaded (verified, not yet attached) programs and their maps.
+pub struct Dataplane {
+    pub ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads and verifies both programs. A verifier rejection becomes a one-line error
+    /// carrying the last lines of the verifier log.
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this sgctl was built with AYA_BUILD_SKIP=1 and carries no eBPF object");
+        }
+        check_privileges()?;
+        let trace = u8::from(options.trace);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::TRACE_ENABLED, &trace, true)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        let xdp: &mut Xdp = program_mut(&mut ebpf, program::INGRESS_XDP)?;
+        xdp.load().map_err(|e| verifier_error(program::INGRESS_XDP, e))?;
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, program::EGRESS_TC)?;
+        tc.load().map_err(|e| verifier_error(program::EGRESS_TC, e))?;
+        Ok(Self { ebpf })
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        program_mut(&mut self.ebpf, program::INGRESS_XDP)
+    }
+
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
+        program_mut(&mut self.ebpf, program::EGRESS_TC)
+    }
+
+    /// Counter values summed over CPUs, indexed by [`sg_common::stats`] slot.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        let map = self.ebpf.map(map::STATS).ok_or_else(|| anyhow!("map {} missing", map::STATS))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
+    }
+
+    /// Zeroes the trace record of `hook` on every CPU, so the next one read is fresh.
+    pub fn clear_trace(&mut self, hook: u32) -> Result<()> {
+        let map = self.ebpf.map_mut(map::TRACE).ok_or_else(|| anyhow!("map {} missing", map::TRACE))?;
+        let mut array: PerCpuArray<&mut MapData, TraceRecord> = PerCpuArray::try_from(map)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = PerCpuValues::try_from(vec![TraceRecord::default(); cpus])?;
+        array.set(hook, zeros, 0)?;
+        Ok(())
+    }
+
+    /// The most recent trace record of `hook` over all CPUs (needs `LoadOptions::trace`).
+    pub fn last_trace(&self, hook: u32) -> Result<TraceRecord> {
+        let map = self.ebpf.map(map::TRACE).ok_or_else(|| anyhow!("map {} missing", map::TRACE))?;
+        let array: PerCpuArray<&MapData, TraceRecord> = PerCpuArray::try_from(map)?;
+        let per_cpu = array.get(&hook, 0)?;
+        per_cpu.iter().max_by_key(|record| record.seq).copied().ok_or_else(|| anyhow!("no CPUs"))
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(program.try_into()?)
+}
+
+/// Turns a load failure into one line; for verifier rejections, the log's last lines.
+fn verifier_error(name: &str, error: ProgramError) -> anyhow::Error {
+    match error {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            if std::env::var_os("SGCTL_VERIFIER_LOG").is_some() {
+                eprintln!("{log}");
+            }
+            let tail: Vec<&str> = log.lines().rev().take(4).collect::<Vec<_>>();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow!("the verifier rejected {name} ({io_error}): {}", tail.join(" | "))
+        }
+        other => anyhow!("loading {name}: {other}"),
+    }
+}
+
+/// Fails with a one-line message when we lack the privileges to load BPF programs.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("sgctl needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach its programs");
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! sgctl: the userspace side of the security-group data plane: loading and attaching
+//! the kernel programs, rule files, the reference evaluator and reporting.
+
+pub mod attach;
+pub mod config;
+pub mod counters;
+pub mod ebpf;
+pub mod eval;

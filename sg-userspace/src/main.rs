@@ -1,0 +1,146 @@
+//! `sgctl`: the command line.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use sg_common::stats;
+use sgctl::{
+    attach::{self, Attachment, XdpModeChoice},
+    counters::hook_counters,
+    ebpf::{Dataplane, LoadOptions},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(name = "sgctl", version, about = "Cloud-style security groups for Linux NICs, in eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the programs to an interface and report counters until SIGINT/SIGTERM,
+    /// then detach.
+    Attach {
+        /// The interface (its ingress gets XDP, its egress TC).
+        iface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t)]
+        xdp_mode: XdpModeChoice,
+        /// Seconds between counter lines (0: no counter lines).
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Print counter lines as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove sgctl from an interface: stop the sgctl holding it and clean up anything
+    /// a killed one left behind.
+    Detach { iface: String },
+    /// Show whether sgctl's programs are attached to an interface.
+    Status {
+        iface: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attach { iface, xdp_mode, interval, json } => attach_and_watch(&iface, xdp_mode, interval, json),
+        Command::Detach { iface } => detach(&iface),
+        Command::Status { iface, json } => status(&iface, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sgctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn attach_and_watch(iface: &str, mode: XdpModeChoice, interval: u64, json: bool) -> Result<ExitCode> {
+    attach::ifindex(iface)?;
+    let mut dp = Dataplane::load(&LoadOptions::default())?;
+    let attachment = Attachment::attach(&mut dp, iface, mode)?;
+    let pid_path = attach::pid_file(iface);
+    if let Some(dir) = pid_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&pid_path, std::process::id().to_string())?;
+    println!(
+        "attached to {iface}: ingress XDP ({}), egress TC ({:?}); SIGINT/SIGTERM or `sgctl detach {iface}` detaches",
+        attachment.xdp_mode, attachment.tc_hook
+    );
+    let watched =
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(watch(&dp, interval, json));
+    let detached = attachment.detach(&mut dp);
+    let _ = std::fs::remove_file(&pid_path);
+    watched?;
+    detached?;
+    println!("detached from {iface}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints counters every `interval` seconds until SIGINT or SIGTERM.
+async fn watch(dp: &Dataplane, interval: u64, json: bool) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let period = Duration::from_secs(interval.max(1));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::time::sleep(period) => {
+                if interval == 0 {
+                    continue;
+                }
+                let slots = dp.counters()?;
+                let ingress = hook_counters(&slots, stats::HOOK_INGRESS);
+                let egress = hook_counters(&slots, stats::HOOK_EGRESS);
+                if json {
+                    println!("{}", serde_json::json!({ "ingress": ingress, "egress": egress }));
+                } else {
+                    println!("ingress: {ingress} | egress: {egress}");
+                }
+            }
+        }
+    }
+}
+
+fn detach(iface: &str) -> Result<ExitCode> {
+    sgctl::ebpf::check_privileges()?;
+    let done = attach::detach_interface(iface)?;
+    if done.is_empty() {
+        println!("nothing of sgctl's was attached to {iface}");
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(iface: &str, json: bool) -> Result<ExitCode> {
+    let found = attach::presence(iface)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "iface": iface,
+                "attached": !found.is_empty(),
+                "xdp_program": found.xdp_program,
+                "tcx_programs": found.tcx_programs,
+                "clsact_filter": found.clsact_filter,
+            })
+        );
+    } else if found.is_empty() {
+        println!("{iface}: not attached");
+    } else {
+        println!("{iface}: {found:?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,118 @@
+//! Running the real `sgctl` binary inside a lab host's namespace.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::{kernel::sgctl_bin, netns::Host};
+
+/// A long-running `sgctl` (attach or run) in a namespace; stopped with SIGTERM on drop.
+pub struct Agent {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+/// Runs `sgctl ARGS` to completion inside `host`'s namespace.
+pub fn sgctl(host: &Host, args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args).output().expect("spawning sgctl")
+}
+
+impl Agent {
+    /// Starts `sgctl ARGS` in `host`'s namespace and waits until it prints a line
+    /// containing `ready` (or fails if it exits first).
+    pub fn start(host: &Host, args: &[&str], ready: &str) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.ns])
+            .arg(sgctl_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut agent = Self { child: Some(child), lines, seen: Vec::new() };
+        agent.wait_for(ready, Duration::from_secs(60))?;
+        Ok(agent)
+    }
+
+    /// Waits for an output line containing `text`; returns it.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return Ok(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    bail!("sgctl exited ({status:?}) before printing {text:?}; output:\n{}", self.seen.join("\n"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        bail!("timed out waiting for {text:?}; output:\n{}", self.seen.join("\n"));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` and waits for the process to exit; returns its output lines.
+    pub fn stop_with(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        // `ip netns exec` execs sgctl, so the child pid is sgctl's.
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                    self.seen.push(line);
+                }
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("sgctl did not exit after signal {signal}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop_with(libc::SIGTERM);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Whether kernel tests can run here, and where the `sgctl` binary is.
+
+use std::path::PathBuf;
+
+/// True when this process may load BPF programs and create namespaces.
+///
+/// Outside CI, a non-root or non-Linux run skips kernel tests with a loud message. Under
+/// `CI=true` a skip would hide a broken pipeline, so it panics instead.
+pub fn kernel_tests_enabled(test: &str) -> bool {
+    let linux = cfg!(target_os = "linux");
+    // SAFETY: geteuid has no preconditions.
+    let root = linux && unsafe { libc::geteuid() } == 0;
+    if linux && root {
+        return true;
+    }
+    let why = if linux { "not root" } else { "not Linux" };
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: kernel tests must run under CI, but this process is {why}");
+    }
+    eprintln!("\n*** SKIPPED {test}: kernel test needs root on Linux ({why}) ***\n");
+    false
+}
+
+/// Path of the `sgctl` binary under test: `$SGCTL_BIN`, else the workspace's debug build.
+pub fn sgctl_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SGCTL_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/sgctl");
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build -p sg-userspace` first (cargo xtask test does)",
+        path.display()
+    );
+    path
+}

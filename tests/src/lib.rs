@@ -1,0 +1,9 @@
+//! Test support for sgctl: network-namespace labs with real veth pairs and sockets,
+//! frame builders for BPF_PROG_TEST_RUN fixtures, and running the real `sgctl` binary.
+
+pub mod agent;
+pub mod frames;
+pub mod kernel;
+pub mod netns;
+pub mod testrun;
+pub mod traffic;

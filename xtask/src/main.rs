@@ -1,0 +1,128 @@
+//! `cargo xtask`: sets the machine up and orchestrates builds, tests, the demo and the
+//! benchmark. The work itself lives in the crates; this only runs them in order.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when done).
+    Setup,
+    /// Build sgctl (and the eBPF object it embeds).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, formatting and lint checks, then every test, kernel tests included.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build a namespace topology, enforce on it and drive traffic, printing verdicts.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build(release),
+        Task::Test { no_lint, args } => test(no_lint, &args),
+        Task::Demo => demo(),
+    }
+}
+
+/// Runs a command from the workspace root, failing on a non-zero exit.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    step(Command::new("cargo").args(args))
+}
+
+pub fn step(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    let shown = format!("{cmd:?}").replace('"', "");
+    println!("==> {shown}");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn build(release: bool) -> Result<()> {
+    setup::run()?;
+    let mut args = vec!["build", "--package", "sg-userspace"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+fn test(no_lint: bool, extra: &[String]) -> Result<()> {
+    setup::run()?;
+    if !no_lint {
+        cargo(&["fmt", "--all", "--check"])?;
+        cargo(&["clippy", "--workspace", "--exclude", "sg-ebpf", "--all-targets", "--", "-D", "warnings"])?;
+        // The kernel crate is linted for its own target.
+        step(
+            Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "sg-ebpf",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .current_dir(workspace_root().join("sg-ebpf")),
+        )?;
+    }
+    // The netns tests run the real binary.
+    cargo(&["build", "--package", "sg-userspace"])?;
+    let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "sg-ebpf"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(&args)
+}
+
+fn demo() -> Result<()> {
+    setup::run()?;
+    cargo(&["build", "--package", "sg-userspace", "--package", "sg-tests", "--bins"])?;
+    let root = workspace_root();
+    step(Command::new(root.join("target/debug/sg-demo")).env("SGCTL_BIN", root.join("target/debug/sgctl")))
+}
