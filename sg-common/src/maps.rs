@@ -1,5 +1,13 @@
-//! Names of the BPF maps and programs, shared so userspace finds what the kernel side
-//! declares.
+//! Names of the BPF maps and programs, and the `#[repr(C)]` key and value types of the
+//! classification maps, shared so both sides agree byte for byte.
+//!
+//! Classification is a linear bit-vector search (bpf-iptables' LBVS): the rules of one
+//! interface and direction (a *rule set*) are sorted by rank and numbered; each field
+//! lookup (peer address, destination port and protocol, optional local address and
+//! source port) returns the vector of rules matching that field; the lowest bit set in
+//! the AND of the vectors is the deciding rule. Per-packet work does not grow with the
+//! number of rules, only with the number of 64-rule words that must be ANDed before a
+//! match is found, and a summary level skips words that are zero in any vector.
 
 /// Program names (the function names in `sg-ebpf`).
 pub mod program {
@@ -13,10 +21,215 @@ pub mod map {
     pub const STATS: &str = "SG_STATS";
     /// Per-CPU array with one [`crate::TraceRecord`] per hook.
     pub const TRACE: &str = "SG_TRACE";
+    /// Hash: ifindex (`u32`) -> [`crate::IfaceConfig`].
+    pub const IFACES: &str = "SG_IFACES";
+    /// Array: rule-set slot -> [`crate::RulesetHeader`].
+    pub const RULESETS: &str = "SG_RULESETS";
+    /// LPM trie: [`crate::AddrKey`] -> vector index (`u32`).
+    pub const ADDR_TRIE: &str = "SG_ADDR_TRIE";
+    /// LPM trie: [`crate::PortKey`] -> vector index (`u32`).
+    pub const PORT_TRIE: &str = "SG_PORT_TRIE";
+    /// Array: vector index -> [`crate::RuleVector`].
+    pub const VECTORS: &str = "SG_VECTORS";
+    /// Array: rule-set base + bit -> [`crate::RuleInfo`].
+    pub const RULE_INFO: &str = "SG_RULE_INFO";
 }
 
 /// Names of the read-only globals userspace sets at load time.
 pub mod global {
     /// `u8`: 1 records every packet into the trace map (tests, live trace).
     pub const TRACE_ENABLED: &str = "SG_TRACE_ENABLED";
+}
+
+/// Rule-set slots (index 0 means "none"), so several interfaces and a new rule set
+/// beside each live one fit.
+pub const MAX_RULESETS: u32 = 256;
+/// Bits (rules, including the three pseudo-rules for intra-group and default) one
+/// vector holds: 16,384 user rules and headroom.
+pub const MAX_RULE_BITS: usize = MAX_WORDS * 64;
+/// 64-bit words of one vector.
+pub const MAX_WORDS: usize = 260;
+/// Summary words: bit `w` is set when word `w` of the vector is non-zero.
+pub const SUMMARY_WORDS: usize = MAX_WORDS.div_ceil(64);
+/// User rules one interface and direction may hold.
+pub const MAX_USER_RULES: usize = 16_384;
+
+// A vector holds every user rule plus the three pseudo-rules, and the summary covers
+// every word.
+const _: () = assert!(MAX_RULE_BITS >= MAX_USER_RULES + 3);
+const _: () = assert!(SUMMARY_WORDS * 64 >= MAX_WORDS);
+
+/// `IfaceConfig::flags`: compute and count verdicts but pass every packet.
+pub const IFACE_AUDIT: u32 = 1;
+
+/// Per interface: which rule sets are live. Replaced in one hash-map update, so a packet
+/// sees either the old pair of rule sets or the new one, never a mixture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// Rule-set slot for ingress (0: none, everything passes).
+    pub ingress: u32,
+    /// Rule-set slot for egress (0: none).
+    pub egress: u32,
+    /// Bumped on every apply (sessions use it to re-check after a change).
+    pub generation: u32,
+    /// [`IFACE_AUDIT`].
+    pub flags: u32,
+}
+
+/// `RulesetHeader::flags`: some rule narrows the local address.
+pub const RULESET_HAS_LOCAL: u32 = 1;
+/// `RulesetHeader::flags`: some rule has a source-port range.
+pub const RULESET_HAS_SOURCE_PORT: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RulesetHeader {
+    /// First slot of this rule set's entries in the rule-info array.
+    pub rule_base: u32,
+    /// Bits used (user rules plus pseudo-rules).
+    pub rule_count: u32,
+    /// [`RULESET_HAS_LOCAL`] | [`RULESET_HAS_SOURCE_PORT`].
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Which field an LPM entry serves.
+pub mod field {
+    pub const PEER: u8 = 0;
+    pub const LOCAL: u8 = 1;
+    pub const DESTINATION_PORT: u8 = 2;
+    pub const SOURCE_PORT: u8 = 3;
+}
+
+/// Bits of [`AddrKey`] before the address: rule set (32), field (8), family (8), pad (16).
+pub const ADDR_KEY_FIXED_BITS: u32 = 64;
+
+/// LPM-trie key data for addresses: every fixed field is matched in full, then
+/// `prefix_len - ADDR_KEY_FIXED_BITS` bits of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrKey {
+    /// Rule-set slot, big-endian so the trie compares it as bytes.
+    pub ruleset: [u8; 4],
+    /// [`field::PEER`] or [`field::LOCAL`].
+    pub field: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// Network order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// Bits of [`PortKey`] before the protocol: rule set (32) and field (8). An entry with
+/// exactly this prefix matches every protocol (rules of protocol `all`).
+pub const PORT_KEY_FIXED_BITS: u32 = 40;
+
+/// LPM-trie key data for ports: rule set, field, then protocol (8 bits) and port (16
+/// bits, big-endian), so a prefix can stop after the field (any protocol), after the
+/// protocol (any port), or inside the port (a range piece).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    pub ruleset: [u8; 4],
+    /// [`field::DESTINATION_PORT`] or [`field::SOURCE_PORT`].
+    pub field: u8,
+    /// IP protocol (0 for the source-port field, which ignores it).
+    pub protocol: u8,
+    pub port: [u8; 2],
+}
+
+/// What the lowest matching bit decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// The user rule's id (step `RULE`), else 0.
+    pub rule_id: u32,
+    /// [`crate::verdict`].
+    pub verdict: u8,
+    /// [`crate::step`]: `INTRA_GROUP_ACCEPT`, `RULE`, `INTRA_GROUP_DROP` or `DEFAULT`.
+    pub step: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The set of rules of one rule set that match one field value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleVector {
+    /// Bit `w` set when `words[w] != 0`.
+    pub summary: [u64; SUMMARY_WORDS],
+    /// Bit `b` of word `w` stands for rule `64 * w + b` in rank order.
+    pub words: [u64; MAX_WORDS],
+}
+
+impl Default for RuleVector {
+    fn default() -> Self {
+        Self { summary: [0; SUMMARY_WORDS], words: [0; MAX_WORDS] }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), integer fields only, no implicit padding (asserted in tests).
+    unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::RulesetHeader {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::RuleInfo {}
+    unsafe impl aya::Pod for super::RuleVector {}
+}
+
+/// Index of the lowest set bit of a non-zero word. Written out because the BPF target
+/// has no count-trailing-zeros instruction; six comparisons instead of a table.
+#[inline(always)]
+pub fn lowest_bit(word: u64) -> u32 {
+    let bit = word & word.wrapping_neg();
+    let mut n = 0;
+    if bit & 0xffff_ffff_0000_0000 != 0 {
+        n += 32;
+    }
+    if bit & 0xffff_0000_ffff_0000 != 0 {
+        n += 16;
+    }
+    if bit & 0xff00_ff00_ff00_ff00 != 0 {
+        n += 8;
+    }
+    if bit & 0xf0f0_f0f0_f0f0_f0f0 != 0 {
+        n += 4;
+    }
+    if bit & 0xcccc_cccc_cccc_cccc != 0 {
+        n += 2;
+    }
+    if bit & 0xaaaa_aaaa_aaaa_aaaa != 0 {
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn map_types_have_no_implicit_padding() {
+        assert_eq!(size_of::<IfaceConfig>(), 16);
+        assert_eq!(size_of::<RulesetHeader>(), 16);
+        assert_eq!(size_of::<AddrKey>(), 4 + 1 + 1 + 2 + 16);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<RuleInfo>(), 8);
+        assert_eq!(size_of::<RuleVector>(), 8 * (SUMMARY_WORDS + MAX_WORDS));
+        assert_eq!(ADDR_KEY_FIXED_BITS as usize, 8 * 8);
+        assert_eq!(PORT_KEY_FIXED_BITS as usize, 5 * 8);
+    }
+
+    #[test]
+    fn lowest_bit_matches_trailing_zeros() {
+        for shift in 0..64 {
+            let w = 1u64 << shift;
+            assert_eq!(lowest_bit(w), shift);
+            assert_eq!(lowest_bit(w | (w << 1) | u64::MAX << 63), w.trailing_zeros());
+        }
+        assert_eq!(lowest_bit(0b1011_0000), 4);
+    }
 }

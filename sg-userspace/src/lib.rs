@@ -2,6 +2,7 @@
 //! the kernel programs, rule files, the reference evaluator and reporting.
 
 pub mod attach;
+pub mod compile;
 pub mod config;
 pub mod counters;
 pub mod ebpf;

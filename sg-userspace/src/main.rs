@@ -1,12 +1,13 @@
 //! `sgctl`: the command line.
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use sg_common::stats;
 use sgctl::{
     attach::{self, Attachment, XdpModeChoice},
+    config::{self, Direction, Protocol},
     counters::hook_counters,
     ebpf::{Dataplane, LoadOptions},
 };
@@ -39,6 +40,14 @@ enum Command {
     /// Remove sgctl from an interface: stop the sgctl holding it and clean up anything
     /// a killed one left behind.
     Detach { iface: String },
+    /// Check a rule file; exit 0 when valid, 1 with every error otherwise.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain which rule decides a packet, and why the higher-ranked ones did not match.
+    Trace(TraceArgs),
     /// Show whether sgctl's programs are attached to an interface.
     Status {
         iface: String,
@@ -47,12 +56,39 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// The rule file.
+    file: PathBuf,
+    /// Interface (as named in the rule file's `[[interface]]`).
+    #[arg(long)]
+    iface: String,
+    /// ingress or egress.
+    #[arg(long)]
+    direction: Direction,
+    /// tcp, udp, icmp, icmpv6, gre, or an IP protocol number.
+    #[arg(long)]
+    proto: String,
+    #[arg(long)]
+    src: IpAddr,
+    #[arg(long)]
+    dst: IpAddr,
+    #[arg(long, default_value_t = 0)]
+    sport: u16,
+    #[arg(long, default_value_t = 0)]
+    dport: u16,
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach { iface, xdp_mode, interval, json } => attach_and_watch(&iface, xdp_mode, interval, json),
         Command::Detach { iface } => detach(&iface),
         Command::Status { iface, json } => status(&iface, json),
+        Command::Validate { file, json } => validate(&file, json),
+        Command::Trace(args) => trace(&args),
     };
     match result {
         Ok(code) => code,
@@ -141,6 +177,76 @@ fn status(iface: &str, json: bool) -> Result<ExitCode> {
         println!("{iface}: not attached");
     } else {
         println!("{iface}: {found:?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(file: &std::path::Path, json: bool) -> Result<ExitCode> {
+    match config::load_file(file) {
+        Ok(cfg) => {
+            let rules = cfg.rules().count();
+            if json {
+                println!("{}", serde_json::json!({ "file": file, "valid": true, "errors": [] }));
+            } else {
+                println!(
+                    "{}: valid ({} groups, {rules} rules, {} prefix lists, {} interfaces)",
+                    file.display(),
+                    cfg.groups.len(),
+                    cfg.prefix_lists.len(),
+                    cfg.interfaces.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            if json {
+                println!("{}", serde_json::json!({ "file": file, "valid": false, "errors": errors.errors }));
+            } else {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s); nothing applied", file.display(), errors.errors.len());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// An IP protocol number from a name or a number.
+fn protocol_number(text: &str) -> Result<u8> {
+    if let Ok(n) = text.parse::<u8>() {
+        return Ok(n);
+    }
+    text.parse::<Protocol>()
+        .ok()
+        .and_then(|p| p.ip_proto())
+        .with_context(|| format!("--proto {text}: expected tcp, udp, icmp, icmpv6, gre or a protocol number"))
+}
+
+fn trace(args: &TraceArgs) -> Result<ExitCode> {
+    let cfg = match config::load_file(&args.file) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            anyhow::bail!("{}: invalid rule file", args.file.display());
+        }
+    };
+    let iface = cfg
+        .interface(&args.iface)
+        .with_context(|| format!("{} has no [[interface]] named {}", args.file.display(), args.iface))?;
+    if args.src.is_ipv4() != args.dst.is_ipv4() {
+        anyhow::bail!("--src and --dst must be of one address family");
+    }
+    let packet = sgctl::eval::PacketTuple {
+        src: args.src,
+        dst: args.dst,
+        protocol: protocol_number(&args.proto)?,
+        src_port: args.sport,
+        dst_port: args.dport,
+    };
+    let decision = sgctl::eval::evaluate(&cfg, iface, args.direction, &packet);
+    if args.json {
+        println!("{}", decision.to_json(&cfg));
+    } else {
+        println!("{}", decision.explain(&cfg));
     }
     Ok(ExitCode::SUCCESS)
 }

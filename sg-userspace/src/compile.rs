@@ -1,0 +1,431 @@
+//! Compiles the pooled, ordered rules of one interface and direction into the contents
+//! of the classification maps (see `sg_common::maps` for the scheme).
+//!
+//! Every rule becomes one bit, in rank order. Intra-group connectivity, intra-group
+//! isolation and the group type's default become three pseudo-rules (first, after the
+//! user rules, and last), so the kernel has a single mechanism: the lowest bit of the AND
+//! of the field vectors decides, and the default pseudo-rule matches everything, so some
+//! bit always does.
+//!
+//! For each field the compiler lists the distinct prefixes (addresses) or elementary
+//! intervals (ports) that rules mention, and gives each one the vector of rules matching
+//! every value under it: an LPM lookup then returns the complete answer for that field.
+//! Equal vectors are stored once.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use anyhow::{Result, bail};
+use ipnet::IpNet;
+use sg_common::{
+    MAX_USER_RULES, MAX_WORDS, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, step, verdict,
+};
+
+use crate::{
+    config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, PortRange, pooled_rules},
+    eval::default_action,
+};
+
+/// An address-trie entry: `field` value within `net` maps to `vector`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrEntry {
+    pub field: u8,
+    pub net: IpNet,
+    pub vector: u32,
+}
+
+/// A port-trie entry. `protocol: None` is the any-protocol entry (no protocol or port
+/// bits); otherwise the protocol is matched in full and then the top `port_bits` bits of
+/// `port` (0: any port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    pub field: u8,
+    pub protocol: Option<u8>,
+    pub port: u16,
+    pub port_bits: u8,
+    pub vector: u32,
+}
+
+/// One compiled rule set, ready to be written into the maps at any slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// What bit `i` decides.
+    pub rules: Vec<RuleInfo>,
+    /// `RULESET_HAS_LOCAL` | `RULESET_HAS_SOURCE_PORT`.
+    pub flags: u32,
+    /// Distinct vectors, each `words()` long; entries refer to them by index.
+    pub vectors: Vec<Vec<u64>>,
+    pub addr_entries: Vec<AddrEntry>,
+    pub port_entries: Vec<PortEntry>,
+}
+
+/// A rule as the compiler sees it: its sets of matching values per field.
+struct Matcher {
+    info: RuleInfo,
+    peers: Vec<IpNet>,
+    /// `None`: any protocol.
+    protocol: Option<u8>,
+    destination_ports: PortRange,
+    source_ports: Option<PortRange>,
+    local: Option<IpNet>,
+}
+
+impl Matcher {
+    fn pseudo(step: u8, action: Action, peers: Vec<IpNet>) -> Self {
+        Self {
+            info: info(0, action, step),
+            peers,
+            protocol: None,
+            destination_ports: PortRange::ANY,
+            source_ports: None,
+            local: None,
+        }
+    }
+}
+
+fn info(rule_id: u32, action: Action, step: u8) -> RuleInfo {
+    let verdict = match action {
+        Action::Accept => verdict::PASS,
+        Action::Drop => verdict::DROP,
+    };
+    RuleInfo { rule_id, verdict, step, _pad: [0; 2] }
+}
+
+fn host_net(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
+}
+
+fn any_net(v6: bool) -> IpNet {
+    if v6 { "::/0".parse().expect("valid") } else { "0.0.0.0/0".parse().expect("valid") }
+}
+
+/// The matchers of `iface` in `dir`, in bit order.
+fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Vec<Matcher>> {
+    let rules = pooled_rules(cfg, iface, dir);
+    if rules.len() > MAX_USER_RULES {
+        bail!(
+            "{}: {} {dir:?} rules, more than the {MAX_USER_RULES} one interface and direction holds",
+            iface.name,
+            rules.len()
+        );
+    }
+    let groups = || iface.groups.iter().map(|&g| &cfg.groups[g]);
+    let mut out = Vec::with_capacity(rules.len() + 3);
+    let connected: Vec<IpNet> = groups()
+        .filter(|g| g.kind == GroupKind::Basic && g.inner_access == Action::Accept)
+        .flat_map(|g| g.members.iter().copied().map(host_net))
+        .collect();
+    if !connected.is_empty() {
+        out.push(Matcher::pseudo(step::INTRA_GROUP_ACCEPT, Action::Accept, connected));
+    }
+    for rule in rules {
+        let peers = match &rule.peer {
+            Peer::Cidr(net) => vec![net.trunc()],
+            Peer::Group { group_index } => cfg.groups[*group_index].members.iter().copied().map(host_net).collect(),
+            Peer::PrefixList { list_index } => cfg.prefix_lists[*list_index].entries.iter().map(IpNet::trunc).collect(),
+        };
+        out.push(Matcher {
+            info: info(rule.id, rule.action, step::RULE),
+            peers,
+            protocol: rule.protocol.ip_proto(),
+            destination_ports: if rule.protocol.has_ports() { rule.port_range } else { PortRange::ANY },
+            source_ports: rule.source_port_range,
+            local: rule.local.map(|n| n.trunc()),
+        });
+    }
+    let isolated: Vec<IpNet> = groups()
+        .filter(|g| g.inner_access == Action::Drop)
+        .flat_map(|g| g.members.iter().copied().map(host_net))
+        .collect();
+    if !isolated.is_empty() {
+        out.push(Matcher::pseudo(step::INTRA_GROUP_DROP, Action::Drop, isolated));
+    }
+    let kind = iface.kind(cfg);
+    out.push(Matcher::pseudo(step::DEFAULT, default_action(kind, dir), vec![any_net(false), any_net(true)]));
+    Ok(out)
+}
+
+/// A growing set of bits, `words` long.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(words: usize) -> Self {
+        Self(vec![0; words])
+    }
+    fn set(&mut self, bit: usize) {
+        self.0[bit / 64] |= 1 << (bit % 64);
+    }
+}
+
+/// Stores each distinct vector once.
+struct VectorTable {
+    index: HashMap<Vec<u64>, u32>,
+    vectors: Vec<Vec<u64>>,
+}
+
+impl VectorTable {
+    fn intern(&mut self, bits: Bits) -> u32 {
+        if let Some(&i) = self.index.get(&bits.0) {
+            return i;
+        }
+        let i = self.vectors.len() as u32;
+        self.vectors.push(bits.0.clone());
+        self.index.insert(bits.0, i);
+        i
+    }
+}
+
+/// Vectors for an address field: `direct` lists, per prefix, the rules naming exactly
+/// that prefix. Each prefix's vector is its nearest listed ancestor's plus its own, so
+/// the longest-prefix match answers for every rule whose prefix covers the address.
+fn address_vectors(
+    field: u8,
+    mut direct: HashMap<IpNet, Vec<usize>>,
+    words: usize,
+    table: &mut VectorTable,
+) -> Vec<AddrEntry> {
+    for v6 in [false, true] {
+        direct.entry(any_net(v6)).or_default();
+    }
+    let mut nets: Vec<IpNet> = direct.keys().copied().collect();
+    nets.sort_by_key(|n| (n.prefix_len(), n.network(), matches!(n, IpNet::V6(_))));
+    let mut computed: HashMap<IpNet, Bits> = HashMap::with_capacity(nets.len());
+    let mut entries = Vec::with_capacity(nets.len());
+    for net in nets {
+        let mut bits = (0..net.prefix_len())
+            .rev()
+            .find_map(|len| {
+                let ancestor = IpNet::new(net.network(), len).expect("shorter prefix is valid").trunc();
+                computed.get(&ancestor)
+            })
+            .cloned()
+            .unwrap_or_else(|| Bits::new(words));
+        for &bit in &direct[&net] {
+            bits.set(bit);
+        }
+        entries.push(AddrEntry { field, net, vector: table.intern(bits.clone()) });
+        computed.insert(net, bits);
+    }
+    entries
+}
+
+/// Splits `[first, last]` into aligned power-of-two blocks: `(start, prefix bits)`.
+pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
+    let (mut lo, hi) = (u32::from(first), u32::from(last));
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut size = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros().min(16) };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
+        lo += size;
+    }
+    out
+}
+
+/// Port entries for one protocol (or the source-port field): elementary intervals
+/// between the ranges' edges, each with `base` plus the rules whose range covers it;
+/// neighbours with equal vectors are merged before being split into prefixes.
+fn port_vectors(
+    field: u8,
+    protocol: Option<u8>,
+    base: &Bits,
+    ranges: &[(usize, PortRange)],
+    table: &mut VectorTable,
+) -> Vec<PortEntry> {
+    let mut edges: BTreeSet<u32> = BTreeSet::from([0, 65536]);
+    for (_, r) in ranges {
+        edges.insert(u32::from(r.first));
+        edges.insert(u32::from(r.last) + 1);
+    }
+    let edges: Vec<u32> = edges.into_iter().collect();
+    let mut intervals: Vec<(u32, u32, Bits)> = Vec::new();
+    for pair in edges.windows(2) {
+        let (start, end) = (pair[0], pair[1] - 1);
+        let mut bits = base.clone();
+        for (bit, r) in ranges {
+            if u32::from(r.first) <= start && end <= u32::from(r.last) {
+                bits.set(*bit);
+            }
+        }
+        match intervals.last_mut() {
+            Some(last) if last.2 == bits => last.1 = end,
+            _ => intervals.push((start, end, bits)),
+        }
+    }
+    let mut entries = Vec::new();
+    for (start, end, bits) in intervals {
+        let vector = table.intern(bits);
+        for (port, port_bits) in port_prefixes(start as u16, end as u16) {
+            entries.push(PortEntry { field, protocol, port, port_bits, vector });
+        }
+    }
+    entries
+}
+
+/// Compiles the rules of `iface` in direction `dir`.
+pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Compiled> {
+    let matchers = matchers(cfg, iface, dir)?;
+    let words = matchers.len().div_ceil(64);
+    if words > MAX_WORDS {
+        bail!("{}: {} rules do not fit a vector", iface.name, matchers.len());
+    }
+    let mut table = VectorTable { index: HashMap::new(), vectors: Vec::new() };
+    let mut compiled = Compiled { rules: matchers.iter().map(|m| m.info).collect(), ..Default::default() };
+
+    let mut peers: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    for (bit, m) in matchers.iter().enumerate() {
+        for net in &m.peers {
+            peers.entry(*net).or_default().push(bit);
+        }
+    }
+    compiled.addr_entries = address_vectors(field::PEER, peers, words, &mut table);
+
+    if matchers.iter().any(|m| m.local.is_some()) {
+        compiled.flags |= RULESET_HAS_LOCAL;
+        let mut locals: HashMap<IpNet, Vec<usize>> = HashMap::new();
+        for (bit, m) in matchers.iter().enumerate() {
+            match m.local {
+                Some(net) => locals.entry(net).or_default().push(bit),
+                None => {
+                    for v6 in [false, true] {
+                        locals.entry(any_net(v6)).or_default().push(bit);
+                    }
+                }
+            }
+        }
+        compiled.addr_entries.extend(address_vectors(field::LOCAL, locals, words, &mut table));
+    }
+
+    // Destination port and protocol: rules of any protocol are in every entry.
+    let mut any_protocol = Bits::new(words);
+    for (bit, m) in matchers.iter().enumerate() {
+        if m.protocol.is_none() {
+            any_protocol.set(bit);
+        }
+    }
+    compiled.port_entries.push(PortEntry {
+        field: field::DESTINATION_PORT,
+        protocol: None,
+        port: 0,
+        port_bits: 0,
+        vector: table.intern(any_protocol.clone()),
+    });
+    let protocols: BTreeSet<u8> = matchers.iter().filter_map(|m| m.protocol).collect();
+    for protocol in protocols {
+        let ranges: Vec<(usize, PortRange)> = matchers
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.protocol == Some(protocol))
+            .map(|(bit, m)| (bit, m.destination_ports))
+            .collect();
+        if protocol == ip_proto::TCP || protocol == ip_proto::UDP {
+            compiled.port_entries.extend(port_vectors(
+                field::DESTINATION_PORT,
+                Some(protocol),
+                &any_protocol,
+                &ranges,
+                &mut table,
+            ));
+        } else {
+            let mut bits = any_protocol.clone();
+            for (bit, _) in &ranges {
+                bits.set(*bit);
+            }
+            let vector = table.intern(bits);
+            compiled.port_entries.push(PortEntry {
+                field: field::DESTINATION_PORT,
+                protocol: Some(protocol),
+                port: 0,
+                port_bits: 0,
+                vector,
+            });
+        }
+    }
+
+    if matchers.iter().any(|m| m.source_ports.is_some()) {
+        compiled.flags |= RULESET_HAS_SOURCE_PORT;
+        let mut unconstrained = Bits::new(words);
+        let mut ranges = Vec::new();
+        for (bit, m) in matchers.iter().enumerate() {
+            match m.source_ports {
+                Some(r) => ranges.push((bit, r)),
+                None => unconstrained.set(bit),
+            }
+        }
+        compiled.port_entries.extend(port_vectors(field::SOURCE_PORT, Some(0), &unconstrained, &ranges, &mut table));
+    }
+    compiled.vectors = table.vectors;
+    Ok(compiled)
+}
+
+/// What a compiled rule set decides for one packet, found the way the kernel finds it
+/// (longest-prefix lookups, AND, lowest bit), but in plain Rust: lets host tests check
+/// the compiler without a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Simulated {
+    pub verdict: u8,
+    pub step: u8,
+    pub rule_id: u32,
+}
+
+impl Compiled {
+    pub fn words(&self) -> usize {
+        self.rules.len().div_ceil(64)
+    }
+
+    fn addr_lookup(&self, field: u8, addr: IpAddr) -> Option<&[u64]> {
+        self.addr_entries
+            .iter()
+            .filter(|e| e.field == field && e.net.contains(&addr))
+            .max_by_key(|e| e.net.prefix_len())
+            .map(|e| self.vectors[e.vector as usize].as_slice())
+    }
+
+    fn port_lookup(&self, field: u8, protocol: u8, port: u16) -> Option<&[u64]> {
+        self.port_entries
+            .iter()
+            .filter(|e| e.field == field)
+            .filter(|e| match e.protocol {
+                None => true,
+                Some(p) => {
+                    p == protocol && (e.port_bits == 0 || port >> (16 - e.port_bits) == e.port >> (16 - e.port_bits))
+                }
+            })
+            .max_by_key(|e| (e.protocol.is_some(), e.port_bits))
+            .map(|e| self.vectors[e.vector as usize].as_slice())
+    }
+
+    /// Simulates the kernel's classification of a packet.
+    pub fn simulate(
+        &self,
+        peer: IpAddr,
+        local: IpAddr,
+        protocol: u8,
+        src_port: u16,
+        dst_port: u16,
+    ) -> Option<Simulated> {
+        let mut fields =
+            vec![self.addr_lookup(field::PEER, peer)?, self.port_lookup(field::DESTINATION_PORT, protocol, dst_port)?];
+        if self.flags & RULESET_HAS_LOCAL != 0 {
+            fields.push(self.addr_lookup(field::LOCAL, local)?);
+        }
+        if self.flags & RULESET_HAS_SOURCE_PORT != 0 {
+            fields.push(self.port_lookup(field::SOURCE_PORT, 0, src_port)?);
+        }
+        (0..self.words()).find_map(|w| {
+            let word = fields.iter().fold(u64::MAX, |acc, v| acc & v[w]);
+            (word != 0).then(|| {
+                let info = self.rules[w * 64 + word.trailing_zeros() as usize];
+                Simulated { verdict: info.verdict, step: info.step, rule_id: info.rule_id }
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+use std::net::IpAddr;
+
+use sg_common::{step, verdict};
+
+use super::*;
+use crate::config::parse_str;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn port_prefixes_cover_exactly_the_range_with_aligned_blocks() {
+    for (first, last) in [(0, 65535), (1, 65535), (80, 80), (22, 1024), (1000, 1999), (65535, 65535), (0, 0)] {
+        let blocks = port_prefixes(first, last);
+        let mut next = u32::from(first);
+        for (start, bits) in &blocks {
+            let size = 1u32 << (16 - bits);
+            assert_eq!(u32::from(*start), next, "{first}-{last}: gap or overlap");
+            assert_eq!(u32::from(*start) % size, 0, "{first}-{last}: unaligned block");
+            next += size;
+        }
+        assert_eq!(next, u32::from(last) + 1, "{first}-{last}: not covered");
+    }
+    assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
+    assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
+    assert!(port_prefixes(1, 65535).len() <= 16);
+}
+
+const WEB: &str = r#"
+[[security_group]]
+id = "sg-web"
+members = ["198.18.0.10", "2001:db8::10"]
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "tcp"
+  port_range = "80/80"
+  source = "0.0.0.0/0"
+
+  [[security_group.rule]]
+  direction = "ingress"
+  policy = "drop"
+  priority = 5
+  protocol = "tcp"
+  port_range = "1/65535"
+  source = "198.19.0.0/16"
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "udp"
+  port_range = "53/53"
+  source = "198.19.0.0/16"
+  source_port_range = "1024/65535"
+
+[[interface]]
+name = "eth0"
+security_groups = ["sg-web"]
+"#;
+
+#[test]
+fn pseudo_rules_frame_the_user_rules_in_rank_order() {
+    let cfg = parse_str(WEB, "web.toml").unwrap();
+    let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
+    let steps: Vec<u8> = c.rules.iter().map(|r| r.step).collect();
+    assert_eq!(steps, vec![step::INTRA_GROUP_ACCEPT, step::RULE, step::RULE, step::RULE, step::DEFAULT]);
+    // Priority 1 rules (ids 1 and 3) before the priority 5 drop (id 2).
+    let ids: Vec<u32> = c.rules[1..4].iter().map(|r| r.rule_id).collect();
+    assert_eq!(ids, vec![1, 3, 2]);
+    assert_eq!(c.rules[4].verdict, verdict::DROP, "basic ingress default is drop");
+    assert_eq!(c.flags, RULESET_HAS_SOURCE_PORT);
+}
+
+#[test]
+fn simulated_lookups_find_the_deciding_rule() {
+    let cfg = parse_str(WEB, "web.toml").unwrap();
+    let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
+    let local = ip("198.18.0.10");
+    let sim = |peer: &str, proto: u8, sport: u16, dport: u16| c.simulate(ip(peer), local, proto, sport, dport).unwrap();
+    // Anyone on 80, the accept outranks the drop.
+    assert_eq!(sim("198.19.1.1", 6, 40000, 80).rule_id, 1);
+    // The drop covers other TCP ports from 198.19/16.
+    let s = sim("198.19.1.1", 6, 40000, 22);
+    assert_eq!((s.step, s.verdict, s.rule_id), (step::RULE, verdict::DROP, 2));
+    // Elsewhere: the default.
+    assert_eq!(sim("198.20.0.1", 6, 40000, 22).step, step::DEFAULT);
+    // UDP 53 needs a source port >= 1024.
+    assert_eq!(sim("198.19.1.1", 17, 5353, 53).rule_id, 3);
+    assert_eq!(sim("198.19.1.1", 17, 53, 53).step, step::DEFAULT);
+    // A member is accepted before any rule; IPv6 rules do not see IPv4 CIDRs.
+    assert_eq!(sim("198.18.0.10", 6, 1, 22).step, step::INTRA_GROUP_ACCEPT);
+    let v6 = c.simulate(ip("2001:db8::99"), ip("2001:db8::10"), 6, 40000, 80).unwrap();
+    assert_eq!(v6.step, step::DEFAULT);
+}
+
+#[test]
+fn equal_vectors_are_stored_once() {
+    let cfg = parse_str(WEB, "web.toml").unwrap();
+    let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    assert!(c.vectors.iter().all(|v| seen.insert(v.clone())));
+    assert!(c.vectors.iter().all(|v| v.len() == c.words()));
+}

@@ -1,0 +1,869 @@
+//! Turns the TOML tree into a [`Config`], checking every point of SPEC section 2.
+//!
+//! Each check reports into [`Diagnostics`] and carries on, so one run lists every problem
+//! of a file. Values that failed a check are [`Reported`]; a rule or binding with any such
+//! value is left out, and [`validate`] returns the errors instead of a `Config`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+use super::error::{Checked, ConfigErrors, Diagnostics, Reported};
+use super::tree::{self, Field, Located, Span, Table};
+use super::values::{self, PortSpec};
+use super::{
+    Action, Config, Direction, Family, GroupKind, InterfaceBinding, MAX_DESCRIPTION_CHARS, MAX_GROUPS_PER_INTERFACE,
+    MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol, Rule, SecurityGroup,
+    SessionSettings,
+};
+
+const ROOT_FIELDS: &[&str] = &["security_group", "prefix_list", "interface", "sessions"];
+const GROUP_FIELDS: &[&str] = &["id", "type", "inner_access_policy", "members", "owner", "rule"];
+const RULE_FIELDS: &[&str] = &[
+    "direction",
+    "policy",
+    "priority",
+    "protocol",
+    "port_range",
+    "source_port_range",
+    "source",
+    "source_group",
+    "source_prefix_list",
+    "destination",
+    "destination_group",
+    "destination_prefix_list",
+    "description",
+];
+const LIST_FIELDS: &[&str] = &["id", "family", "entries"];
+const INTERFACE_FIELDS: &[&str] = &["name", "security_groups", "mode"];
+const SESSION_FIELDS: &[&str] = &[
+    "max_sessions",
+    "tcp_established",
+    "tcp_opening",
+    "tcp_closing",
+    "tcp_rst",
+    "udp_unreplied",
+    "udp_replied",
+    "icmp",
+    "other",
+];
+
+/// The fields naming the peer of an ingress rule; on egress they are not allowed.
+const SOURCE_FIELDS: [&str; 3] = ["source", "source_group", "source_prefix_list"];
+/// The fields naming the peer of an egress rule; on ingress only `destination` (the local
+/// address) is allowed.
+const DESTINATION_FIELDS: [&str; 3] = ["destination", "destination_group", "destination_prefix_list"];
+
+/// Longest Linux interface name (IFNAMSIZ - 1).
+const MAX_INTERFACE_NAME_BYTES: usize = 15;
+
+pub(crate) fn validate(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let mut diag = Diagnostics::new(file, text);
+    let root = match tree::parse(text) {
+        Ok(root) => root,
+        Err(error) => {
+            diag.report_syntax(error.span().map(|span| span.start), error.message());
+            return Err(diag.into_errors());
+        }
+    };
+    let config = Builder::new(&mut diag).build(&root, &(0..text.len()));
+    match config {
+        Ok(config) if !diag.has_errors() => Ok(config),
+        _ => Err(diag.into_errors()),
+    }
+}
+
+/// Validation state: what has been read so far, for resolving references.
+struct Builder<'d, 't> {
+    diag: &'d mut Diagnostics<'t>,
+    groups: Vec<SecurityGroup>,
+    /// `None` when the group's `type` was invalid, so checks depending on it are skipped
+    /// instead of producing follow-on errors.
+    group_kinds: Vec<Option<GroupKind>>,
+    /// Group id to its first definition.
+    group_ids: HashMap<String, Definition>,
+    lists: Vec<PrefixList>,
+    list_families: Vec<Option<Family>>,
+    list_ids: HashMap<String, Definition>,
+}
+
+/// Where an id was first defined.
+#[derive(Debug, Clone, Copy)]
+struct Definition {
+    index: usize,
+    line: usize,
+}
+
+impl<'d, 't> Builder<'d, 't> {
+    fn new(diag: &'d mut Diagnostics<'t>) -> Self {
+        Builder {
+            diag,
+            groups: Vec::new(),
+            group_kinds: Vec::new(),
+            group_ids: HashMap::new(),
+            lists: Vec::new(),
+            list_families: Vec::new(),
+            list_ids: HashMap::new(),
+        }
+    }
+
+    fn build(mut self, root: &Located, whole_file: &Span) -> Checked<Config> {
+        let root = Table::open(self.diag, root, String::new(), whole_file, ROOT_FIELDS)?;
+        let group_tables = root.tables(self.diag, "security_group", GROUP_FIELDS);
+        let list_tables = root.tables(self.diag, "prefix_list", LIST_FIELDS);
+        let interface_tables = root.tables(self.diag, "interface", INTERFACE_FIELDS);
+
+        // Groups and lists first: rules reference them, in any order in the file.
+        for table in &group_tables {
+            self.read_group(table);
+        }
+        for table in &list_tables {
+            self.read_prefix_list(table);
+        }
+        for (group_index, table) in group_tables.iter().enumerate() {
+            let rule_tables = table.tables(self.diag, "rule", RULE_FIELDS);
+            self.groups[group_index].rules = self.read_rules(group_index, &rule_tables);
+        }
+        assign_rule_ids(&mut self.groups);
+        let interfaces = self.read_interfaces(&interface_tables);
+        let sessions = match root.get("sessions") {
+            Some(field) => self.read_sessions(field)?,
+            None => SessionSettings::default(),
+        };
+        Ok(Config { groups: self.groups, prefix_lists: self.lists, interfaces, sessions })
+    }
+
+    // ----- generic field readers -----
+
+    /// An optional keyword field (case-insensitive).
+    fn keyword<T: FromStr<Err = String>>(&mut self, t: &Table, key: &str) -> Checked<Option<T>> {
+        if !t.has(key) {
+            return Ok(None);
+        }
+        let field = t.string(self.diag, key).ok_or(Reported)?;
+        match field.value.parse() {
+            Ok(value) => Ok(Some(value)),
+            Err(message) => Err(self.diag.report(&field.span, field.path, message)),
+        }
+    }
+
+    fn required_keyword<T: FromStr<Err = String>>(&mut self, t: &Table, key: &str, hint: &str) -> Checked<T> {
+        match self.keyword(t, key)? {
+            Some(value) => Ok(value),
+            None => Err(self.missing(t, key, format!("`{key}` is required ({hint})"))),
+        }
+    }
+
+    fn missing(&mut self, t: &Table, key: &str, message: String) -> Reported {
+        self.diag.report_missing(t.span(), t.field_path(key), message)
+    }
+
+    fn fail<T>(&mut self, field: &Field<T>, message: impl Into<String>) -> Reported {
+        self.diag.report(&field.span, field.path.clone(), message)
+    }
+
+    // ----- security groups -----
+
+    /// Reads a group's own fields; its rules are read once every group is known.
+    fn read_group(&mut self, t: &Table) {
+        let index = self.groups.len();
+        let (id, new_at_line) = read_id(self.diag, t, "security group", &self.group_ids);
+        if let Some(line) = new_at_line {
+            self.group_ids.insert(id.clone(), Definition { index, line });
+        }
+        // Groups are basic unless written otherwise (the provider's default type).
+        let kind = self.keyword::<GroupKind>(t, "type").map(|kind| kind.unwrap_or(GroupKind::Basic));
+        let inner_access = self.inner_access(t, kind);
+        let owner = self.owner(t);
+        let members = self.members(t);
+        self.group_kinds.push(kind.ok());
+        self.groups.push(SecurityGroup {
+            id,
+            owner,
+            kind: kind.unwrap_or(GroupKind::Basic),
+            inner_access,
+            members,
+            rules: Vec::new(),
+        });
+    }
+
+    /// Basic groups default to intra-group connectivity; advanced groups always isolate.
+    fn inner_access(&mut self, t: &Table, kind: Checked<GroupKind>) -> Action {
+        let written = self.keyword::<Action>(t, "inner_access_policy");
+        match (kind, written) {
+            (Ok(GroupKind::Advanced), Ok(Some(Action::Accept))) => {
+                if let Some(field) = t.get("inner_access_policy") {
+                    self.fail(
+                        &field,
+                        "advanced groups always isolate their members; inner_access_policy \
+                         must be drop or omitted",
+                    );
+                }
+                Action::Drop
+            }
+            (_, Ok(Some(action))) => action,
+            (Ok(GroupKind::Advanced), _) => Action::Drop,
+            _ => Action::Accept,
+        }
+    }
+
+    fn owner(&mut self, t: &Table) -> Option<String> {
+        let field = t.string(self.diag, "owner")?;
+        if field.value.is_empty() || field.value.contains('/') {
+            self.fail(&field, "owner must be a non-empty account id without '/'");
+        }
+        Some(field.value.to_string())
+    }
+
+    fn members(&mut self, t: &Table) -> Vec<IpAddr> {
+        let Some(array) = t.string_array(self.diag, "members") else {
+            return Vec::new();
+        };
+        let mut members: Vec<IpAddr> = Vec::new();
+        for item in array.value {
+            match values::member(item.value) {
+                Ok(addr) if !members.contains(&addr) => members.push(addr),
+                Ok(_) => {}
+                Err(message) => {
+                    self.fail(&item, message);
+                }
+            }
+        }
+        members
+    }
+
+    // ----- prefix lists -----
+
+    fn read_prefix_list(&mut self, t: &Table) {
+        let index = self.lists.len();
+        let (id, new_at_line) = read_id(self.diag, t, "prefix list", &self.list_ids);
+        if let Some(line) = new_at_line {
+            self.list_ids.insert(id.clone(), Definition { index, line });
+        }
+        let family = self.required_keyword::<Family>(t, "family", "ipv4 or ipv6");
+        let entries = self.list_entries(t, family.ok());
+        self.list_families.push(family.ok());
+        self.lists.push(PrefixList { id, family: family.unwrap_or(Family::Ipv4), entries });
+    }
+
+    fn list_entries(&mut self, t: &Table, family: Option<Family>) -> Vec<IpNet> {
+        let Some(array) = t.string_array(self.diag, "entries") else {
+            return Vec::new();
+        };
+        if array.value.len() > MAX_PREFIX_LIST_ENTRIES {
+            let message =
+                format!("{} entries; a prefix list holds at most {MAX_PREFIX_LIST_ENTRIES}", array.value.len());
+            self.fail(&array, message);
+        }
+        let mut entries: Vec<IpNet> = Vec::new();
+        let mut seen = HashSet::new();
+        for item in &array.value {
+            let net = match values::cidr(item.value) {
+                Ok(net) => net,
+                Err(message) => {
+                    self.fail(item, message);
+                    continue;
+                }
+            };
+            if let Some(family) = family
+                && Family::of_net(&net) != family
+            {
+                let message = format!("{net} is not an {family} network, the family of this prefix list");
+                self.fail(item, message);
+            } else if seen.insert(net) {
+                entries.push(net);
+            }
+        }
+        entries
+    }
+
+    // ----- rules -----
+
+    /// Reads a group's rules, leaving out invalid ones (reported) and collapsing exact
+    /// duplicates (as the provider does).
+    fn read_rules(&mut self, group_index: usize, tables: &[Table]) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        let mut seen = HashSet::new();
+        for (position, table) in tables.iter().enumerate() {
+            if let Ok(rule) = self.read_rule(group_index, position + 1, table)
+                && seen.insert(RuleKey::of(&rule))
+            {
+                rules.push(rule);
+            }
+        }
+        rules
+    }
+
+    fn read_rule(&mut self, group_index: usize, position: usize, t: &Table) -> Checked<Rule> {
+        let direction = self.required_keyword::<Direction>(t, "direction", "ingress or egress");
+        let action = self.keyword::<Action>(t, "policy");
+        let priority = self.priority(t);
+        let protocol = self.required_keyword::<Protocol>(t, "protocol", "tcp, udp, icmp, icmpv6, gre or all");
+        let port_range = self.port_range(t, protocol);
+        let source_port_range = self.source_port_range(t, protocol);
+        let (peer, local) = self.peer_and_local(t, group_index, direction, protocol);
+        let description = self.description(t);
+        let (
+            Ok(direction),
+            Ok(action),
+            Ok(priority),
+            Ok(protocol),
+            Ok(port_range),
+            Ok(source_port_range),
+            Ok(peer),
+            Ok(local),
+            Ok(description),
+        ) = (direction, action, priority, protocol, port_range, source_port_range, peer, local, description)
+        else {
+            return Err(Reported);
+        };
+        Ok(Rule {
+            id: 0,
+            group_index,
+            index_in_group: position,
+            direction,
+            action: action.unwrap_or(Action::Accept),
+            priority,
+            protocol,
+            port_range,
+            source_port_range,
+            peer,
+            local,
+            description,
+            line: self.diag.line_of(t.span().start),
+        })
+    }
+
+    fn priority(&mut self, t: &Table) -> Checked<u8> {
+        if !t.has("priority") {
+            return Ok(1);
+        }
+        let field = t.integer(self.diag, "priority").ok_or(Reported)?;
+        u8::try_from(field.value).ok().filter(|p| PRIORITY_RANGE.contains(p)).ok_or_else(|| {
+            let message = format!(
+                "priority {} is out of range; priorities run from 1 (highest) to 100 \
+                     (lowest)",
+                field.value
+            );
+            self.fail(&field, message)
+        })
+    }
+
+    /// A port-range field's syntax, before it is checked against the protocol.
+    fn port_spec(&mut self, t: &Table, key: &str) -> Checked<Option<Field<PortSpec>>> {
+        if !t.has(key) {
+            return Ok(None);
+        }
+        let field = t.string(self.diag, key).ok_or(Reported)?;
+        match values::port_spec(field.value) {
+            Ok(spec) => Ok(Some(field.map(|_| spec))),
+            Err(message) => Err(self.fail(&field, message)),
+        }
+    }
+
+    /// The destination port range: required `a/b` for tcp/udp, `-1/-1` (or nothing) for
+    /// the others.
+    fn port_range(&mut self, t: &Table, protocol: Checked<Protocol>) -> Checked<PortRange> {
+        let spec = self.port_spec(t, "port_range")?;
+        let protocol = protocol?;
+        match (spec, protocol.has_ports()) {
+            (None, true) => Err(self.missing(
+                t,
+                "port_range",
+                format!(
+                    "`port_range` is required for {protocol} (e.g. \"80/80\", or \"1/65535\" \
+                     for every port)"
+                ),
+            )),
+            (Some(field), true) => match field.value {
+                PortSpec::Range(range) => Ok(range),
+                PortSpec::Any => Err(self.fail(
+                    &field,
+                    format!(
+                        "protocol/port mismatch: {protocol} needs a port range a/b; -1/-1 is \
+                         only for icmp, icmpv6, gre and all (write 1/65535 for every port)"
+                    ),
+                )),
+            },
+            (None, false) => Ok(PortRange::ANY),
+            (Some(field), false) => match field.value {
+                PortSpec::Any => Ok(PortRange::ANY),
+                PortSpec::Range(_) => Err(self.fail(
+                    &field,
+                    format!(
+                        "protocol/port mismatch: {protocol} has no ports; port_range must be \
+                         -1/-1 or omitted"
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// The optional source port range ("quintuple" rules), tcp/udp only.
+    fn source_port_range(&mut self, t: &Table, protocol: Checked<Protocol>) -> Checked<Option<PortRange>> {
+        let Some(field) = self.port_spec(t, "source_port_range")? else {
+            return Ok(None);
+        };
+        let protocol = protocol?;
+        if !protocol.has_ports() {
+            let message = format!("source_port_range is only allowed for tcp and udp rules, not {protocol}");
+            return Err(self.fail(&field, message));
+        }
+        match field.value {
+            PortSpec::Range(range) => Ok(Some(range)),
+            PortSpec::Any => {
+                Err(self.fail(&field, "source_port_range takes a range a/b; omit it to match every source port"))
+            }
+        }
+    }
+
+    fn description(&mut self, t: &Table) -> Checked<String> {
+        if !t.has("description") {
+            return Ok(String::new());
+        }
+        let field = t.string(self.diag, "description").ok_or(Reported)?;
+        let length = field.value.chars().count();
+        if length > MAX_DESCRIPTION_CHARS {
+            let message = format!(
+                "description is {length} characters long; at most {MAX_DESCRIPTION_CHARS} are \
+                 allowed"
+            );
+            return Err(self.fail(&field, message));
+        }
+        Ok(field.value.to_string())
+    }
+
+    // ----- peers -----
+
+    /// The rule's peer (exactly one of the peer-side fields) and, on ingress, the optional
+    /// `destination` narrowing the local address.
+    fn peer_and_local(
+        &mut self,
+        t: &Table,
+        group_index: usize,
+        direction: Checked<Direction>,
+        protocol: Checked<Protocol>,
+    ) -> (Checked<Peer>, Checked<Option<IpNet>>) {
+        // Every written peer field is parsed, whatever the direction, so that its own
+        // problems are reported too.
+        let written: Vec<(&str, Checked<Field<Peer>>)> = SOURCE_FIELDS
+            .iter()
+            .chain(&DESTINATION_FIELDS)
+            .filter(|key| t.has(key))
+            .map(|&key| (key, self.peer_field(t, key, group_index)))
+            .collect();
+        let Ok(direction) = direction else {
+            return (Err(Reported), Err(Reported));
+        };
+        let (peer_keys, other_keys) = match direction {
+            Direction::Ingress => (SOURCE_FIELDS, DESTINATION_FIELDS),
+            Direction::Egress => (DESTINATION_FIELDS, SOURCE_FIELDS),
+        };
+        let peer = self.single_peer(t, direction, &peer_keys, &written);
+        let local = self.local(direction, &other_keys, &written);
+        if let (Ok(peer), Ok(protocol)) = (&peer, protocol) {
+            self.check_families(protocol, peer, local.as_ref().ok().and_then(Option::as_ref));
+        }
+        let local = local.map(|field| field.map(|f| f.value));
+        let peer = peer.map(|field| field.value);
+        (peer, local)
+    }
+
+    /// Parses one peer field according to its kind (CIDR, group or prefix list).
+    fn peer_field(&mut self, t: &Table, key: &str, group_index: usize) -> Checked<Field<Peer>> {
+        let field = t.string(self.diag, key).ok_or(Reported)?;
+        let peer = if key.ends_with("_group") {
+            Peer::Group { group_index: self.resolve_group(&field, group_index)? }
+        } else if key.ends_with("_prefix_list") {
+            Peer::PrefixList { list_index: self.resolve_prefix_list(&field)? }
+        } else {
+            match values::cidr(field.value) {
+                Ok(net) => Peer::Cidr(net),
+                Err(message) => return Err(self.fail(&field, message)),
+            }
+        };
+        Ok(field.map(|_| peer))
+    }
+
+    /// `sg-a` names group sg-a; `ACCOUNT/sg-a` names it only if its owner is ACCOUNT.
+    fn resolve_group(&mut self, field: &Field<&str>, group_index: usize) -> Checked<usize> {
+        let reference = values::group_ref(field.value).map_err(|m| self.fail(field, m))?;
+        let Some(target) = self.group_ids.get(reference.id).map(|d| d.index) else {
+            let message = format!("unknown security group `{}`", reference.id);
+            return Err(self.fail(field, message));
+        };
+        let owner = self.groups[target].owner.clone();
+        if let Some(account) = reference.account
+            && owner.as_deref() != Some(account)
+        {
+            let message = match owner {
+                Some(owner) => format!(
+                    "unknown group reference: security group `{}` belongs to account {owner}, \
+                     not {account}",
+                    reference.id
+                ),
+                None => format!(
+                    "unknown group reference: security group `{}` has no owner; set owner = \
+                     \"{account}\" on it or drop the account prefix",
+                    reference.id
+                ),
+            };
+            return Err(self.fail(field, message));
+        }
+        if target == group_index {
+            return Err(self.fail(
+                field,
+                "a group cannot reference itself; traffic between its members is governed by \
+                 inner_access_policy",
+            ));
+        }
+        Ok(target)
+    }
+
+    fn resolve_prefix_list(&mut self, field: &Field<&str>) -> Checked<usize> {
+        match self.list_ids.get(field.value) {
+            Some(definition) => Ok(definition.index),
+            None => {
+                let message = format!("unknown prefix list `{}`", field.value);
+                Err(self.fail(field, message))
+            }
+        }
+    }
+
+    /// Exactly one of the peer-side fields must be written.
+    fn single_peer(
+        &mut self,
+        t: &Table,
+        direction: Direction,
+        peer_keys: &[&str; 3],
+        written: &[(&str, Checked<Field<Peer>>)],
+    ) -> Checked<Field<Peer>> {
+        let mut on_side = written.iter().filter(|(key, _)| peer_keys.contains(key));
+        let choices = peer_keys.join(", ");
+        let Some((first_key, first)) = on_side.next() else {
+            return Err(self.missing(
+                t,
+                peer_keys[0],
+                format!("missing peer: an {direction} rule needs exactly one of {choices}"),
+            ));
+        };
+        let mut result = first.clone();
+        for (key, _) in on_side {
+            let message = format!(
+                "more than one peer: `{first_key}` and `{key}` are both set; an {direction} \
+                 rule takes exactly one of {choices}"
+            );
+            if let Some(field) = t.get(key) {
+                self.fail(&field, message);
+            }
+            result = Err(Reported);
+        }
+        result
+    }
+
+    /// On ingress, `destination` (a CIDR) narrows the local address; the other fields of
+    /// the non-peer side are errors.
+    fn local(
+        &mut self,
+        direction: Direction,
+        other_keys: &[&str; 3],
+        written: &[(&str, Checked<Field<Peer>>)],
+    ) -> Checked<Option<Field<IpNet>>> {
+        let mut local = Ok(None);
+        for (key, parsed) in written.iter().filter(|(key, _)| other_keys.contains(key)) {
+            let Ok(field) = parsed else {
+                local = Err(Reported);
+                continue;
+            };
+            match (direction, &field.value) {
+                (Direction::Ingress, Peer::Cidr(net)) if *key == "destination" => {
+                    if local.is_ok() {
+                        local = Ok(Some(field.clone().map(|_| *net)));
+                    }
+                }
+                (Direction::Ingress, _) => {
+                    let message = format!(
+                        "ingress rules take only `destination` (a CIDR narrowing the local \
+                         address) on the destination side, not `{key}`"
+                    );
+                    local = Err(self.fail(field, message));
+                }
+                (Direction::Egress, _) => {
+                    let message = format!(
+                        "egress rules match their peer by destination; `{key}` is not allowed \
+                         on egress"
+                    );
+                    local = Err(self.fail(field, message));
+                }
+            }
+        }
+        local
+    }
+
+    /// `icmp` is IPv4 only and `icmpv6` IPv6 only; a rule whose peer and local address are
+    /// of different families could never match either.
+    fn check_families(&mut self, protocol: Protocol, peer: &Field<Peer>, local: Option<&Field<IpNet>>) {
+        let peer_family = self.peer_family(&peer.value);
+        let local_family = local.map(|field| Family::of_net(&field.value));
+        if let Some(required) = protocol.family() {
+            if let Some(found) = peer_family.filter(|&f| f != required) {
+                self.family_mismatch(protocol, required, found, "the peer", peer);
+            }
+            if let Some(local) = local
+                && let Some(found) = local_family.filter(|&f| f != required)
+            {
+                self.family_mismatch(protocol, required, found, "the local address", local);
+            }
+        }
+        if let (Some(peer_family), Some(local_family), Some(local)) = (peer_family, local_family, local)
+            && peer_family != local_family
+        {
+            let message = format!(
+                "the local address is {local_family} but the peer is {peer_family}; the rule \
+                 could never match"
+            );
+            self.fail(local, message);
+        }
+    }
+
+    fn family_mismatch<T>(
+        &mut self,
+        protocol: Protocol,
+        required: Family,
+        found: Family,
+        what: &str,
+        field: &Field<T>,
+    ) {
+        let other = match protocol {
+            Protocol::Icmp => "icmpv6",
+            _ => "icmp",
+        };
+        let message = format!("{protocol} is {required} only, but {what} is {found} (use protocol {other})");
+        self.fail(field, message);
+    }
+
+    /// The family a peer is tied to; groups may hold members of both.
+    fn peer_family(&self, peer: &Peer) -> Option<Family> {
+        match peer {
+            Peer::Cidr(net) => Some(Family::of_net(net)),
+            Peer::PrefixList { list_index } => self.list_families.get(*list_index).copied().flatten(),
+            Peer::Group { .. } => None,
+        }
+    }
+
+    // ----- interfaces -----
+
+    fn read_interfaces(&mut self, tables: &[Table]) -> Vec<InterfaceBinding> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        tables.iter().filter_map(|table| self.read_interface(table, &mut names).ok()).collect()
+    }
+
+    fn read_interface(&mut self, t: &Table, names: &mut HashMap<String, usize>) -> Checked<InterfaceBinding> {
+        let name = self.interface_name(t, names);
+        let groups = self.interface_groups(t);
+        let mode = self.keyword::<Mode>(t, "mode");
+        Ok(InterfaceBinding { name: name?, groups: groups?, mode: mode?.unwrap_or(Mode::Enforce) })
+    }
+
+    fn interface_name(&mut self, t: &Table, names: &mut HashMap<String, usize>) -> Checked<String> {
+        let Some(field) = t.string(self.diag, "name") else {
+            if t.has("name") {
+                return Err(Reported);
+            }
+            return Err(self.missing(t, "name", "an interface needs a `name`".to_string()));
+        };
+        let name = field.value;
+        let valid = !name.is_empty()
+            && name.len() <= MAX_INTERFACE_NAME_BYTES
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', ':'])
+            && !name.chars().any(char::is_whitespace);
+        if !valid {
+            return Err(self.fail(&field, "not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"));
+        }
+        if let Some(first) = names.get(name) {
+            let message = format!("duplicate interface `{name}`; it is first bound at line {first}");
+            return Err(self.fail(&field, message));
+        }
+        names.insert(name.to_string(), self.diag.line_of(field.span.start));
+        Ok(name.to_string())
+    }
+
+    /// The interface's groups: 1 to 10 known groups, each once, all of one type.
+    fn interface_groups(&mut self, t: &Table) -> Checked<Vec<usize>> {
+        let Some(array) = t.string_array(self.diag, "security_groups") else {
+            if t.has("security_groups") {
+                return Err(Reported);
+            }
+            return Err(self.missing(
+                t,
+                "security_groups",
+                "an interface needs `security_groups`, a list of 1 to 10 group ids".to_string(),
+            ));
+        };
+        let mut result = Ok(());
+        if array.value.is_empty() {
+            result = Err(self.fail(&array, "an interface needs at least one security group"));
+        } else if array.value.len() > MAX_GROUPS_PER_INTERFACE {
+            let message = format!(
+                "{} groups; at most {MAX_GROUPS_PER_INTERFACE} groups can be applied to one \
+                 interface",
+                array.value.len()
+            );
+            result = Err(self.fail(&array, message));
+        }
+        let mut groups: Vec<usize> = Vec::new();
+        for item in &array.value {
+            match self.group_ids.get(item.value).map(|d| d.index) {
+                None => {
+                    let message = format!("unknown security group `{}`", item.value);
+                    result = Err(self.fail(item, message));
+                }
+                Some(index) if groups.contains(&index) => {
+                    let message = format!("security group `{}` is listed twice", item.value);
+                    result = Err(self.fail(item, message));
+                }
+                Some(index) => {
+                    if let Err(reported) = self.check_same_kind(&groups, index, item) {
+                        result = Err(reported);
+                    }
+                    groups.push(index);
+                }
+            }
+        }
+        result.map(|()| groups)
+    }
+
+    /// All groups on one interface must have one type: the type decides the defaults.
+    fn check_same_kind(&mut self, earlier: &[usize], index: usize, item: &Field<&str>) -> Checked<()> {
+        let Some(kind) = self.group_kinds[index] else {
+            return Ok(());
+        };
+        let conflicting = earlier.iter().find(|&&other| self.group_kinds[other].is_some_and(|k| k != kind));
+        match conflicting {
+            Some(&other) => {
+                let message = format!(
+                    "mixing basic and advanced groups on one interface: `{}` is {kind} but \
+                     `{}` is {}",
+                    self.groups[index].id, self.groups[other].id, self.groups[other].kind
+                );
+                Err(self.fail(item, message))
+            }
+            None => Ok(()),
+        }
+    }
+
+    // ----- sessions -----
+
+    fn read_sessions(&mut self, field: Field<&Located>) -> Checked<SessionSettings> {
+        let t = Table::open(self.diag, field.value, field.path, &field.span, SESSION_FIELDS)?;
+        let mut settings = SessionSettings::default();
+        let mut result = Ok(());
+        for &key in SESSION_FIELDS {
+            if !t.has(key) {
+                continue;
+            }
+            let Some(value) = t.integer(self.diag, key) else {
+                result = Err(Reported);
+                continue;
+            };
+            match u32::try_from(value.value).ok().filter(|&v| v > 0) {
+                Some(v) => *session_slot(&mut settings, key) = v,
+                None => {
+                    let unit = if key == "max_sessions" { "entries" } else { "seconds" };
+                    let message = format!("must be a positive number of {unit} (at most {})", u32::MAX);
+                    result = Err(self.fail(&value, message));
+                }
+            }
+        }
+        result.map(|()| settings)
+    }
+}
+
+/// Reads an `id` field, checking presence, form and uniqueness among `known`. Returns the
+/// id (empty when missing) and, when it is valid and new, the line to register it at.
+fn read_id(
+    diag: &mut Diagnostics<'_>,
+    t: &Table,
+    what: &str,
+    known: &HashMap<String, Definition>,
+) -> (String, Option<usize>) {
+    let Some(field) = t.string(diag, "id") else {
+        if !t.has("id") {
+            diag.report_missing(t.span(), t.field_path("id"), format!("a {what} needs an `id`"));
+        }
+        return (String::new(), None);
+    };
+    let id = field.value.to_string();
+    if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
+        diag.report(
+            &field.span,
+            field.path,
+            "ids must be non-empty, without whitespace or '/' ('/' separates account and group \
+             id in references)",
+        );
+        return (id, None);
+    }
+    if let Some(first) = known.get(&id) {
+        let message = format!("duplicate {what} id `{id}`; it is first defined at line {}", first.line);
+        diag.report(&field.span, field.path, message);
+        return (id, None);
+    }
+    let line = diag.line_of(field.span.start);
+    (id, Some(line))
+}
+
+/// The setting a `[sessions]` key sets; keys are those of `SESSION_FIELDS`.
+fn session_slot<'s>(settings: &'s mut SessionSettings, key: &str) -> &'s mut u32 {
+    match key {
+        "max_sessions" => &mut settings.max_sessions,
+        "tcp_established" => &mut settings.tcp_established,
+        "tcp_opening" => &mut settings.tcp_opening,
+        "tcp_closing" => &mut settings.tcp_closing,
+        "tcp_rst" => &mut settings.tcp_rst,
+        "udp_unreplied" => &mut settings.udp_unreplied,
+        "udp_replied" => &mut settings.udp_replied,
+        "icmp" => &mut settings.icmp,
+        _ => &mut settings.other,
+    }
+}
+
+/// Numbers rules 1, 2, ... in file order over all groups.
+fn assign_rule_ids(groups: &mut [SecurityGroup]) {
+    let rules = groups.iter_mut().flat_map(|group| &mut group.rules);
+    for (id, rule) in (1..).zip(rules) {
+        rule.id = id;
+    }
+}
+
+/// What makes two rules of one group the same rule: everything but the description
+/// (and position).
+#[derive(PartialEq, Eq, Hash)]
+struct RuleKey {
+    direction: Direction,
+    action: Action,
+    priority: u8,
+    protocol: Protocol,
+    port_range: PortRange,
+    source_port_range: Option<PortRange>,
+    peer: Peer,
+    local: Option<IpNet>,
+}
+
+impl RuleKey {
+    fn of(rule: &Rule) -> Self {
+        RuleKey {
+            direction: rule.direction,
+            action: rule.action,
+            priority: rule.priority,
+            protocol: rule.protocol,
+            port_range: rule.port_range,
+            source_port_range: rule.source_port_range,
+            peer: rule.peer.clone(),
+            local: rule.local,
+        }
+    }
+}
