@@ -145,16 +145,21 @@ pub struct Decision {
     pub step: u8,
     /// One of [`malformed`] when `step == MALFORMED`, else 0.
     pub reason: u8,
-    pub _pad: u8,
+    /// [`DECISION_AUDIT`]: the interface is in audit mode, so the packet passes whatever
+    /// `verdict` says.
+    pub flags: u8,
 }
+
+/// `Decision::flags`: computed in audit mode; the packet passed.
+pub const DECISION_AUDIT: u8 = 1;
 
 impl Decision {
     pub const fn new(verdict: u8, step: u8) -> Self {
-        Self { rule_id: 0, verdict, step, reason: 0, _pad: 0 }
+        Self { rule_id: 0, verdict, step, reason: 0, flags: 0 }
     }
 
     pub const fn malformed(reason: u8) -> Self {
-        Self { rule_id: 0, verdict: verdict::DROP, step: step::MALFORMED, reason, _pad: 0 }
+        Self { rule_id: 0, verdict: verdict::DROP, step: step::MALFORMED, reason, flags: 0 }
     }
 }
 

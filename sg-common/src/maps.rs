@@ -179,31 +179,17 @@ mod pod {
     unsafe impl aya::Pod for super::RuleVector {}
 }
 
-/// Index of the lowest set bit of a non-zero word. Written out because the BPF target
-/// has no count-trailing-zeros instruction; six comparisons instead of a table.
+/// Index of the lowest set bit of a non-zero word: the number of ones below it, counted
+/// with the branch-free SWAR popcount. Written out because the BPF target has no
+/// count-trailing-zeros instruction, and branch-free because every branch inside the
+/// bit-search loop would multiply the states the verifier explores.
 #[inline(always)]
 pub fn lowest_bit(word: u64) -> u32 {
-    let bit = word & word.wrapping_neg();
-    let mut n = 0;
-    if bit & 0xffff_ffff_0000_0000 != 0 {
-        n += 32;
-    }
-    if bit & 0xffff_0000_ffff_0000 != 0 {
-        n += 16;
-    }
-    if bit & 0xff00_ff00_ff00_ff00 != 0 {
-        n += 8;
-    }
-    if bit & 0xf0f0_f0f0_f0f0_f0f0 != 0 {
-        n += 4;
-    }
-    if bit & 0xcccc_cccc_cccc_cccc != 0 {
-        n += 2;
-    }
-    if bit & 0xaaaa_aaaa_aaaa_aaaa != 0 {
-        n += 1;
-    }
-    n
+    let below = (word & word.wrapping_neg()).wrapping_sub(1);
+    let x = below - ((below >> 1) & 0x5555_5555_5555_5555);
+    let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    let x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
 }
 
 #[cfg(test)]

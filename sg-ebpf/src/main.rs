@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod classify;
 mod parse;
 mod stats;
 
@@ -14,7 +15,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use sg_common::{Decision, PacketMeta, family, stats as slots, step, verdict};
+use sg_common::{DECISION_AUDIT, Decision, IFACE_AUDIT, PacketMeta, family, stats as slots, step, verdict};
 
 use crate::parse::{Frame, parse};
 
@@ -25,9 +26,10 @@ const TC_PULL_LEN: u32 = 512;
 #[xdp]
 pub fn sg_ingress(ctx: XdpContext) -> u32 {
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    match evaluate(&frame, slots::HOOK_INGRESS).verdict {
-        verdict::PASS => xdp_action::XDP_PASS,
-        _ => xdp_action::XDP_DROP,
+    if passes(&evaluate(&frame, slots::HOOK_INGRESS, ctx.ingress_ifindex() as u32)) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
 }
 
@@ -40,24 +42,49 @@ pub fn sg_egress(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(wanted);
     }
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    match evaluate(&frame, slots::HOOK_EGRESS).verdict {
-        verdict::PASS => TC_ACT_OK,
-        _ => TC_ACT_SHOT,
-    }
+    // SAFETY: `skb` is the context the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if passes(&evaluate(&frame, slots::HOOK_EGRESS, ifindex)) { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
-/// Parses and decides one frame, then counts (and, if enabled, traces) the decision.
+/// Whether the hook lets the packet through: its verdict, unless in audit mode.
 #[inline(always)]
-fn evaluate(frame: &Frame, hook: u32) -> Decision {
+fn passes(decision: &Decision) -> bool {
+    decision.verdict == verdict::PASS || decision.flags & DECISION_AUDIT != 0
+}
+
+/// Parses and decides one frame crossing `ifindex`, then counts (and, if enabled,
+/// traces) the decision.
+#[inline(always)]
+fn evaluate(frame: &Frame, hook: u32, ifindex: u32) -> Decision {
     let (meta, decision) = match parse(frame) {
         Err(reason) => (PacketMeta::default(), Decision::malformed(reason)),
         Ok(meta) if meta.family == family::NONE => (meta, Decision::new(verdict::PASS, step::NOT_IP)),
         Ok(meta) => {
-            let decision = Decision::new(verdict::PASS, step::UNCONFIGURED);
+            let decision = decide(&meta, hook, ifindex);
             (meta, decision)
         }
     };
     stats::record(hook, &meta, &decision);
+    decision
+}
+
+/// SPEC section 3 from step 2 on, for a well-formed IP packet. Sessions will slot in
+/// here, before classification.
+#[inline(always)]
+fn decide(meta: &PacketMeta, hook: u32, ifindex: u32) -> Decision {
+    let Some(iface) = classify::interface(ifindex) else {
+        return Decision::new(verdict::PASS, step::UNCONFIGURED);
+    };
+    let ingress = hook == slots::HOOK_INGRESS;
+    let slot = if ingress { iface.ingress } else { iface.egress };
+    if slot == 0 {
+        return Decision::new(verdict::PASS, step::UNCONFIGURED);
+    }
+    let mut decision = classify::classify(slot, meta, ingress);
+    if iface.flags & IFACE_AUDIT != 0 {
+        decision.flags |= DECISION_AUDIT;
+    }
     decision
 }
 

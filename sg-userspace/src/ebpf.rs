@@ -8,6 +8,8 @@ use aya::{
 };
 use sg_common::{TraceRecord, global, map, program, stats};
 
+use crate::enforce::Capacity;
+
 /// The kernel-side object, built by `build.rs` from the `sg-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
 
@@ -16,6 +18,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg
 pub struct LoadOptions {
     /// Record every packet's parse result and decision in the trace map (tests).
     pub trace: bool,
+    /// Sizes of the classification maps.
+    pub capacity: Capacity,
 }
 
 /// The loaded (verified, not yet attached) programs and their maps.
@@ -32,8 +36,14 @@ impl Dataplane {
         }
         check_privileges()?;
         let trace = u8::from(options.trace);
+        let c = &options.capacity;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
+            .map_max_entries(map::IFACES, c.interfaces)
+            .map_max_entries(map::VECTORS, c.vectors)
+            .map_max_entries(map::RULE_INFO, c.rule_info)
+            .map_max_entries(map::ADDR_TRIE, c.addr_entries)
+            .map_max_entries(map::PORT_TRIE, c.port_entries)
             .load(OBJECT)
             .context("loading the eBPF object")?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, program::INGRESS_XDP)?;

@@ -40,6 +40,23 @@ enum Command {
     /// Remove sgctl from an interface: stop the sgctl holding it and clean up anything
     /// a killed one left behind.
     Detach { iface: String },
+    /// Enforce a rule file on the interfaces it names (those present here) until
+    /// SIGINT/SIGTERM; SIGHUP reloads the file atomically.
+    Run {
+        /// The rule file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this interface of the file (repeatable).
+        #[arg(long = "iface")]
+        only: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        xdp_mode: XdpModeChoice,
+        /// Seconds between counter lines (0: none).
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a rule file; exit 0 when valid, 1 with every error otherwise.
     Validate {
         file: PathBuf,
@@ -88,6 +105,10 @@ fn main() -> ExitCode {
         Command::Detach { iface } => detach(&iface),
         Command::Status { iface, json } => status(&iface, json),
         Command::Validate { file, json } => validate(&file, json),
+        Command::Run { config, only, xdp_mode, interval, json } => {
+            sgctl::agent::run(&sgctl::agent::RunOptions { config, only, xdp_mode, interval, json })
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Trace(args) => trace(&args),
     };
     match result {

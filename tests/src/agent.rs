@@ -52,6 +52,8 @@ impl Agent {
                 }
             });
         }
+        // Only the reader threads hold senders now, so the channel closes when sgctl exits.
+        drop(tx);
         let mut agent = Self { child: Some(child), lines, seen: Vec::new() };
         agent.wait_for(ready, Duration::from_secs(60))?;
         Ok(agent)
@@ -79,6 +81,21 @@ impl Agent {
                     }
                 }
             }
+        }
+    }
+
+    /// The newest line containing `text`: drains what is queued, else waits for one.
+    pub fn latest(&mut self, text: &str, timeout: Duration) -> Result<String> {
+        let mut newest = None;
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line.clone());
+            if line.contains(text) {
+                newest = Some(line);
+            }
+        }
+        match newest {
+            Some(line) => Ok(line),
+            None => self.wait_for(text, timeout),
         }
     }
 

@@ -2,6 +2,7 @@
 //! frame builders for BPF_PROG_TEST_RUN fixtures, and running the real `sgctl` binary.
 
 pub mod agent;
+pub mod deploy;
 pub mod frames;
 pub mod kernel;
 pub mod netns;

@@ -89,11 +89,16 @@ impl Lab {
 
     /// Adds a host `role` with one interface `eth0` on the bridge.
     pub fn add_host(&mut self, role: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Host> {
+        self.add_host_on(role, "eth0", ipv4, ipv6)
+    }
+
+    /// Adds a host `role` whose interface on the bridge is named `iface`.
+    pub fn add_host_on(&mut self, role: &str, iface: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Host> {
         let ns = format!("{}-{role}", self.id);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        let host = self.add_interface_to(role, &ns, "eth0", ipv4, ipv6)?;
+        let host = self.add_interface_to(role, &ns, iface, ipv4, ipv6)?;
         self.hosts.push(host.clone());
         Ok(host)
     }

@@ -1,9 +1,15 @@
 //! Running frames through the loaded programs with BPF_PROG_TEST_RUN.
 
+use std::net::IpAddr;
+
 use anyhow::{Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
-use sg_common::{Decision, PacketMeta, stats, verdict};
-use sgctl::ebpf::Dataplane;
+use sg_common::{DECISION_AUDIT, Decision, PacketMeta, ip_proto, stats, step, verdict};
+use sgctl::{
+    config::{Action, Config, Direction, InterfaceBinding, Mode},
+    ebpf::Dataplane,
+    eval::{DecidedBy, Decision as RefDecision, PacketTuple, evaluate},
+};
 
 /// The two hooks; every matcher test runs on both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,4 +72,85 @@ pub fn time_ns(dp: &mut Dataplane, hook: Hook, frame: &[u8], repeat: u32) -> Res
         Hook::Tc => dp.tc()?.test_run(opts)?,
     };
     Ok(result.duration.as_nanos() as f64)
+}
+
+/// A frame carrying `packet` (TCP SYN, UDP, ICMP echo request or a bare header).
+pub fn frame_for(packet: &PacketTuple) -> Vec<u8> {
+    use crate::frames::*;
+    let transport = match packet.protocol {
+        ip_proto::TCP => tcp(packet.src_port, packet.dst_port, TCP_SYN, &[]),
+        ip_proto::UDP => udp(packet.src_port, packet.dst_port, b"probe"),
+        ip_proto::ICMP => icmp(8, 0, 0x4242, 1, b"probe"),
+        ip_proto::ICMPV6 => icmp(128, 0, 0x4242, 1, b"probe"),
+        ip_proto::GRE => gre(0x0800, &[]),
+        _ => vec![0; 8],
+    };
+    match (packet.src, packet.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ether(
+            ETHERTYPE_IPV4,
+            &[],
+            &ipv4(packet.protocol, s.octets(), d.octets(), &[], Frag4::default(), &transport),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ether(ETHERTYPE_IPV6, &[], &ipv6(packet.protocol, s.octets(), d.octets(), &transport))
+        }
+        _ => panic!("mixed address families in {packet:?}"),
+    }
+}
+
+/// The hook that sees packets of `direction` (ingress: XDP, egress: TC).
+pub fn hook_for(direction: Direction) -> Hook {
+    match direction {
+        Direction::Ingress => Hook::Xdp,
+        Direction::Egress => Hook::Tc,
+    }
+}
+
+/// The ifindex BPF_PROG_TEST_RUN reports for both hooks (the loopback device).
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Compares what the kernel decided with the reference evaluator; `Err` describes a
+/// mismatch.
+pub fn compare(
+    cfg: &Config,
+    iface: &InterfaceBinding,
+    direction: Direction,
+    packet: &PacketTuple,
+    got: &Outcome,
+) -> Result<(), String> {
+    let want = evaluate(cfg, iface, direction, packet);
+    let (want_verdict, want_step, want_rule) = expected(&want);
+    // In audit mode the packet passes whatever the computed verdict.
+    let audit = iface.mode == Mode::Audit;
+    let returned = if audit { verdict::PASS } else { got.decision.verdict };
+    if got.verdict != returned || (got.decision.flags & DECISION_AUDIT != 0) != audit {
+        return Err(format!(
+            "{direction:?} {packet:?}: returned {} for {:?} (audit {audit})",
+            got.verdict, got.decision
+        ));
+    }
+    let got_tuple = (got.decision.verdict, got.decision.step, got.decision.rule_id);
+    if got_tuple == (want_verdict, want_step, want_rule) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{direction:?} {packet:?}: kernel verdict/step/rule {got_tuple:?}, reference {:?} ({:?})",
+            (want_verdict, want_step, want_rule),
+            want.decided_by
+        ))
+    }
+}
+
+/// The (verdict, step, rule id) the kernel must report for a reference decision.
+pub fn expected(decision: &RefDecision) -> (u8, u8, u32) {
+    let v = match decision.action {
+        Action::Accept => verdict::PASS,
+        Action::Drop => verdict::DROP,
+    };
+    match decision.decided_by {
+        DecidedBy::IntraGroupAccept { .. } => (v, step::INTRA_GROUP_ACCEPT, 0),
+        DecidedBy::Rule { rule_id } => (v, step::RULE, rule_id),
+        DecidedBy::IntraGroupIsolation { .. } => (v, step::INTRA_GROUP_DROP, 0),
+        DecidedBy::Default { .. } => (v, step::DEFAULT, 0),
+    }
 }

@@ -108,12 +108,101 @@ impl Host {
         })
     }
 
+    /// Whether a TCP connection or UDP exchange with `dst:port` gets through: a refused
+    /// connection counts as through (the packets crossed), only silence counts as dropped.
+    pub fn reaches(&self, proto: Proto, dst: IpAddr, port: u16, timeout: Duration) -> bool {
+        let to = SocketAddr::new(dst, port);
+        in_netns(&self.ns, move || {
+            Ok(match proto {
+                Proto::Tcp => match TcpStream::connect_timeout(&to, timeout) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                },
+                Proto::Udp => udp_probe(to, timeout).is_ok(),
+            })
+        })
+        .unwrap_or(false)
+    }
+
     /// Sends one ping to `dst` and reports whether the reply came back within a second.
     pub fn ping(&self, dst: IpAddr) -> bool {
         self.command("ping")
             .args(["-c", "1", "-W", "1", "-n", "-q", &dst.to_string()])
             .output()
             .is_ok_and(|o| o.status.success())
+    }
+}
+
+/// Counts UDP datagrams arriving on a port: observes one-way traffic, which needs no
+/// reply to come back.
+pub struct Sink {
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    _server: Server,
+}
+
+impl Sink {
+    pub fn count(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` for the count to exceed `before`.
+    pub fn grew_from(&self, before: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.count() > before {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Host {
+    /// Starts a UDP sink on `[::]:port`.
+    pub fn sink(&self, port: u16) -> Result<Sink> {
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let path = format!("/run/netns/{}", self.ns);
+        let (flag, count) = (stop.clone(), received.clone());
+        let thread = thread::spawn(move || {
+            let socket = enter_netns(&path).and_then(|()| {
+                UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).map_err(anyhow::Error::from)
+            });
+            match socket {
+                Ok(socket) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = socket.set_read_timeout(Some(Duration::from_millis(50)));
+                    let mut buf = [0u8; 2048];
+                    while !flag.load(Ordering::Relaxed) {
+                        if socket.recv_from(&mut buf).is_ok() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+        ready_rx.recv().map_err(|_| anyhow!("sink thread died"))??;
+        Ok(Sink { received, _server: Server { stop, thread: Some(thread) } })
+    }
+
+    /// Sends one UDP datagram to `dst:port` (no reply expected).
+    pub fn send_udp(&self, dst: IpAddr, port: u16) -> Result<()> {
+        in_netns(&self.ns, move || {
+            let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+            UdpSocket::bind(bind)?.send_to(b"one-way", SocketAddr::new(dst, port))?;
+            Ok(())
+        })
+    }
+
+    /// Whether a one-way datagram from this host reaches `sink` on `to`.
+    pub fn delivers(&self, sink: &Sink, dst: IpAddr, port: u16) -> bool {
+        let before = sink.count();
+        self.send_udp(dst, port).is_ok() && sink.grew_from(before, Duration::from_millis(800))
     }
 }
 

@@ -281,7 +281,7 @@ fn parser_fixture_table_on_both_hooks() {
     if !kernel_tests_enabled("parser_fixture_table_on_both_hooks") {
         return;
     }
-    let mut dp = Dataplane::load(&LoadOptions { trace: true }).expect("load programs");
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load programs");
     let table = fixtures();
     assert!(table.len() >= 30, "the table must hold at least 30 frames");
     let mut failures = Vec::new();

@@ -1,14 +1,20 @@
-//! `cargo xtask demo`: a namespace topology with sgctl attached to an instance's NIC,
-//! real traffic through it, live counters, then clean-up.
+//! `cargo xtask demo`: the use cases of the security-group guide on a namespace
+//! topology. Three instances run `sgctl run` with `examples/demo.toml`; real TCP and ICMP
+//! traffic is sent; each flow's expected, observed and predicted (`sgctl trace`) verdict is
+//! printed with the rule that decides it, then everything is removed.
 
-use std::{net::Ipv4Addr, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use sg_tests::{agent::Agent, netns::Lab, traffic::Proto};
+use sg_tests::deploy::{Demo, demo_config, enforce, observe, predict, serve_flows, use_case_flows};
 
 fn main() -> ExitCode {
     match demo() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("demo: some flows did not behave as expected");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("demo: error: {e:#}");
             ExitCode::FAILURE
@@ -16,44 +22,73 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo() -> Result<()> {
+fn verdict(pass: bool) -> &'static str {
+    if pass { "pass" } else { "drop" }
+}
+
+fn demo() -> Result<bool> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("the demo creates namespaces and loads eBPF: run it as root");
     }
-    let mut lab = Lab::new("demo")?;
-    let client = lab.add_host("client", Ipv4Addr::new(198, 18, 0, 10), "2001:db8::10".parse()?)?;
-    let web = lab.add_host("web", Ipv4Addr::new(198, 18, 1, 10), "2001:db8::1:10".parse()?)?;
-    lab.resolve_neighbours()?;
-    println!(
-        "topology: {} ({}, {}) <-> bridge <-> {} ({}, {})",
-        client.role, client.ipv4, client.ipv6, web.role, web.ipv4, web.ipv6
-    );
-
-    let mut agent =
-        Agent::start(&web, &["attach", "eth0", "--xdp-mode", "generic", "--interval", "1"], "attached to eth0")?;
-    println!("sgctl: {}", agent.seen.last().map_or("", String::as_str));
-    let _http = web.serve(Proto::Tcp, 80)?;
-    let _dns = web.serve(Proto::Udp, 53)?;
-    let timeout = Duration::from_secs(2);
-    println!("\n{:<34} {:<10}", "flow", "observed");
-    for v6 in [false, true] {
-        let dst = web.addr(v6);
-        for (label, result) in [
-            (format!("client -> web {dst} tcp/80"), client.probe(Proto::Tcp, dst, 80, timeout).is_ok()),
-            (format!("client -> web {dst} udp/53"), client.probe(Proto::Udp, dst, 53, timeout).is_ok()),
-            (format!("client -> web {dst} ping"), client.ping(dst)),
-        ] {
-            println!("{label:<34} {}", if result { "pass" } else { "drop" });
-        }
+    let config = demo_config();
+    let demo = Demo::build("demo")?;
+    println!("topology (one bridge, no route out):");
+    for h in demo.lab.hosts() {
+        println!("  {:<8} {:<7} {:<12} {}", h.role, h.iface, h.ipv4, h.ipv6);
     }
-    println!("\nlive counters from sgctl (no rule set loaded yet: every packet passes):");
-    for _ in 0..2 {
-        println!("  {}", agent.wait_for("ingress:", Duration::from_secs(5))?);
+    println!("\nrule file: {}", config.display());
+    let mut agents = Vec::new();
+    for host in demo.instances() {
+        let agent = enforce(host, &config, &["--json", "--interval", "1"])?;
+        println!(
+            "  sgctl run on {:<8} {}",
+            host.role,
+            agent.seen.iter().find(|l| l.contains("enforcing")).map_or("", |s| s)
+        );
+        agents.push(agent);
     }
-    agent.stop_with(libc::SIGTERM)?;
-    println!("sgctl: {}", agent.seen.last().map_or("", String::as_str));
-    drop(lab);
-    println!("namespaces removed");
-    Ok(())
+    let flows = use_case_flows(&demo);
+    let _servers = serve_flows(&flows)?;
+    println!("\n{:<38} {:<9} {:<9} {:<26}", "use case / flow", "expected", "observed", "deciding rule (sgctl trace)");
+    let mut all_ok = true;
+    for flow in &flows {
+        let observed = observe(flow);
+        let predicted = predict(&demo.web, &config, flow)?;
+        let ok = observed == flow.expect_pass && predicted.pass == flow.expect_pass;
+        all_ok &= ok;
+        println!(
+            "{:<38} {:<9} {:<9} {:<26}{}",
+            flow.label,
+            verdict(flow.expect_pass),
+            verdict(observed),
+            predicted.decided_by,
+            if ok { "" } else { "  <-- MISMATCH" }
+        );
+    }
+    println!("\nlive counters (ingress XDP | egress TC), from each sgctl:");
+    for (host, agent) in demo.instances().iter().zip(agents.iter_mut()) {
+        // The line printed after the flows, not one queued before them.
+        std::thread::sleep(Duration::from_millis(1100));
+        let line = agent.latest("\"ingress\"", Duration::from_secs(5))?;
+        let json: serde_json::Value = serde_json::from_str(&line)?;
+        let show = |h: &serde_json::Value| {
+            let steps: Vec<String> = h["by_step"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some(format!("{}={}", p[0].as_str()?, p[1])))
+                .collect();
+            format!("pass {} drop {} [{}]", h["passed"], h["dropped"], steps.join(" "))
+        };
+        println!("  {:<8} ingress: {}", host.role, show(&json["ingress"]));
+        println!("  {:<8} egress:  {}", "", show(&json["egress"]));
+    }
+    for agent in &mut agents {
+        agent.stop_with(libc::SIGTERM)?;
+    }
+    drop(agents);
+    drop(demo);
+    println!("\nsgctl stopped, programs detached, namespaces removed");
+    Ok(all_ok)
 }

@@ -1,0 +1,177 @@
+//! `sgctl run`: enforce a rule file on the interfaces it names until stopped; reload it
+//! on SIGHUP (all or nothing: a file that fails validation changes nothing).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use sg_common::stats;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    attach::{self, Attachment, XdpModeChoice},
+    compile::compile,
+    config::{Config, Direction, InterfaceBinding, load_file},
+    counters::hook_counters,
+    ebpf::{Dataplane, LoadOptions},
+    enforce::{Capacity, Enforcer},
+};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Only these interfaces of the file (default: every one that exists here).
+    pub only: Vec<String>,
+    pub xdp_mode: XdpModeChoice,
+    /// Seconds between counter lines; 0 for none.
+    pub interval: u64,
+    pub json: bool,
+}
+
+/// The interfaces of `cfg` to enforce on here, with their ifindex.
+fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, &'c InterfaceBinding)>> {
+    for name in only {
+        if cfg.interface(name).is_none() {
+            bail!("--iface {name}: the rule file has no [[interface]] of that name");
+        }
+    }
+    let mut found = Vec::new();
+    for binding in &cfg.interfaces {
+        if !only.is_empty() && !only.contains(&binding.name) {
+            continue;
+        }
+        match attach::ifindex(&binding.name) {
+            Ok(index) => found.push((index, binding)),
+            Err(_) if only.is_empty() => println!("sgctl: {} is not on this host; skipped", binding.name),
+            Err(e) => return Err(e),
+        }
+    }
+    if found.is_empty() {
+        bail!("none of the rule file's interfaces exist here");
+    }
+    Ok(found)
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config> {
+    load_file(path).map_err(|errors| anyhow::anyhow!("{errors}\n{}: invalid, nothing applied", path.display()))
+}
+
+pub fn run(opts: &RunOptions) -> Result<()> {
+    let cfg = load_config(&opts.config)?;
+    let here = targets(&cfg, &opts.only)?;
+    let names: Vec<String> = here.iter().map(|(_, b)| b.name.clone()).collect();
+    let mut compiled = Vec::new();
+    for (_, binding) in &here {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            compiled.push(compile(&cfg, binding, dir)?);
+        }
+    }
+    let capacity = Capacity::for_rule_sets(&compiled);
+    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+    let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
+    // Rules go in before the programs attach: there is no moment without them.
+    let report = enforcer.apply(&cfg, &here)?;
+    let mut attachments = Vec::new();
+    for name in &names {
+        match Attachment::attach(&mut dp, name, opts.xdp_mode) {
+            Ok(a) => attachments.push(a),
+            Err(e) => {
+                detach_all(&mut dp, attachments);
+                return Err(e);
+            }
+        }
+        write_pid_file(name)?;
+    }
+    for a in &attachments {
+        println!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
+    }
+    println!(
+        "applied {}: {} rule sets, {} rules, {} vectors, {} trie entries (compile {:.1} ms, write {:.1} ms)",
+        opts.config.display(),
+        report.rule_sets,
+        report.rules,
+        report.vectors,
+        report.trie_entries,
+        report.compile_time.as_secs_f64() * 1e3,
+        report.write_time.as_secs_f64() * 1e3,
+    );
+    let result = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(
+        opts,
+        &dp,
+        &mut enforcer,
+        &names,
+    ));
+    detach_all(&mut dp, attachments);
+    for name in &names {
+        let _ = std::fs::remove_file(attach::pid_file(name));
+    }
+    result?;
+    println!("stopped; detached from {}", names.join(", "));
+    Ok(())
+}
+
+fn write_pid_file(iface: &str) -> Result<()> {
+    let path = attach::pid_file(iface);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, std::process::id().to_string()).with_context(|| format!("writing {}", path.display()))
+}
+
+fn detach_all(dp: &mut Dataplane, attachments: Vec<Attachment>) {
+    for a in attachments {
+        let iface = a.iface.clone();
+        if let Err(e) = a.detach(dp) {
+            eprintln!("sgctl: detaching {iface}: {e:#}");
+        }
+    }
+}
+
+/// Waits for signals: SIGINT/SIGTERM stop, SIGHUP reloads; prints counters meanwhile.
+async fn serve(opts: &RunOptions, dp: &Dataplane, enforcer: &mut Enforcer, names: &[String]) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let period = Duration::from_secs(opts.interval.max(1));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sighup.recv() => reload(opts, enforcer, names),
+            _ = tokio::time::sleep(period), if opts.interval > 0 => {
+                let slots = dp.counters()?;
+                let ingress = hook_counters(&slots, stats::HOOK_INGRESS);
+                let egress = hook_counters(&slots, stats::HOOK_EGRESS);
+                if opts.json {
+                    println!("{}", serde_json::json!({ "ingress": ingress, "egress": egress }));
+                } else {
+                    println!("ingress: {ingress} | egress: {egress}");
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the rule file and applies it to the interfaces enforced since start.
+fn reload(opts: &RunOptions, enforcer: &mut Enforcer, names: &[String]) {
+    let outcome = load_config(&opts.config).and_then(|cfg| {
+        let mut targets = Vec::new();
+        for name in names {
+            match cfg.interface(name) {
+                Some(binding) => targets.push((attach::ifindex(name)?, binding)),
+                None => bail!("the new file drops interface {name}; restart sgctl to change the interface set"),
+            }
+        }
+        let report = enforcer.apply(&cfg, &targets)?;
+        Ok((report, enforcer.generation(targets[0].0).unwrap_or(0)))
+    });
+    match outcome {
+        Ok((report, generation)) => println!(
+            "reloaded {}: generation {generation}, {} rules (compile {:.1} ms, write {:.1} ms)",
+            opts.config.display(),
+            report.rules,
+            report.compile_time.as_secs_f64() * 1e3,
+            report.write_time.as_secs_f64() * 1e3
+        ),
+        Err(e) => eprintln!("sgctl: reload rejected, the previous rules stay in force: {e:#}"),
+    }
+}

@@ -1,0 +1,374 @@
+//! Writing compiled rule sets into the kernel maps and switching interfaces to them.
+//!
+//! An apply compiles everything first (an error leaves the maps untouched), writes each
+//! new rule set beside the live one (its own slot, vector and rule-info ranges, trie
+//! entries keyed by the new slot), then switches each interface with a single hash-map
+//! update of its [`IfaceConfig`], so no packet sees a mixture of two rule sets. The old
+//! rule set is deleted after a grace period longer than any program run.
+
+use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
+use sg_common::{
+    ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_RULESETS, MAX_WORDS, PORT_KEY_FIXED_BITS, PortKey,
+    RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, map,
+};
+
+use crate::{
+    compile::{Compiled, compile},
+    config::{Config, Direction, InterfaceBinding, Mode},
+    ebpf::Dataplane,
+};
+
+/// Map sizes, fixed when the programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub vectors: u32,
+    pub rule_info: u32,
+    pub addr_entries: u32,
+    pub port_entries: u32,
+    pub interfaces: u32,
+}
+
+impl Default for Capacity {
+    /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
+    fn default() -> Self {
+        Self { vectors: 4096, rule_info: 65_536, addr_entries: 65_536, port_entries: 65_536, interfaces: 64 }
+    }
+}
+
+impl Capacity {
+    /// Room for twice what `compiled` needs (a new rule set is written beside the live
+    /// one), and never less than the default.
+    pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
+        let mut need = Self { vectors: 0, rule_info: 0, addr_entries: 0, port_entries: 0, interfaces: 0 };
+        for c in compiled {
+            need.vectors += c.vectors.len() as u32;
+            need.rule_info += c.rules.len() as u32;
+            need.addr_entries += c.addr_entries.len() as u32;
+            need.port_entries += c.port_entries.len() as u32;
+            need.interfaces += 1;
+        }
+        let d = Self::default();
+        Self {
+            vectors: (need.vectors * 2 + 64).max(d.vectors),
+            rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
+            addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
+            port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
+            interfaces: d.interfaces,
+        }
+    }
+
+    /// Bytes of map memory the vectors and rule-info arrays take (the tries grow with
+    /// their entries, about 100 bytes each).
+    pub fn array_bytes(&self) -> u64 {
+        u64::from(self.vectors) * size_of::<RuleVector>() as u64
+            + u64::from(self.rule_info) * size_of::<RuleInfo>() as u64
+    }
+}
+
+/// First-fit allocator of index ranges in an array map.
+#[derive(Debug)]
+struct Ranges {
+    free: Vec<Range<u32>>,
+}
+
+impl Ranges {
+    fn new(len: u32) -> Self {
+        #[expect(clippy::single_range_in_vec_init, reason = "one free range, the whole array")]
+        let free = vec![0..len];
+        Self { free }
+    }
+
+    fn take(&mut self, n: u32) -> Option<Range<u32>> {
+        let i = self.free.iter().position(|r| r.end - r.start >= n)?;
+        let start = self.free[i].start;
+        self.free[i].start += n;
+        if self.free[i].is_empty() {
+            self.free.remove(i);
+        }
+        Some(start..start + n)
+    }
+
+    fn give(&mut self, range: Range<u32>) {
+        if range.is_empty() {
+            return;
+        }
+        let i = self.free.partition_point(|r| r.start < range.start);
+        self.free.insert(i, range);
+        // Merge with the neighbours.
+        if i + 1 < self.free.len() && self.free[i].end == self.free[i + 1].start {
+            self.free[i].end = self.free.remove(i + 1).end;
+        }
+        if i > 0 && self.free[i - 1].end == self.free[i].start {
+            self.free[i - 1].end = self.free.remove(i).end;
+        }
+    }
+}
+
+/// A rule set living in the maps.
+struct Installed {
+    slot: u32,
+    vectors: Range<u32>,
+    rules: Range<u32>,
+    addr_keys: Vec<Key<AddrKey>>,
+    port_keys: Vec<Key<PortKey>>,
+}
+
+#[derive(Default)]
+struct InterfaceState {
+    ingress: Option<Installed>,
+    egress: Option<Installed>,
+    generation: u32,
+}
+
+/// Figures from one apply.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ApplyReport {
+    pub rule_sets: usize,
+    pub rules: usize,
+    pub vectors: usize,
+    pub trie_entries: usize,
+    pub compile_time: Duration,
+    pub write_time: Duration,
+}
+
+/// Owns the classification maps and what is installed in them.
+pub struct Enforcer {
+    ifaces: BpfHashMap<MapData, u32, IfaceConfig>,
+    rulesets: Array<MapData, RulesetHeader>,
+    addr_trie: LpmTrie<MapData, AddrKey, u32>,
+    port_trie: LpmTrie<MapData, PortKey, u32>,
+    vectors: Array<MapData, RuleVector>,
+    rule_info: Array<MapData, RuleInfo>,
+    vector_ranges: Ranges,
+    rule_ranges: Ranges,
+    free_slots: Vec<u32>,
+    installed: HashMap<u32, InterfaceState>,
+}
+
+fn take<T>(dp: &mut Dataplane, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = dp.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing (already taken?)"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+impl Enforcer {
+    /// Takes the classification maps out of `dp` (loaded with `capacity`).
+    pub fn new(dp: &mut Dataplane, capacity: &Capacity) -> Result<Self> {
+        Ok(Self {
+            ifaces: take(dp, map::IFACES)?,
+            rulesets: take(dp, map::RULESETS)?,
+            addr_trie: take(dp, map::ADDR_TRIE)?,
+            port_trie: take(dp, map::PORT_TRIE)?,
+            vectors: take(dp, map::VECTORS)?,
+            rule_info: take(dp, map::RULE_INFO)?,
+            vector_ranges: Ranges::new(capacity.vectors),
+            rule_ranges: Ranges::new(capacity.rule_info),
+            // Slot 0 means "none".
+            free_slots: (1..MAX_RULESETS).rev().collect(),
+            installed: HashMap::new(),
+        })
+    }
+
+    /// Applies `cfg` to the interfaces in `targets` (ifindex, binding): all or nothing.
+    pub fn apply(&mut self, cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Result<ApplyReport> {
+        let started = Instant::now();
+        let mut compiled = Vec::with_capacity(targets.len());
+        for (ifindex, binding) in targets {
+            let ingress = compile(cfg, binding, Direction::Ingress)?;
+            let egress = compile(cfg, binding, Direction::Egress)?;
+            compiled.push((*ifindex, binding.mode, ingress, egress));
+        }
+        let mut report = ApplyReport { compile_time: started.elapsed(), ..Default::default() };
+        let written = Instant::now();
+        let mut fresh = Vec::with_capacity(compiled.len());
+        for (ifindex, mode, ingress, egress) in &compiled {
+            let pair = self.install(ingress).and_then(|i| match self.install(egress) {
+                Ok(e) => Ok((i, e)),
+                Err(err) => {
+                    self.remove(i);
+                    Err(err)
+                }
+            });
+            match pair {
+                Ok(pair) => fresh.push((*ifindex, *mode, pair)),
+                Err(err) => {
+                    // Nothing was switched yet: drop what this apply wrote.
+                    for (_, _, (i, e)) in fresh {
+                        self.remove(i);
+                        self.remove(e);
+                    }
+                    return Err(err);
+                }
+            }
+            for c in [ingress, egress] {
+                report.rule_sets += 1;
+                report.rules += c.rules.len();
+                report.vectors += c.vectors.len();
+                report.trie_entries += c.addr_entries.len() + c.port_entries.len();
+            }
+        }
+        let mut retired = Vec::new();
+        for (ifindex, mode, (ingress, egress)) in fresh {
+            let state = self.installed.entry(ifindex).or_default();
+            state.generation = state.generation.wrapping_add(1);
+            let config = IfaceConfig {
+                ingress: ingress.slot,
+                egress: egress.slot,
+                generation: state.generation,
+                flags: if mode == Mode::Audit { IFACE_AUDIT } else { 0 },
+            };
+            // The switch: one update of one hash-map value.
+            self.ifaces.insert(ifindex, config, 0).with_context(|| format!("switching ifindex {ifindex}"))?;
+            retired.extend(state.ingress.replace(ingress));
+            retired.extend(state.egress.replace(egress));
+        }
+        report.write_time = written.elapsed();
+        self.retire(retired);
+        Ok(report)
+    }
+
+    /// Stops enforcing on `ifindex` (its packets pass as unconfigured).
+    pub fn clear(&mut self, ifindex: u32) -> Result<()> {
+        if let Some(state) = self.installed.remove(&ifindex) {
+            self.ifaces.remove(&ifindex).with_context(|| format!("clearing ifindex {ifindex}"))?;
+            self.retire(state.ingress.into_iter().chain(state.egress).collect());
+        }
+        Ok(())
+    }
+
+    /// The generation of `ifindex`'s rule sets (bumped by every apply).
+    pub fn generation(&self, ifindex: u32) -> Option<u32> {
+        self.installed.get(&ifindex).map(|s| s.generation)
+    }
+
+    /// Deletes replaced rule sets once no program run can still be reading them.
+    fn retire(&mut self, old: Vec<Installed>) {
+        if old.is_empty() {
+            return;
+        }
+        // Programs run to completion in microseconds; a packet that read the old slot
+        // before the switch is long done after this.
+        std::thread::sleep(Duration::from_millis(5));
+        for installed in old {
+            self.remove(installed);
+        }
+    }
+
+    fn remove(&mut self, installed: Installed) {
+        for key in &installed.addr_keys {
+            let _ = self.addr_trie.remove(key);
+        }
+        for key in &installed.port_keys {
+            let _ = self.port_trie.remove(key);
+        }
+        self.vector_ranges.give(installed.vectors);
+        self.rule_ranges.give(installed.rules);
+        self.free_slots.push(installed.slot);
+    }
+
+    /// Writes one compiled rule set into free space; live rule sets are not touched.
+    fn install(&mut self, c: &Compiled) -> Result<Installed> {
+        let slot = self.free_slots.pop().ok_or_else(|| anyhow!("all {MAX_RULESETS} rule-set slots in use"))?;
+        let Some(vectors) = self.vector_ranges.take(c.vectors.len() as u32) else {
+            self.free_slots.push(slot);
+            bail!(
+                "no room for {} more vectors in the maps sized at start; restart sgctl with the new rule file",
+                c.vectors.len()
+            );
+        };
+        let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
+            self.free_slots.push(slot);
+            self.vector_ranges.give(vectors);
+            bail!(
+                "no room for {} more rules in the maps sized at start; restart sgctl with the new rule file",
+                c.rules.len()
+            );
+        };
+        let mut installed = Installed { slot, vectors, rules, addr_keys: Vec::new(), port_keys: Vec::new() };
+        match self.write(c, &mut installed) {
+            Ok(()) => Ok(installed),
+            Err(e) => {
+                self.remove(installed);
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<()> {
+        let words = c.words();
+        debug_assert!(words <= MAX_WORDS);
+        let mut value = RuleVector::default();
+        for (i, v) in c.vectors.iter().enumerate() {
+            value.summary = [0; SUMMARY_WORDS];
+            value.words[..words].copy_from_slice(v);
+            for (w, word) in v.iter().enumerate() {
+                if *word != 0 {
+                    value.summary[w / 64] |= 1 << (w % 64);
+                }
+            }
+            self.vectors.set(at.vectors.start + i as u32, value, 0).context("writing a rule vector")?;
+        }
+        for (i, info) in c.rules.iter().enumerate() {
+            self.rule_info.set(at.rules.start + i as u32, *info, 0).context("writing rule info")?;
+        }
+        let ruleset = at.slot.to_be_bytes();
+        for e in &c.addr_entries {
+            let (family, addr, bits) = match e.net.network() {
+                std::net::IpAddr::V4(a) => {
+                    let mut addr = [0u8; 16];
+                    addr[..4].copy_from_slice(&a.octets());
+                    (4, addr, e.net.prefix_len())
+                }
+                std::net::IpAddr::V6(a) => (6, a.octets(), e.net.prefix_len()),
+            };
+            let key = Key::new(
+                ADDR_KEY_FIXED_BITS + u32::from(bits),
+                AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
+            );
+            self.addr_trie.insert(&key, at.vectors.start + e.vector, 0).context("writing an address entry")?;
+            at.addr_keys.push(key);
+        }
+        for e in &c.port_entries {
+            let (protocol, bits) = match e.protocol {
+                None => (0, 0),
+                Some(p) => (p, 8 + u32::from(e.port_bits)),
+            };
+            let key = Key::new(
+                PORT_KEY_FIXED_BITS + bits,
+                PortKey { ruleset, field: e.field, protocol, port: e.port.to_be_bytes() },
+            );
+            self.port_trie.insert(&key, at.vectors.start + e.vector, 0).context("writing a port entry")?;
+            at.port_keys.push(key);
+        }
+        let header =
+            RulesetHeader { rule_base: at.rules.start, rule_count: c.rules.len() as u32, flags: c.flags, _pad: 0 };
+        self.rulesets.set(at.slot, header, 0).context("writing the rule-set header")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ranges;
+
+    #[test]
+    fn ranges_are_reused_and_merged() {
+        let mut r = Ranges::new(100);
+        let a = r.take(30).unwrap();
+        let b = r.take(30).unwrap();
+        let c = r.take(40).unwrap();
+        assert_eq!((a.clone(), b.clone(), c.clone()), (0..30, 30..60, 60..100));
+        assert!(r.take(1).is_none());
+        r.give(b);
+        r.give(a);
+        assert_eq!(r.take(60), Some(0..60), "freed neighbours merge");
+        r.give(c);
+        assert!(r.take(41).is_none());
+        assert_eq!(r.take(40), Some(60..100));
+    }
+}

@@ -1,0 +1,92 @@
+//! Classification in the kernel against the reference evaluator, on both hooks, with
+//! the use-case rule file; and the per-packet cost at 10 and 16,384 rules.
+
+use sg_tests::{
+    kernel::kernel_tests_enabled,
+    testrun::{HOOKS, TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
+};
+use sgctl::{
+    config::{Direction, load_file, parse_str},
+    ebpf::{Dataplane, LoadOptions},
+    enforce::{Capacity, Enforcer},
+    eval::PacketTuple,
+};
+
+fn packet(src: &str, dst: &str, protocol: u8, src_port: u16, dst_port: u16) -> PacketTuple {
+    PacketTuple { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol, src_port, dst_port }
+}
+
+#[test]
+fn guide_use_cases_match_the_reference_on_both_hooks() {
+    if !kernel_tests_enabled("guide_use_cases_match_the_reference_on_both_hooks") {
+        return;
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/guide-use-cases.toml");
+    let cfg = load_file(std::path::Path::new(path)).expect("example parses");
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let packets = [
+        packet("198.19.0.9", "198.18.0.10", 6, 40000, 80),
+        packet("198.19.0.9", "198.18.0.10", 6, 40000, 443),
+        packet("198.19.0.9", "198.18.0.10", 6, 40000, 22),
+        packet("198.19.0.5", "198.18.0.10", 6, 40000, 22),
+        packet("198.19.0.7", "198.18.0.10", 1, 0, 0),
+        packet("198.19.0.8", "198.18.0.10", 1, 0, 0),
+        packet("198.18.0.10", "198.18.1.20", 6, 40000, 3306),
+        packet("198.19.0.9", "198.18.1.20", 6, 40000, 3306),
+        packet("2001:db8::99", "2001:db8::10", 6, 40000, 443),
+        packet("2001:db8::99", "2001:db8::10", 17, 40000, 53),
+        packet("198.18.0.11", "198.18.0.10", 17, 1, 2),
+        packet("198.18.0.10", "198.19.0.200", 6, 40000, 80),
+    ];
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for binding in &cfg.interfaces {
+        enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)]).expect("apply");
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for p in &packets {
+                let got = run(&mut dp, hook_for(direction), &frame_for(p)).expect("run");
+                checked += 1;
+                if let Err(e) = compare(&cfg, binding, direction, p, &got) {
+                    failures.push(format!("{}: {e}", binding.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn unconfigured_interfaces_and_cleared_ones_pass_everything() {
+    if !kernel_tests_enabled("unconfigured_interfaces_and_cleared_ones_pass_everything") {
+        return;
+    }
+    let cfg = parse_str(
+        r#"
+[[security_group]]
+id = "sg-closed"
+type = "advanced"
+members = ["198.18.0.2"]
+[[interface]]
+name = "lo"
+security_groups = ["sg-closed"]
+"#,
+        "closed.toml",
+    )
+    .unwrap();
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let frame = frame_for(&packet("198.19.0.9", "198.18.0.1", 6, 40000, 80));
+    for hook in HOOKS {
+        assert_eq!(run(&mut dp, hook, &frame).unwrap().decision.step, sg_common::step::UNCONFIGURED);
+    }
+    enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).unwrap();
+    for hook in HOOKS {
+        let got = run(&mut dp, hook, &frame).unwrap();
+        assert_eq!((got.verdict, got.decision.step), (sg_common::verdict::DROP, sg_common::step::DEFAULT), "{hook:?}");
+    }
+    enforcer.clear(TEST_RUN_IFINDEX).unwrap();
+    for hook in HOOKS {
+        assert_eq!(run(&mut dp, hook, &frame).unwrap().decision.step, sg_common::step::UNCONFIGURED);
+    }
+}
