@@ -146,6 +146,7 @@ pub struct Enforcer {
     rule_ranges: Ranges,
     free_slots: Vec<u32>,
     installed: HashMap<u32, InterfaceState>,
+    grace: Duration,
 }
 
 fn take<T>(dp: &mut Dataplane, name: &str) -> Result<T>
@@ -171,6 +172,7 @@ impl Enforcer {
             // Slot 0 means "none".
             free_slots: (1..MAX_RULESETS).rev().collect(),
             installed: HashMap::new(),
+            grace: Duration::from_millis(5),
         })
     }
 
@@ -241,6 +243,12 @@ impl Enforcer {
         Ok(())
     }
 
+    /// How long a replaced rule set stays readable after the switch. Zero is only right
+    /// when no packet can be in flight (BPF_PROG_TEST_RUN, which runs synchronously).
+    pub fn set_grace_period(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
     /// The generation of `ifindex`'s rule sets (bumped by every apply).
     pub fn generation(&self, ifindex: u32) -> Option<u32> {
         self.installed.get(&ifindex).map(|s| s.generation)
@@ -253,7 +261,7 @@ impl Enforcer {
         }
         // Programs run to completion in microseconds; a packet that read the old slot
         // before the switch is long done after this.
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(self.grace);
         for installed in old {
             self.remove(installed);
         }

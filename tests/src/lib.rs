@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod deploy;
 pub mod frames;
+pub mod r#gen;
 pub mod kernel;
 pub mod netns;
 pub mod testrun;

@@ -1,0 +1,257 @@
+//! Differential test of the compiler against the reference evaluator, host only (no root,
+//! no kernel): random rule files from `sg_tests::r#gen` (`gen` is reserved in edition 2024),
+//! each interface compiled in both directions, and every probe classified by `Compiled::simulate` (the kernel's lookup in
+//! plain Rust) and by `evaluate` (SPEC section 3, steps 4 to 7). They must agree on the
+//! verdict, the deciding step and, for rules, the rule id.
+//!
+//! `SG_DIFF_CASES` (default 3000) sets the number of rule files, `SG_DIFF_PACKETS`
+//! (default 20) the probes per file, and `SG_DIFF_SEED` the seed of the first file (the
+//! others follow it: seed + 1, seed + 2, ...). A mismatch prints the seed to rerun it
+//! alone: `SG_DIFF_SEED=<seed> SG_DIFF_CASES=1 SG_DIFF_PACKETS=<n>`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use sg_common::{step, verdict};
+use sg_tests::r#gen::{self as generator, Case, GenOptions, Probe, RealisticOptions, Rng};
+use sg_tests::testrun::expected;
+use sgctl::compile::{Compiled, Simulated, compile};
+use sgctl::config::{Action, Config, Direction, parse_str, pooled_rules};
+use sgctl::eval::{DecidedBy, PacketTuple, evaluate};
+
+const BASE_SEED: u64 = 0x5347_6469_6666_0000;
+const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+/// Stop after this many mismatches (each is printed in full).
+const MAX_REPORTED: usize = 5;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => {
+            let text = text.trim();
+            let parsed = match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => text.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("{name}={text:?} is not a number"))
+        }
+        Err(_) => default,
+    }
+}
+
+/// How often each (step, verdict) decided, to show the generator reaches every step.
+#[derive(Default)]
+struct Tally {
+    probes: u64,
+    decided: BTreeMap<(u8, u8), u64>,
+    max_rules: usize,
+}
+
+fn step_name(step: u8) -> &'static str {
+    step::NAMES.get(usize::from(step)).copied().unwrap_or("?")
+}
+
+/// Every interface of `cfg` compiled in both directions.
+fn compile_all(case: &Case) -> HashMap<(String, Direction), Compiled> {
+    let cfg = &case.config;
+    let mut out = HashMap::new();
+    for iface in &cfg.interfaces {
+        for dir in DIRECTIONS {
+            let compiled = compile(cfg, iface, dir).unwrap_or_else(|e| {
+                panic!(
+                    "seed {:#x}: compiling {} {dir} failed: {e:#}\n--- rule file ---\n{}",
+                    case.seed, iface.name, case.toml
+                )
+            });
+            out.insert((iface.name.clone(), dir), compiled);
+        }
+    }
+    out
+}
+
+/// Compares one probe; `Err` holds a full report (probe, both results, rule file).
+fn check_probe(cfg: &Config, toml: &str, compiled: &Compiled, probe: &Probe) -> Result<(u8, u8), String> {
+    let iface = cfg.interface(&probe.iface).expect("probe on a bound interface");
+    let p = &probe.packet;
+    let decision = evaluate(cfg, iface, probe.direction, p);
+    let (want_verdict, want_step, want_rule) = expected(&decision);
+    let got = compiled.simulate(probe.peer(), probe.local(), p.protocol, p.src_port, p.dst_port);
+    let agrees = got.is_some_and(|Simulated { verdict, step, rule_id }| {
+        verdict == want_verdict && step == want_step && (step != step::RULE || rule_id == want_rule)
+    });
+    if agrees {
+        return Ok((want_step, want_verdict));
+    }
+    let got_text = match got {
+        Some(s) => format!(
+            "verdict {} ({}), step {} ({}), rule id {}",
+            s.verdict,
+            if s.verdict == verdict::PASS { "pass" } else { "drop" },
+            s.step,
+            step_name(s.step),
+            s.rule_id
+        ),
+        None => "no bit set (the default pseudo-rule should always match)".to_string(),
+    };
+    Err(format!(
+        "probe: {probe}\n\
+         packet: {p:?}\n\
+         compiled (simulate): {got_text}\n\
+         evaluator: verdict {want_verdict}, step {want_step} ({}), rule id {want_rule}; {:?}\n\
+         {}\n\
+         --- rule file ---\n{}",
+        step_name(want_step),
+        decision.decided_by,
+        decision.explain(cfg),
+        toml,
+    ))
+}
+
+fn check_case(case: &Case, tally: &mut Tally, mismatches: &mut Vec<String>) {
+    let compiled = compile_all(case);
+    for iface in &case.config.interfaces {
+        for dir in DIRECTIONS {
+            tally.max_rules = tally.max_rules.max(pooled_rules(&case.config, iface, dir).len());
+        }
+    }
+    for probe in &case.packets {
+        let compiled = &compiled[&(probe.iface.clone(), probe.direction)];
+        tally.probes += 1;
+        match check_probe(&case.config, &case.toml, compiled, probe) {
+            Ok(key) => *tally.decided.entry(key).or_default() += 1,
+            Err(report) => {
+                let report = format!(
+                    "MISMATCH, seed {seed:#x} (rerun alone: SG_DIFF_SEED={seed:#x} SG_DIFF_CASES=1 \
+                     SG_DIFF_PACKETS={packets})\n{report}",
+                    seed = case.seed,
+                    packets = case.packets.len()
+                );
+                eprintln!("{report}\n");
+                mismatches.push(report);
+                if mismatches.len() >= MAX_REPORTED {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_rule_sets_agree_with_the_evaluator() {
+    let cases = env_u64("SG_DIFF_CASES", 3000);
+    let packets = env_u64("SG_DIFF_PACKETS", 20) as usize;
+    let base = env_u64("SG_DIFF_SEED", BASE_SEED);
+    let small = GenOptions::default();
+    let large = GenOptions::large();
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut mismatches = Vec::new();
+    for i in 0..cases {
+        let seed = base.wrapping_add(i);
+        // One file in eight is large, so rule vectors span several words (chosen by the
+        // seed, so that a seed reruns alone).
+        let opts = if seed % 8 == 7 { &large } else { &small };
+        let case = generator::case(seed, opts, packets);
+        check_case(&case, &mut tally, &mut mismatches);
+        if mismatches.len() >= MAX_REPORTED {
+            break;
+        }
+    }
+    eprintln!(
+        "{cases} rule files from seed {base:#x}, {} probes, largest interface+direction {} rules, in {:.1?}",
+        tally.probes,
+        tally.max_rules,
+        started.elapsed()
+    );
+    for ((step, verdict), count) in &tally.decided {
+        let action = if *verdict == verdict::PASS { "pass" } else { "drop" };
+        eprintln!("  {:<20} {action:<4} {count}", step_name(*step));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatch(es) between compile+simulate and evaluate; see above",
+        mismatches.len()
+    );
+
+    // The generator must reach every step with both verdicts where the step has both.
+    if cases >= 200 && packets >= 10 {
+        let expected_keys = [
+            (step::INTRA_GROUP_ACCEPT, verdict::PASS),
+            (step::RULE, verdict::PASS),
+            (step::RULE, verdict::DROP),
+            (step::INTRA_GROUP_DROP, verdict::DROP),
+            (step::DEFAULT, verdict::PASS),
+            (step::DEFAULT, verdict::DROP),
+        ];
+        for key in expected_keys {
+            assert!(tally.decided.get(&key).is_some_and(|&n| n >= 10), "the generator rarely reaches {key:?}");
+        }
+        assert!(tally.max_rules > 64, "no rule set spans two vector words");
+    }
+}
+
+#[test]
+fn generation_is_deterministic() {
+    let opts = GenOptions::default();
+    for seed in [0, 1, u64::MAX] {
+        let (a, b) = (generator::case(seed, &opts, 10), generator::case(seed, &opts, 10));
+        assert_eq!(a.toml, b.toml);
+        assert_eq!(a.packets, b.packets);
+    }
+    assert_ne!(generator::case(1, &opts, 0).toml, generator::case(2, &opts, 0).toml);
+    assert_eq!(generator::realistic_ruleset(7, 50), generator::realistic_ruleset(7, 50));
+}
+
+fn parse(toml: &str) -> Config {
+    parse_str(toml, "realistic.toml").unwrap_or_else(|e| panic!("{e}\n---\n{toml}"))
+}
+
+#[test]
+fn realistic_rule_sets_parse_compile_and_agree() {
+    for n in [0, 10, 65, 100, 1000] {
+        for seed in [1, 2] {
+            let toml = generator::realistic_ruleset(seed, n);
+            let cfg = parse(&toml);
+            assert_eq!(cfg.rules().count(), n, "seed {seed}, n {n}");
+            assert_eq!(cfg.interfaces.len(), 1);
+            let iface = &cfg.interfaces[0];
+            assert_eq!(iface.groups.len(), 1);
+            assert_eq!(pooled_rules(&cfg, iface, Direction::Ingress).len(), n);
+            let mut rng = Rng::new(seed ^ n as u64);
+            for dir in DIRECTIONS {
+                let compiled = compile(&cfg, iface, dir).unwrap_or_else(|e| panic!("seed {seed}, n {n}: {e:#}"));
+                for _ in 0..300 {
+                    let packet = generator::packet(&cfg, iface, dir, &mut rng);
+                    let probe = Probe { iface: iface.name.clone(), direction: dir, packet };
+                    if let Err(report) = check_probe(&cfg, &toml, &compiled, &probe) {
+                        panic!("realistic_ruleset({seed}, {n}):\n{report}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn realistic_drop_all_from_is_decided_by_the_last_ranked_rule() {
+    let opts = RealisticOptions { iface: "bench0".to_string(), drop_all_from: Some("192.0.2.0/24".to_string()) };
+    let from: IpAddr = "192.0.2.77".parse().unwrap();
+    for n in [1, 10, 100, 1000] {
+        let toml = generator::realistic_ruleset_with(3, n, &opts);
+        let cfg = parse(&toml);
+        assert_eq!(cfg.rules().count(), n);
+        let iface = cfg.interface("bench0").expect("bound");
+        let last = *pooled_rules(&cfg, iface, Direction::Ingress).last().expect("rules");
+        assert_eq!((last.id, last.action), (n as u32, Action::Drop));
+        let local = cfg.groups[iface.groups[0]].members.iter().copied().find(IpAddr::is_ipv4).expect("v4 member");
+        let compiled = compile(&cfg, iface, Direction::Ingress).unwrap();
+        for (protocol, src_port, dst_port) in [(6, 40000, 443), (17, 5353, 53), (1, 0, 0), (47, 0, 0), (132, 0, 0)] {
+            let packet = PacketTuple { src: from, dst: local, protocol, src_port, dst_port };
+            let decision = evaluate(&cfg, iface, Direction::Ingress, &packet);
+            assert_eq!(decision.decided_by, DecidedBy::Rule { rule_id: n as u32 }, "{}", decision.explain(&cfg));
+            assert_eq!(decision.skipped.len(), n - 1, "every other rule is consulted first");
+            let got = compiled.simulate(from, local, protocol, src_port, dst_port).expect("a bit matches");
+            assert_eq!((got.verdict, got.step, got.rule_id), (verdict::DROP, step::RULE, n as u32));
+        }
+    }
+}
