@@ -13,6 +13,9 @@
 pub mod program {
     pub const INGRESS_XDP: &str = "sg_ingress";
     pub const EGRESS_TC: &str = "sg_egress";
+    /// Parse-and-count baselines for benchmarks (not loaded by sgctl).
+    pub const BASELINE_XDP: &str = "sg_baseline_xdp";
+    pub const BASELINE_TC: &str = "sg_baseline_tc";
 }
 
 /// Map names (the static names in `sg-ebpf`).

@@ -47,6 +47,33 @@ pub fn sg_egress(ctx: TcContext) -> i32 {
     if passes(&evaluate(&frame, slots::HOOK_EGRESS, ifindex)) { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
+/// Baseline for benchmarks: the same parse and counting as `sg_ingress`, no decision.
+/// Not loaded by sgctl itself.
+#[xdp]
+pub fn sg_baseline_xdp(ctx: XdpContext) -> u32 {
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let _ = baseline(&frame, slots::HOOK_INGRESS);
+    xdp_action::XDP_PASS
+}
+
+/// Baseline for benchmarks on the TC hook (see `sg_baseline_xdp`).
+#[classifier]
+pub fn sg_baseline_tc(ctx: TcContext) -> i32 {
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let _ = baseline(&frame, slots::HOOK_EGRESS);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn baseline(frame: &Frame, hook: u32) -> Decision {
+    let (meta, decision) = match parse(frame) {
+        Err(reason) => (PacketMeta::default(), Decision::malformed(reason)),
+        Ok(meta) => (meta, Decision::new(verdict::PASS, step::UNCONFIGURED)),
+    };
+    stats::record(hook, &meta, &decision);
+    decision
+}
+
 /// Whether the hook lets the packet through: its verdict, unless in audit mode.
 #[inline(always)]
 fn passes(decision: &Decision) -> bool {

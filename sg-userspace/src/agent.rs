@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use sg_common::stats;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -79,7 +79,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
                 return Err(e);
             }
         }
-        write_pid_file(name)?;
+        attach::write_pid_file(name)?;
     }
     for a in &attachments {
         println!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
@@ -107,14 +107,6 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     result?;
     println!("stopped; detached from {}", names.join(", "));
     Ok(())
-}
-
-fn write_pid_file(iface: &str) -> Result<()> {
-    let path = attach::pid_file(iface);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, std::process::id().to_string()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn detach_all(dp: &mut Dataplane, attachments: Vec<Attachment>) {

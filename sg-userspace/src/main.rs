@@ -124,11 +124,8 @@ fn attach_and_watch(iface: &str, mode: XdpModeChoice, interval: u64, json: bool)
     attach::ifindex(iface)?;
     let mut dp = Dataplane::load(&LoadOptions::default())?;
     let attachment = Attachment::attach(&mut dp, iface, mode)?;
+    attach::write_pid_file(iface)?;
     let pid_path = attach::pid_file(iface);
-    if let Some(dir) = pid_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&pid_path, std::process::id().to_string())?;
     println!(
         "attached to {iface}: ingress XDP ({}), egress TC ({:?}); SIGINT/SIGTERM or `sgctl detach {iface}` detaches",
         attachment.xdp_mode, attachment.tc_hook

@@ -980,6 +980,29 @@ pub fn realistic_ruleset(seed: u64, n: usize) -> String {
     realistic_ruleset_with(seed, n, &RealisticOptions::default())
 }
 
+/// The same rule file with every ingress rule turned into an egress rule (the peer
+/// fields renamed `destination*`), for benchmarking the egress hook.
+pub fn as_egress(toml: &str) -> String {
+    let mut out = String::with_capacity(toml.len());
+    for line in toml.lines() {
+        let trimmed = line.trim_start();
+        out.push_str(&line[..line.len() - trimmed.len()]);
+        let peer_field = trimmed
+            .strip_prefix("source")
+            .filter(|rest| [" =", "_group =", "_prefix_list ="].iter().any(|key| rest.starts_with(key)));
+        match peer_field {
+            _ if trimmed == r#"direction = "ingress""# => out.push_str(r#"direction = "egress""#),
+            Some(rest) => {
+                out.push_str("destination");
+                out.push_str(rest);
+            }
+            None => out.push_str(trimmed),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// [`realistic_ruleset`] with options, e.g. a last-ranked drop for the load generator's
 /// traffic.
 pub fn realistic_ruleset_with(seed: u64, n: usize, opts: &RealisticOptions) -> String {

@@ -35,6 +35,12 @@ enum Task {
     },
     /// Build a namespace topology, enforce on it and drive traffic, printing verdicts.
     Demo,
+    /// Measure per-packet cost, control-plane time and memory; writes bench/RESULTS.md.
+    Bench {
+        /// A seconds-long smoke run (also part of `test`); writes target/bench-quick/.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +59,7 @@ fn run(task: Task) -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Demo => demo(),
+        Task::Bench { quick } => bench(quick),
     }
 }
 
@@ -117,7 +124,21 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
-    cargo(&args)
+    cargo(&args)?;
+    // The benchmark's smoke mode, so it cannot rot.
+    bench(true)
+}
+
+fn bench(quick: bool) -> Result<()> {
+    setup::run()?;
+    let root = workspace_root();
+    if quick {
+        cargo(&["build", "--package", "sg-tests", "--bin", "sg-bench"])?;
+        step(Command::new(root.join("target/debug/sg-bench")).arg("--quick"))
+    } else {
+        cargo(&["build", "--release", "--package", "sg-tests", "--bin", "sg-bench"])?;
+        step(&mut Command::new(root.join("target/release/sg-bench")))
+    }
 }
 
 fn demo() -> Result<()> {

@@ -1,0 +1,300 @@
+//! `cargo xtask bench`: measures side by side in one run and writes `bench/RESULTS.md`
+//! (and a PNG plot of per-packet cost against rule count when gnuplot is present).
+//!
+//! Part 1, per-packet cost: BPF_PROG_TEST_RUN with `repeat`, 5 runs, medians and min-max,
+//! on both hooks, IPv4 and IPv6, at several rule counts, beside the parse-and-count
+//! baseline program loaded in the same run. Part 3, control plane: compile and apply time
+//! and map memory. `--quick` runs a small version in seconds (part of `cargo xtask test`,
+//! so the benchmark cannot rot).
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use sg_common::program;
+use sg_tests::{
+    frames::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, Frag4, TCP_SYN, ether, ipv4, ipv6, tcp},
+    r#gen::{RealisticOptions, as_egress, realistic_ruleset_with},
+    testrun::TEST_RUN_IFINDEX,
+};
+use sgctl::{
+    compile::compile,
+    config::{Config, Direction, parse_str},
+    ebpf::{Dataplane, LoadOptions},
+    enforce::{Capacity, Enforcer},
+};
+
+/// Traffic from here is dropped by the last-ranked rule of the benchmark rule sets.
+const DROP_ALL_FROM: &str = "198.19.255.0/24";
+const SRC_V4: [u8; 4] = [198, 19, 255, 7];
+const DST_V4: [u8; 4] = [198, 18, 0, 10];
+const SEED: u64 = 0x5eed;
+
+struct Settings {
+    quick: bool,
+    sizes: Vec<usize>,
+    repeat: u32,
+    runs: usize,
+    out: PathBuf,
+}
+
+/// Median and range of several runs, in ns per packet.
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        Self { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
+    }
+    fn cell(&self) -> String {
+        format!("{:.1} ({:.1}-{:.1})", self.median, self.min, self.max)
+    }
+}
+
+/// A 64-byte frame (with FCS; 60 here): TCP SYN from the drop-all network.
+fn syn(v6: bool) -> Vec<u8> {
+    let transport = tcp(40000, 443, TCP_SYN, &[]);
+    let mut frame = if v6 {
+        let src = "2001:db8:ffff:ffff::7".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let dst = "2001:db8::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        ether(ETHERTYPE_IPV6, &[], &ipv6(6, src, dst, &transport))
+    } else {
+        ether(ETHERTYPE_IPV4, &[], &ipv4(6, SRC_V4, DST_V4, &[], Frag4::default(), &transport))
+    };
+    frame.resize(frame.len().max(60), 0);
+    frame
+}
+
+fn time_program(run: &dyn Fn(TestRunOptions) -> Result<Duration>, frame: &[u8], s: &Settings) -> Result<Stat> {
+    let mut samples = Vec::with_capacity(s.runs);
+    for _ in 0..s.runs {
+        let opts = TestRunOptions { data_in: Some(frame), repeat: s.repeat, ..Default::default() };
+        samples.push(run(opts)?.as_nanos() as f64);
+    }
+    Ok(Stat::of(samples))
+}
+
+fn xdp_runner<'a>(p: &'a Xdp) -> impl Fn(TestRunOptions) -> Result<Duration> + 'a {
+    move |o| Ok(p.test_run(o)?.duration)
+}
+
+fn tc_runner<'a>(p: &'a SchedClassifier) -> impl Fn(TestRunOptions) -> Result<Duration> + 'a {
+    move |o| Ok(p.test_run(o)?.duration)
+}
+
+/// The benchmark rule file for `n` rules on the test-run interface, in `direction`.
+fn ruleset(n: usize, direction: Direction) -> Result<Config> {
+    let opts = RealisticOptions { iface: "lo".into(), drop_all_from: Some(DROP_ALL_FROM.into()) };
+    let text = realistic_ruleset_with(SEED + n as u64, n, &opts);
+    let text = if direction == Direction::Egress { as_egress(&text) } else { text };
+    parse_str(&text, "bench.toml").map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn machine_facts() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("- CPU: {cpu} ({cores} cores)\n- kernel: {}\n", kernel.trim())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out =
+        args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if quick {
+                "../target/bench-quick/RESULTS.md"
+            } else {
+                "../bench/RESULTS.md"
+            })
+        });
+    let s = if quick {
+        Settings { quick, sizes: vec![10, 1000], repeat: 10_000, runs: 3, out }
+    } else {
+        Settings { quick, sizes: vec![10, 100, 1000, 10_000, 16_384], repeat: 100_000, runs: 5, out }
+    };
+    if !sg_tests::kernel::kernel_tests_enabled("sg-bench") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut report = String::new();
+    writeln!(report, "# sgctl benchmark results\n")?;
+    writeln!(
+        report,
+        "Produced by `cargo xtask bench{}` in one run; compare within the run (ratios), not across machines.\n",
+        if s.quick { " --quick" } else { "" }
+    )?;
+    writeln!(report, "{}", machine_facts())?;
+
+    // Size the maps for the largest rule set, twice (a new set is built beside the old).
+    let largest = *s.sizes.iter().max().unwrap_or(&10);
+    let big = ruleset(largest, Direction::Ingress)?;
+    let compiled = compile(&big, &big.interfaces[0], Direction::Ingress)?;
+    let capacity = Capacity::for_rule_sets([&compiled, &compiled]);
+    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+    for name in [program::BASELINE_XDP, program::BASELINE_TC] {
+        let p = dp.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
+        match p {
+            aya::programs::Program::Xdp(x) => x.load()?,
+            aya::programs::Program::SchedClassifier(c) => c.load()?,
+            _ => anyhow::bail!("unexpected program type for {name}"),
+        }
+    }
+    let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
+
+    // ---- Part 1 ----
+    writeln!(report, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
+    writeln!(
+        report,
+        "ns per packet, median (min-max) of {} runs of {} repeats. The packet is a 64-byte TCP SYN (a new flow) from a \
+         network only the last-ranked rule (a priority-100 drop) matches: the worst case for the bit search. Rule sets \
+         are `r#gen::realistic_ruleset` (CIDRs of varied lengths, v4 and v6, single ports and ranges, group and \
+         prefix-list references); the egress sets are the same rules turned into egress rules. Baseline: a program \
+         that parses and counts exactly like sgctl's and decides nothing.\n",
+        s.runs, s.repeat
+    )?;
+    let mut rows: Vec<(String, [Stat; 4])> = Vec::new();
+    let baseline = {
+        let xdp: &Xdp = dp.ebpf.program(program::BASELINE_XDP).context("baseline")?.try_into()?;
+        let tc: &SchedClassifier = dp.ebpf.program(program::BASELINE_TC).context("baseline")?.try_into()?;
+        [
+            time_program(&xdp_runner(xdp), &syn(false), &s)?,
+            time_program(&xdp_runner(xdp), &syn(true), &s)?,
+            time_program(&tc_runner(tc), &syn(false), &s)?,
+            time_program(&tc_runner(tc), &syn(true), &s)?,
+        ]
+    };
+    rows.push(("parse-and-count baseline".into(), baseline));
+    let mut per_size: Vec<(usize, [Stat; 4])> = Vec::new();
+    for &n in &s.sizes {
+        let ingress = ruleset(n, Direction::Ingress)?;
+        enforcer.apply(&ingress, &[(TEST_RUN_IFINDEX, &ingress.interfaces[0])])?;
+        let xdp4 = time_program(&xdp_runner(dp.xdp()?), &syn(false), &s)?;
+        let xdp6 = time_program(&xdp_runner(dp.xdp()?), &syn(true), &s)?;
+        let egress = ruleset(n, Direction::Egress)?;
+        enforcer.apply(&egress, &[(TEST_RUN_IFINDEX, &egress.interfaces[0])])?;
+        // On egress the peer is the destination: swap the addresses of the same frames.
+        let tc4 = time_program(&tc_runner(dp.tc()?), &swap(&syn(false)), &s)?;
+        let tc6 = time_program(&tc_runner(dp.tc()?), &swap(&syn(true)), &s)?;
+        per_size.push((n, [xdp4, xdp6, tc4, tc6]));
+        rows.push((format!("sgctl, {n} rules, new flow"), [xdp4, xdp6, tc4, tc6]));
+    }
+    writeln!(report, "| program | XDP IPv4 | XDP IPv6 | TC IPv4 | TC IPv6 |\n|---|---|---|---|---|")?;
+    for (label, stats) in &rows {
+        writeln!(
+            report,
+            "| {label} | {} | {} | {} | {} |",
+            stats[0].cell(),
+            stats[1].cell(),
+            stats[2].cell(),
+            stats[3].cell()
+        )?;
+    }
+    let first = per_size.first().map(|p| p.1).context("no sizes")?;
+    let last = per_size.last().map(|p| p.1).context("no sizes")?;
+    let ratio = |i: usize| last[i].median / first[i].median;
+    let worst = (0..4).map(ratio).fold(0.0, f64::max);
+    writeln!(
+        report,
+        "\nRatios, {} rules vs {} rules (medians): XDP v4 {:.2}x, XDP v6 {:.2}x, TC v4 {:.2}x, TC v6 {:.2}x. \
+         Target: at most 2x at 16,384 rules vs 10: {}.",
+        per_size.last().map_or(0, |p| p.0),
+        per_size.first().map_or(0, |p| p.0),
+        ratio(0),
+        ratio(1),
+        ratio(2),
+        ratio(3),
+        if per_size.last().map(|p| p.0) != Some(16_384) {
+            "not measured in --quick".to_string()
+        } else if worst <= 2.0 {
+            "met".into()
+        } else {
+            format!("missed ({worst:.2}x)")
+        }
+    )?;
+    writeln!(
+        report,
+        "Against the baseline at {} rules: XDP v4 {:.2}x, TC v4 {:.2}x.\n",
+        per_size.last().map_or(0, |p| p.0),
+        last[0].median / baseline[0].median,
+        last[2].median / baseline[2].median
+    )?;
+    writeln!(report, "Established flows (the session fast path) are measured once sessions exist.\n")?;
+
+    // ---- Part 3 ----
+    writeln!(report, "## 3. Control plane\n")?;
+    writeln!(
+        report,
+        "Compile (both directions) and apply (compile, write the maps beside the live set, switch, delete the old set), median of 3.\n"
+    )?;
+    writeln!(
+        report,
+        "| rules | compile ms | apply ms | vectors | trie entries | vector memory |\n|---|---|---|---|---|---|"
+    )?;
+    let cp_sizes: Vec<usize> = if s.quick { vec![1000] } else { vec![1000, 10_000, 16_384] };
+    for n in cp_sizes {
+        let cfg = ruleset(n, Direction::Ingress)?;
+        let binding = &cfg.interfaces[0];
+        let mut compile_ms = Vec::new();
+        let mut apply_ms = Vec::new();
+        let mut last_report = None;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let a = compile(&cfg, binding, Direction::Ingress)?;
+            let _b = compile(&cfg, binding, Direction::Egress)?;
+            compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let r = enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)])?;
+            apply_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            last_report = Some((r, a.vectors.len()));
+        }
+        let (r, vectors) = last_report.context("no runs")?;
+        let c = Stat::of(compile_ms);
+        let a = Stat::of(apply_ms);
+        writeln!(
+            report,
+            "| {n} | {:.1} | {:.1} | {} | {} | {:.1} MiB |",
+            c.median,
+            a.median,
+            r.vectors,
+            r.trie_entries,
+            (vectors * size_of::<sg_common::RuleVector>()) as f64 / (1024.0 * 1024.0)
+        )?;
+    }
+    writeln!(report, "\nTarget: 16,384 rules applied in at most 200 ms.\n")?;
+    writeln!(report, "Total benchmark time: {:.0} s.", started.elapsed().as_secs_f64())?;
+
+    if let Some(dir) = s.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&s.out, &report)?;
+    print!("{report}");
+    println!("\nwritten to {}", s.out.display());
+    Ok(())
+}
+
+/// The same frame with source and destination addresses swapped (for the egress hook).
+fn swap(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let ethertype = u16::from_be_bytes([f[12], f[13]]);
+    let (at, len) = if ethertype == ETHERTYPE_IPV4 { (14 + 12, 4) } else { (14 + 8, 16) };
+    let (src, dst) = f[at..at + 2 * len].split_at_mut(len);
+    src.swap_with_slice(dst);
+    f
+}
