@@ -31,7 +31,11 @@ pub mod step {
     pub const DEFAULT: u8 = 9;
     /// A non-first fragment whose first fragment was never seen.
     pub const FRAGMENT_UNKNOWN: u8 = 10;
-    pub const COUNT: usize = 11;
+    /// A session whose opening packet the new rules drop: deleted, packet dropped.
+    pub const REVOKED: u8 = 11;
+    /// A non-first fragment: the remembered verdict of its first fragment.
+    pub const FRAGMENT: u8 = 12;
+    pub const COUNT: usize = 13;
 
     pub const NAMES: [&str; COUNT] = [
         "not-ip",
@@ -45,6 +49,8 @@ pub mod step {
         "intra-group-drop",
         "default",
         "fragment-unknown",
+        "revoked",
+        "fragment",
     ];
 }
 
@@ -172,7 +178,6 @@ pub struct TraceRecord {
     pub seq: u64,
     pub meta: crate::PacketMeta,
     pub decision: Decision,
-    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -189,7 +194,7 @@ mod tests {
     #[test]
     fn sizes_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Decision>(), 8);
-        assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 52 + 8 + 4);
+        assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 56 + 8);
     }
 
     #[test]

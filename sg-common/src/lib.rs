@@ -9,7 +9,9 @@
 pub mod decision;
 pub mod maps;
 pub mod packet;
+pub mod session;
 
 pub use decision::*;
 pub use maps::*;
 pub use packet::*;
+pub use session::{FragmentKey, FragmentVerdict, Session, SessionKey, Timeouts};

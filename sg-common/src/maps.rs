@@ -36,6 +36,12 @@ pub mod map {
     pub const VECTORS: &str = "SG_VECTORS";
     /// Array: rule-set base + bit -> [`crate::RuleInfo`].
     pub const RULE_INFO: &str = "SG_RULE_INFO";
+    /// LRU hash: [`crate::SessionKey`] -> [`crate::Session`].
+    pub const SESSIONS: &str = "SG_SESSIONS";
+    /// LRU hash: [`crate::FragmentKey`] -> [`crate::FragmentVerdict`].
+    pub const FRAGMENTS: &str = "SG_FRAGMENTS";
+    /// Array with one [`crate::Timeouts`].
+    pub const TIMEOUTS: &str = "SG_TIMEOUTS";
 }
 
 /// Names of the read-only globals userspace sets at load time.

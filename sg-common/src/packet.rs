@@ -17,6 +17,22 @@ pub mod family {
     pub const IPV6: u8 = 6;
 }
 
+/// ICMP and ICMPv6 error types, which quote the packet that caused them.
+#[inline(always)]
+pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        ip_proto::ICMP => matches!(icmp_type, 3 | 11 | 12),
+        ip_proto::ICMPV6 => matches!(icmp_type, 1..=4),
+        _ => false,
+    }
+}
+
+/// ICMPv6 neighbour discovery (router and neighbour solicitation and advertisement).
+#[inline(always)]
+pub fn is_neighbour_discovery(protocol: u8, icmp_type: u8) -> bool {
+    protocol == ip_proto::ICMPV6 && matches!(icmp_type, 133..=136)
+}
+
 /// Fragment position of a parsed packet (`PacketMeta::fragment`).
 pub mod fragment {
     /// A whole datagram.
@@ -58,6 +74,9 @@ pub struct PacketMeta {
     pub tcp_flags: u8,
     /// Number of IPv6 extension headers walked.
     pub ext_headers: u8,
+    /// Offset of the transport header from the frame start (0 when not reached).
+    pub l4_offset: u16,
+    pub _pad: u16,
 }
 
 #[cfg(feature = "user")]
@@ -70,8 +89,8 @@ mod tests {
 
     #[test]
     fn packet_meta_has_no_implicit_padding() {
-        // 16 + 16 + 4*2 + 4 + 8*1 = 52 bytes, 4-byte aligned.
-        assert_eq!(core::mem::size_of::<PacketMeta>(), 52);
+        // 16 + 16 + 4*2 + 4 + 8*1 + 2*2 = 56 bytes, 4-byte aligned.
+        assert_eq!(core::mem::size_of::<PacketMeta>(), 56);
         assert_eq!(core::mem::align_of::<PacketMeta>(), 4);
     }
 }

@@ -85,8 +85,8 @@ fn first_common_bit(a: &RuleVector, b: &RuleVector, c: &RuleVector, d: &RuleVect
 const BROKEN_MAPS: Decision = Decision::new(verdict::DROP, step::DEFAULT);
 
 /// Decides a parsed IP packet with the rule set in `slot`; `ingress` tells which address
-/// is the peer.
-#[inline(always)]
+/// is the peer. Not inlined: called for new flows and for re-checks.
+#[inline(never)]
 pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
     let Some(header) = SG_RULESETS.get(slot) else { return BROKEN_MAPS };
     // Rules name the packet's destination port in both directions; only the addresses

@@ -8,6 +8,7 @@
 
 mod classify;
 mod parse;
+mod session;
 mod stats;
 
 use aya_ebpf::{
@@ -15,9 +16,17 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use sg_common::{DECISION_AUDIT, Decision, IFACE_AUDIT, PacketMeta, family, stats as slots, step, verdict};
+use sg_common::{
+    DECISION_AUDIT, Decision, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta, Session, SessionKey,
+    Timeouts, family, fragment, is_icmp_error, is_neighbour_discovery,
+    session::{FRAGMENT_TIMEOUT_NS, expired, next_state, opening_state},
+    stats as slots, step, verdict,
+};
 
-use crate::parse::{Frame, parse};
+use crate::{
+    parse::{Frame, parse},
+    session::Work,
+};
 
 /// How much of a TC packet is made linear before parsing, so headers that sit in
 /// paged data are visible.
@@ -66,11 +75,19 @@ pub fn sg_baseline_tc(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn baseline(frame: &Frame, hook: u32) -> Decision {
-    let (meta, decision) = match parse(frame) {
-        Err(reason) => (PacketMeta::default(), Decision::malformed(reason)),
-        Ok(meta) => (meta, Decision::new(verdict::PASS, step::UNCONFIGURED)),
+    let Some(scratch) = session::scratch() else {
+        return Decision::new(verdict::DROP, step::DEFAULT);
     };
-    stats::record(hook, &meta, &decision);
+    let meta = &mut scratch.meta;
+    *meta = PacketMeta::default();
+    let decision = match parse(frame, meta) {
+        Err(reason) => {
+            *meta = PacketMeta::default();
+            Decision::malformed(reason)
+        }
+        Ok(()) => Decision::new(verdict::PASS, step::UNCONFIGURED),
+    };
+    stats::record(hook, &scratch.meta, &decision);
     decision
 }
 
@@ -84,22 +101,39 @@ fn passes(decision: &Decision) -> bool {
 /// traces) the decision.
 #[inline(always)]
 fn evaluate(frame: &Frame, hook: u32, ifindex: u32) -> Decision {
-    let (meta, decision) = match parse(frame) {
-        Err(reason) => (PacketMeta::default(), Decision::malformed(reason)),
-        Ok(meta) if meta.family == family::NONE => (meta, Decision::new(verdict::PASS, step::NOT_IP)),
-        Ok(meta) => {
-            let decision = decide(&meta, hook, ifindex);
-            (meta, decision)
-        }
+    // The parsed packet lives in per-CPU scratch space, not on the 512-byte stack.
+    let Some(scratch) = session::scratch() else {
+        return Decision::new(verdict::DROP, step::DEFAULT);
     };
-    stats::record(hook, &meta, &decision);
+    let meta = &mut scratch.meta;
+    *meta = PacketMeta::default();
+    let decision = match parse(frame, meta) {
+        Err(reason) => {
+            *meta = PacketMeta::default();
+            Decision::malformed(reason)
+        }
+        Ok(()) if meta.family == family::NONE => Decision::new(verdict::PASS, step::NOT_IP),
+        Ok(()) => decide(frame, &scratch.meta, hook, ifindex, &mut scratch.work),
+    };
+    stats::record(hook, &scratch.meta, &decision);
     decision
 }
 
-/// SPEC section 3 from step 2 on, for a well-formed IP packet. Sessions will slot in
-/// here, before classification.
+/// A parsed packet and where it is: bundled because BPF calls take at most five
+/// arguments.
+#[derive(Clone, Copy)]
+struct Packet<'a> {
+    frame: &'a Frame,
+    meta: &'a PacketMeta,
+    hook: u32,
+    ifindex: u32,
+    /// The rule-set slot of this interface and direction.
+    slot: u32,
+}
+
+/// SPEC section 3 from step 2 on, for a well-formed IP packet.
 #[inline(always)]
-fn decide(meta: &PacketMeta, hook: u32, ifindex: u32) -> Decision {
+fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut Work) -> Decision {
     let Some(iface) = classify::interface(ifindex) else {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     };
@@ -108,11 +142,180 @@ fn decide(meta: &PacketMeta, hook: u32, ifindex: u32) -> Decision {
     if slot == 0 {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     }
-    let mut decision = classify::classify(slot, meta, ingress);
+    let packet = Packet { frame, meta, hook, ifindex, slot };
+    let mut decision = stateful(&packet, &iface, work);
     if iface.flags & IFACE_AUDIT != 0 {
         decision.flags |= DECISION_AUDIT;
     }
     decision
+}
+
+/// Steps 2 to 7: neighbour discovery, fragments, sessions, related ICMP errors, then
+/// classification; an accepted packet that starts a flow opens a session. Split into
+/// functions that are not inlined, so each keeps its own stack frame small: BPF allows
+/// 512 bytes for the whole call chain.
+#[inline(never)]
+fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
+    let meta = packet.meta;
+    if is_neighbour_discovery(meta.protocol, meta.icmp_type) {
+        return Decision::new(verdict::PASS, step::NEIGHBOUR_DISCOVERY);
+    }
+    if meta.fragment == fragment::LATER {
+        return later_fragment(packet);
+    }
+    let Some(timeouts) = session::timeouts() else {
+        return classify::classify(packet.slot, meta, packet.hook == slots::HOOK_INGRESS);
+    };
+    let src_is_low = work.key.set(packet.ifindex, meta);
+    let flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now: session::now() };
+    let mut decision = Decision::new(verdict::DROP, step::DEFAULT);
+    if let Some(entry) = live_session(&flow) {
+        decision = on_session(&flow, entry, &mut work.opening);
+    } else {
+        let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);
+        if !(icmp_error && related(&flow, &mut work.quoted, &mut work.quoted_key, &mut decision)) {
+            decision = classify::classify(packet.slot, meta, packet.hook == slots::HOOK_INGRESS);
+            if decision.verdict == verdict::PASS && !icmp_error {
+                open_session(&flow, &decision);
+            }
+        }
+    }
+    if meta.fragment == fragment::FIRST {
+        remember_first_fragment(packet, &decision, flow.now);
+    }
+    decision
+}
+
+/// What the session steps need, bundled (BPF calls take at most five arguments).
+struct Flow<'a> {
+    packet: &'a Packet<'a>,
+    iface: &'a IfaceConfig,
+    key: &'a SessionKey,
+    /// Whether the packet's source is the key's low end.
+    src_is_low: bool,
+    timeouts: &'a Timeouts,
+    now: u64,
+}
+
+/// Step 2: the flow's live session, if any; an expired one is deleted.
+#[inline(never)]
+fn live_session(flow: &Flow) -> Option<*mut Session> {
+    let entry = session::lookup(flow.key)?;
+    // SAFETY: a map value pointer, valid for this program run.
+    let s = unsafe { &*entry };
+    if expired(s.state, s.last_seen_ns, flow.now, flow.timeouts) {
+        session::remove(flow.key);
+        return None;
+    }
+    Some(entry)
+}
+
+/// Step 2 for a live session: re-check it if the rules changed since it was admitted
+/// (revoking it when its opening packet would now be dropped), else pass and refresh.
+#[inline(always)]
+fn on_session(flow: &Flow, entry: *mut Session, opening: &mut PacketMeta) -> Decision {
+    // SAFETY: a map value pointer, valid for this program run.
+    let s = unsafe { &mut *entry };
+    if s.generation != flow.iface.generation {
+        let recheck = recheck(flow.key, s, flow.iface, opening);
+        if recheck.verdict != verdict::PASS {
+            session::remove(flow.key);
+            return Decision { step: step::REVOKED, ..recheck };
+        }
+        s.generation = flow.iface.generation;
+        s.rule_id = recheck.rule_id;
+    }
+    refresh(flow, s)
+}
+
+/// Passes a packet of a live session and moves the session along.
+#[inline(never)]
+fn refresh(flow: &Flow, s: &mut Session) -> Decision {
+    let from_opener = flow.src_is_low == (s.opener_is_low != 0);
+    s.state = next_state(s.state, from_opener, flow.packet.meta);
+    s.last_seen_ns = flow.now;
+    s.packets += 1;
+    Decision { rule_id: s.rule_id, ..Decision::new(verdict::PASS, step::SESSION) }
+}
+
+/// Step 3: an ICMP error quoting a packet of a live session passes.
+#[inline(never)]
+fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision: &mut Decision) -> bool {
+    let Flow { packet, timeouts, now, .. } = flow;
+    let now = *now;
+    *quoted = PacketMeta::default();
+    if parse::quoted(packet.frame, packet.meta, quoted).is_none() {
+        return false;
+    }
+    key.set(packet.ifindex, quoted);
+    let Some(entry) = session::lookup(key) else { return false };
+    // SAFETY: as above; read only.
+    let s = unsafe { &*entry };
+    if expired(s.state, s.last_seen_ns, now, timeouts) {
+        return false;
+    }
+    *decision = Decision::new(verdict::PASS, step::RELATED);
+    true
+}
+
+/// An accepted packet that starts a flow opens a session.
+#[inline(never)]
+fn open_session(flow: &Flow, decision: &Decision) {
+    let Some(state) = opening_state(flow.packet.meta) else { return };
+    let opened = Session {
+        last_seen_ns: flow.now,
+        created_ns: flow.now,
+        packets: 1,
+        rule_id: decision.rule_id,
+        generation: flow.iface.generation,
+        state,
+        opener_is_low: u8::from(flow.src_is_low),
+        opened_on: flow.packet.hook as u8,
+        step: decision.step,
+        _pad: [0; 4],
+    };
+    session::insert(flow.key, &opened);
+}
+
+/// Classifies a session's opening packet again with the interface's current rules.
+#[inline(never)]
+fn recheck(key: &SessionKey, s: &Session, iface: &IfaceConfig, opening: &mut PacketMeta) -> Decision {
+    let (opener, other) = key.ends(s.opener_is_low != 0);
+    *opening =
+        PacketMeta { family: key.family, protocol: key.protocol, src: opener.0, dst: other.0, ..PacketMeta::default() };
+    opening.src_port = opener.1;
+    opening.dst_port = other.1;
+    let ingress = u32::from(s.opened_on) == slots::HOOK_INGRESS;
+    let slot = if ingress { iface.ingress } else { iface.egress };
+    if slot == 0 {
+        return Decision::new(verdict::PASS, step::UNCONFIGURED);
+    }
+    classify::classify(slot, opening, ingress)
+}
+
+/// A first fragment's verdict is remembered for the datagram's other fragments.
+#[inline(never)]
+fn remember_first_fragment(packet: &Packet, decision: &Decision, now: u64) {
+    let remembered = FragmentVerdict {
+        seen_ns: now,
+        rule_id: decision.rule_id,
+        verdict: decision.verdict,
+        step: decision.step,
+        _pad: [0; 2],
+    };
+    session::remember_fragment(&FragmentKey::of(packet.ifindex, packet.meta), &remembered);
+}
+
+/// A non-first fragment gets its first fragment's verdict, or is dropped when that was
+/// never seen (or too long ago).
+#[inline(never)]
+fn later_fragment(packet: &Packet) -> Decision {
+    match session::fragment_verdict(&FragmentKey::of(packet.ifindex, packet.meta)) {
+        Some(first) if session::now().saturating_sub(first.seen_ns) <= FRAGMENT_TIMEOUT_NS => {
+            Decision { rule_id: first.rule_id, ..Decision::new(first.verdict, step::FRAGMENT) }
+        }
+        _ => Decision::new(verdict::DROP, step::FRAGMENT_UNKNOWN),
+    }
 }
 
 #[cfg(not(test))]

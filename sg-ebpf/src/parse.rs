@@ -9,10 +9,13 @@
 //!   `p + 1 > end` into `p >= end`, from which the verifier learns no range.
 //! - Header fields are network byte order in the frame. [`Frame::be16`] and the
 //!   `from_be_bytes` conversions return host-order integers; addresses are copied as bytes, still in network order.
-//! - [`parse`] returns `Ok(meta)` for a well-formed IP packet and for any non-IP frame
-//!   (`meta.family == family::NONE`), and `Err(reason)` with a [`malformed`] code for a
-//!   frame that claims to be IP but is cut short or inconsistent. A frame is never
-//!   half-classified: a malformed one carries no addresses or ports.
+//! - [`parse`] fills a zeroed `PacketMeta` and returns `Ok(())` for a well-formed IP
+//!   packet and for any non-IP frame (`meta.family == family::NONE`), and `Err(reason)`
+//!   with a [`malformed`] code for a frame that claims to be IP but is cut short or
+//!   inconsistent; the caller then discards what was filled in, so a malformed frame is
+//!   never half-classified.
+//! - Results go through `&mut` rather than by value: each copy of a `PacketMeta` costs
+//!   BPF stack, which is 512 bytes for the whole call chain.
 //! - Non-first fragments carry no transport header: their ports stay 0 and
 //!   `meta.fragment == fragment::LATER`.
 
@@ -81,10 +84,10 @@ impl Frame {
     }
 }
 
-/// Parses `frame`; see the module contract.
-#[inline(always)]
-pub fn parse(frame: &Frame) -> Result<PacketMeta, u8> {
-    let mut meta = PacketMeta::default();
+/// Parses `frame`; see the module contract. Not inlined, so its stack frame is gone
+/// before the decision's is needed.
+#[inline(never)]
+pub fn parse(frame: &Frame, meta: &mut PacketMeta) -> Result<(), u8> {
     let mut ethertype = frame.be16(12).ok_or(malformed::TRUNCATED_ETHERNET)?;
     let mut offset = ETH_HEADER_LEN;
     // Up to two tags: 802.1Q, or 802.1ad outer + 802.1Q inner.
@@ -99,12 +102,12 @@ pub fn parse(frame: &Frame) -> Result<PacketMeta, u8> {
         ETHERTYPE_VLAN | ETHERTYPE_QINQ => Err(malformed::VLAN_TOO_DEEP),
         ETHERTYPE_IPV4 => parse_ipv4(frame, offset, meta),
         ETHERTYPE_IPV6 => parse_ipv6(frame, offset, meta),
-        _ => Ok(meta),
+        _ => Ok(()),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result<PacketMeta, u8> {
+fn parse_ipv4(frame: &Frame, offset: usize, meta: &mut PacketMeta) -> Result<(), u8> {
     let header: [u8; 20] = frame.read(offset).ok_or(malformed::TRUNCATED_IPV4)?;
     if header[0] >> 4 != 4 {
         return Err(malformed::IPV4_BAD_VERSION);
@@ -132,15 +135,16 @@ fn parse_ipv4(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result<Pack
         meta.fragment = if fragment_offset != 0 { fragment::LATER } else { fragment::FIRST };
     }
     if meta.fragment == fragment::LATER {
-        return Ok(meta);
+        return Ok(());
     }
     parse_transport(frame, offset + header_len, meta)
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result<PacketMeta, u8> {
+fn parse_ipv6(frame: &Frame, offset: usize, meta: &mut PacketMeta) -> Result<(), u8> {
     let first: [u8; 8] = frame.read(offset).ok_or(malformed::TRUNCATED_IPV6)?;
-    let addresses: [u8; 32] = frame.read(offset + 8).ok_or(malformed::TRUNCATED_IPV6)?;
+    let src: [u8; 16] = frame.read(offset + 8).ok_or(malformed::TRUNCATED_IPV6)?;
+    let dst: [u8; 16] = frame.read(offset + 24).ok_or(malformed::TRUNCATED_IPV6)?;
     if first[0] >> 4 != 6 {
         return Err(malformed::IPV6_BAD_VERSION);
     }
@@ -149,8 +153,8 @@ fn parse_ipv6(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result<Pack
         return Err(malformed::IPV6_BAD_PAYLOAD_LENGTH);
     }
     meta.family = family::IPV6;
-    meta.src.copy_from_slice(&addresses[..16]);
-    meta.dst.copy_from_slice(&addresses[16..]);
+    meta.src = src;
+    meta.dst = dst;
 
     let mut next_header = first[6];
     let mut offset = offset + 40;
@@ -180,7 +184,7 @@ fn parse_ipv6(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result<Pack
         offset += header_len;
         if meta.fragment == fragment::LATER {
             meta.protocol = next_header;
-            return Ok(meta);
+            return Ok(());
         }
     }
     if is_extension(next_header) {
@@ -198,7 +202,8 @@ fn is_extension(next_header: u8) -> bool {
 
 /// Reads the transport header of a whole datagram or a first fragment.
 #[inline(always)]
-fn parse_transport(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result<PacketMeta, u8> {
+fn parse_transport(frame: &Frame, offset: usize, meta: &mut PacketMeta) -> Result<(), u8> {
+    meta.l4_offset = offset as u16;
     match meta.protocol {
         ip_proto::TCP => {
             let header: [u8; 14] = frame.read(offset).ok_or(malformed::TRUNCATED_TCP)?;
@@ -237,5 +242,49 @@ fn parse_transport(frame: &Frame, offset: usize, mut meta: PacketMeta) -> Result
         }
         _ => {}
     }
-    Ok(meta)
+    Ok(())
+}
+
+/// Parses the packet an ICMP or ICMPv6 error quotes (after the 8-byte ICMP header): its IP
+/// header (IPv4 options honoured; IPv6 taken as 40 bytes, its next header as the
+/// protocol) and the first 8 bytes of its transport header, which RFC 792 and 4443
+/// guarantee: TCP/UDP ports, or the identifier of a quoted echo. `None` when the quote is
+/// cut short or not IP of the outer packet's family.
+#[inline(never)]
+pub fn quoted(frame: &Frame, outer: &PacketMeta, inner: &mut PacketMeta) -> Option<()> {
+    let offset = usize::from(outer.l4_offset) + 8;
+    inner.family = outer.family;
+    let transport = if outer.family == family::IPV4 {
+        let header: [u8; 20] = frame.read(offset)?;
+        let header_len = usize::from(header[0] & 0x0f) * 4;
+        if header[0] >> 4 != 4 || header_len < 20 {
+            return None;
+        }
+        inner.protocol = header[9];
+        inner.src[..4].copy_from_slice(&header[12..16]);
+        inner.dst[..4].copy_from_slice(&header[16..20]);
+        offset + header_len
+    } else {
+        let header: [u8; 40] = frame.read(offset)?;
+        if header[0] >> 4 != 6 {
+            return None;
+        }
+        inner.protocol = header[6];
+        inner.src.copy_from_slice(&header[8..24]);
+        inner.dst.copy_from_slice(&header[24..40]);
+        offset + 40
+    };
+    let head: [u8; 8] = frame.read(transport)?;
+    match inner.protocol {
+        ip_proto::TCP | ip_proto::UDP => {
+            inner.src_port = u16::from_be_bytes([head[0], head[1]]);
+            inner.dst_port = u16::from_be_bytes([head[2], head[3]]);
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            inner.icmp_type = head[0];
+            inner.icmp_id = u16::from_be_bytes([head[4], head[5]]);
+        }
+        _ => {}
+    }
+    Some(())
 }

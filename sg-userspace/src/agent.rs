@@ -14,6 +14,7 @@ use crate::{
     counters::hook_counters,
     ebpf::{Dataplane, LoadOptions},
     enforce::{Capacity, Enforcer},
+    sessions,
 };
 
 #[derive(Clone, Debug)]
@@ -65,9 +66,14 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             compiled.push(compile(&cfg, binding, dir)?);
         }
     }
-    let capacity = Capacity::for_rule_sets(&compiled);
+    let capacity = Capacity { sessions: cfg.sessions.max_sessions, ..Capacity::for_rule_sets(&compiled) };
     let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
     let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
+    let id_file = sessions::map_id_file();
+    if let Some(dir) = id_file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&id_file, enforcer.sessions().id()?.to_string())?;
     // Rules go in before the programs attach: there is no moment without them.
     let report = enforcer.apply(&cfg, &here)?;
     let mut attachments = Vec::new();
@@ -104,6 +110,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     for name in &names {
         let _ = std::fs::remove_file(attach::pid_file(name));
     }
+    let _ = std::fs::remove_file(&id_file);
     result?;
     println!("stopped; detached from {}", names.join(", "));
     Ok(())
@@ -124,11 +131,20 @@ async fn serve(opts: &RunOptions, dp: &Dataplane, enforcer: &mut Enforcer, names
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let period = Duration::from_secs(opts.interval.max(1));
+    let mut gc = tokio::time::interval(gc_period(enforcer.timeouts()));
     loop {
         tokio::select! {
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
-            _ = sighup.recv() => reload(opts, enforcer, names),
+            _ = sighup.recv() => {
+                reload(opts, enforcer, names);
+                gc = tokio::time::interval(gc_period(enforcer.timeouts()));
+            }
+            _ = gc.tick() => {
+                if let Err(e) = enforcer.collect_garbage() {
+                    eprintln!("sgctl: session garbage collection: {e:#}");
+                }
+            }
             _ = tokio::time::sleep(period), if opts.interval > 0 => {
                 let slots = dp.counters()?;
                 let ingress = hook_counters(&slots, stats::HOOK_INGRESS);
@@ -141,6 +157,16 @@ async fn serve(opts: &RunOptions, dp: &Dataplane, enforcer: &mut Enforcer, names
             }
         }
     }
+}
+
+/// How often expired sessions are freed: half the shortest timeout, within 1 to 10 s.
+fn gc_period(t: &sg_common::Timeouts) -> Duration {
+    let shortest =
+        [t.tcp_established, t.tcp_opening, t.tcp_closing, t.tcp_rst, t.udp_unreplied, t.udp_replied, t.icmp, t.other]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+    Duration::from_nanos(shortest / 2).clamp(Duration::from_secs(1), Duration::from_secs(10))
 }
 
 /// Re-reads the rule file and applies it to the interfaces enforced since start.

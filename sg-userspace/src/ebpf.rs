@@ -40,6 +40,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
             .map_max_entries(map::IFACES, c.interfaces)
+            .map_max_entries(map::SESSIONS, c.sessions)
             .map_max_entries(map::VECTORS, c.vectors)
             .map_max_entries(map::RULE_INFO, c.rule_info)
             .map_max_entries(map::ADDR_TRIE, c.addr_entries)

@@ -12,18 +12,21 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_RULESETS, MAX_WORDS, PORT_KEY_FIXED_BITS, PortKey,
-    RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, map,
+    RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, Timeouts, map,
 };
 
 use crate::{
     compile::{Compiled, compile},
     config::{Config, Direction, InterfaceBinding, Mode},
     ebpf::Dataplane,
+    sessions::{self, SessionTable},
 };
 
 /// Map sizes, fixed when the programs are loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
+    /// Session table entries (`max_sessions`).
+    pub sessions: u32,
     pub vectors: u32,
     pub rule_info: u32,
     pub addr_entries: u32,
@@ -34,7 +37,14 @@ pub struct Capacity {
 impl Default for Capacity {
     /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
     fn default() -> Self {
-        Self { vectors: 4096, rule_info: 65_536, addr_entries: 65_536, port_entries: 65_536, interfaces: 64 }
+        Self {
+            sessions: 262_144,
+            vectors: 4096,
+            rule_info: 65_536,
+            addr_entries: 65_536,
+            port_entries: 65_536,
+            interfaces: 64,
+        }
     }
 }
 
@@ -42,7 +52,7 @@ impl Capacity {
     /// Room for twice what `compiled` needs (a new rule set is written beside the live
     /// one), and never less than the default.
     pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
-        let mut need = Self { vectors: 0, rule_info: 0, addr_entries: 0, port_entries: 0, interfaces: 0 };
+        let mut need = Self { sessions: 0, vectors: 0, rule_info: 0, addr_entries: 0, port_entries: 0, interfaces: 0 };
         for c in compiled {
             need.vectors += c.vectors.len() as u32;
             need.rule_info += c.rules.len() as u32;
@@ -52,6 +62,7 @@ impl Capacity {
         }
         let d = Self::default();
         Self {
+            sessions: d.sessions,
             vectors: (need.vectors * 2 + 64).max(d.vectors),
             rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
             addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
@@ -147,6 +158,9 @@ pub struct Enforcer {
     free_slots: Vec<u32>,
     installed: HashMap<u32, InterfaceState>,
     grace: Duration,
+    sessions: SessionTable,
+    timeouts: Array<MapData, Timeouts>,
+    current_timeouts: Timeouts,
 }
 
 fn take<T>(dp: &mut Dataplane, name: &str) -> Result<T>
@@ -173,6 +187,11 @@ impl Enforcer {
             free_slots: (1..MAX_RULESETS).rev().collect(),
             installed: HashMap::new(),
             grace: Duration::from_millis(5),
+            sessions: SessionTable::from_map(
+                dp.ebpf.take_map(map::SESSIONS).ok_or_else(|| anyhow!("map {} missing", map::SESSIONS))?,
+            )?,
+            timeouts: take(dp, map::TIMEOUTS)?,
+            current_timeouts: Timeouts::default(),
         })
     }
 
@@ -186,6 +205,10 @@ impl Enforcer {
             compiled.push((*ifindex, binding.mode, ingress, egress));
         }
         let mut report = ApplyReport { compile_time: started.elapsed(), ..Default::default() };
+        // Timeouts first: they only loosen or tighten idle expiry, never admit a packet.
+        let timeouts = sessions::timeouts(&cfg.sessions);
+        self.timeouts.set(0, timeouts, 0).context("writing session timeouts")?;
+        self.current_timeouts = timeouts;
         let written = Instant::now();
         let mut fresh = Vec::with_capacity(compiled.len());
         for (ifindex, mode, ingress, egress) in &compiled {
@@ -247,6 +270,21 @@ impl Enforcer {
     /// when no packet can be in flight (BPF_PROG_TEST_RUN, which runs synchronously).
     pub fn set_grace_period(&mut self, grace: Duration) {
         self.grace = grace;
+    }
+
+    /// The session table.
+    pub fn sessions(&mut self) -> &mut SessionTable {
+        &mut self.sessions
+    }
+
+    /// Frees expired sessions; returns how many.
+    pub fn collect_garbage(&mut self) -> Result<usize> {
+        self.sessions.collect_garbage(&self.current_timeouts)
+    }
+
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.current_timeouts
     }
 
     /// The generation of `ifindex`'s rule sets (bumped by every apply).

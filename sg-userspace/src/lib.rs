@@ -9,3 +9,4 @@ pub mod counters;
 pub mod ebpf;
 pub mod enforce;
 pub mod eval;
+pub mod sessions;

@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the live sessions of the sgctl running in this network namespace.
+    Sessions {
+        /// Only sessions of this interface.
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Delete every session instead (flows are classified again on their next packet).
+        #[arg(long)]
+        flush: bool,
+    },
     /// Check a rule file; exit 0 when valid, 1 with every error otherwise.
     Validate {
         file: PathBuf,
@@ -110,6 +121,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::Trace(args) => trace(&args),
+        Command::Sessions { iface, json, flush } => sessions(iface.as_deref(), json, flush),
     };
     match result {
         Ok(code) => code,
@@ -266,5 +278,53 @@ fn trace(args: &TraceArgs) -> Result<ExitCode> {
     } else {
         println!("{}", decision.explain(&cfg));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sessions(iface: Option<&str>, json: bool, flush: bool) -> Result<ExitCode> {
+    use sgctl::sessions::{SessionTable, SessionView, map_id_file, monotonic_ns};
+    sgctl::ebpf::check_privileges()?;
+    let id_file = map_id_file();
+    let id: u32 = std::fs::read_to_string(&id_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .context("no `sgctl run` is active in this network namespace")?;
+    let mut table = SessionTable::open(id)?;
+    if flush {
+        let n = table.flush()?;
+        println!("flushed {n} sessions");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let only = iface.map(attach::ifindex).transpose()?;
+    let now = monotonic_ns();
+    let views: Vec<SessionView> = table
+        .entries()?
+        .iter()
+        .filter(|(k, _)| only.is_none_or(|i| k.ifindex == i))
+        .map(|(k, s)| SessionView::of(k, s, now))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string(&views)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<5} {:<46} {:<46} {:<18} {:>8} {:>8} {:<8} {:>5} {:>8}",
+        "proto", "opener", "responder", "state", "age s", "idle s", "opened", "rule", "packets"
+    );
+    for v in &views {
+        println!(
+            "{:<5} {:<46} {:<46} {:<18} {:>8.1} {:>8.1} {:<8} {:>5} {:>8}",
+            sgctl::eval::protocol_name(v.protocol),
+            v.opener,
+            v.responder,
+            v.state,
+            v.age_s,
+            v.idle_s,
+            v.opened,
+            v.rule_id,
+            v.packets
+        );
+    }
+    println!("{} sessions", views.len());
     Ok(ExitCode::SUCCESS)
 }

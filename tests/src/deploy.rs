@@ -27,12 +27,14 @@ pub struct Demo {
     pub client: Host,
     pub admin: Host,
     pub web: Host,
-    /// Another sg-web member, not enforced: the MySQL client until sessions let an
-    /// enforced instance receive replies.
+    /// Another sg-web member, not enforced.
     pub app: Host,
     pub db: Host,
     pub files_a: Host,
     pub files_b: Host,
+    pub ext_http: Host,
+    pub ext_tls: Host,
+    pub office: Host,
 }
 
 fn addrs(v4: [u8; 4], v6: &str) -> (Ipv4Addr, Ipv6Addr) {
@@ -54,13 +56,16 @@ impl Demo {
         let db = host("db", "db0", [198, 18, 2, 20], "2001:db8::2:20")?;
         let files_a = host("files-a", "eth0", [198, 18, 3, 10], "2001:db8::3:10")?;
         let files_b = host("files-b", "files0", [198, 18, 4, 10], "2001:db8::4:10")?;
+        let ext_http = host("ext-http", "eth0", [198, 18, 5, 80], "2001:db8::5:80")?;
+        let ext_tls = host("ext-tls", "eth0", [198, 18, 5, 43], "2001:db8::5:43")?;
+        let office = host("office", "office0", [198, 18, 6, 10], "2001:db8::6:10")?;
         lab.resolve_neighbours()?;
-        Ok(Self { lab, client, admin, web, app, db, files_a, files_b })
+        Ok(Self { lab, client, admin, web, app, db, files_a, files_b, ext_http, ext_tls, office })
     }
 
     /// The instances that run sgctl.
-    pub fn instances(&self) -> [&Host; 3] {
-        [&self.web, &self.db, &self.files_b]
+    pub fn instances(&self) -> [&Host; 4] {
+        [&self.web, &self.db, &self.files_b, &self.office]
     }
 }
 
@@ -89,6 +94,8 @@ pub struct Flow<'h> {
     pub v6: bool,
     pub kind: Kind,
     pub expect_pass: bool,
+    /// Whose rules decide: the receiver's ingress (false) or the sender's egress (true).
+    pub decided_on_egress: bool,
 }
 
 /// What `sgctl trace` says of a flow's first packet at the receiving instance.
@@ -111,15 +118,17 @@ pub fn predict(runner: &Host, config: &Path, flow: &Flow) -> Result<Prediction> 
     let dst = flow.to.addr(flow.v6).to_string();
     let dport = dport.to_string();
     let config = config.to_str().context("config path")?;
+    let (iface, direction) =
+        if flow.decided_on_egress { (&flow.from.iface, "egress") } else { (&flow.to.iface, "ingress") };
     let out = sgctl(
         runner,
         &[
             "trace",
             config,
             "--iface",
-            &flow.to.iface,
+            iface,
             "--direction",
-            "ingress",
+            direction,
             "--proto",
             proto,
             "--src",
@@ -175,7 +184,24 @@ pub fn serve_flows(flows: &[Flow]) -> Result<Vec<Server>> {
 
 /// The use-case flows of `examples/demo.toml`, each with its expected verdict.
 pub fn use_case_flows(d: &Demo) -> Vec<Flow<'_>> {
-    let flow = |label, from, to, v6, kind, expect_pass| Flow { label, from, to, v6, kind, expect_pass };
+    let flow = |label, from, to, v6, kind, expect_pass| Flow {
+        label,
+        from,
+        to,
+        v6,
+        kind,
+        expect_pass,
+        decided_on_egress: false,
+    };
+    let egress = |label, from, to, kind, expect_pass| Flow {
+        label,
+        from,
+        to,
+        v6: false,
+        kind,
+        expect_pass,
+        decided_on_egress: true,
+    };
     vec![
         flow("1 web: client -> web tcp/80", &d.client, &d.web, false, Kind::Tcp(80), true),
         flow("1 web: client -> web tcp/443", &d.client, &d.web, false, Kind::Tcp(443), true),
@@ -184,6 +210,7 @@ pub fn use_case_flows(d: &Demo) -> Vec<Flow<'_>> {
         flow("1 web: client -> web udp/53", &d.client, &d.web, false, Kind::Udp(53), false),
         flow("2 ssh: admin -> web tcp/22", &d.admin, &d.web, false, Kind::Tcp(22), true),
         flow("2 ssh: client -> web tcp/22", &d.client, &d.web, false, Kind::Tcp(22), false),
+        flow("3 mysql: web -> db tcp/3306", &d.web, &d.db, false, Kind::Tcp(3306), true),
         flow("3 mysql: app (sg-web) -> db tcp/3306", &d.app, &d.db, false, Kind::Tcp(3306), true),
         flow("3 mysql: app -> db tcp/3306 (IPv6)", &d.app, &d.db, true, Kind::Tcp(3306), true),
         flow("3 mysql: admin -> db tcp/3306", &d.admin, &d.db, false, Kind::Tcp(3306), false),
@@ -191,5 +218,10 @@ pub fn use_case_flows(d: &Demo) -> Vec<Flow<'_>> {
         flow("4 icmp: admin -> web ping", &d.admin, &d.web, false, Kind::Ping, false),
         flow("5 ftp: files-a -> files-b tcp/21", &d.files_a, &d.files_b, false, Kind::Tcp(21), true),
         flow("5 ftp: client -> files-b tcp/21", &d.client, &d.files_b, false, Kind::Tcp(21), false),
+        egress("6 egress: office -> ext-http tcp/80", &d.office, &d.ext_http, Kind::Tcp(80), true),
+        egress("6 egress: office -> ext-tls tcp/443", &d.office, &d.ext_tls, Kind::Tcp(443), true),
+        egress("6 egress: office -> ext-http tcp/443", &d.office, &d.ext_http, Kind::Tcp(443), false),
+        egress("6 egress: office -> ext-tls tcp/80", &d.office, &d.ext_tls, Kind::Tcp(80), false),
+        egress("6 egress: office -> client ping", &d.office, &d.client, Kind::Ping, false),
     ]
 }

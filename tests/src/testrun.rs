@@ -76,12 +76,18 @@ pub fn time_ns(dp: &mut Dataplane, hook: Hook, frame: &[u8], repeat: u32) -> Res
 
 /// A frame carrying `packet` (TCP SYN, UDP, ICMP echo request or a bare header).
 pub fn frame_for(packet: &PacketTuple) -> Vec<u8> {
+    let echo_request = if packet.protocol == ip_proto::ICMP { 8 } else { 128 };
+    frame_with(packet, crate::frames::TCP_SYN, echo_request, 0x4242)
+}
+
+/// A frame carrying `packet` with the given TCP flags (TCP), or ICMP/ICMPv6 type and
+/// echo identifier (ICMP); other protocols get UDP, GRE or a bare 8-byte header.
+pub fn frame_with(packet: &PacketTuple, tcp_flags: u8, icmp_type: u8, icmp_id: u16) -> Vec<u8> {
     use crate::frames::*;
     let transport = match packet.protocol {
-        ip_proto::TCP => tcp(packet.src_port, packet.dst_port, TCP_SYN, &[]),
+        ip_proto::TCP => tcp(packet.src_port, packet.dst_port, tcp_flags, &[]),
         ip_proto::UDP => udp(packet.src_port, packet.dst_port, b"probe"),
-        ip_proto::ICMP => icmp(8, 0, 0x4242, 1, b"probe"),
-        ip_proto::ICMPV6 => icmp(128, 0, 0x4242, 1, b"probe"),
+        ip_proto::ICMP | ip_proto::ICMPV6 => icmp(icmp_type, 0, icmp_id, 1, b"probe"),
         ip_proto::GRE => gre(0x0800, &[]),
         _ => vec![0; 8],
     };

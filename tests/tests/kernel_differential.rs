@@ -1,7 +1,9 @@
 //! Differential test of the kernel programs against the reference evaluator: random rule
 //! files (`sg_tests::r#gen`) are compiled into the real maps and every probe is run through
 //! BPF_PROG_TEST_RUN on the hook of its direction (ingress: XDP, egress: TC); verdict,
-//! deciding step and rule id must equal the evaluator's. Zero mismatches.
+//! deciding step and rule id must equal the evaluator's. Zero mismatches. Sessions are
+//! flushed before each probe: this is the stateless half; `session_differential` checks
+//! sequences with sessions.
 //!
 //! `SG_KDIFF_CASES` (default 10,000) rule files, `SG_KDIFF_PACKETS` (default 20) probes
 //! each, `SG_KDIFF_SEED` the first seed; set more for longer runs. A mismatch prints the
@@ -50,6 +52,8 @@ fn kernel_agrees_with_the_reference_evaluator_on_random_rule_sets() {
                 .apply(cfg, &[(TEST_RUN_IFINDEX, binding)])
                 .unwrap_or_else(|e| panic!("seed {case_seed}: apply: {e:#}"));
             for probe in case.packets.iter().filter(|p| p.iface == binding.name) {
+                // Each probe is judged alone: no session from an earlier probe may decide it.
+                enforcer.sessions().flush().expect("flush sessions");
                 let got = run(&mut dp, hook_for(probe.direction), &frame_for(&probe.packet)).expect("test run");
                 probes += 1;
                 per_hook[usize::from(probe.direction == Direction::Egress)] += 1;

@@ -1,6 +1,7 @@
-//! The use cases of the security-group guide that need no session (1 to 5), with real
-//! sockets in namespaces: each flow's observed verdict must equal the expected one and
-//! what `sgctl trace` predicts for it.
+//! The six use cases of the security-group guide, with real sockets in namespaces: each
+//! flow's observed verdict must equal the expected one and what `sgctl trace` predicts
+//! for it. Case 6 (the egress whitelist) and the web instance's own MySQL connection need
+//! sessions: their replies arrive on interfaces whose ingress rules would drop them.
 
 use std::path::Path;
 
@@ -82,4 +83,11 @@ fn case_5_ftp_from_group_a_written_as_plain_group_id() {
     std::fs::write(&plain, text.replace("\"160998252992/sg-a\"", "\"sg-a\"")).unwrap();
     check_case("5 ", &plain);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn case_6_egress_whitelist_with_replies_by_session() {
+    if kernel_tests_enabled("case_6") {
+        check_case("6 ", &demo_config());
+    }
 }

@@ -1,0 +1,357 @@
+//! Sessions (SPEC section 4): the table's key and value, and the protocol state machines
+//! as pure functions, shared by the kernel and the host tests.
+//!
+//! A key holds the two (address, port) ends of a flow in a fixed order, low end first, so
+//! both directions of a flow find the same entry; the value remembers which end opened
+//! the flow. ICMP echo flows use the identifier as both ports.
+
+use crate::{PacketMeta, fragment, ip_proto};
+
+/// Session and protocol states (`Session::state`).
+pub mod state {
+    /// The opener sent a SYN.
+    pub const TCP_SYN_SENT: u8 = 1;
+    /// The responder answered with SYN-ACK.
+    pub const TCP_SYN_RECEIVED: u8 = 2;
+    pub const TCP_ESTABLISHED: u8 = 3;
+    /// The opener sent a FIN.
+    pub const TCP_FIN_FROM_OPENER: u8 = 4;
+    /// The responder sent a FIN.
+    pub const TCP_FIN_FROM_RESPONDER: u8 = 5;
+    /// Both sides sent a FIN.
+    pub const TCP_CLOSING: u8 = 6;
+    /// A RST was seen.
+    pub const TCP_CLOSED: u8 = 7;
+    pub const UDP_UNREPLIED: u8 = 8;
+    pub const UDP_REPLIED: u8 = 9;
+    /// ICMP or ICMPv6 echo.
+    pub const ICMP: u8 = 10;
+    /// GRE and any other protocol, by address pair.
+    pub const OTHER: u8 = 11;
+    pub const COUNT: usize = 12;
+
+    pub const NAMES: [&str; COUNT] = [
+        "none",
+        "syn-sent",
+        "syn-received",
+        "established",
+        "fin-from-opener",
+        "fin-from-responder",
+        "closing",
+        "closed",
+        "udp-unreplied",
+        "udp-replied",
+        "icmp",
+        "other",
+    ];
+}
+
+/// TCP flag bits (`PacketMeta::tcp_flags`).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Idle timeouts in nanoseconds, per kind of state (the `[sessions]` table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: u64,
+    pub tcp_opening: u64,
+    pub tcp_closing: u64,
+    pub tcp_rst: u64,
+    pub udp_unreplied: u64,
+    pub udp_replied: u64,
+    pub icmp: u64,
+    pub other: u64,
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+impl Default for Timeouts {
+    /// SPEC section 4's defaults (TCP established: the provider's 910 s).
+    fn default() -> Self {
+        Self {
+            tcp_established: 910 * SECOND,
+            tcp_opening: 120 * SECOND,
+            tcp_closing: 120 * SECOND,
+            tcp_rst: 10 * SECOND,
+            udp_unreplied: 30 * SECOND,
+            udp_replied: 180 * SECOND,
+            icmp: 30 * SECOND,
+            other: 600 * SECOND,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The idle timeout of a session in `state`.
+    #[inline(always)]
+    pub fn for_state(&self, state: u8) -> u64 {
+        match state {
+            state::TCP_SYN_SENT | state::TCP_SYN_RECEIVED => self.tcp_opening,
+            state::TCP_ESTABLISHED => self.tcp_established,
+            state::TCP_FIN_FROM_OPENER | state::TCP_FIN_FROM_RESPONDER | state::TCP_CLOSING => self.tcp_closing,
+            state::TCP_CLOSED => self.tcp_rst,
+            state::UDP_UNREPLIED => self.udp_unreplied,
+            state::UDP_REPLIED => self.udp_replied,
+            state::ICMP => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+/// True when a session last seen at `last_seen` (ns) in `state` has expired at `now`.
+#[inline(always)]
+pub fn expired(state: u8, last_seen: u64, now: u64, timeouts: &Timeouts) -> bool {
+    now.saturating_sub(last_seen) > timeouts.for_state(state)
+}
+
+/// The state a session starts in when `meta` is accepted, or `None` when the packet
+/// does not start a flow (a lone RST or FIN, an ICMP error or echo reply).
+///
+/// A TCP segment other than a SYN (an ACK in mid-stream, as after a table flush or a
+/// restart) is picked up as established, like conntrack's loose mode, so live
+/// connections survive; its rules were checked just the same.
+#[inline(always)]
+pub fn opening_state(meta: &PacketMeta) -> Option<u8> {
+    match meta.protocol {
+        ip_proto::TCP => {
+            let flags = meta.tcp_flags;
+            if flags & (tcp_flag::RST | tcp_flag::FIN) != 0 {
+                None
+            } else if flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0 {
+                Some(state::TCP_SYN_SENT)
+            } else if flags & tcp_flag::SYN != 0 {
+                // A SYN-ACK without a session: the other side's open is unknown here.
+                None
+            } else {
+                Some(state::TCP_ESTABLISHED)
+            }
+        }
+        ip_proto::UDP => Some(state::UDP_UNREPLIED),
+        ip_proto::ICMP if meta.icmp_type == 8 => Some(state::ICMP),
+        ip_proto::ICMPV6 if meta.icmp_type == 128 => Some(state::ICMP),
+        ip_proto::ICMP | ip_proto::ICMPV6 => None,
+        _ => Some(state::OTHER),
+    }
+}
+
+/// The TCP state after a segment with `flags`, sent by the opener or the responder.
+#[inline(always)]
+pub fn tcp_next(current: u8, from_opener: bool, flags: u8) -> u8 {
+    let syn = flags & tcp_flag::SYN != 0;
+    let ack = flags & tcp_flag::ACK != 0;
+    let fin = flags & tcp_flag::FIN != 0;
+    if flags & tcp_flag::RST != 0 {
+        return state::TCP_CLOSED;
+    }
+    // A new SYN from the opener on a finished connection reuses the tuple.
+    if syn && !ack && from_opener && matches!(current, state::TCP_CLOSING | state::TCP_CLOSED) {
+        return state::TCP_SYN_SENT;
+    }
+    match current {
+        state::TCP_SYN_SENT if syn && ack && !from_opener => state::TCP_SYN_RECEIVED,
+        state::TCP_SYN_RECEIVED if ack && !syn && from_opener => {
+            if fin {
+                state::TCP_FIN_FROM_OPENER
+            } else {
+                state::TCP_ESTABLISHED
+            }
+        }
+        state::TCP_SYN_SENT | state::TCP_SYN_RECEIVED | state::TCP_ESTABLISHED if fin => {
+            if from_opener {
+                state::TCP_FIN_FROM_OPENER
+            } else {
+                state::TCP_FIN_FROM_RESPONDER
+            }
+        }
+        state::TCP_FIN_FROM_OPENER if fin && !from_opener => state::TCP_CLOSING,
+        state::TCP_FIN_FROM_RESPONDER if fin && from_opener => state::TCP_CLOSING,
+        other => other,
+    }
+}
+
+/// The state after any packet of a live session.
+#[inline(always)]
+pub fn next_state(current: u8, from_opener: bool, meta: &PacketMeta) -> u8 {
+    match meta.protocol {
+        ip_proto::TCP => tcp_next(current, from_opener, meta.tcp_flags),
+        ip_proto::UDP if !from_opener => state::UDP_REPLIED,
+        _ => current,
+    }
+}
+
+/// The key of a session: interface, protocol, and the two ends, low end first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub ifindex: u32,
+    /// 4 or 6.
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+    pub low_addr: [u8; 16],
+    pub high_addr: [u8; 16],
+    pub low_port: u16,
+    pub high_port: u16,
+}
+
+/// One end of a flow: an address and a port (the echo identifier for ICMP echo, 0 for
+/// protocols without ports).
+pub type End = ([u8; 16], u16);
+
+impl SessionKey {
+    /// The key of the flow between `src` and `dst`, and whether `src` is the low end.
+    #[inline(always)]
+    pub fn between(ifindex: u32, family: u8, protocol: u8, src: End, dst: End) -> (Self, bool) {
+        let src_is_low = src <= dst;
+        let (low, high) = if src_is_low { (src, dst) } else { (dst, src) };
+        let key = Self {
+            ifindex,
+            family,
+            protocol,
+            _pad: [0; 2],
+            low_addr: low.0,
+            high_addr: high.0,
+            low_port: low.1,
+            high_port: high.1,
+        };
+        (key, src_is_low)
+    }
+
+    /// The key of the flow a parsed packet belongs to, and whether its source is the low
+    /// end.
+    #[inline(always)]
+    pub fn of(ifindex: u32, meta: &PacketMeta) -> (Self, bool) {
+        let mut key = Self::default();
+        let src_is_low = key.set(ifindex, meta);
+        (key, src_is_low)
+    }
+
+    /// [`SessionKey::of`] in place (the kernel keeps keys off its small stack).
+    #[inline(always)]
+    pub fn set(&mut self, ifindex: u32, meta: &PacketMeta) -> bool {
+        let (sport, dport) = flow_ports(meta);
+        let src_is_low = (meta.src, sport) <= (meta.dst, dport);
+        let (low, high) = if src_is_low {
+            ((&meta.src, sport), (&meta.dst, dport))
+        } else {
+            ((&meta.dst, dport), (&meta.src, sport))
+        };
+        self.ifindex = ifindex;
+        self.family = meta.family;
+        self.protocol = meta.protocol;
+        self._pad = [0; 2];
+        self.low_addr = *low.0;
+        self.high_addr = *high.0;
+        self.low_port = low.1;
+        self.high_port = high.1;
+        src_is_low
+    }
+
+    /// The end that opened the flow and the other one, given `Session::opener_is_low`.
+    pub fn ends(&self, opener_is_low: bool) -> (End, End) {
+        let low = (self.low_addr, self.low_port);
+        let high = (self.high_addr, self.high_port);
+        if opener_is_low { (low, high) } else { (high, low) }
+    }
+}
+
+/// The ports a flow is keyed by: TCP/UDP ports, the echo identifier (both ways) for ICMP
+/// echo, 0 otherwise.
+#[inline(always)]
+pub fn flow_ports(meta: &PacketMeta) -> (u16, u16) {
+    match meta.protocol {
+        ip_proto::TCP | ip_proto::UDP => (meta.src_port, meta.dst_port),
+        ip_proto::ICMP | ip_proto::ICMPV6 => (meta.icmp_id, meta.icmp_id),
+        _ => (0, 0),
+    }
+}
+
+/// A session's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the latest packet.
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    /// Packets in both directions.
+    pub packets: u64,
+    /// The rule that admitted the flow (0 for intra-group or default steps).
+    pub rule_id: u32,
+    /// The interface's rule-set generation when the flow was admitted or last re-checked.
+    pub generation: u32,
+    /// One of [`state`].
+    pub state: u8,
+    /// 1 when the opener is the key's low end.
+    pub opener_is_low: u8,
+    /// `stats::HOOK_INGRESS` or `stats::HOOK_EGRESS`: the direction of the opening packet.
+    pub opened_on: u8,
+    /// The step that admitted the flow.
+    pub step: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Key of the fragment table: a datagram's addresses, protocol and identification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+}
+
+impl FragmentKey {
+    #[inline(always)]
+    pub fn of(ifindex: u32, meta: &PacketMeta) -> Self {
+        Self {
+            ifindex,
+            family: meta.family,
+            protocol: meta.protocol,
+            _pad: [0; 2],
+            src: meta.src,
+            dst: meta.dst,
+            id: meta.frag_id,
+        }
+    }
+}
+
+/// The verdict of a datagram's first fragment, applied to the following ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentVerdict {
+    pub seen_ns: u64,
+    pub rule_id: u32,
+    pub verdict: u8,
+    pub step: u8,
+    pub _pad: [u8; 2],
+}
+
+/// How long a first fragment's verdict is remembered (the IPv4/IPv6 reassembly timeout).
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30 * SECOND;
+
+/// True when `meta` is the first fragment of a fragmented datagram.
+#[inline(always)]
+pub fn is_first_fragment(meta: &PacketMeta) -> bool {
+    meta.fragment == fragment::FIRST
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), integer fields only, no implicit padding (asserted in tests).
+    unsafe impl aya::Pod for super::SessionKey {}
+    unsafe impl aya::Pod for super::Session {}
+    unsafe impl aya::Pod for super::Timeouts {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentVerdict {}
+}
+
+#[cfg(test)]
+mod tests;

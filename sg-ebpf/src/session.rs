@@ -1,0 +1,88 @@
+//! Sessions (SPEC section 4) in the kernel: the LRU session table, the fragment table,
+//! and the idle timeouts userspace sets from the rule file's `[sessions]` table.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
+use sg_common::{FragmentKey, FragmentVerdict, PacketMeta, Session, SessionKey, Timeouts};
+
+/// Sized by userspace from `max_sessions` before loading; a full table evicts its least
+/// recently used entries, whose flows are then classified again (never a hole).
+#[map(name = "SG_SESSIONS")]
+static SG_SESSIONS: LruHashMap<SessionKey, Session> = LruHashMap::with_max_entries(262_144, 0);
+
+#[map(name = "SG_FRAGMENTS")]
+static SG_FRAGMENTS: LruHashMap<FragmentKey, FragmentVerdict> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Per-CPU room for the session step's larger temporaries: BPF gives a call chain only
+/// 512 bytes of stack. Programs do not nest on one CPU, so one slot per CPU suffices.
+#[repr(C)]
+pub struct Scratch {
+    /// The packet being decided.
+    pub meta: PacketMeta,
+    pub work: Work,
+}
+
+/// The session steps' temporaries.
+#[repr(C)]
+pub struct Work {
+    pub key: SessionKey,
+    pub quoted_key: SessionKey,
+    pub quoted: PacketMeta,
+    pub opening: PacketMeta,
+}
+
+#[map(name = "SG_SCRATCH")]
+static SG_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU, and no other program runs on this CPU until this one returns.
+    SG_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[map(name = "SG_TIMEOUTS")]
+static SG_TIMEOUTS: Array<Timeouts> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The configured timeouts (userspace writes them with every rule set).
+#[inline(always)]
+pub fn timeouts() -> Option<&'static Timeouts> {
+    SG_TIMEOUTS.get(0)
+}
+
+/// The live entry of `key`, to update in place.
+#[inline(always)]
+pub fn lookup(key: &SessionKey) -> Option<*mut Session> {
+    SG_SESSIONS.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn insert(key: &SessionKey, session: &Session) {
+    // A failed insert only means the flow's next packet is classified again.
+    let _ = SG_SESSIONS.insert(key, session, 0);
+}
+
+#[inline(always)]
+pub fn remove(key: &SessionKey) {
+    let _ = SG_SESSIONS.remove(key);
+}
+
+#[inline(always)]
+pub fn remember_fragment(key: &FragmentKey, verdict: &FragmentVerdict) {
+    let _ = SG_FRAGMENTS.insert(key, verdict, 0);
+}
+
+#[inline(always)]
+pub fn fragment_verdict(key: &FragmentKey) -> Option<FragmentVerdict> {
+    // SAFETY: the value is copied out at once.
+    SG_FRAGMENTS.get_ptr(key).map(|p| unsafe { *p })
+}
