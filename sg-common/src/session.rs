@@ -110,32 +110,34 @@ pub fn expired(state: u8, last_seen: u64, now: u64, timeouts: &Timeouts) -> bool
 }
 
 /// The state a session starts in when `meta` is accepted, or `None` when the packet
-/// does not start a flow (a lone RST or FIN, an ICMP error or echo reply).
-///
-/// A TCP segment other than a SYN (an ACK in mid-stream, as after a table flush or a
-/// restart) is picked up as established, like conntrack's loose mode, so live
-/// connections survive; its rules were checked just the same.
+/// does not start a flow: a TCP segment other than a SYN (so a flow cut by a rule change
+/// is not picked up again mid-stream by the other direction's rules), an ICMP error or
+/// echo reply.
 #[inline(always)]
 pub fn opening_state(meta: &PacketMeta) -> Option<u8> {
     match meta.protocol {
         ip_proto::TCP => {
             let flags = meta.tcp_flags;
-            if flags & (tcp_flag::RST | tcp_flag::FIN) != 0 {
-                None
-            } else if flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0 {
-                Some(state::TCP_SYN_SENT)
-            } else if flags & tcp_flag::SYN != 0 {
-                // A SYN-ACK without a session: the other side's open is unknown here.
-                None
-            } else {
-                Some(state::TCP_ESTABLISHED)
-            }
+            let syn_only = flags & (tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST | tcp_flag::FIN) == tcp_flag::SYN;
+            syn_only.then_some(state::TCP_SYN_SENT)
         }
         ip_proto::UDP => Some(state::UDP_UNREPLIED),
         ip_proto::ICMP if meta.icmp_type == 8 => Some(state::ICMP),
         ip_proto::ICMPV6 if meta.icmp_type == 128 => Some(state::ICMP),
         ip_proto::ICMP | ip_proto::ICMPV6 => None,
         _ => Some(state::OTHER),
+    }
+}
+
+/// Whether a packet can belong to a session: ICMP and ICMPv6 only as echo requests and
+/// replies (other ICMP messages would otherwise share the identifier-0 key of an echo
+/// flow); every other protocol always.
+#[inline(always)]
+pub fn belongs_to_session(meta: &PacketMeta) -> bool {
+    match meta.protocol {
+        ip_proto::ICMP => matches!(meta.icmp_type, 0 | 8),
+        ip_proto::ICMPV6 => matches!(meta.icmp_type, 128 | 129),
+        _ => true,
     }
 }
 

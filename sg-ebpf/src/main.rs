@@ -19,7 +19,7 @@ use aya_ebpf::{
 use sg_common::{
     DECISION_AUDIT, Decision, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta, Session, SessionKey,
     Timeouts, family, fragment, is_icmp_error, is_neighbour_discovery,
-    session::{FRAGMENT_TIMEOUT_NS, expired, next_state, opening_state},
+    session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, expired, next_state, opening_state},
     stats as slots, step, verdict,
 };
 
@@ -169,7 +169,8 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
     let src_is_low = work.key.set(packet.ifindex, meta);
     let flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now: session::now() };
     let mut decision = Decision::new(verdict::DROP, step::DEFAULT);
-    if let Some(entry) = live_session(&flow) {
+    let live = if belongs_to_session(meta) { live_session(&flow) } else { None };
+    if let Some(entry) = live {
         decision = on_session(&flow, entry, &mut work.opening);
     } else {
         let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);

@@ -91,6 +91,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         println!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
     }
     println!(
+        "session table: {} entries, {:.1} MiB",
+        capacity.sessions,
+        f64::from(capacity.sessions) * sessions::BYTES_PER_SESSION as f64 / (1024.0 * 1024.0)
+    );
+    println!(
         "applied {}: {} rule sets, {} rules, {} vectors, {} trie entries (compile {:.1} ms, write {:.1} ms)",
         opts.config.display(),
         report.rule_sets,

@@ -9,6 +9,7 @@
 //! stateless verdict of a packet that opens a flow. Each step is its own public function
 //! so such a layer can reuse them.
 
+pub mod stateful;
 #[cfg(test)]
 mod tests;
 

@@ -33,9 +33,11 @@ pub fn timeouts(settings: &SessionSettings) -> Timeouts {
     }
 }
 
-/// Bytes one session costs in the kernel: key and value, plus the LRU hash element's
-/// header (`struct htab_elem`: list node, hash, LRU node) rounded up, as preallocated.
-pub const BYTES_PER_SESSION: usize = size_of::<SessionKey>() + size_of::<Session>() + 48;
+/// Bytes one session costs in the kernel, preallocated for every entry of the table:
+/// key (44) and value (40) plus the LRU hash element's header and rounding. Measured:
+/// `bpftool map show name SG_SESSIONS` reports 39,846,784 bytes of memlock for 262,144
+/// entries on kernel 6.18.
+pub const BYTES_PER_SESSION: usize = 152;
 
 pub struct SessionTable {
     map: HashMap<MapData, SessionKey, Session>,

@@ -99,6 +99,14 @@ impl Agent {
         }
     }
 
+    /// Sends `signal` without waiting for an exit (e.g. SIGHUP to reload).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

@@ -7,5 +7,6 @@ pub mod frames;
 pub mod r#gen;
 pub mod kernel;
 pub mod netns;
+pub mod sessions_gen;
 pub mod testrun;
 pub mod traffic;

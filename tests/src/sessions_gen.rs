@@ -5,7 +5,7 @@
 //! A [`SessionCase`] starts from a random rule file ([`crate::r#gen::case`]) and uses its
 //! first interface only (the kernel test runs everything on one ifindex). Its steps are
 //! realistic flows, interleaved: TCP handshakes, data, closes by either side, simultaneous
-//! closes, resets, tuple reuse and mid-stream pickups; UDP exchanges; ICMP/ICMPv6 echo with
+//! closes, resets, tuple reuse, segments of connections never seen opening; UDP exchanges; ICMP/ICMPv6 echo with
 //! random identifiers; GRE and other protocols both ways. Between them: replies whose
 //! opening packet was never sent, ICMP errors quoting a packet of a flow (related) or of
 //! an unknown flow, neighbour discovery, and rule changes (another random rule file with
@@ -416,12 +416,13 @@ fn echo_type(protocol: u8, request: bool) -> u8 {
     }
 }
 
-/// A TCP conversation: handshake (or a mid-stream pickup), data, a close of some kind,
+/// A TCP conversation: handshake (or none: a connection already open), data, a close of some kind,
 /// perhaps a reuse of the tuple, with the odd stray segment.
 fn tcp_script(rng: &mut Rng) -> Vec<(bool, u8)> {
     let mut s = Vec::new();
     if rng.chance(0.1) {
-        // Picked up mid-stream (as after a restart).
+        // Mid-stream, as after a restart: only a SYN opens a session, so this flow never
+        // gets one.
         s.push((OPENER, TCP_ACK | TCP_PSH));
     } else {
         s.push((OPENER, TCP_SYN));

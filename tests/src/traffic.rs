@@ -159,6 +159,16 @@ impl Sink {
 }
 
 impl Host {
+    /// Opens a TCP connection to `dst:port` (an echo server) that stays open.
+    pub fn connect(&self, dst: IpAddr, port: u16, timeout: Duration) -> Result<TcpStream> {
+        let to = SocketAddr::new(dst, port);
+        in_netns(&self.ns, move || {
+            let stream = TcpStream::connect_timeout(&to, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            Ok(stream)
+        })
+    }
+
     /// Starts a UDP sink on `[::]:port`.
     pub fn sink(&self, port: u16) -> Result<Sink> {
         let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -199,11 +209,35 @@ impl Host {
         })
     }
 
+    /// Sends one UDP datagram of `size` bytes from local port `src_port` (no reply
+    /// expected).
+    pub fn send_udp_from(&self, src_port: u16, dst: IpAddr, port: u16, size: usize) -> Result<()> {
+        in_netns(&self.ns, move || {
+            let bind: SocketAddr = if dst.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, src_port).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, src_port).into()
+            };
+            let payload = vec![0x5a; size];
+            UdpSocket::bind(bind)?.send_to(&payload, SocketAddr::new(dst, port))?;
+            Ok(())
+        })
+    }
+
     /// Whether a one-way datagram from this host reaches `sink` on `to`.
     pub fn delivers(&self, sink: &Sink, dst: IpAddr, port: u16) -> bool {
         let before = sink.count();
         self.send_udp(dst, port).is_ok() && sink.grew_from(before, Duration::from_millis(800))
     }
+}
+
+/// Sends `message` on an open stream and waits for its echo; false on silence.
+pub fn echo_over(stream: &mut TcpStream, message: &[u8]) -> bool {
+    if stream.write_all(message).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; message.len()];
+    stream.read_exact(&mut buf).is_ok() && buf == message
 }
 
 fn tcp_echo_loop(listener: TcpListener, stop: &AtomicBool) {

@@ -2,27 +2,34 @@
 //! (`sgctl::eval::stateful`): seeded packet sequences (`sg_tests::sessions_gen`) of flows,
 //! replies without sessions, ICMP errors, neighbour discovery and rule changes run through
 //! BPF_PROG_TEST_RUN on the hook of their direction, and the model decides the same packets;
-//! verdict, step and rule id must agree for every packet.
+//! verdict, step and rule id must agree for every packet, and after every packet the
+//! kernel's session table must hold the model's sessions (state, opener, direction, rule,
+//! step, packet count and generation; not the timestamps).
 //!
 //! `SG_SDIFF_CASES` (default 2,000) sequences, `SG_SDIFF_STEPS` (default 60) steps each,
 //! `SG_SDIFF_SEED` the first seed. A mismatch prints the seed, the rule files, the sequence
 //! up to the packet and both outcomes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use sg_common::{step, verdict};
+use sg_common::{Session, SessionKey, Timeouts, ip_proto, session::state, step, verdict};
 use sg_tests::{
     r#gen::GenOptions,
     kernel::kernel_tests_enabled,
-    sessions_gen::{SessionCase, SessionGenOptions, Step, monotonic_ns, session_case},
+    sessions_gen::{
+        SeqPacket, SessionCase, SessionGenOptions, Step, TCP_PSH, icmp_error, monotonic_ns, reversed, session_case,
+    },
     testrun::{TEST_RUN_IFINDEX, hook_for, run},
 };
 use sgctl::{
-    config::Mode,
+    config::{Direction, Mode, SessionSettings, parse_str},
     ebpf::{Dataplane, LoadOptions},
     enforce::{Capacity, Enforcer},
-    eval::stateful::Outcome,
+    eval::{
+        PacketTuple,
+        stateful::{Outcome, Tracker},
+    },
 };
 
 const BASE_SEED: u64 = 0x5344_6966_0000;
@@ -53,6 +60,58 @@ fn report(case: &SessionCase, last: usize, outcomes: &[String], problem: &str) -
 
 fn step_name(code: u8) -> &'static str {
     step::NAMES.get(usize::from(code)).copied().unwrap_or("?")
+}
+
+/// The fields of a session both sides must agree on, with the generation counted back from
+/// the current one (the kernel's generations keep growing across cases).
+fn comparable(s: &Session, current_generation: u32) -> (&'static str, u8, u8, u32, u8, u64, u32) {
+    let state = state::NAMES.get(usize::from(s.state)).copied().unwrap_or("?");
+    let age = current_generation.wrapping_sub(s.generation);
+    (state, s.opener_is_low, s.opened_on, s.rule_id, s.step, s.packets, age)
+}
+
+/// `ifindex 1 protocol 6 198.18.0.1 port 40000 <-> 198.18.0.2 port 80`.
+fn key_text(key: &SessionKey) -> String {
+    let addr = |bytes: &[u8; 16]| sgctl::eval::stateful::addr_from_bytes(key.family, bytes);
+    format!(
+        "ifindex {} protocol {} {} port {} <-> {} port {}",
+        key.ifindex,
+        key.protocol,
+        addr(&key.low_addr),
+        key.low_port,
+        addr(&key.high_addr),
+        key.high_port
+    )
+}
+
+/// `Err` describes how the kernel's session table differs from the model's.
+fn compare_tables(enforcer: &mut Enforcer, model: &Tracker) -> Result<(), String> {
+    let kernel_generation = enforcer.generation(TEST_RUN_IFINDEX).unwrap_or(0);
+    let kernel: HashMap<SessionKey, Session> =
+        enforcer.sessions().entries().map_err(|e| format!("reading the session table: {e:#}"))?.into_iter().collect();
+    let mut problems = Vec::new();
+    for (key, want) in model.sessions() {
+        let want = comparable(want, model.generation());
+        match kernel.get(key) {
+            None => problems.push(format!("missing in the kernel: {} {want:?}", key_text(key))),
+            Some(got) => {
+                let got = comparable(got, kernel_generation);
+                if got != want {
+                    problems.push(format!(
+                        "{}\n    kernel (state, opener_is_low, opened_on, rule, step, packets, generations ago) \
+                         {got:?}\n    model  {want:?}",
+                        key_text(key)
+                    ));
+                }
+            }
+        }
+    }
+    for (key, got) in &kernel {
+        if !model.sessions().contains_key(key) {
+            problems.push(format!("only in the kernel: {} {:?}", key_text(key), comparable(got, kernel_generation)));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(format!("session tables differ:\n  {}", problems.join("\n  "))) }
 }
 
 /// Runs one sequence through the kernel and the model; `Err` describes the first
@@ -100,12 +159,12 @@ fn run_case(
             .map_err(|e| format!("seed {}: step {i}: test run: {e:#}", case.seed))?;
         packets += 1;
         let d = got.decision;
-        outcomes.push(format!(
-            "kernel {} {} rule {} / model {want}",
-            if d.verdict == verdict::PASS { "pass" } else { "drop" },
-            step_name(d.step),
-            d.rule_id
-        ));
+        let got_outcome = Outcome::new(d.verdict, d.step, d.rule_id);
+        outcomes.push(if got_outcome == want {
+            format!("{want}")
+        } else {
+            format!("kernel {got_outcome}, model {want}")
+        });
         let m = &got.meta;
         let e = &packet.meta;
         let parsed = (m.family, m.protocol, m.src, m.dst, m.src_port, m.dst_port, m.tcp_flags, m.icmp_type, m.icmp_id);
@@ -118,7 +177,6 @@ fn run_case(
                 &format!("the kernel parsed {m:?}\nthe generator expected {e:?}\n(a generator or parser bug)"),
             ));
         }
-        let got_outcome = Outcome::new(d.verdict, d.step, d.rule_id);
         // Audit mode passes every packet whatever the computed verdict.
         let returned = if binding.mode == Mode::Audit { verdict::PASS } else { want.verdict };
         if got_outcome != want || got.verdict != returned {
@@ -133,6 +191,9 @@ fn run_case(
             ));
         }
         *steps_seen.entry((want.step, want.verdict)).or_default() += 1;
+        if let Err(problem) = compare_tables(enforcer, &model) {
+            return Err(report(case, i, &outcomes, &problem));
+        }
     }
     Ok(packets)
 }
@@ -244,4 +305,142 @@ fn sequences_exercise_every_session_path_of_the_model() {
     assert!(applies > 0 && related_quotes > 0 && unparsable_quotes > 0);
     // Sessions carry most replies: a good share of packets pass by session.
     assert!(seen[&(step::SESSION, verdict::PASS)] * 8 > seen.values().sum::<u64>());
+}
+
+/// Every idle timeout 1 s; a basic group without rules: egress passes, ingress drops.
+const SHORT_TIMEOUTS: &str = r#"
+[[security_group]]
+id = "sg-host"
+members = ["10.1.0.10", "2001:db8:1::10"]
+
+[[interface]]
+name = "eth0"
+security_groups = ["sg-host"]
+
+[sessions]
+tcp_established = 1
+tcp_opening = 1
+tcp_closing = 1
+tcp_rst = 1
+udp_unreplied = 1
+udp_replied = 1
+icmp = 1
+other = 1
+"#;
+
+/// The model's form of a `[sessions]` table.
+fn timeouts_of(s: &SessionSettings) -> Timeouts {
+    let ns = |seconds: u32| u64::from(seconds) * 1_000_000_000;
+    Timeouts {
+        tcp_established: ns(s.tcp_established),
+        tcp_opening: ns(s.tcp_opening),
+        tcp_closing: ns(s.tcp_closing),
+        tcp_rst: ns(s.tcp_rst),
+        udp_unreplied: ns(s.udp_unreplied),
+        udp_replied: ns(s.udp_replied),
+        icmp: ns(s.icmp),
+        other: ns(s.other),
+    }
+}
+
+/// Idle expiry with the real clock: flows of every kind opened on egress, their replies
+/// passing by session at once and classified (dropped) after 1.3 s of silence, in the
+/// kernel and in the model (given the same timeouts and CLOCK_MONOTONIC).
+#[test]
+fn kernel_session_expiry_agrees_with_the_model() {
+    if !kernel_tests_enabled("kernel_session_expiry_agrees_with_the_model") {
+        return;
+    }
+    let cfg = parse_str(SHORT_TIMEOUTS, "short.toml").unwrap_or_else(|e| panic!("{e}"));
+    let binding = &cfg.interfaces[0];
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    enforcer.set_grace_period(Duration::ZERO);
+    enforcer.sessions().flush().expect("flush");
+    enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)]).expect("apply");
+    let mut model = Tracker::new(&cfg, timeouts_of(&cfg.sessions));
+
+    let (host, server) = ("10.1.0.10".parse().expect("v4"), "203.0.113.9".parse().expect("v4"));
+    let (host6, server6) = ("2001:db8:1::10".parse().expect("v6"), "2001:db8:9::9".parse().expect("v6"));
+    let tuple = |src, dst, protocol, src_port, dst_port| PacketTuple { src, dst, protocol, src_port, dst_port };
+    let egress = |t: PacketTuple, flags: u8, icmp_type: u8, id: u16, what: &str| {
+        SeqPacket::new(Direction::Egress, t, flags, icmp_type, id, what)
+    };
+    let ingress = |t: PacketTuple, flags: u8, icmp_type: u8, id: u16, what: &str| {
+        SeqPacket::new(Direction::Ingress, reversed(&t), flags, icmp_type, id, what)
+    };
+    let (syn, syn_ack, ack, rst, data) = (0x02, 0x12, 0x10, 0x04, TCP_PSH | 0x10);
+    let opening = tuple(host, server, ip_proto::TCP, 40000, 443);
+    let established = tuple(host, server, ip_proto::TCP, 40001, 443);
+    let reset = tuple(host, server, ip_proto::TCP, 40002, 443);
+    let udp = tuple(host, server, ip_proto::UDP, 5353, 53);
+    let ping = tuple(host, server, ip_proto::ICMP, 0, 0);
+    let gre = tuple(host, server, ip_proto::GRE, 0, 0);
+    let udp6 = tuple(host6, server6, ip_proto::UDP, 5353, 53);
+    let ping6 = tuple(host6, server6, ip_proto::ICMPV6, 0, 0);
+    let udp_query = egress(udp, 0, 0, 0, "udp");
+    let router = "192.0.2.1".parse().expect("v4");
+    let error = icmp_error(Direction::Ingress, (router, host), (3, 3), &udp_query, &[], Some(8), "error about udp");
+    // Opened on egress, answered on ingress at once: every flow in a different state.
+    let live = [
+        (egress(opening, syn, 0, 0, "syn"), step::DEFAULT),
+        (ingress(opening, syn_ack, 0, 0, "syn-ack"), step::SESSION),
+        (egress(established, syn, 0, 0, "syn"), step::DEFAULT),
+        (ingress(established, syn_ack, 0, 0, "syn-ack"), step::SESSION),
+        (egress(established, ack, 0, 0, "ack"), step::SESSION),
+        (ingress(established, data, 0, 0, "data"), step::SESSION),
+        (egress(reset, syn, 0, 0, "syn"), step::DEFAULT),
+        (ingress(reset, syn_ack, 0, 0, "syn-ack"), step::SESSION),
+        (egress(reset, rst, 0, 0, "rst"), step::SESSION),
+        (udp_query.clone(), step::DEFAULT),
+        (ingress(udp, 0, 0, 0, "udp reply"), step::SESSION),
+        (egress(ping, 0, 8, 5, "echo request"), step::DEFAULT),
+        (ingress(ping, 0, 0, 5, "echo reply"), step::SESSION),
+        (egress(gre, 0, 0, 0, "gre"), step::DEFAULT),
+        (ingress(gre, 0, 0, 0, "gre back"), step::SESSION),
+        (egress(udp6, 0, 0, 0, "udp6"), step::DEFAULT),
+        (egress(ping6, 0, 128, 6, "echo request"), step::DEFAULT),
+        (ingress(ping6, 0, 129, 6, "echo reply"), step::SESSION),
+        (error.clone(), step::RELATED),
+    ];
+    // After 1.3 s of silence every session has expired: the server's packets are
+    // classified (ingress drops by default).
+    let expired = [
+        (error.clone(), step::DEFAULT),
+        (ingress(opening, syn_ack, 0, 0, "syn-ack"), step::DEFAULT),
+        (ingress(established, data, 0, 0, "data"), step::DEFAULT),
+        (ingress(reset, data, 0, 0, "data"), step::DEFAULT),
+        (ingress(udp, 0, 0, 0, "udp reply"), step::DEFAULT),
+        (ingress(ping, 0, 0, 5, "echo reply"), step::DEFAULT),
+        (ingress(gre, 0, 0, 0, "gre back"), step::DEFAULT),
+        (ingress(udp6, 0, 0, 0, "udp6 reply"), step::DEFAULT),
+        (ingress(ping6, 0, 129, 6, "echo reply"), step::DEFAULT),
+    ];
+
+    let mut log = Vec::new();
+    let mut check = |dp: &mut Dataplane, model: &mut Tracker, packet: &SeqPacket, want_step: u8| {
+        let now = monotonic_ns();
+        let want = model.packet_with_embedded(
+            binding,
+            TEST_RUN_IFINDEX,
+            packet.direction,
+            &packet.meta,
+            packet.embedded.as_ref(),
+            now,
+        );
+        let got = run(dp, hook_for(packet.direction), &packet.frame).expect("test run");
+        let got = Outcome::new(got.decision.verdict, got.decision.step, got.decision.rule_id);
+        log.push(format!("{packet} => kernel {got}, model {want}"));
+        assert_eq!(got, want, "kernel and model disagree:\n{}", log.join("\n"));
+        assert_eq!(want.step, want_step, "unexpected step:\n{}", log.join("\n"));
+    };
+    for (packet, want_step) in &live {
+        check(&mut dp, &mut model, packet, *want_step);
+    }
+    assert_eq!(model.sessions().len(), 8);
+    std::thread::sleep(Duration::from_millis(1300));
+    for (packet, want_step) in &expired {
+        check(&mut dp, &mut model, packet, *want_step);
+    }
+    assert!(model.sessions().is_empty(), "every session expired and was deleted");
 }

@@ -79,6 +79,11 @@ pub fn step(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Where cargo puts binaries: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
+}
+
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -131,19 +136,18 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
 
 fn bench(quick: bool) -> Result<()> {
     setup::run()?;
-    let root = workspace_root();
     if quick {
         cargo(&["build", "--package", "sg-tests", "--bin", "sg-bench"])?;
-        step(Command::new(root.join("target/debug/sg-bench")).arg("--quick"))
+        step(Command::new(target_dir().join("debug/sg-bench")).arg("--quick"))
     } else {
         cargo(&["build", "--release", "--package", "sg-tests", "--bin", "sg-bench"])?;
-        step(&mut Command::new(root.join("target/release/sg-bench")))
+        step(&mut Command::new(target_dir().join("release/sg-bench")))
     }
 }
 
 fn demo() -> Result<()> {
     setup::run()?;
     cargo(&["build", "--package", "sg-userspace", "--package", "sg-tests", "--bins"])?;
-    let root = workspace_root();
-    step(Command::new(root.join("target/debug/sg-demo")).env("SGCTL_BIN", root.join("target/debug/sgctl")))
+    let bin = target_dir().join("debug");
+    step(Command::new(bin.join("sg-demo")).env("SGCTL_BIN", bin.join("sgctl")))
 }

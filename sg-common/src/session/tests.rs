@@ -298,12 +298,14 @@ fn icmp_and_other_sessions_keep_their_state() {
 
 #[test]
 fn opening_state_for_tcp_flags() {
-    let cases: [(u8, Option<u8>); 11] = [
+    const URG: u8 = 0x20;
+    let cases: [(u8, Option<u8>); 15] = [
         (SYN, Some(TCP_SYN_SENT)),
         (SYN | PSH, Some(TCP_SYN_SENT)),
-        // Mid-stream pickup (after a flush or restart): established.
-        (ACK, Some(TCP_ESTABLISHED)),
-        (PSH_ACK, Some(TCP_ESTABLISHED)),
+        (SYN | URG, Some(TCP_SYN_SENT)),
+        // No mid-stream pickup: only a SYN starts a TCP flow, so a revoked flow stays cut.
+        (ACK, None),
+        (PSH_ACK, None),
         (SYN_ACK, None),
         (RST, None),
         (RST_ACK, None),
@@ -311,6 +313,10 @@ fn opening_state_for_tcp_flags() {
         (FIN_ACK, None),
         (SYN | FIN, None),
         (SYN | RST, None),
+        // Segments without SYN, ACK, RST or FIN (null scans, PSH or URG alone) open nothing.
+        (0, None),
+        (PSH, None),
+        (URG | PSH, None),
     ];
     for (flags, want) in cases {
         assert_eq!(opening_state(&tcp_meta(flags)), want, "{}", flags_name(flags));

@@ -1,0 +1,210 @@
+//! Session behaviour in the kernel, packet by packet through BPF_PROG_TEST_RUN: ingress
+//! packets run on XDP, egress packets on TC, as on a real interface.
+
+use std::time::Duration;
+
+use sg_common::{session::state, step, verdict};
+use sg_tests::{
+    frames::*,
+    kernel::kernel_tests_enabled,
+    testrun::{Hook, Outcome, TEST_RUN_IFINDEX, run},
+};
+use sgctl::{
+    config::{Config, parse_str},
+    ebpf::{Dataplane, LoadOptions},
+    enforce::{Capacity, Enforcer},
+};
+
+const INST: [u8; 4] = [198, 18, 1, 1];
+const CLIENT: [u8; 4] = [198, 18, 0, 9];
+const ROUTER: [u8; 4] = [198, 18, 0, 254];
+
+fn setup(rules: &str, kind: &str) -> (Dataplane, Enforcer, Config) {
+    let text = format!(
+        "[[security_group]]\nid = \"sg-i\"\ntype = \"{kind}\"\nmembers = [\"198.18.1.1\"]\n{rules}\n[[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-i\"]\n"
+    );
+    let cfg = parse_str(&text, "seq.toml").expect("config");
+    let mut dp =
+        Dataplane::load(&LoadOptions { trace: true, capacity: Capacity { sessions: 1024, ..Default::default() } })
+            .expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    enforcer.set_grace_period(Duration::ZERO);
+    enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).expect("apply");
+    (dp, enforcer, cfg)
+}
+
+fn rule(proto: &str, ports: &str) -> String {
+    format!(
+        "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"{proto}\"\nport_range = \"{ports}\"\nsource = \"0.0.0.0/0\"\n"
+    )
+}
+
+fn tcp_in(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ether(ETHERTYPE_IPV4, &[], &ipv4(6, CLIENT, INST, &[], Frag4::default(), &tcp(sport, dport, flags, &[])))
+}
+
+fn tcp_out(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ether(ETHERTYPE_IPV4, &[], &ipv4(6, INST, CLIENT, &[], Frag4::default(), &tcp(sport, dport, flags, &[])))
+}
+
+fn expect(o: Outcome, verdict: u8, step: u8, what: &str) {
+    assert_eq!((o.decision.verdict, o.decision.step), (verdict, step), "{what}: {:?}", o.decision);
+}
+
+fn only_session_state(e: &mut Enforcer) -> u8 {
+    let entries = e.sessions().entries().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].1.state
+}
+
+#[test]
+fn tcp_handshake_data_fin_and_rst() {
+    if !kernel_tests_enabled("tcp_handshake_data_fin_and_rst") {
+        return;
+    }
+    // Advanced: egress default drop, so every reply below passes only by its session.
+    let (mut dp, mut e, _cfg) = setup(&rule("tcp", "80/80"), "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "SYN");
+    assert_eq!(only_session_state(&mut e), state::TCP_SYN_SENT);
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "SYN-ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_SYN_RECEIVED);
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED);
+    for _ in 0..3 {
+        expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "data in");
+        expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "data out");
+    }
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN out");
+    assert_eq!(only_session_state(&mut e), state::TCP_FIN_FROM_RESPONDER);
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN in");
+    assert_eq!(only_session_state(&mut e), state::TCP_CLOSING);
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_RST)).unwrap(), verdict::PASS, step::SESSION, "RST");
+    assert_eq!(only_session_state(&mut e), state::TCP_CLOSED);
+    // A reply without a session is classified: the advanced egress default drops it.
+    expect(
+        run(&mut dp, t, &tcp_out(80, 40001, TCP_SYN | TCP_ACK)).unwrap(),
+        verdict::DROP,
+        step::DEFAULT,
+        "reply without session",
+    );
+    // And a mid-stream segment opens nothing, even where rules accept it.
+    expect(run(&mut dp, x, &tcp_in(40002, 80, TCP_ACK)).unwrap(), verdict::PASS, step::RULE, "mid-stream ACK");
+    assert_eq!(e.sessions().entries().unwrap().len(), 1, "no session for a mid-stream segment");
+}
+
+#[test]
+fn related_icmp_errors_pass_only_for_live_sessions() {
+    if !kernel_tests_enabled("related_icmp_errors_pass_only_for_live_sessions") {
+        return;
+    }
+    let (mut dp, _e, _cfg) = setup(&rule("udp", "53/53"), "advanced");
+    let query = ipv4(17, CLIENT, INST, &[], Frag4::default(), &udp(5353, 53, b"query"));
+    expect(run(&mut dp, Hook::Xdp, &ether(ETHERTYPE_IPV4, &[], &query)).unwrap(), verdict::PASS, step::RULE, "query");
+    // The instance reports the query's port unreachable: egress, quoting the query.
+    let quoting = |quoted: &[u8]| {
+        ether(ETHERTYPE_IPV4, &[], &ipv4(1, INST, CLIENT, &[], Frag4::default(), &icmp(3, 3, 0, 0, &quoted[..28])))
+    };
+    expect(run(&mut dp, Hook::Tc, &quoting(&query)).unwrap(), verdict::PASS, step::RELATED, "related error");
+    let unknown = ipv4(17, CLIENT, INST, &[], Frag4::default(), &udp(5354, 53, b"other"));
+    expect(run(&mut dp, Hook::Tc, &quoting(&unknown)).unwrap(), verdict::DROP, step::DEFAULT, "unrelated error");
+    // An error from a router on the path, arriving on ingress, quoting our reply.
+    let reply = ipv4(17, INST, CLIENT, &[], Frag4::default(), &udp(53, 5353, b"answer"));
+    let from_router =
+        ether(ETHERTYPE_IPV4, &[], &ipv4(1, ROUTER, INST, &[], Frag4::default(), &icmp(11, 0, 0, 0, &reply[..28])));
+    expect(run(&mut dp, Hook::Xdp, &from_router).unwrap(), verdict::PASS, step::RELATED, "time exceeded");
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    if !kernel_tests_enabled("fragments_follow_their_first_fragment") {
+        return;
+    }
+    let (mut dp, _e, _cfg) = setup(&rule("udp", "9000/9000"), "basic");
+    let first = |port: u16, id: u16| {
+        ether(
+            ETHERTYPE_IPV4,
+            &[],
+            &ipv4(17, CLIENT, INST, &[], Frag4 { more: true, offset_units: 0, id }, &udp(1, port, &[0; 64])),
+        )
+    };
+    let later = |id: u16| {
+        ether(ETHERTYPE_IPV4, &[], &ipv4(17, CLIENT, INST, &[], Frag4 { more: false, offset_units: 9, id }, &[0; 40]))
+    };
+    expect(run(&mut dp, Hook::Xdp, &first(9000, 1)).unwrap(), verdict::PASS, step::RULE, "allowed first");
+    expect(run(&mut dp, Hook::Xdp, &later(1)).unwrap(), verdict::PASS, step::FRAGMENT, "its later fragment");
+    expect(run(&mut dp, Hook::Xdp, &first(9001, 2)).unwrap(), verdict::DROP, step::DEFAULT, "dropped first");
+    expect(run(&mut dp, Hook::Xdp, &later(2)).unwrap(), verdict::DROP, step::FRAGMENT, "its later fragment");
+    expect(run(&mut dp, Hook::Xdp, &later(3)).unwrap(), verdict::DROP, step::FRAGMENT_UNKNOWN, "unknown datagram");
+    // IPv6: the fragment header.
+    let (c6, i6) = (v6("2001:db8::9"), v6("2001:db8::1:1"));
+    let first6 = ether(ETHERTYPE_IPV6, &[], &ipv6(44, c6, i6, &ipv6_frag(17, 0, true, 77, &udp(1, 9000, &[0; 64]))));
+    let later6 = ether(ETHERTYPE_IPV6, &[], &ipv6(44, c6, i6, &ipv6_frag(17, 9, false, 77, &[0; 40])));
+    // The IPv6 peer is outside 0.0.0.0/0: the basic default drops the whole datagram.
+    expect(run(&mut dp, Hook::Xdp, &first6).unwrap(), verdict::DROP, step::DEFAULT, "v6 first");
+    expect(run(&mut dp, Hook::Xdp, &later6).unwrap(), verdict::DROP, step::FRAGMENT, "v6 later");
+}
+
+#[test]
+fn a_generation_bump_cuts_revoked_flows_and_keeps_the_others() {
+    if !kernel_tests_enabled("a_generation_bump_cuts_revoked_flows_and_keeps_the_others") {
+        return;
+    }
+    let (mut dp, mut e, _cfg) = setup(&(rule("tcp", "80/80") + &rule("tcp", "443/443")), "basic");
+    for port in [80, 443] {
+        expect(run(&mut dp, Hook::Xdp, &tcp_in(40000, port, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "open");
+        expect(
+            run(&mut dp, Hook::Tc, &tcp_out(port, 40000, TCP_SYN | TCP_ACK)).unwrap(),
+            verdict::PASS,
+            step::SESSION,
+            "reply",
+        );
+    }
+    let narrower = parse_str(
+        &format!("[[security_group]]\nid = \"sg-i\"\nmembers = [\"198.18.1.1\"]\n{}\n[[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-i\"]\n", rule("tcp", "80/80")),
+        "narrower.toml",
+    )
+    .unwrap();
+    e.apply(&narrower, &[(TEST_RUN_IFINDEX, &narrower.interfaces[0])]).unwrap();
+    expect(
+        run(&mut dp, Hook::Xdp, &tcp_in(40000, 443, TCP_ACK)).unwrap(),
+        verdict::DROP,
+        step::REVOKED,
+        "revoked flow",
+    );
+    expect(
+        run(&mut dp, Hook::Tc, &tcp_out(443, 40000, TCP_ACK)).unwrap(),
+        verdict::PASS,
+        step::DEFAULT,
+        "no session left; egress default",
+    );
+    expect(
+        run(&mut dp, Hook::Xdp, &tcp_in(40000, 443, TCP_ACK)).unwrap(),
+        verdict::DROP,
+        step::DEFAULT,
+        "classified since",
+    );
+    expect(run(&mut dp, Hook::Xdp, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "kept flow");
+    expect(
+        run(&mut dp, Hook::Tc, &tcp_out(80, 40000, TCP_ACK)).unwrap(),
+        verdict::PASS,
+        step::SESSION,
+        "kept flow reply",
+    );
+}
+
+#[test]
+fn neighbour_discovery_always_passes() {
+    if !kernel_tests_enabled("neighbour_discovery_always_passes") {
+        return;
+    }
+    let (mut dp, _e, _cfg) = setup("", "advanced");
+    for kind in 133..=136u8 {
+        let frame = ether(ETHERTYPE_IPV6, &[], &ipv6(58, v6("fe80::1"), v6("ff02::1"), &icmp(kind, 0, 0, 0, &[0; 16])));
+        for hook in [Hook::Xdp, Hook::Tc] {
+            expect(run(&mut dp, hook, &frame).unwrap(), verdict::PASS, step::NEIGHBOUR_DISCOVERY, "ND");
+        }
+    }
+    let echo = ether(ETHERTYPE_IPV6, &[], &ipv6(58, v6("2001:db8::9"), v6("2001:db8::1:1"), &icmp(128, 0, 1, 1, &[])));
+    expect(run(&mut dp, Hook::Xdp, &echo).unwrap(), verdict::DROP, step::DEFAULT, "other ICMPv6 is classified");
+}

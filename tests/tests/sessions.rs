@@ -1,0 +1,197 @@
+//! Sessions with real sockets in namespaces: replies of admitted flows pass whatever the
+//! other direction's rules say; unsolicited traffic does not; a long-lived stream
+//! survives reloads and is cut when its rule goes; idle timeouts; fragmented datagrams.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use sg_tests::{
+    agent::{Agent, sgctl},
+    deploy::enforce,
+    kernel::kernel_tests_enabled,
+    netns::{Host, Lab},
+    traffic::{Proto, echo_over},
+};
+
+const T: Duration = Duration::from_millis(1500);
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sgctl-sessions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An instance `inst` (NIC inst0, 198.18.1.1) and an outside host `out` (198.18.0.1).
+fn pair(tag: &str) -> (Lab, Host, Host) {
+    let mut lab = Lab::new(tag).unwrap();
+    let inst = lab
+        .add_host_on("inst", "inst0", Ipv4Addr::new(198, 18, 1, 1), "2001:db8::1:1".parse::<Ipv6Addr>().unwrap())
+        .unwrap();
+    let out = lab.add_host("out", Ipv4Addr::new(198, 18, 0, 1), "2001:db8::1".parse::<Ipv6Addr>().unwrap()).unwrap();
+    lab.resolve_neighbours().unwrap();
+    (lab, inst, out)
+}
+
+fn config(kind: &str, rules: &str, sessions: &str) -> String {
+    format!(
+        r#"
+[[security_group]]
+id = "sg-inst"
+type = "{kind}"
+members = ["198.18.1.1", "2001:db8::1:1"]
+{rules}
+[[interface]]
+name = "inst0"
+security_groups = ["sg-inst"]
+{sessions}
+"#
+    )
+}
+
+fn rule(direction: &str, protocol: &str, ports: &str, peer: &str) -> String {
+    let peer_field = if direction == "ingress" { "source" } else { "destination" };
+    let ports = if ports.is_empty() { String::new() } else { format!("port_range = \"{ports}\"\n") };
+    format!(
+        "  [[security_group.rule]]\n  direction = \"{direction}\"\n  protocol = \"{protocol}\"\n  {ports}  {peer_field} = \"{peer}\"\n"
+    )
+}
+
+#[test]
+fn basic_group_outbound_tcp_udp_and_ping_get_replies_unsolicited_inbound_does_not() {
+    if !kernel_tests_enabled("basic_outbound_replies") {
+        return;
+    }
+    let (_lab, inst, out) = pair("basicout");
+    // No ingress rule at all: basic ingress default drops, egress default accepts.
+    let cfg = write_config("basic-out.toml", &config("basic", "", ""));
+    let _agent = enforce(&inst, &cfg, &[]).unwrap();
+    let (_tcp, _udp, _inbound) = (
+        out.serve(Proto::Tcp, 8080).unwrap(),
+        out.serve(Proto::Udp, 53).unwrap(),
+        inst.serve(Proto::Tcp, 8080).unwrap(),
+    );
+    for v6 in [false, true] {
+        inst.probe(Proto::Tcp, out.addr(v6), 8080, T).unwrap_or_else(|e| panic!("outbound tcp (v6 {v6}): {e:#}"));
+        inst.probe(Proto::Udp, out.addr(v6), 53, T)
+            .unwrap_or_else(|e| panic!("outbound DNS-like udp (v6 {v6}): {e:#}"));
+        assert!(inst.ping(out.addr(v6)), "ping replies come back (v6 {v6})");
+        assert!(!out.reaches(Proto::Tcp, inst.addr(v6), 8080, T), "unsolicited inbound tcp (v6 {v6})");
+        assert!(!out.ping(inst.addr(v6)), "unsolicited inbound ping (v6 {v6})");
+    }
+}
+
+#[test]
+fn advanced_group_server_replies_leave_and_nothing_else_does() {
+    if !kernel_tests_enabled("advanced_server_replies") {
+        return;
+    }
+    let (_lab, inst, out) = pair("advsrv");
+    let cfg = write_config("advanced.toml", &config("advanced", &rule("ingress", "tcp", "80/80", "0.0.0.0/0"), ""));
+    let _agent = enforce(&inst, &cfg, &[]).unwrap();
+    let (_web, _other) = (inst.serve(Proto::Tcp, 80).unwrap(), out.serve(Proto::Tcp, 80).unwrap());
+    out.probe(Proto::Tcp, inst.ipv4.into(), 80, T).expect("the server's replies leave by session");
+    assert!(
+        !inst.reaches(Proto::Tcp, out.ipv4.into(), 80, T),
+        "advanced egress default drops the instance's own connections"
+    );
+    assert!(!inst.ping(out.ipv4.into()), "and its pings");
+}
+
+#[test]
+fn idle_timeouts_expire_sessions() {
+    if !kernel_tests_enabled("idle_timeouts_expire_sessions") {
+        return;
+    }
+    let (_lab, inst, out) = pair("idle");
+    let cfg = write_config("idle.toml", &config("basic", "", "[sessions]\nudp_unreplied = 2\nudp_replied = 2\n"));
+    let _agent = enforce(&inst, &cfg, &[]).unwrap();
+    // The instance opens a UDP flow from port 40001 (egress default accepts).
+    inst.send_udp_from(40001, out.ipv4.into(), 7000, 16).unwrap();
+    let sink = inst.sink(40001).unwrap();
+    assert!(
+        out.send_udp_from(7000, inst.ipv4.into(), 40001, 16).is_ok() && sink.grew_from(0, T),
+        "reply within the timeout"
+    );
+    let unsolicited = sink.count();
+    out.send_udp_from(7001, inst.ipv4.into(), 40001, 16).unwrap();
+    assert!(!sink.grew_from(unsolicited, Duration::from_millis(500)), "another port has no session");
+    std::thread::sleep(Duration::from_millis(3200));
+    let before = sink.count();
+    out.send_udp_from(7000, inst.ipv4.into(), 40001, 16).unwrap();
+    assert!(!sink.grew_from(before, T), "the session expired after 2 s idle");
+}
+
+#[test]
+fn fragmented_datagrams_follow_their_first_fragment() {
+    if !kernel_tests_enabled("fragmented_datagrams_follow_their_first_fragment") {
+        return;
+    }
+    let (_lab, inst, out) = pair("frag");
+    // A small MTU on the sender's veth (IPv6's minimum): a 3,000-byte datagram leaves in 3 fragments.
+    out.run("ip", &["link", "set", "dev", &out.iface, "mtu", "1280"]).unwrap();
+    let rules = rule("ingress", "udp", "9000/9000", "0.0.0.0/0") + &rule("ingress", "udp", "9000/9000", "::/0");
+    let cfg = write_config("frag.toml", &config("basic", &rules, ""));
+    let mut agent = enforce(&inst, &cfg, &["--json"]).unwrap();
+    let (allowed, blocked) = (inst.sink(9000).unwrap(), inst.sink(9001).unwrap());
+    for v6 in [false, true] {
+        let before = allowed.count();
+        out.send_udp_from(41000, inst.addr(v6), 9000, 3000).unwrap();
+        if !allowed.grew_from(before, T) {
+            std::thread::sleep(Duration::from_millis(1100));
+            panic!("allowed fragmented datagram not delivered (v6 {v6}): {}", agent.latest("ingress", T).unwrap());
+        }
+        out.send_udp_from(41001, inst.addr(v6), 9001, 3000).unwrap();
+        assert!(
+            !blocked.grew_from(0, Duration::from_millis(800)),
+            "dropped fragmented datagram stays dropped (v6 {v6})"
+        );
+    }
+    drop(agent);
+}
+
+#[test]
+fn long_lived_stream_survives_50_reloads_and_is_cut_when_its_rule_goes() {
+    if !kernel_tests_enabled("long_lived_stream_survives_reloads") {
+        return;
+    }
+    let (_lab, inst, out) = pair("reload");
+    let admit = rule("ingress", "tcp", "8080/8080", "198.18.0.1");
+    let path = write_config("reload.toml", &config("basic", &admit, ""));
+    let mut agent: Agent = enforce(&inst, &path, &[]).unwrap();
+    let _server = inst.serve(Proto::Tcp, 8080).unwrap();
+    let mut stream = out.connect(inst.ipv4.into(), 8080, T).expect("connect");
+    assert!(echo_over(&mut stream, b"hello"), "stream works before reloads");
+    for i in 0..50u16 {
+        // An unrelated rule changes each time.
+        let unrelated = rule("ingress", "udp", &format!("{p}/{p}", p = 2000 + i), "198.18.0.0/24");
+        std::fs::write(&path, config("basic", &format!("{admit}{unrelated}"), "")).unwrap();
+        agent.signal(libc::SIGHUP);
+        agent.wait_for(&format!("generation {}", i + 2), Duration::from_secs(10)).expect("reloaded");
+        assert!(echo_over(&mut stream, format!("after reload {i}").as_bytes()), "stream cut by unrelated reload {i}");
+    }
+    // Remove the rule: the next packet of the stream is dropped and its session revoked.
+    std::fs::write(&path, config("basic", "", "")).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for("generation 52", Duration::from_secs(10)).expect("reloaded");
+    let before = sgctl(&inst, &["sessions"]);
+    let cut = !echo_over(&mut stream, b"after removal");
+    let after = sgctl(&inst, &["sessions"]);
+    assert!(
+        cut,
+        "stream must be cut once its rule is removed\nbefore: {}\nafter: {}\n{:?}",
+        String::from_utf8_lossy(&before.stdout),
+        String::from_utf8_lossy(&after.stdout),
+        agent.seen.iter().rev().take(3).collect::<Vec<_>>()
+    );
+    let listed = sgctl(&inst, &["sessions", "--json"]);
+    let sessions: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("sessions json");
+    assert!(
+        !sessions.as_array().unwrap().iter().any(|s| s["responder"] == "198.18.1.1:8080"),
+        "the revoked session is gone: {sessions}"
+    );
+}
