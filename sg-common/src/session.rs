@@ -277,7 +277,7 @@ pub fn flow_ports(meta: &PacketMeta) -> (u16, u16) {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Session {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the latest packet.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the latest packet.
     pub last_seen_ns: u64,
     pub created_ns: u64,
     /// Packets in both directions.

@@ -2,7 +2,7 @@
 //! and the idle timeouts userspace sets from the rule file's `[sessions]` table.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
@@ -47,10 +47,13 @@ pub fn scratch() -> Option<&'static mut Scratch> {
 #[map(name = "SG_TIMEOUTS")]
 static SG_TIMEOUTS: Array<Timeouts> = Array::with_max_entries(1, 0);
 
+/// CLOCK_MONOTONIC_COARSE: tick resolution (a few ms) is plenty for idle timeouts of
+/// seconds, and it costs a memory read instead of a clock-source read, which in a VM can
+/// be tens of nanoseconds on every packet.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The configured timeouts (userspace writes them with every rule set).

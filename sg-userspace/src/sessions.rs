@@ -10,11 +10,11 @@ use sg_common::{Session, SessionKey, Timeouts, session::state, stats};
 
 use crate::config::SessionSettings;
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of the kernel's `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -106,6 +106,11 @@ impl SessionTable {
 
     pub fn entries(&self) -> Result<Vec<(SessionKey, Session)>> {
         self.map.iter().map(|e| e.map_err(anyhow::Error::from)).collect()
+    }
+
+    /// Writes a session (benchmarks and tests set up established flows this way).
+    pub fn insert(&mut self, key: &SessionKey, session: &Session) -> Result<()> {
+        self.map.insert(key, session, 0).context("inserting a session")
     }
 
     /// Deletes every session; returns how many.

@@ -345,7 +345,7 @@ fn timeouts_of(s: &SessionSettings) -> Timeouts {
 
 /// Idle expiry with the real clock: flows of every kind opened on egress, their replies
 /// passing by session at once and classified (dropped) after 1.3 s of silence, in the
-/// kernel and in the model (given the same timeouts and CLOCK_MONOTONIC).
+/// kernel and in the model (given the same timeouts and CLOCK_MONOTONIC_COARSE).
 #[test]
 fn kernel_session_expiry_agrees_with_the_model() {
     if !kernel_tests_enabled("kernel_session_expiry_agrees_with_the_model") {
