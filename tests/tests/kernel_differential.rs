@@ -1,16 +1,21 @@
-//! Differential test of the kernel programs against the reference evaluator: random rule
-//! files (`sg_tests::r#gen`) are compiled into the real maps and every probe is run through
-//! BPF_PROG_TEST_RUN on the hook of its direction (ingress: XDP, egress: TC); verdict,
-//! deciding step and rule id must equal the evaluator's. Zero mismatches. Sessions are
-//! flushed before each probe: this is the stateless half; `session_differential` checks
-//! sequences with sessions.
+//! Differential test of the kernel programs against the reference evaluator: proptest
+//! draws seeds, each seed makes a random rule file and biased probes (`sg_tests::r#gen`,
+//! which builds only valid files), the rule file is compiled into the real maps and every
+//! probe runs through BPF_PROG_TEST_RUN on the hook of its direction (ingress: XDP,
+//! egress: TC); verdict, deciding step and rule id must equal the evaluator's. Zero
+//! mismatches. Sessions are flushed before each probe: this is the stateless half;
+//! `session_differential` checks sequences with sessions.
 //!
-//! `SG_KDIFF_CASES` (default 10,000) rule files, `SG_KDIFF_PACKETS` (default 20) probes
-//! each, `SG_KDIFF_SEED` the first seed; set more for longer runs. A mismatch prints the
-//! seed to rerun it alone.
+//! `SG_KDIFF_CASES` (default 10,000) rule files of `SG_KDIFF_PACKETS` (default 20) probes;
+//! the proptest RNG is deterministic, so a run is repeatable; a failure names the seed,
+//! and `SG_KDIFF_SEED=<seed>` reruns just that file.
 
-use std::time::{Duration, Instant};
+use std::{cell::RefCell, time::Duration};
 
+use proptest::{
+    prelude::*,
+    test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
+};
 use sg_tests::{
     r#gen::{self as generator, GenOptions},
     kernel::kernel_tests_enabled,
@@ -22,10 +27,38 @@ use sgctl::{
     enforce::{Capacity, Enforcer},
 };
 
-const BASE_SEED: u64 = 0x4b44_6966_0000;
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
+}
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().map_or(default, |v| v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
+struct Harness {
+    dp: Dataplane,
+    enforcer: Enforcer,
+    probes: [u64; 2],
+}
+
+impl Harness {
+    /// Runs one rule file; `Err` describes the first mismatch.
+    fn check(&mut self, seed: u64, packets: usize) -> Result<(), String> {
+        let opts = if seed % 8 == 7 { GenOptions::large() } else { GenOptions::default() };
+        let case = generator::case(seed, &opts, packets);
+        let cfg = &case.config;
+        for binding in &cfg.interfaces {
+            self.enforcer
+                .apply(cfg, &[(TEST_RUN_IFINDEX, binding)])
+                .map_err(|e| format!("seed {seed}: apply: {e:#}"))?;
+            for probe in case.packets.iter().filter(|p| p.iface == binding.name) {
+                // Each probe is judged alone: no session from an earlier probe may decide it.
+                self.enforcer.sessions().flush().map_err(|e| e.to_string())?;
+                let got = run(&mut self.dp, hook_for(probe.direction), &frame_for(&probe.packet))
+                    .map_err(|e| e.to_string())?;
+                self.probes[usize::from(probe.direction == Direction::Egress)] += 1;
+                compare(cfg, binding, probe.direction, &probe.packet, &got)
+                    .map_err(|e| format!("SG_KDIFF_SEED={seed}: {}: {e}\n{}", binding.name, case.toml))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[test]
@@ -33,46 +66,33 @@ fn kernel_agrees_with_the_reference_evaluator_on_random_rule_sets() {
     if !kernel_tests_enabled("kernel_agrees_with_the_reference_evaluator_on_random_rule_sets") {
         return;
     }
-    let cases = env_u64("SG_KDIFF_CASES", 10_000);
-    let packets = env_u64("SG_KDIFF_PACKETS", 20) as usize;
-    let seed = env_u64("SG_KDIFF_SEED", BASE_SEED);
+    let packets = env_u64("SG_KDIFF_PACKETS").unwrap_or(20) as usize;
     let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
     let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
     // BPF_PROG_TEST_RUN is synchronous: no packet is in flight during a switch.
     enforcer.set_grace_period(Duration::ZERO);
-    let started = Instant::now();
-    let (mut probes, mut per_hook, mut mismatches) = (0u64, [0u64; 2], Vec::new());
-    for i in 0..cases {
-        let case_seed = seed + i;
-        let opts = if case_seed % 8 == 7 { GenOptions::large() } else { GenOptions::default() };
-        let case = generator::case(case_seed, &opts, packets);
-        let cfg = &case.config;
-        for binding in &cfg.interfaces {
-            enforcer
-                .apply(cfg, &[(TEST_RUN_IFINDEX, binding)])
-                .unwrap_or_else(|e| panic!("seed {case_seed}: apply: {e:#}"));
-            for probe in case.packets.iter().filter(|p| p.iface == binding.name) {
-                // Each probe is judged alone: no session from an earlier probe may decide it.
-                enforcer.sessions().flush().expect("flush sessions");
-                let got = run(&mut dp, hook_for(probe.direction), &frame_for(&probe.packet)).expect("test run");
-                probes += 1;
-                per_hook[usize::from(probe.direction == Direction::Egress)] += 1;
-                if let Err(e) = compare(cfg, binding, probe.direction, &probe.packet, &got) {
-                    mismatches.push(format!(
-                        "SG_KDIFF_SEED={case_seed} SG_KDIFF_CASES=1: {}: {e}\n{}",
-                        binding.name, case.toml
-                    ));
-                }
-            }
-        }
-        assert!(mismatches.len() < 3, "kernel/reference mismatches:\n{}", mismatches.join("\n\n"));
+    let harness = RefCell::new(Harness { dp, enforcer, probes: [0; 2] });
+    if let Some(seed) = env_u64("SG_KDIFF_SEED") {
+        harness.borrow_mut().check(seed, packets).unwrap_or_else(|e| panic!("{e}"));
+        return;
+    }
+    let cases = env_u64("SG_KDIFF_CASES").unwrap_or(10_000) as u32;
+    // Seeds shrink to nothing meaningful: report the failing one as it is.
+    let config = Config { cases, failure_persistence: None, max_shrink_iters: 0, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let started = std::time::Instant::now();
+    let result =
+        runner.run(&any::<u64>(), |seed| harness.borrow_mut().check(seed, packets).map_err(TestCaseError::fail));
+    let probes = harness.borrow().probes;
+    if let Err(e) = result {
+        panic!("kernel/reference mismatch: {e}");
     }
     eprintln!(
-        "kernel differential: {cases} rule files, {probes} probes ({} XDP, {} TC), 0 mismatches, {:.1} s",
-        per_hook[0],
-        per_hook[1],
+        "kernel differential: {cases} rule files, {} probes ({} XDP, {} TC), 0 mismatches, {:.1} s",
+        probes[0] + probes[1],
+        probes[0],
+        probes[1],
         started.elapsed().as_secs_f64()
     );
-    assert!(mismatches.is_empty(), "kernel/reference mismatches:\n{}", mismatches.join("\n\n"));
-    assert!(per_hook.iter().all(|&n| n > 0), "both hooks must be exercised");
+    assert!(probes.iter().all(|&n| n > 0), "both hooks must be exercised");
 }

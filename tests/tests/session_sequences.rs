@@ -208,3 +208,63 @@ fn neighbour_discovery_always_passes() {
     let echo = ether(ETHERTYPE_IPV6, &[], &ipv6(58, v6("2001:db8::9"), v6("2001:db8::1:1"), &icmp(128, 0, 1, 1, &[])));
     expect(run(&mut dp, Hook::Xdp, &echo).unwrap(), verdict::DROP, step::DEFAULT, "other ICMPv6 is classified");
 }
+
+#[test]
+fn garbage_collection_frees_expired_sessions_but_not_refreshed_ones() {
+    if !kernel_tests_enabled("garbage_collection_frees_expired_sessions_but_not_refreshed_ones") {
+        return;
+    }
+    let rules = rule("udp", "1/65535") + "[sessions]\nudp_unreplied = 1\nudp_replied = 1\n";
+    let (mut dp, mut e, _cfg) = setup(&rules, "basic");
+    let datagram =
+        |sport: u16| ether(ETHERTYPE_IPV4, &[], &ipv4(17, CLIENT, INST, &[], Frag4::default(), &udp(sport, 53, b"q")));
+    for sport in [1000, 1001] {
+        expect(run(&mut dp, Hook::Xdp, &datagram(sport)).unwrap(), verdict::PASS, step::RULE, "open");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    // Flow 1001 is refreshed; flow 1000 goes idle.
+    expect(run(&mut dp, Hook::Xdp, &datagram(1001)).unwrap(), verdict::PASS, step::SESSION, "refresh");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(e.collect_garbage().unwrap(), 1, "only the idle session expired");
+    let left: Vec<u16> = e.sessions().entries().unwrap().iter().map(|(k, _)| k.low_port.max(k.high_port)).collect();
+    assert_eq!(left, vec![1001], "the refreshed session stays");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(e.collect_garbage().unwrap(), 1, "and goes once idle too");
+    assert!(e.sessions().entries().unwrap().is_empty());
+}
+
+#[test]
+fn a_full_table_evicts_but_never_admits() {
+    if !kernel_tests_enabled("a_full_table_evicts_but_never_admits") {
+        return;
+    }
+    // A 256-entry table, 2,000 flows admitted on ingress; advanced egress drops replies
+    // that have no session.
+    let text = format!(
+        "[[security_group]]\nid = \"sg-i\"\ntype = \"advanced\"\nmembers = [\"198.18.1.1\"]\n{}\n[[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-i\"]\n",
+        rule("udp", "53/53")
+    );
+    let cfg = parse_str(&text, "lru.toml").unwrap();
+    let capacity = Capacity { sessions: 256, ..Default::default() };
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity }).expect("load");
+    let mut e = Enforcer::new(&mut dp, &capacity).expect("maps");
+    e.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).unwrap();
+    let flows: Vec<u16> = (0..2000).map(|i| 10_000 + i).collect();
+    for &sport in &flows {
+        let q = ether(ETHERTYPE_IPV4, &[], &ipv4(17, CLIENT, INST, &[], Frag4::default(), &udp(sport, 53, b"q")));
+        expect(run(&mut dp, Hook::Xdp, &q).unwrap(), verdict::PASS, step::RULE, "admitted");
+    }
+    assert!(e.sessions().entries().unwrap().len() <= 256, "the table holds at most its size");
+    let (mut by_session, mut dropped) = (0, 0);
+    for &sport in &flows {
+        let reply = ether(ETHERTYPE_IPV4, &[], &ipv4(17, INST, CLIENT, &[], Frag4::default(), &udp(53, sport, b"a")));
+        let o = run(&mut dp, Hook::Tc, &reply).unwrap();
+        match (o.decision.verdict, o.decision.step) {
+            (verdict::PASS, step::SESSION) => by_session += 1,
+            (verdict::DROP, step::DEFAULT) => dropped += 1,
+            other => panic!("reply of {sport}: {other:?}: an evicted flow must be classified, never admitted"),
+        }
+    }
+    assert!(by_session > 0 && by_session <= 256, "{by_session} replies by session");
+    assert_eq!(by_session + dropped, flows.len());
+}

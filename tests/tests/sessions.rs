@@ -83,6 +83,16 @@ fn basic_group_outbound_tcp_udp_and_ping_get_replies_unsolicited_inbound_does_no
         assert!(!out.reaches(Proto::Tcp, inst.addr(v6), 8080, T), "unsolicited inbound tcp (v6 {v6})");
         assert!(!out.ping(inst.addr(v6)), "unsolicited inbound ping (v6 {v6})");
     }
+    // `sgctl sessions` lists them; `--flush` clears them.
+    let listed: serde_json::Value =
+        serde_json::from_slice(&sgctl(&inst, &["sessions", "--json", "--iface", "inst0"]).stdout).unwrap();
+    let listed = listed.as_array().expect("a JSON array");
+    assert!(listed.iter().any(|s| s["responder"] == "198.18.0.1:8080" && s["opened"] == "egress"), "{listed:?}");
+    assert!(listed.iter().any(|s| s["state"] == "udp-replied"), "{listed:?}");
+    let flushed = sgctl(&inst, &["sessions", "--flush"]);
+    assert!(String::from_utf8_lossy(&flushed.stdout).starts_with("flushed "), "{flushed:?}");
+    let after: serde_json::Value = serde_json::from_slice(&sgctl(&inst, &["sessions", "--json"]).stdout).unwrap();
+    assert_eq!(after.as_array().map(Vec::len), Some(0), "{after}");
 }
 
 #[test]
