@@ -301,6 +301,18 @@ fn main() -> Result<()> {
         )?;
     }
     writeln!(report, "\nTarget: 16,384 rules applied in at most 200 ms.\n")?;
+
+    // ---- Part 4 ----
+    drop(enforcer);
+    drop(dp);
+    sessions_section(&mut report, &s)?;
+    if !s.quick {
+        plot(&per_size, &established, &s.out)?;
+        writeln!(
+            report,
+            "Plot: `per-packet-cost.png` beside this file (XDP IPv4, ns per packet against rule count).\n"
+        )?;
+    }
     writeln!(report, "Total benchmark time: {:.0} s.", started.elapsed().as_secs_f64())?;
 
     if let Some(dir) = s.out.parent() {
@@ -309,6 +321,111 @@ fn main() -> Result<()> {
     std::fs::write(&s.out, &report)?;
     print!("{report}");
     println!("\nwritten to {}", s.out.display());
+    Ok(())
+}
+
+/// Part 4: memory per session and the fast path's cost with the table 10% and 100% full.
+fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
+    let size: u32 = if s.quick { 16_384 } else { 1_048_576 };
+    writeln!(report, "## 4. Sessions\n")?;
+    writeln!(
+        report,
+        "Memory: {} bytes per entry (key 44 + value 40 + the LRU hash element; bpftool's memlock for the table), \
+         {:.0} MiB for {size} entries, preallocated. Cost of a packet of a live session (XDP, IPv4 ACK) with the table \
+         filled to a share of {size} entries by other flows; same rule set (1,000 rules).\n",
+        sgctl::sessions::BYTES_PER_SESSION,
+        f64::from(size) * sgctl::sessions::BYTES_PER_SESSION as f64 / 1048576.0
+    )?;
+    writeln!(report, "| table fill | ns per packet | vs baseline |\n|---|---|---|")?;
+    let cfg = ruleset(1000, Direction::Ingress)?;
+    let compiled = compile(&cfg, &cfg.interfaces[0], Direction::Ingress)?;
+    let capacity = Capacity { sessions: size, ..Capacity::for_rule_sets([&compiled, &compiled]) };
+    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+    let p = dp.ebpf.program_mut(program::BASELINE_XDP).context("baseline")?;
+    let aya::programs::Program::Xdp(x) = p else { anyhow::bail!("baseline is not XDP") };
+    x.load()?;
+    let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
+    enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])])?;
+    let generation = enforcer.generation(TEST_RUN_IFINDEX).context("generation")?;
+    let baseline = {
+        let xdp: &Xdp = dp.ebpf.program(program::BASELINE_XDP).context("baseline")?.try_into()?;
+        time_program(&xdp_runner(xdp), &ack(false), s)?
+    };
+    let mut filled = 0u32;
+    for share in [10u32, 100] {
+        // Leave room for the measured flow itself.
+        let target = (u64::from(size) * u64::from(share) / 100) as u32 - 1;
+        fill_sessions(&mut enforcer, filled, target, generation)?;
+        filled = target;
+        establish(&mut enforcer, &ack(false), generation)?;
+        let cost = time_program(&xdp_runner(dp.xdp()?), &ack(false), s)?;
+        writeln!(report, "| {share}% ({target} others) | {} | {:.2}x |", cost.cell(), cost.median / baseline.median)?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
+/// Writes live UDP sessions `from..to` (distinct client ports and addresses).
+fn fill_sessions(enforcer: &mut Enforcer, from: u32, to: u32, generation: u32) -> Result<()> {
+    use sg_common::{Session, SessionKey, session::state, stats};
+    let now = sgctl::sessions::monotonic_ns();
+    let session = Session {
+        last_seen_ns: now,
+        created_ns: now,
+        packets: 1,
+        rule_id: 0,
+        generation,
+        state: state::UDP_REPLIED,
+        opener_is_low: 1,
+        opened_on: stats::HOOK_INGRESS as u8,
+        step: sg_common::step::DEFAULT,
+        _pad: [0; 4],
+    };
+    let table = enforcer.sessions();
+    for i in from..to {
+        let mut client = [0u8; 16];
+        client[..4].copy_from_slice(&[198, 18, 128 + (i >> 16) as u8, (i >> 8) as u8]);
+        let mut inst = [0u8; 16];
+        inst[..4].copy_from_slice(&DST_V4);
+        let (key, _) = SessionKey::between(TEST_RUN_IFINDEX, 4, 17, (client, i as u16), (inst, 53));
+        table.insert(&key, &session)?;
+    }
+    Ok(())
+}
+
+/// A PNG of per-packet cost against rule count, with gnuplot (installed if missing).
+fn plot(new_flow: &[(usize, [Stat; 4])], established: &[(usize, [Stat; 4])], out: &std::path::Path) -> Result<()> {
+    let have = |c: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("gnuplot") {
+        let _ = std::process::Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "gnuplot-nox"])
+            .status();
+    }
+    let dir = out.parent().context("output directory")?;
+    let data = dir.join("per-packet-cost.dat");
+    let mut text = String::from("# rules new_xdp4 new_tc4 established_xdp4\n");
+    for ((n, a), (_, b)) in new_flow.iter().zip(established) {
+        writeln!(text, "{n} {} {} {}", a[0].median, a[2].median, b[0].median)?;
+    }
+    std::fs::write(&data, text)?;
+    let png = dir.join("per-packet-cost.png");
+    let script = format!(
+        "set terminal png size 900,540; set output '{}'; set logscale x; set xlabel 'rules'; \
+         set ylabel 'ns per packet (median)'; set yrange [0:*]; set key top left; set grid; \
+         plot '{d}' using 1:2 with linespoints title 'new flow, XDP', '{d}' using 1:3 with linespoints title 'new flow, TC', \
+         '{d}' using 1:4 with linespoints title 'established flow, XDP'",
+        png.display(),
+        d = data.display()
+    );
+    let status = std::process::Command::new("gnuplot").args(["-e", &script]).status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("sg-bench: gnuplot unavailable; no plot (data in {})", data.display());
+    }
     Ok(())
 }
 
