@@ -25,7 +25,7 @@ use sg_common::{
 
 use crate::{
     parse::{Frame, parse},
-    session::Work,
+    session::{Scratch, Work},
 };
 
 /// How much of a TC packet is made linear before parsing, so headers that sit in
@@ -78,17 +78,20 @@ fn baseline(frame: &Frame, hook: u32) -> Decision {
     let Some(scratch) = session::scratch() else {
         return Decision::new(verdict::DROP, step::DEFAULT);
     };
-    let meta = &mut scratch.meta;
-    *meta = PacketMeta::default();
-    let decision = match parse(frame, meta) {
-        Err(reason) => {
-            *meta = PacketMeta::default();
-            Decision::malformed(reason)
-        }
+    let decision = match parse_packet(frame, scratch) {
+        Err(reason) => Decision::malformed(reason),
         Ok(()) => Decision::new(verdict::PASS, step::UNCONFIGURED),
     };
     stats::record(hook, &scratch.meta, &decision);
     decision
+}
+
+/// Parses `frame` into the per-CPU scratch space (not the 512-byte stack); a malformed
+/// frame leaves no partly filled fields behind.
+#[inline(always)]
+fn parse_packet(frame: &Frame, scratch: &mut Scratch) -> Result<(), u8> {
+    scratch.meta = PacketMeta::default();
+    parse(frame, &mut scratch.meta).inspect_err(|_| scratch.meta = PacketMeta::default())
 }
 
 /// Whether the hook lets the packet through: its verdict, unless in audit mode.
@@ -101,18 +104,12 @@ fn passes(decision: &Decision) -> bool {
 /// traces) the decision.
 #[inline(always)]
 fn evaluate(frame: &Frame, hook: u32, ifindex: u32) -> Decision {
-    // The parsed packet lives in per-CPU scratch space, not on the 512-byte stack.
     let Some(scratch) = session::scratch() else {
         return Decision::new(verdict::DROP, step::DEFAULT);
     };
-    let meta = &mut scratch.meta;
-    *meta = PacketMeta::default();
-    let decision = match parse(frame, meta) {
-        Err(reason) => {
-            *meta = PacketMeta::default();
-            Decision::malformed(reason)
-        }
-        Ok(()) if meta.family == family::NONE => Decision::new(verdict::PASS, step::NOT_IP),
+    let decision = match parse_packet(frame, scratch) {
+        Err(reason) => Decision::malformed(reason),
+        Ok(()) if scratch.meta.family == family::NONE => Decision::new(verdict::PASS, step::NOT_IP),
         Ok(()) => decide(frame, &scratch.meta, hook, ifindex, &mut scratch.work),
     };
     stats::record(hook, &scratch.meta, &decision);

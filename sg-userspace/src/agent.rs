@@ -9,11 +9,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attach::{self, Attachment, XdpModeChoice},
-    compile::compile,
-    config::{Config, Direction, InterfaceBinding, load_file},
+    config::{Config, InterfaceBinding, load_file},
     counters::hook_counters,
     ebpf::{Dataplane, LoadOptions},
-    enforce::{Capacity, Enforcer},
+    enforce::{ApplyReport, Capacity, Enforcer, compile_targets},
     sessions,
 };
 
@@ -60,13 +59,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let cfg = load_config(&opts.config)?;
     let here = targets(&cfg, &opts.only)?;
     let names: Vec<String> = here.iter().map(|(_, b)| b.name.clone()).collect();
-    let mut compiled = Vec::new();
-    for (_, binding) in &here {
-        for dir in [Direction::Ingress, Direction::Egress] {
-            compiled.push(compile(&cfg, binding, dir)?);
-        }
-    }
-    let capacity = Capacity { sessions: cfg.sessions.max_sessions, ..Capacity::for_rule_sets(&compiled) };
+    let started = std::time::Instant::now();
+    let compiled = compile_targets(&cfg, &here)?;
+    let compile_time = started.elapsed();
+    let rule_sets = compiled.iter().flat_map(|c| [&c.ingress, &c.egress]);
+    let capacity = Capacity { sessions: cfg.sessions.max_sessions, ..Capacity::for_rule_sets(rule_sets) };
     let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
     let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
     let id_file = sessions::map_id_file();
@@ -75,7 +72,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }
     std::fs::write(&id_file, enforcer.sessions().id()?.to_string())?;
     // Rules go in before the programs attach: there is no moment without them.
-    let report = enforcer.apply(&cfg, &here)?;
+    let report = ApplyReport { compile_time, ..enforcer.apply_compiled(&cfg, &compiled)? };
     let mut attachments = Vec::new();
     for name in &names {
         match Attachment::attach(&mut dp, name, opts.xdp_mode) {

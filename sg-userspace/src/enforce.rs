@@ -145,6 +145,29 @@ pub struct ApplyReport {
     pub write_time: Duration,
 }
 
+/// Both directions of one interface, compiled.
+pub struct CompiledInterface {
+    pub ifindex: u32,
+    pub mode: Mode,
+    pub ingress: Compiled,
+    pub egress: Compiled,
+}
+
+/// Compiles every (ifindex, binding) in both directions; the first error stops it.
+pub fn compile_targets(cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Result<Vec<CompiledInterface>> {
+    targets
+        .iter()
+        .map(|(ifindex, binding)| {
+            Ok(CompiledInterface {
+                ifindex: *ifindex,
+                mode: binding.mode,
+                ingress: compile(cfg, binding, Direction::Ingress)?,
+                egress: compile(cfg, binding, Direction::Egress)?,
+            })
+        })
+        .collect()
+}
+
 /// Owns the classification maps and what is installed in them.
 pub struct Enforcer {
     ifaces: BpfHashMap<MapData, u32, IfaceConfig>,
@@ -198,20 +221,23 @@ impl Enforcer {
     /// Applies `cfg` to the interfaces in `targets` (ifindex, binding): all or nothing.
     pub fn apply(&mut self, cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Result<ApplyReport> {
         let started = Instant::now();
-        let mut compiled = Vec::with_capacity(targets.len());
-        for (ifindex, binding) in targets {
-            let ingress = compile(cfg, binding, Direction::Ingress)?;
-            let egress = compile(cfg, binding, Direction::Egress)?;
-            compiled.push((*ifindex, binding.mode, ingress, egress));
-        }
-        let mut report = ApplyReport { compile_time: started.elapsed(), ..Default::default() };
+        let compiled = compile_targets(cfg, targets)?;
+        let compile_time = started.elapsed();
+        let mut report = self.apply_compiled(cfg, &compiled)?;
+        report.compile_time = compile_time;
+        Ok(report)
+    }
+
+    /// [`Enforcer::apply`] for rule sets already compiled with [`compile_targets`].
+    pub fn apply_compiled(&mut self, cfg: &Config, compiled: &[CompiledInterface]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
         // Timeouts first: they only loosen or tighten idle expiry, never admit a packet.
         let timeouts = sessions::timeouts(&cfg.sessions);
         self.timeouts.set(0, timeouts, 0).context("writing session timeouts")?;
         self.current_timeouts = timeouts;
         let written = Instant::now();
         let mut fresh = Vec::with_capacity(compiled.len());
-        for (ifindex, mode, ingress, egress) in &compiled {
+        for CompiledInterface { ifindex, mode, ingress, egress } in compiled {
             let pair = self.install(ingress).and_then(|i| match self.install(egress) {
                 Ok(e) => Ok((i, e)),
                 Err(err) => {
