@@ -24,8 +24,10 @@ pub mod map {
     pub const STATS: &str = "SG_STATS";
     /// Per-CPU array with one [`crate::TraceRecord`] per hook.
     pub const TRACE: &str = "SG_TRACE";
-    /// Hash: ifindex (`u32`) -> [`crate::IfaceConfig`].
-    pub const IFACES: &str = "SG_IFACES";
+    /// Array: ifindex -> version (`u32`, 0: not enforced) in [`IFACE_CONFIGS`].
+    pub const IFACE_INDEX: &str = "SG_IFACE_INDEX";
+    /// Array: version -> [`crate::IfaceConfig`], written before its version is published.
+    pub const IFACE_CONFIGS: &str = "SG_IFACE_CONFIGS";
     /// Array: rule-set slot -> [`crate::RulesetHeader`].
     pub const RULESETS: &str = "SG_RULESETS";
     /// LPM trie: [`crate::AddrKey`] -> vector index (`u32`).
@@ -50,6 +52,12 @@ pub mod global {
     pub const TRACE_ENABLED: &str = "SG_TRACE_ENABLED";
 }
 
+/// Interfaces with an ifindex below this can be enforced on (the ifindex indexes an
+/// array: an inlined lookup instead of a hash-map helper call on every packet).
+pub const MAX_IFINDEX: u32 = 65_536;
+/// Interface configurations that can exist at once (live ones and ones being replaced).
+pub const MAX_IFACE_VERSIONS: u32 = 1024;
+
 /// Rule-set slots (index 0 means "none"), so several interfaces and a new rule set
 /// beside each live one fit.
 pub const MAX_RULESETS: u32 = 256;
@@ -71,7 +79,8 @@ const _: () = assert!(SUMMARY_WORDS * 64 >= MAX_WORDS);
 /// `IfaceConfig::flags`: compute and count verdicts but pass every packet.
 pub const IFACE_AUDIT: u32 = 1;
 
-/// Per interface: which rule sets are live. Replaced in one hash-map update, so a packet
+/// Per interface: which rule sets are live. A new configuration is written under a new
+/// version, then the interface's 4-byte version is switched in one store, so a packet
 /// sees either the old pair of rule sets or the new one, never a mixture.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

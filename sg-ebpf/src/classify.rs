@@ -9,17 +9,19 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, LpmTrie, lpm_trie::Key},
 };
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_RULESETS, MAX_WORDS, PORT_KEY_FIXED_BITS, PacketMeta,
-    PortKey, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, family,
-    field, lowest_bit, step, verdict,
+    ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
+    PORT_KEY_FIXED_BITS, PacketMeta, PortKey, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector,
+    RulesetHeader, SUMMARY_WORDS, family, field, lowest_bit, step, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
-#[map(name = "SG_IFACES")]
-static SG_IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(256, 0);
+#[map(name = "SG_IFACE_INDEX")]
+static SG_IFACE_INDEX: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
+#[map(name = "SG_IFACE_CONFIGS")]
+static SG_IFACE_CONFIGS: Array<IfaceConfig> = Array::with_max_entries(MAX_IFACE_VERSIONS, 0);
 #[map(name = "SG_RULESETS")]
 static SG_RULESETS: Array<RulesetHeader> = Array::with_max_entries(MAX_RULESETS, 0);
 #[map(name = "SG_ADDR_TRIE")]
@@ -34,8 +36,11 @@ static SG_RULE_INFO: Array<RuleInfo> = Array::with_max_entries(1024, 0);
 /// Which rule sets apply to the interface a packet crosses, if any.
 #[inline(always)]
 pub fn interface(ifindex: u32) -> Option<IfaceConfig> {
-    // SAFETY: the value is copied out at once.
-    SG_IFACES.get_ptr(ifindex).map(|p| unsafe { *p })
+    let version = *SG_IFACE_INDEX.get(ifindex)?;
+    if version == 0 {
+        return None;
+    }
+    SG_IFACE_CONFIGS.get(version).copied()
 }
 
 #[inline(always)]

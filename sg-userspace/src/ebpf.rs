@@ -39,7 +39,6 @@ impl Dataplane {
         let c = &options.capacity;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
-            .map_max_entries(map::IFACES, c.interfaces)
             .map_max_entries(map::SESSIONS, c.sessions)
             .map_max_entries(map::VECTORS, c.vectors)
             .map_max_entries(map::RULE_INFO, c.rule_info)

@@ -9,10 +9,10 @@
 use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_RULESETS, MAX_WORDS, PORT_KEY_FIXED_BITS, PortKey,
-    RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, Timeouts, map,
+    ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
+    PORT_KEY_FIXED_BITS, PortKey, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, Timeouts, map,
 };
 
 use crate::{
@@ -31,20 +31,12 @@ pub struct Capacity {
     pub rule_info: u32,
     pub addr_entries: u32,
     pub port_entries: u32,
-    pub interfaces: u32,
 }
 
 impl Default for Capacity {
     /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
     fn default() -> Self {
-        Self {
-            sessions: 262_144,
-            vectors: 4096,
-            rule_info: 65_536,
-            addr_entries: 65_536,
-            port_entries: 65_536,
-            interfaces: 64,
-        }
+        Self { sessions: 262_144, vectors: 4096, rule_info: 65_536, addr_entries: 65_536, port_entries: 65_536 }
     }
 }
 
@@ -52,13 +44,12 @@ impl Capacity {
     /// Room for twice what `compiled` needs (a new rule set is written beside the live
     /// one), and never less than the default.
     pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
-        let mut need = Self { sessions: 0, vectors: 0, rule_info: 0, addr_entries: 0, port_entries: 0, interfaces: 0 };
+        let mut need = Self { sessions: 0, vectors: 0, rule_info: 0, addr_entries: 0, port_entries: 0 };
         for c in compiled {
             need.vectors += c.vectors.len() as u32;
             need.rule_info += c.rules.len() as u32;
             need.addr_entries += c.addr_entries.len() as u32;
             need.port_entries += c.port_entries.len() as u32;
-            need.interfaces += 1;
         }
         let d = Self::default();
         Self {
@@ -67,7 +58,6 @@ impl Capacity {
             rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
             addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
             port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
-            interfaces: d.interfaces,
         }
     }
 
@@ -132,6 +122,8 @@ struct InterfaceState {
     ingress: Option<Installed>,
     egress: Option<Installed>,
     generation: u32,
+    /// The published version of its configuration (0: none yet).
+    version: u32,
 }
 
 /// Figures from one apply.
@@ -170,7 +162,9 @@ pub fn compile_targets(cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Re
 
 /// Owns the classification maps and what is installed in them.
 pub struct Enforcer {
-    ifaces: BpfHashMap<MapData, u32, IfaceConfig>,
+    iface_index: Array<MapData, u32>,
+    iface_configs: Array<MapData, IfaceConfig>,
+    free_versions: Vec<u32>,
     rulesets: Array<MapData, RulesetHeader>,
     addr_trie: LpmTrie<MapData, AddrKey, u32>,
     port_trie: LpmTrie<MapData, PortKey, u32>,
@@ -198,7 +192,10 @@ impl Enforcer {
     /// Takes the classification maps out of `dp` (loaded with `capacity`).
     pub fn new(dp: &mut Dataplane, capacity: &Capacity) -> Result<Self> {
         Ok(Self {
-            ifaces: take(dp, map::IFACES)?,
+            iface_index: take(dp, map::IFACE_INDEX)?,
+            iface_configs: take(dp, map::IFACE_CONFIGS)?,
+            // Version 0 means "not enforced".
+            free_versions: (1..MAX_IFACE_VERSIONS).rev().collect(),
             rulesets: take(dp, map::RULESETS)?,
             addr_trie: take(dp, map::ADDR_TRIE)?,
             port_trie: take(dp, map::PORT_TRIE)?,
@@ -230,6 +227,9 @@ impl Enforcer {
 
     /// [`Enforcer::apply`] for rule sets already compiled with [`compile_targets`].
     pub fn apply_compiled(&mut self, cfg: &Config, compiled: &[CompiledInterface]) -> Result<ApplyReport> {
+        if let Some(c) = compiled.iter().find(|c| c.ifindex >= MAX_IFINDEX) {
+            bail!("ifindex {} is beyond the {MAX_IFINDEX} interfaces sgctl can enforce on", c.ifindex);
+        }
         let mut report = ApplyReport::default();
         // Timeouts first: they only loosen or tighten idle expiry, never admit a packet.
         let timeouts = sessions::timeouts(&cfg.sessions);
@@ -264,7 +264,9 @@ impl Enforcer {
             }
         }
         let mut retired = Vec::new();
+        let mut retired_versions = Vec::new();
         for (ifindex, mode, (ingress, egress)) in fresh {
+            let version = self.free_versions.pop().ok_or_else(|| anyhow!("no free interface-configuration version"))?;
             let state = self.installed.entry(ifindex).or_default();
             state.generation = state.generation.wrapping_add(1);
             let config = IfaceConfig {
@@ -273,21 +275,24 @@ impl Enforcer {
                 generation: state.generation,
                 flags: if mode == Mode::Audit { IFACE_AUDIT } else { 0 },
             };
-            // The switch: one update of one hash-map value.
-            self.ifaces.insert(ifindex, config, 0).with_context(|| format!("switching ifindex {ifindex}"))?;
+            self.iface_configs.set(version, config, 0).context("writing the interface configuration")?;
+            // The switch: one 4-byte store publishes the new configuration.
+            self.iface_index.set(ifindex, version, 0).with_context(|| format!("switching ifindex {ifindex}"))?;
+            retired_versions.extend((state.version != 0).then_some(state.version));
+            state.version = version;
             retired.extend(state.ingress.replace(ingress));
             retired.extend(state.egress.replace(egress));
         }
         report.write_time = written.elapsed();
-        self.retire(retired);
+        self.retire(retired, retired_versions);
         Ok(report)
     }
 
     /// Stops enforcing on `ifindex` (its packets pass as unconfigured).
     pub fn clear(&mut self, ifindex: u32) -> Result<()> {
         if let Some(state) = self.installed.remove(&ifindex) {
-            self.ifaces.remove(&ifindex).with_context(|| format!("clearing ifindex {ifindex}"))?;
-            self.retire(state.ingress.into_iter().chain(state.egress).collect());
+            self.iface_index.set(ifindex, 0, 0).with_context(|| format!("clearing ifindex {ifindex}"))?;
+            self.retire(state.ingress.into_iter().chain(state.egress).collect(), vec![state.version]);
         }
         Ok(())
     }
@@ -319,8 +324,8 @@ impl Enforcer {
     }
 
     /// Deletes replaced rule sets once no program run can still be reading them.
-    fn retire(&mut self, old: Vec<Installed>) {
-        if old.is_empty() {
+    fn retire(&mut self, old: Vec<Installed>, versions: Vec<u32>) {
+        if old.is_empty() && versions.is_empty() {
             return;
         }
         // Programs run to completion in microseconds; a packet that read the old slot
@@ -329,6 +334,7 @@ impl Enforcer {
         for installed in old {
             self.remove(installed);
         }
+        self.free_versions.extend(versions);
     }
 
     fn remove(&mut self, installed: Installed) {

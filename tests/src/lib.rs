@@ -9,4 +9,5 @@ pub mod kernel;
 pub mod netns;
 pub mod sessions_gen;
 pub mod testrun;
+pub mod throughput;
 pub mod traffic;

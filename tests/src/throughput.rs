@@ -79,7 +79,7 @@ enum Filter {
     NftSet(usize),
     Iptables(usize),
     Ipset(usize),
-    XdpFilter,
+    XdpFilterPorts,
 }
 
 impl Filter {
@@ -91,7 +91,7 @@ impl Filter {
             Filter::NftSet(_) => "nftables, one rule over a concatenated interval set, then the drop",
             Filter::Iptables(_) => "iptables, one rule per line (raw PREROUTING)",
             Filter::Ipset(_) => "iptables + ipset (hash:net,port), then the drop (raw PREROUTING)",
-            Filter::XdpFilter => "xdp-filter, skb mode, udp feature only",
+            Filter::XdpFilterPorts => "xdp-filter, skb mode, udp feature only",
         }
     }
 
@@ -101,7 +101,7 @@ impl Filter {
             Filter::Sgctl(n) | Filter::NftRules(n) | Filter::NftSet(n) | Filter::Iptables(n) | Filter::Ipset(n) => {
                 thousands(n)
             }
-            Filter::XdpFilter => "256 ports (deny list)".to_string(),
+            Filter::XdpFilterPorts => "256 ports (deny list)".to_string(),
         }
     }
 
@@ -112,7 +112,7 @@ impl Filter {
             Filter::NftRules(_) | Filter::NftSet(_) => &[("nft", "nftables")],
             Filter::Iptables(_) => &[("iptables-restore", "iptables")],
             Filter::Ipset(_) => &[("iptables-restore", "iptables"), ("ipset", "ipset")],
-            Filter::XdpFilter => &[("xdp-filter", "xdp-tools")],
+            Filter::XdpFilterPorts => &[("xdp-filter", "xdp-tools")],
         }
     }
 }
@@ -140,7 +140,7 @@ pub fn throughput_section(quick: bool) -> Result<String> {
             Filter::NftSet(1_000),
             Filter::Iptables(1_000),
             Filter::Ipset(1_000),
-            Filter::XdpFilter,
+            Filter::XdpFilterPorts,
         ]
     };
     let mut out = String::from("## 2. Throughput\n\n");
@@ -254,7 +254,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -441,6 +441,18 @@ impl Pair {
         text.trim().parse().with_context(|| format!("parsing {path}: {text:?}"))
     }
 
+    /// Datagrams that reached the sink's UDP layer (delivered or to a closed port).
+    fn udp_delivered(&self) -> Result<u64> {
+        let snmp = run_limited(5, "ip", &["netns", "exec", &self.sink.ns, "cat", "/proc/net/snmp"])?;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else { bail!("no Udp lines in /proc/net/snmp") };
+        let field = |name: &str| -> Result<u64> {
+            let i = names.split_whitespace().position(|n| n == name).context("Udp field missing")?;
+            Ok(values.split_whitespace().nth(i).context("Udp value missing")?.parse()?)
+        };
+        Ok(field("InDatagrams")? + field("NoPorts")? + field("InErrors")?)
+    }
+
     /// One run: starts trafgen, lets it warm up, counts for `secs`, kills it. Returns the
     /// sink's received packets per second.
     fn run_traffic(&self, traffic: &Path, secs: Duration) -> Result<f64> {
@@ -502,7 +514,7 @@ impl Drop for KillGroup {
 enum Installed {
     Nothing,
     Agent(Agent),
-    Link(OwnedFd),
+    Link(#[expect(dead_code, reason = "held only so the program stays attached; closing it detaches")] OwnedFd),
 }
 
 fn measure(filter: Filter, plan: &Plan, work: &Path, traffic: &Path) -> Result<Stat> {
@@ -511,13 +523,22 @@ fn measure(filter: Filter, plan: &Plan, work: &Path, traffic: &Path) -> Result<S
         Filter::Sgctl(_) => "s",
         Filter::NftRules(_) | Filter::NftSet(_) => "n",
         Filter::Iptables(_) | Filter::Ipset(_) => "i",
-        Filter::XdpFilter => "f",
+        Filter::XdpFilterPorts => "f",
     };
     let pair = Pair::new(tag)?;
     let installed = install(filter, &pair, work)?;
+    let udp0 = pair.udp_delivered()?;
+    let rx0 = pair.counter(&pair.sink.ns, SINK_IF, "rx_packets")?;
     let mut samples = Vec::with_capacity(plan.runs);
     for _ in 0..plan.runs {
         samples.push(pair.run_traffic(traffic, plan.secs)?);
+    }
+    // Every packet must have been dropped: none may have reached UDP (a datagram to a
+    // closed port counts as NoPorts).
+    let passed = pair.udp_delivered()? - udp0;
+    let received = pair.counter(&pair.sink.ns, SINK_IF, "rx_packets")? - rx0;
+    if passed * 100 > received {
+        bail!("{passed} of {received} packets passed the filter and reached UDP: the rule set does not drop them");
     }
     if let Installed::Agent(agent) = &installed {
         // The agent must still be running, or the numbers measured nothing.
@@ -600,7 +621,7 @@ fn install(filter: Filter, pair: &Pair, work: &Path) -> Result<Installed> {
             );
             load_file(pair, work, "ipset.iptables", &rules, "iptables-restore", &[])
         }
-        Filter::XdpFilter => {
+        Filter::XdpFilterPorts => {
             // `ip netns exec` mounts a fresh /sys; xdp-filter pins its maps under
             // /sys/fs/bpf, so load and fill it in one shell that mounts a bpffs first. The
             // program stays attached after that mount is gone; deleting the namespace
@@ -694,26 +715,26 @@ mod minimal_xdp {
 
     fn program(map_fd: i32) -> Vec<u64> {
         vec![
-            insn(0x61, 2, 1, 0, 0),        // 0: r2 = ctx->data
-            insn(0x61, 3, 1, 4, 0),        // 1: r3 = ctx->data_end
-            insn(0xbf, 4, 2, 0, 0),        // 2: r4 = r2
-            insn(0x07, 4, 0, 0, 34),       // 3: r4 += 34 (Ethernet + IPv4 header)
-            insn(0x2d, 4, 3, 13, 0),       // 4: if r4 > r3 goto pass
-            insn(0x69, 5, 2, 12, 0),       // 5: r5 = ethertype (u16)
-            insn(0x55, 5, 0, 11, 0x0008),  // 6: if r5 != htons(0x0800) goto pass
-            insn(0x61, 5, 2, 26, 0),       // 7: r5 = source address
-            insn(0x62, 10, 0, -8, 32),     // 8: key.prefixlen = 32
-            insn(0x63, 10, 5, -4, 0),      // 9: key.addr = r5
-            insn(0x18, 1, 1, 0, map_fd),   // 10: r1 = map (pseudo map fd)
-            insn(0, 0, 0, 0, 0),           // 11
-            insn(0xbf, 2, 10, 0, 0),       // 12: r2 = r10
-            insn(0x07, 2, 0, 0, -8),       // 13: r2 += -8
-            insn(0x85, 0, 0, 0, 1),        // 14: call bpf_map_lookup_elem
-            insn(0x15, 0, 0, 2, 0),        // 15: if r0 == 0 goto pass
-            insn(0xb7, 0, 0, 0, 1),        // 16: r0 = XDP_DROP
-            insn(0x95, 0, 0, 0, 0),        // 17: exit
-            insn(0xb7, 0, 0, 0, 2),        // 18: pass: r0 = XDP_PASS
-            insn(0x95, 0, 0, 0, 0),        // 19: exit
+            insn(0x61, 2, 1, 0, 0),       // 0: r2 = ctx->data
+            insn(0x61, 3, 1, 4, 0),       // 1: r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),       // 2: r4 = r2
+            insn(0x07, 4, 0, 0, 34),      // 3: r4 += 34 (Ethernet + IPv4 header)
+            insn(0x2d, 4, 3, 13, 0),      // 4: if r4 > r3 goto pass
+            insn(0x69, 5, 2, 12, 0),      // 5: r5 = ethertype (u16)
+            insn(0x55, 5, 0, 11, 0x0008), // 6: if r5 != htons(0x0800) goto pass
+            insn(0x61, 5, 2, 26, 0),      // 7: r5 = source address
+            insn(0x62, 10, 0, -8, 32),    // 8: key.prefixlen = 32
+            insn(0x63, 10, 5, -4, 0),     // 9: key.addr = r5
+            insn(0x18, 1, 1, 0, map_fd),  // 10: r1 = map (pseudo map fd)
+            insn(0, 0, 0, 0, 0),          // 11
+            insn(0xbf, 2, 10, 0, 0),      // 12: r2 = r10
+            insn(0x07, 2, 0, 0, -8),      // 13: r2 += -8
+            insn(0x85, 0, 0, 0, 1),       // 14: call bpf_map_lookup_elem
+            insn(0x15, 0, 0, 2, 0),       // 15: if r0 == 0 goto pass
+            insn(0xb7, 0, 0, 0, 1),       // 16: r0 = XDP_DROP
+            insn(0x95, 0, 0, 0, 0),       // 17: exit
+            insn(0xb7, 0, 0, 0, 2),       // 18: pass: r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0),       // 19: exit
         ]
     }
 
@@ -731,10 +752,7 @@ mod minimal_xdp {
         };
         let value = 1u32;
         let mut attr = Attr::new();
-        attr.u32(0, map.as_raw_fd() as u32)
-            .u64(8, key.as_ptr() as u64)
-            .u64(16, (&raw const value) as u64)
-            .u64(24, 0);
+        attr.u32(0, map.as_raw_fd() as u32).u64(8, key.as_ptr() as u64).u64(16, (&raw const value) as u64).u64(24, 0);
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("filling the LPM trie")?;
 
         let insns = program(map.as_raw_fd());

@@ -3,8 +3,10 @@
 //!
 //! Part 1, per-packet cost: BPF_PROG_TEST_RUN with `repeat`, 5 runs, medians and min-max,
 //! on both hooks, IPv4 and IPv6, at several rule counts, beside the parse-and-count
-//! baseline program loaded in the same run. Part 3, control plane: compile and apply time
-//! and map memory. `--quick` runs a small version in seconds (part of `cargo xtask test`,
+//! baseline program loaded in the same run. Part 2, throughput on a veth pair with
+//! trafgen, side by side with a minimal XDP program, nftables, iptables, ipset and
+//! xdp-filter (`sg_tests::throughput`). Part 3, control plane: compile and apply time
+//! and map memory. Part 4, sessions: memory and the fast path with the table filling up. `--quick` runs a small version in seconds (part of `cargo xtask test`,
 //! so the benchmark cannot rot).
 
 use std::{
@@ -259,6 +261,10 @@ fn main() -> Result<()> {
          hooks: {worst_est:.2}x. Target: at most 1.3x: {}.\n",
         if worst_est <= 1.3 { "met".to_string() } else { format!("missed ({worst_est:.2}x)") }
     )?;
+
+    // ---- Part 2 ----
+    report.push_str(&sg_tests::throughput::throughput_section(s.quick)?);
+    report.push('\n');
 
     // ---- Part 3 ----
     writeln!(report, "## 3. Control plane\n")?;
