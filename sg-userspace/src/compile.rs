@@ -12,13 +12,13 @@
 //! every value under it: an LPM lookup then returns the complete answer for that field.
 //! Equal vectors are stored once.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Result, bail};
 use ipnet::IpNet;
+// Vectors are kilobytes long and there are tens of thousands: a fast non-cryptographic
+// hash keeps interning them cheap (the inputs are our own, not an attacker's).
+use rustc_hash::FxHashMap as HashMap;
 use sg_common::{
     MAX_USER_RULES, MAX_WORDS, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, step, verdict,
 };
@@ -192,7 +192,7 @@ fn address_vectors(
     }
     let mut nets: Vec<IpNet> = direct.keys().copied().collect();
     nets.sort_by_key(|n| (n.prefix_len(), n.network(), matches!(n, IpNet::V6(_))));
-    let mut computed: HashMap<IpNet, Bits> = HashMap::with_capacity(nets.len());
+    let mut computed: HashMap<IpNet, Bits> = HashMap::default();
     let mut entries = Vec::with_capacity(nets.len());
     for net in nets {
         let mut bits = (0..net.prefix_len())
@@ -274,10 +274,10 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
     if words > MAX_WORDS {
         bail!("{}: {} rules do not fit a vector", iface.name, matchers.len());
     }
-    let mut table = VectorTable { index: HashMap::new(), vectors: Vec::new() };
+    let mut table = VectorTable { index: HashMap::default(), vectors: Vec::new() };
     let mut compiled = Compiled { rules: matchers.iter().map(|m| m.info).collect(), ..Default::default() };
 
-    let mut peers: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    let mut peers: HashMap<IpNet, Vec<usize>> = HashMap::default();
     for (bit, m) in matchers.iter().enumerate() {
         for net in &m.peers {
             peers.entry(*net).or_default().push(bit);
@@ -287,7 +287,7 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
 
     if matchers.iter().any(|m| m.local.is_some()) {
         compiled.flags |= RULESET_HAS_LOCAL;
-        let mut locals: HashMap<IpNet, Vec<usize>> = HashMap::new();
+        let mut locals: HashMap<IpNet, Vec<usize>> = HashMap::default();
         for (bit, m) in matchers.iter().enumerate() {
             match m.local {
                 Some(net) => locals.entry(net).or_default().push(bit),
