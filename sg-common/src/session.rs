@@ -237,7 +237,9 @@ impl SessionKey {
     #[inline(always)]
     pub fn set(&mut self, ifindex: u32, meta: &PacketMeta) -> bool {
         let (sport, dport) = flow_ports(meta);
-        let src_is_low = (meta.src, sport) <= (meta.dst, dport);
+        // Addresses compared as big-endian integers: the same order as bytewise, without
+        // the byte loop (a memcmp call) it compiles to on the BPF target.
+        let src_is_low = (u128::from_be_bytes(meta.src), sport) <= (u128::from_be_bytes(meta.dst), dport);
         let (low, high) = if src_is_low {
             ((&meta.src, sport), (&meta.dst, dport))
         } else {
