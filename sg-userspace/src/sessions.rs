@@ -1,14 +1,14 @@
 //! The session table seen from userspace: listing, flushing, and the garbage collector
 //! that frees expired entries (the kernel already ignores them on lookup).
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, IterableMap as _, Map, MapData};
 use serde::Serialize;
 use sg_common::{Session, SessionKey, Timeouts, session::state, stats};
 
-use crate::config::SessionSettings;
+use crate::{config::SessionSettings, eval::stateful::addr_from_bytes};
 
 /// CLOCK_MONOTONIC_COARSE in ns: the clock of the kernel's `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -60,15 +60,8 @@ pub struct SessionView {
     pub packets: u64,
 }
 
-fn addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
-    if family == 4 { IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]) } else { IpAddr::from(*bytes) }
-}
-
 fn end(family: u8, (bytes, port): ([u8; 16], u16)) -> String {
-    match addr(family, &bytes) {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
+    SocketAddr::new(addr_from_bytes(family, &bytes), port).to_string()
 }
 
 impl SessionView {

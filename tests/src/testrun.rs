@@ -4,11 +4,11 @@ use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
-use sg_common::{DECISION_AUDIT, Decision, PacketMeta, ip_proto, stats, step, verdict};
+use sg_common::{DECISION_AUDIT, Decision, PacketMeta, ip_proto, stats, verdict};
 use sgctl::{
-    config::{Action, Config, Direction, InterfaceBinding, Mode},
+    config::{Config, Direction, InterfaceBinding, Mode},
     ebpf::Dataplane,
-    eval::{DecidedBy, Decision as RefDecision, PacketTuple, evaluate},
+    eval::{Decision as RefDecision, PacketTuple, evaluate},
 };
 
 /// The two hooks; every matcher test runs on both.
@@ -149,14 +149,6 @@ pub fn compare(
 
 /// The (verdict, step, rule id) the kernel must report for a reference decision.
 pub fn expected(decision: &RefDecision) -> (u8, u8, u32) {
-    let v = match decision.action {
-        Action::Accept => verdict::PASS,
-        Action::Drop => verdict::DROP,
-    };
-    match decision.decided_by {
-        DecidedBy::IntraGroupAccept { .. } => (v, step::INTRA_GROUP_ACCEPT, 0),
-        DecidedBy::Rule { rule_id } => (v, step::RULE, rule_id),
-        DecidedBy::IntraGroupIsolation { .. } => (v, step::INTRA_GROUP_DROP, 0),
-        DecidedBy::Default { .. } => (v, step::DEFAULT, 0),
-    }
+    let o = sgctl::eval::stateful::Outcome::of_decision(decision);
+    (o.verdict, o.step, o.rule_id)
 }
