@@ -182,15 +182,19 @@ fn reload(opts: &RunOptions, enforcer: &mut Enforcer, names: &[String]) {
             }
         }
         let report = enforcer.apply(&cfg, &targets)?;
-        Ok((report, enforcer.generation(targets[0].0).unwrap_or(0)))
+        // The new rules are in force; now delete the ones they replaced.
+        let retire_time = enforcer.retire_pending();
+        Ok((report, enforcer.generation(targets[0].0).unwrap_or(0), retire_time))
     });
     match outcome {
-        Ok((report, generation)) => println!(
-            "reloaded {}: generation {generation}, {} rules (compile {:.1} ms, write {:.1} ms)",
+        Ok((report, generation, retire_time)) => println!(
+            "reloaded {}: generation {generation}, {} rules (compile {:.1} ms, write {:.1} ms; old rules removed in \
+             {:.1} ms after the switch)",
             opts.config.display(),
             report.rules,
             report.compile_time.as_secs_f64() * 1e3,
-            report.write_time.as_secs_f64() * 1e3
+            report.write_time.as_secs_f64() * 1e3,
+            retire_time.as_secs_f64() * 1e3
         ),
         Err(e) => eprintln!("sgctl: reload rejected, the previous rules stay in force: {e:#}"),
     }

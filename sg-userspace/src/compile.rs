@@ -12,13 +12,14 @@
 //! every value under it: an LPM lookup then returns the complete answer for that field.
 //! Equal vectors are stored once.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{collections::BTreeSet, hash::BuildHasher as _, net::IpAddr};
 
 use anyhow::{Result, bail};
 use ipnet::IpNet;
 // Vectors are kilobytes long and there are tens of thousands: a fast non-cryptographic
 // hash keeps interning them cheap (the inputs are our own, not an attacker's).
-use rustc_hash::FxHashMap as HashMap;
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 use sg_common::{
     MAX_USER_RULES, MAX_WORDS, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, step, verdict,
 };
@@ -158,29 +159,50 @@ impl Bits {
     fn set(&mut self, bit: usize) {
         self.0[bit / 64] |= 1 << (bit % 64);
     }
+    fn clear(&mut self, bit: usize) {
+        self.0[bit / 64] &= !(1 << (bit % 64));
+    }
 }
 
-/// Stores each distinct vector once.
+/// Stores each distinct vector once. The index holds vector numbers only, so each
+/// kilobytes-long vector lives in one allocation.
 struct VectorTable {
-    index: HashMap<Vec<u64>, u32>,
+    index: HashTable<u32>,
     vectors: Vec<Vec<u64>>,
 }
 
 impl VectorTable {
+    fn new() -> Self {
+        Self { index: HashTable::new(), vectors: Vec::new() }
+    }
+
+    fn hash(words: &[u64]) -> u64 {
+        FxBuildHasher.hash_one(words)
+    }
+
     fn intern(&mut self, bits: Bits) -> u32 {
-        if let Some(&i) = self.index.get(&bits.0) {
+        let hash = Self::hash(&bits.0);
+        let Self { index, vectors } = self;
+        if let Some(&i) = index.find(hash, |&i| vectors[i as usize] == bits.0) {
             return i;
         }
-        let i = self.vectors.len() as u32;
-        self.vectors.push(bits.0.clone());
-        self.index.insert(bits.0, i);
+        let i = vectors.len() as u32;
+        vectors.push(bits.0);
+        index.insert_unique(hash, i, |&j| Self::hash(&vectors[j as usize]));
         i
+    }
+
+    fn get(&self, i: u32) -> &[u64] {
+        &self.vectors[i as usize]
     }
 }
 
 /// Vectors for an address field: `direct` lists, per prefix, the rules naming exactly
 /// that prefix. Each prefix's vector is its nearest listed ancestor's plus its own, so
 /// the longest-prefix match answers for every rule whose prefix covers the address.
+///
+/// Sorted by (network, length), every prefix comes after its ancestors, and the ones
+/// still containing it form a stack: one pass, no per-length ancestor search.
 fn address_vectors(
     field: u8,
     mut direct: HashMap<IpNet, Vec<usize>>,
@@ -190,24 +212,24 @@ fn address_vectors(
     for v6 in [false, true] {
         direct.entry(any_net(v6)).or_default();
     }
-    let mut nets: Vec<IpNet> = direct.keys().copied().collect();
-    nets.sort_by_key(|n| (n.prefix_len(), n.network(), matches!(n, IpNet::V6(_))));
-    let mut computed: HashMap<IpNet, Bits> = HashMap::default();
+    let mut nets: Vec<(IpNet, Vec<usize>)> = direct.into_iter().collect();
+    nets.sort_unstable_by_key(|(n, _)| (n.network(), n.prefix_len()));
+    let mut ancestors: Vec<(IpNet, u32)> = Vec::new();
     let mut entries = Vec::with_capacity(nets.len());
-    for net in nets {
-        let mut bits = (0..net.prefix_len())
-            .rev()
-            .find_map(|len| {
-                let ancestor = IpNet::new(net.network(), len).expect("shorter prefix is valid").trunc();
-                computed.get(&ancestor)
-            })
-            .cloned()
-            .unwrap_or_else(|| Bits::new(words));
-        for &bit in &direct[&net] {
+    for (net, own) in nets {
+        while ancestors.last().is_some_and(|(a, _)| !a.contains(&net)) {
+            ancestors.pop();
+        }
+        let mut bits = match ancestors.last() {
+            Some(&(_, vector)) => Bits(table.get(vector).to_vec()),
+            None => Bits::new(words),
+        };
+        for bit in own {
             bits.set(bit);
         }
-        entries.push(AddrEntry { field, net, vector: table.intern(bits.clone()) });
-        computed.insert(net, bits);
+        let vector = table.intern(bits);
+        entries.push(AddrEntry { field, net, vector });
+        ancestors.push((net, vector));
     }
     entries
 }
@@ -237,20 +259,44 @@ fn port_vectors(
     ranges: &[(usize, PortRange)],
     table: &mut VectorTable,
 ) -> Vec<PortEntry> {
-    let mut edges: BTreeSet<u32> = BTreeSet::from([0, 65536]);
+    let mut edges: Vec<u32> = Vec::with_capacity(2 * ranges.len() + 2);
+    edges.extend([0, 65536]);
     for (_, r) in ranges {
-        edges.insert(u32::from(r.first));
-        edges.insert(u32::from(r.last) + 1);
+        edges.extend([u32::from(r.first), u32::from(r.last) + 1]);
     }
-    let edges: Vec<u32> = edges.into_iter().collect();
+    edges.sort_unstable();
+    edges.dedup();
+    // A sweep over the edges: ranges open at their first port and close after their
+    // last, so each interval costs its own changes, not a pass over every range.
+    let mut opening: Vec<(u32, usize)> = ranges.iter().map(|(bit, r)| (u32::from(r.first), *bit)).collect();
+    let mut closing: Vec<(u32, usize)> = ranges.iter().map(|(bit, r)| (u32::from(r.last) + 1, *bit)).collect();
+    opening.sort_unstable();
+    closing.sort_unstable();
+    let (mut next_open, mut next_close) = (0, 0);
+    // How many of the open ranges carry each bit (a rule could be listed twice).
+    let mut open_count: HashMap<usize, u32> = HashMap::default();
+    let mut covering = Bits::new(base.0.len());
     let mut intervals: Vec<(u32, u32, Bits)> = Vec::new();
     for pair in edges.windows(2) {
         let (start, end) = (pair[0], pair[1] - 1);
-        let mut bits = base.clone();
-        for (bit, r) in ranges {
-            if u32::from(r.first) <= start && end <= u32::from(r.last) {
-                bits.set(*bit);
+        while next_close < closing.len() && closing[next_close].0 <= start {
+            let bit = closing[next_close].1;
+            let count = open_count.entry(bit).or_default();
+            *count -= 1;
+            if *count == 0 {
+                covering.clear(bit);
             }
+            next_close += 1;
+        }
+        while next_open < opening.len() && opening[next_open].0 <= start {
+            let bit = opening[next_open].1;
+            *open_count.entry(bit).or_default() += 1;
+            covering.set(bit);
+            next_open += 1;
+        }
+        let mut bits = covering.clone();
+        for (word, base_word) in bits.0.iter_mut().zip(&base.0) {
+            *word |= base_word;
         }
         match intervals.last_mut() {
             Some(last) if last.2 == bits => last.1 = end,
@@ -274,7 +320,7 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
     if words > MAX_WORDS {
         bail!("{}: {} rules do not fit a vector", iface.name, matchers.len());
     }
-    let mut table = VectorTable { index: HashMap::default(), vectors: Vec::new() };
+    let mut table = VectorTable::new();
     let mut compiled = Compiled { rules: matchers.iter().map(|m| m.info).collect(), ..Default::default() };
 
     let mut peers: HashMap<IpNet, Vec<usize>> = HashMap::default();

@@ -9,13 +9,14 @@
 use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_KEY_FIXED_BITS, PortKey, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, Timeouts, map,
+    PORT_KEY_FIXED_BITS, PortKey, RuleInfo, RuleVector, RulesetHeader, Timeouts, map,
 };
 
 use crate::{
+    batch,
     compile::{Compiled, compile},
     config::{Config, Direction, InterfaceBinding, Mode},
     ebpf::Dataplane,
@@ -137,6 +138,13 @@ pub struct ApplyReport {
     pub write_time: Duration,
 }
 
+/// Rule sets replaced by a switch, deleted once no program run can still read them.
+struct Retiring {
+    switched: Instant,
+    sets: Vec<Installed>,
+    versions: Vec<u32>,
+}
+
 /// Both directions of one interface, compiled.
 pub struct CompiledInterface {
     pub ifindex: u32,
@@ -174,6 +182,7 @@ pub struct Enforcer {
     rule_ranges: Ranges,
     free_slots: Vec<u32>,
     installed: HashMap<u32, InterfaceState>,
+    retiring: Vec<Retiring>,
     grace: Duration,
     sessions: SessionTable,
     timeouts: Array<MapData, Timeouts>,
@@ -206,6 +215,7 @@ impl Enforcer {
             // Slot 0 means "none".
             free_slots: (1..MAX_RULESETS).rev().collect(),
             installed: HashMap::new(),
+            retiring: Vec::new(),
             grace: Duration::from_millis(5),
             sessions: SessionTable::from_map(
                 dp.ebpf.take_map(map::SESSIONS).ok_or_else(|| anyhow!("map {} missing", map::SESSIONS))?,
@@ -230,6 +240,8 @@ impl Enforcer {
         if let Some(c) = compiled.iter().find(|c| c.ifindex >= MAX_IFINDEX) {
             bail!("ifindex {} is beyond the {MAX_IFINDEX} interfaces sgctl can enforce on", c.ifindex);
         }
+        // Make room: what an earlier apply replaced goes now.
+        self.retire_pending();
         let mut report = ApplyReport::default();
         // Timeouts first: they only loosen or tighten idle expiry, never admit a packet.
         let timeouts = sessions::timeouts(&cfg.sessions);
@@ -284,7 +296,9 @@ impl Enforcer {
             retired.extend(state.egress.replace(egress));
         }
         report.write_time = written.elapsed();
-        self.retire(retired, retired_versions);
+        // The new rules are in force; deleting the old ones is cleanup that can wait
+        // for `retire_pending` (the agent calls it right after reporting the apply).
+        self.retiring.push(Retiring { switched: Instant::now(), sets: retired, versions: retired_versions });
         Ok(report)
     }
 
@@ -292,7 +306,9 @@ impl Enforcer {
     pub fn clear(&mut self, ifindex: u32) -> Result<()> {
         if let Some(state) = self.installed.remove(&ifindex) {
             self.iface_index.set(ifindex, 0, 0).with_context(|| format!("clearing ifindex {ifindex}"))?;
-            self.retire(state.ingress.into_iter().chain(state.egress).collect(), vec![state.version]);
+            let sets = state.ingress.into_iter().chain(state.egress).collect();
+            self.retiring.push(Retiring { switched: Instant::now(), sets, versions: vec![state.version] });
+            self.retire_pending();
         }
         Ok(())
     }
@@ -313,6 +329,14 @@ impl Enforcer {
         self.sessions.collect_garbage(&self.current_timeouts)
     }
 
+    /// How many entries the address and port tries hold, counted in the kernel: every
+    /// installed rule set's, plus those of replaced sets not yet retired.
+    pub fn trie_entries(&self) -> Result<usize> {
+        let addr = self.addr_trie.keys().collect::<Result<Vec<_>, _>>().context("listing address entries")?;
+        let port = self.port_trie.keys().collect::<Result<Vec<_>, _>>().context("listing port entries")?;
+        Ok(addr.len() + port.len())
+    }
+
     /// The timeouts in force.
     pub fn timeouts(&self) -> &Timeouts {
         &self.current_timeouts
@@ -323,26 +347,34 @@ impl Enforcer {
         self.installed.get(&ifindex).map(|s| s.generation)
     }
 
-    /// Deletes replaced rule sets once no program run can still be reading them.
-    fn retire(&mut self, old: Vec<Installed>, versions: Vec<u32>) {
-        if old.is_empty() && versions.is_empty() {
-            return;
+    /// Deletes the rule sets earlier applies replaced, once no program run can still be
+    /// reading them; returns how long it took.
+    pub fn retire_pending(&mut self) -> Duration {
+        let started = Instant::now();
+        for Retiring { switched, sets, versions } in std::mem::take(&mut self.retiring) {
+            // Programs run to completion in microseconds; a packet that read the old slot
+            // before the switch is long done after the grace period.
+            std::thread::sleep(self.grace.saturating_sub(switched.elapsed()));
+            for installed in sets {
+                self.remove(installed);
+            }
+            self.free_versions.extend(versions);
         }
-        // Programs run to completion in microseconds; a packet that read the old slot
-        // before the switch is long done after this.
-        std::thread::sleep(self.grace);
-        for installed in old {
-            self.remove(installed);
-        }
-        self.free_versions.extend(versions);
+        started.elapsed()
     }
 
     fn remove(&mut self, installed: Installed) {
-        for key in &installed.addr_keys {
-            let _ = self.addr_trie.remove(key);
+        // A batch stops at the first missing key (an install that failed part-way):
+        // then fall back to deleting one by one.
+        if batch::delete(self.addr_trie.map(), &installed.addr_keys).is_err() {
+            for key in &installed.addr_keys {
+                let _ = self.addr_trie.remove(key);
+            }
         }
-        for key in &installed.port_keys {
-            let _ = self.port_trie.remove(key);
+        if batch::delete(self.port_trie.map(), &installed.port_keys).is_err() {
+            for key in &installed.port_keys {
+                let _ = self.port_trie.remove(key);
+            }
         }
         self.vector_ranges.give(installed.vectors);
         self.rule_ranges.give(installed.rules);
@@ -380,21 +412,30 @@ impl Enforcer {
     fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<()> {
         let words = c.words();
         debug_assert!(words <= MAX_WORDS);
-        let mut value = RuleVector::default();
-        for (i, v) in c.vectors.iter().enumerate() {
-            value.summary = [0; SUMMARY_WORDS];
-            value.words[..words].copy_from_slice(v);
-            for (w, word) in v.iter().enumerate() {
-                if *word != 0 {
-                    value.summary[w / 64] |= 1 << (w % 64);
+        // Vectors go in chunks: each is 2 KiB, and a chunk's buffer is reused.
+        const CHUNK: usize = 256;
+        let mut indices = Vec::with_capacity(CHUNK);
+        let mut values = Vec::with_capacity(CHUNK);
+        for (chunk_no, chunk) in c.vectors.chunks(CHUNK).enumerate() {
+            indices.clear();
+            values.clear();
+            for (i, v) in chunk.iter().enumerate() {
+                let mut value = RuleVector::default();
+                value.words[..words].copy_from_slice(v);
+                for (w, word) in v.iter().enumerate() {
+                    if *word != 0 {
+                        value.summary[w / 64] |= 1 << (w % 64);
+                    }
                 }
+                indices.push(at.vectors.start + (chunk_no * CHUNK + i) as u32);
+                values.push(value);
             }
-            self.vectors.set(at.vectors.start + i as u32, value, 0).context("writing a rule vector")?;
+            batch::update(self.vectors.map(), &indices, &values).context("writing rule vectors")?;
         }
-        for (i, info) in c.rules.iter().enumerate() {
-            self.rule_info.set(at.rules.start + i as u32, *info, 0).context("writing rule info")?;
-        }
+        let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
+        batch::update(self.rule_info.map(), &rule_indices, &c.rules).context("writing rule info")?;
         let ruleset = at.slot.to_be_bytes();
+        let mut addr_values = Vec::with_capacity(c.addr_entries.len());
         for e in &c.addr_entries {
             let (family, addr, bits) = match e.net.network() {
                 std::net::IpAddr::V4(a) => {
@@ -404,25 +445,27 @@ impl Enforcer {
                 }
                 std::net::IpAddr::V6(a) => (6, a.octets(), e.net.prefix_len()),
             };
-            let key = Key::new(
+            at.addr_keys.push(Key::new(
                 ADDR_KEY_FIXED_BITS + u32::from(bits),
                 AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
-            );
-            self.addr_trie.insert(&key, at.vectors.start + e.vector, 0).context("writing an address entry")?;
-            at.addr_keys.push(key);
+            ));
+            addr_values.push(at.vectors.start + e.vector);
         }
+        // Recorded before writing, so a failed batch is undone in full by `remove`.
+        batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).context("writing address entries")?;
+        let mut port_values = Vec::with_capacity(c.port_entries.len());
         for e in &c.port_entries {
             let (protocol, bits) = match e.protocol {
                 None => (0, 0),
                 Some(p) => (p, 8 + u32::from(e.port_bits)),
             };
-            let key = Key::new(
+            at.port_keys.push(Key::new(
                 PORT_KEY_FIXED_BITS + bits,
                 PortKey { ruleset, field: e.field, protocol, port: e.port.to_be_bytes() },
-            );
-            self.port_trie.insert(&key, at.vectors.start + e.vector, 0).context("writing a port entry")?;
-            at.port_keys.push(key);
+            ));
+            port_values.push(at.vectors.start + e.vector);
         }
+        batch::update(self.port_trie.map(), &at.port_keys, &port_values).context("writing port entries")?;
         let header =
             RulesetHeader { rule_base: at.rules.start, rule_count: c.rules.len() as u32, flags: c.flags, _pad: 0 };
         self.rulesets.set(at.slot, header, 0).context("writing the rule-set header")?;

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod batch;
 pub mod compile;
 pub mod config;
 pub mod counters;

@@ -2,6 +2,7 @@
 //! the use-case rule file; and the per-packet cost at 10 and 16,384 rules.
 
 use sg_tests::{
+    r#gen::{GenOptions, case},
     kernel::kernel_tests_enabled,
     testrun::{HOOKS, TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
 };
@@ -91,4 +92,42 @@ security_groups = ["sg-closed"]
     for hook in HOOKS {
         assert_eq!(run(&mut dp, hook, &frame).unwrap().decision.step, sg_common::step::UNCONFIGURED);
     }
+}
+
+/// A reload writes the whole new set in batches beside the old one, the switch makes it
+/// decide, and retiring deletes exactly the old set's entries.
+#[test]
+fn a_reload_writes_beside_the_live_set_and_retires_the_old_one() {
+    if !kernel_tests_enabled("a_reload_writes_beside_the_live_set_and_retires_the_old_one") {
+        return;
+    }
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let (old, new) = (case(101, &GenOptions::large(), 300), case(202, &GenOptions::large(), 300));
+    let check = |dp: &mut Dataplane, enforcer: &mut Enforcer, c: &sg_tests::r#gen::Case| {
+        let binding = &c.config.interfaces[0];
+        let mut checked = 0;
+        for probe in c.packets.iter().filter(|p| p.iface == binding.name) {
+            enforcer.sessions().flush().expect("flush");
+            let got = run(dp, hook_for(probe.direction), &frame_for(&probe.packet)).expect("run");
+            compare(&c.config, binding, probe.direction, &probe.packet, &got)
+                .unwrap_or_else(|e| panic!("seed {}: {e}", c.seed));
+            checked += 1;
+        }
+        assert!(checked > 0, "seed {}: no probe on the first interface", c.seed);
+    };
+    let old_report = enforcer.apply(&old.config, &[(TEST_RUN_IFINDEX, &old.config.interfaces[0])]).expect("apply");
+    assert_eq!(enforcer.trie_entries().unwrap(), old_report.trie_entries);
+    check(&mut dp, &mut enforcer, &old);
+
+    let new_report = enforcer.apply(&new.config, &[(TEST_RUN_IFINDEX, &new.config.interfaces[0])]).expect("apply");
+    assert_eq!(
+        enforcer.trie_entries().unwrap(),
+        old_report.trie_entries + new_report.trie_entries,
+        "the old set stays until it is retired"
+    );
+    check(&mut dp, &mut enforcer, &new);
+    enforcer.retire_pending();
+    assert_eq!(enforcer.trie_entries().unwrap(), new_report.trie_entries, "only the new set is left");
+    check(&mut dp, &mut enforcer, &new);
 }

@@ -38,6 +38,8 @@ const SEED: u64 = 0x5eed;
 
 struct Settings {
     quick: bool,
+    /// Parts to run (1-4); all unless `--only 1,3` narrows them.
+    parts: Vec<u8>,
     sizes: Vec<usize>,
     repeat: u32,
     runs: usize,
@@ -118,19 +120,28 @@ fn machine_facts() -> String {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<u8>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').filter_map(|p| p.trim().parse().ok()).collect());
     let out =
         args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if quick {
                 "../target/bench-quick/RESULTS.md"
+            } else if only.is_some() {
+                // A partial run never replaces the full results.
+                "../target/bench-partial/RESULTS.md"
             } else {
                 "../bench/RESULTS.md"
             })
         });
     let s = if quick {
-        Settings { quick, sizes: vec![10, 1000], repeat: 10_000, runs: 3, out }
+        Settings { quick, parts: vec![], sizes: vec![10, 1000], repeat: 10_000, runs: 3, out }
     } else {
-        Settings { quick, sizes: vec![10, 100, 1000, 10_000, 16_384], repeat: 100_000, runs: 5, out }
+        Settings { quick, parts: vec![], sizes: vec![10, 100, 1000, 10_000, 16_384], repeat: 100_000, runs: 5, out }
     };
+    let s = Settings { parts: only.unwrap_or_else(|| vec![1, 2, 3, 4]), ..s };
     if !sg_tests::kernel::kernel_tests_enabled("sg-bench") {
         return Ok(());
     }
@@ -160,159 +171,174 @@ fn main() -> Result<()> {
     }
     let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
 
-    // ---- Part 1 ----
-    writeln!(report, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
-    writeln!(
-        report,
-        "ns per packet, median (min-max) of {} runs of {} repeats. The packet is a 64-byte TCP SYN (a new flow) from a \
-         network only the last-ranked rule (a priority-100 drop) matches: the worst case for the bit search. Rule sets \
-         are `r#gen::realistic_ruleset` (CIDRs of varied lengths, v4 and v6, single ports and ranges, group and \
-         prefix-list references); the egress sets are the same rules turned into egress rules. Baseline: a program \
-         that parses and counts exactly like sgctl's and decides nothing.\n",
-        s.runs, s.repeat
-    )?;
-    let mut rows: Vec<(String, [Stat; 4])> = Vec::new();
-    let baseline = {
-        let xdp: &Xdp = dp.ebpf.program(program::BASELINE_XDP).context("baseline")?.try_into()?;
-        let tc: &SchedClassifier = dp.ebpf.program(program::BASELINE_TC).context("baseline")?.try_into()?;
-        [
-            time_program(&xdp_runner(xdp), &syn(false), &s)?,
-            time_program(&xdp_runner(xdp), &syn(true), &s)?,
-            time_program(&tc_runner(tc), &syn(false), &s)?,
-            time_program(&tc_runner(tc), &syn(true), &s)?,
-        ]
-    };
-    rows.push(("parse-and-count baseline".into(), baseline));
     let mut per_size: Vec<(usize, [Stat; 4])> = Vec::new();
     let mut established: Vec<(usize, [Stat; 4])> = Vec::new();
-    for &n in &s.sizes {
-        let ingress = ruleset(n, Direction::Ingress)?;
-        enforcer.apply(&ingress, &[(TEST_RUN_IFINDEX, &ingress.interfaces[0])])?;
-        let xdp4 = time_program(&xdp_runner(dp.xdp()?), &syn(false), &s)?;
-        let xdp6 = time_program(&xdp_runner(dp.xdp()?), &syn(true), &s)?;
-        let egress = ruleset(n, Direction::Egress)?;
-        enforcer.apply(&egress, &[(TEST_RUN_IFINDEX, &egress.interfaces[0])])?;
-        // On egress the peer is the destination: swap the addresses of the same frames.
-        let tc4 = time_program(&tc_runner(dp.tc()?), &swap(&syn(false)), &s)?;
-        let tc6 = time_program(&tc_runner(dp.tc()?), &swap(&syn(true)), &s)?;
-        per_size.push((n, [xdp4, xdp6, tc4, tc6]));
-        rows.push((format!("sgctl, {n} rules, new flow"), [xdp4, xdp6, tc4, tc6]));
-        // Established: the same flows with a live session (the fast path).
-        let generation = enforcer.generation(TEST_RUN_IFINDEX).context("generation")?;
-        for frame in [ack(false), ack(true)] {
-            establish(&mut enforcer, &frame, generation)?;
-        }
-        let est_xdp4 = time_program(&xdp_runner(dp.xdp()?), &ack(false), &s)?;
-        let est_xdp6 = time_program(&xdp_runner(dp.xdp()?), &ack(true), &s)?;
-        let est_tc4 = time_program(&tc_runner(dp.tc()?), &swap(&ack(false)), &s)?;
-        let est_tc6 = time_program(&tc_runner(dp.tc()?), &swap(&ack(true)), &s)?;
-        let est = [est_xdp4, est_xdp6, est_tc4, est_tc6];
-        enforcer.sessions().flush()?;
-        established.push((n, est));
-        rows.push((format!("sgctl, {n} rules, established flow"), est));
-    }
-    writeln!(report, "| program | XDP IPv4 | XDP IPv6 | TC IPv4 | TC IPv6 |\n|---|---|---|---|---|")?;
-    for (label, stats) in &rows {
+    if s.parts.contains(&1) {
+        // ---- Part 1 ----
+        writeln!(report, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
         writeln!(
             report,
-            "| {label} | {} | {} | {} | {} |",
-            stats[0].cell(),
-            stats[1].cell(),
-            stats[2].cell(),
-            stats[3].cell()
+            "ns per packet, median (min-max) of {} runs of {} repeats. The packet is a 64-byte TCP SYN (a new flow) from a \
+             network only the last-ranked rule (a priority-100 drop) matches: the worst case for the bit search. Rule sets \
+             are `r#gen::realistic_ruleset` (CIDRs of varied lengths, v4 and v6, single ports and ranges, group and \
+             prefix-list references); the egress sets are the same rules turned into egress rules. Baseline: a program \
+             that parses and counts exactly like sgctl's and decides nothing.\n",
+            s.runs, s.repeat
+        )?;
+        let mut rows: Vec<(String, [Stat; 4])> = Vec::new();
+        let baseline = {
+            let xdp: &Xdp = dp.ebpf.program(program::BASELINE_XDP).context("baseline")?.try_into()?;
+            let tc: &SchedClassifier = dp.ebpf.program(program::BASELINE_TC).context("baseline")?.try_into()?;
+            [
+                time_program(&xdp_runner(xdp), &syn(false), &s)?,
+                time_program(&xdp_runner(xdp), &syn(true), &s)?,
+                time_program(&tc_runner(tc), &syn(false), &s)?,
+                time_program(&tc_runner(tc), &syn(true), &s)?,
+            ]
+        };
+        rows.push(("parse-and-count baseline".into(), baseline));
+        for &n in &s.sizes {
+            let ingress = ruleset(n, Direction::Ingress)?;
+            enforcer.apply(&ingress, &[(TEST_RUN_IFINDEX, &ingress.interfaces[0])])?;
+            let xdp4 = time_program(&xdp_runner(dp.xdp()?), &syn(false), &s)?;
+            let xdp6 = time_program(&xdp_runner(dp.xdp()?), &syn(true), &s)?;
+            let egress = ruleset(n, Direction::Egress)?;
+            enforcer.apply(&egress, &[(TEST_RUN_IFINDEX, &egress.interfaces[0])])?;
+            // On egress the peer is the destination: swap the addresses of the same frames.
+            let tc4 = time_program(&tc_runner(dp.tc()?), &swap(&syn(false)), &s)?;
+            let tc6 = time_program(&tc_runner(dp.tc()?), &swap(&syn(true)), &s)?;
+            per_size.push((n, [xdp4, xdp6, tc4, tc6]));
+            rows.push((format!("sgctl, {n} rules, new flow"), [xdp4, xdp6, tc4, tc6]));
+            // Established: the same flows with a live session (the fast path).
+            let generation = enforcer.generation(TEST_RUN_IFINDEX).context("generation")?;
+            for frame in [ack(false), ack(true)] {
+                establish(&mut enforcer, &frame, generation)?;
+            }
+            let est_xdp4 = time_program(&xdp_runner(dp.xdp()?), &ack(false), &s)?;
+            let est_xdp6 = time_program(&xdp_runner(dp.xdp()?), &ack(true), &s)?;
+            let est_tc4 = time_program(&tc_runner(dp.tc()?), &swap(&ack(false)), &s)?;
+            let est_tc6 = time_program(&tc_runner(dp.tc()?), &swap(&ack(true)), &s)?;
+            let est = [est_xdp4, est_xdp6, est_tc4, est_tc6];
+            enforcer.sessions().flush()?;
+            established.push((n, est));
+            rows.push((format!("sgctl, {n} rules, established flow"), est));
+        }
+        writeln!(report, "| program | XDP IPv4 | XDP IPv6 | TC IPv4 | TC IPv6 |\n|---|---|---|---|---|")?;
+        for (label, stats) in &rows {
+            writeln!(
+                report,
+                "| {label} | {} | {} | {} | {} |",
+                stats[0].cell(),
+                stats[1].cell(),
+                stats[2].cell(),
+                stats[3].cell()
+            )?;
+        }
+        let first = per_size.first().map(|p| p.1).context("no sizes")?;
+        let last = per_size.last().map(|p| p.1).context("no sizes")?;
+        let ratio = |i: usize| last[i].median / first[i].median;
+        let worst = (0..4).map(ratio).fold(0.0, f64::max);
+        writeln!(
+            report,
+            "\nRatios, {} rules vs {} rules (medians): XDP v4 {:.2}x, XDP v6 {:.2}x, TC v4 {:.2}x, TC v6 {:.2}x. \
+             Target: at most 2x at 16,384 rules vs 10: {}.",
+            per_size.last().map_or(0, |p| p.0),
+            per_size.first().map_or(0, |p| p.0),
+            ratio(0),
+            ratio(1),
+            ratio(2),
+            ratio(3),
+            if per_size.last().map(|p| p.0) != Some(16_384) {
+                "not measured in --quick".to_string()
+            } else if worst <= 2.0 {
+                "met".into()
+            } else {
+                format!("missed ({worst:.2}x)")
+            }
+        )?;
+        writeln!(
+            report,
+            "Against the baseline at {} rules: XDP v4 {:.2}x, TC v4 {:.2}x.\n",
+            per_size.last().map_or(0, |p| p.0),
+            last[0].median / baseline[0].median,
+            last[2].median / baseline[2].median
+        )?;
+        let worst_est = established
+            .iter()
+            .flat_map(|(_, st)| (0..4).map(move |i| st[i].median / baseline[i].median))
+            .fold(0.0, f64::max);
+        writeln!(
+            report,
+            "Established flow (a packet of a live session, the fast path) against the baseline, worst over sizes and \
+             hooks: {worst_est:.2}x. Target: at most 1.3x: {}.\n",
+            if worst_est <= 1.3 { "met".to_string() } else { format!("missed ({worst_est:.2}x)") }
         )?;
     }
-    let first = per_size.first().map(|p| p.1).context("no sizes")?;
-    let last = per_size.last().map(|p| p.1).context("no sizes")?;
-    let ratio = |i: usize| last[i].median / first[i].median;
-    let worst = (0..4).map(ratio).fold(0.0, f64::max);
-    writeln!(
-        report,
-        "\nRatios, {} rules vs {} rules (medians): XDP v4 {:.2}x, XDP v6 {:.2}x, TC v4 {:.2}x, TC v6 {:.2}x. \
-         Target: at most 2x at 16,384 rules vs 10: {}.",
-        per_size.last().map_or(0, |p| p.0),
-        per_size.first().map_or(0, |p| p.0),
-        ratio(0),
-        ratio(1),
-        ratio(2),
-        ratio(3),
-        if per_size.last().map(|p| p.0) != Some(16_384) {
-            "not measured in --quick".to_string()
-        } else if worst <= 2.0 {
-            "met".into()
-        } else {
-            format!("missed ({worst:.2}x)")
-        }
-    )?;
-    writeln!(
-        report,
-        "Against the baseline at {} rules: XDP v4 {:.2}x, TC v4 {:.2}x.\n",
-        per_size.last().map_or(0, |p| p.0),
-        last[0].median / baseline[0].median,
-        last[2].median / baseline[2].median
-    )?;
-    let worst_est = established
-        .iter()
-        .flat_map(|(_, st)| (0..4).map(move |i| st[i].median / baseline[i].median))
-        .fold(0.0, f64::max);
-    writeln!(
-        report,
-        "Established flow (a packet of a live session, the fast path) against the baseline, worst over sizes and \
-         hooks: {worst_est:.2}x. Target: at most 1.3x: {}.\n",
-        if worst_est <= 1.3 { "met".to_string() } else { format!("missed ({worst_est:.2}x)") }
-    )?;
 
     // ---- Part 2 ----
-    report.push_str(&sg_tests::throughput::throughput_section(s.quick)?);
-    report.push('\n');
+    if s.parts.contains(&2) {
+        report.push_str(&sg_tests::throughput::throughput_section(s.quick)?);
+        report.push('\n');
+    }
 
     // ---- Part 3 ----
-    writeln!(report, "## 3. Control plane\n")?;
-    writeln!(
-        report,
-        "Compile (both directions) and apply (compile, write the maps beside the live set, switch, delete the old set), median of 3.\n"
-    )?;
-    writeln!(
-        report,
-        "| rules | compile ms | apply ms | vectors | trie entries | vector memory |\n|---|---|---|---|---|---|"
-    )?;
-    let cp_sizes: Vec<usize> = if s.quick { vec![1000] } else { vec![1000, 10_000, 16_384] };
-    for n in cp_sizes {
-        let cfg = ruleset(n, Direction::Ingress)?;
-        let binding = &cfg.interfaces[0];
-        let mut compile_ms = Vec::new();
-        let mut apply_ms = Vec::new();
-        let mut last_report = None;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let a = compile(&cfg, binding, Direction::Ingress)?;
-            let _b = compile(&cfg, binding, Direction::Egress)?;
-            compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            let r = enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)])?;
-            apply_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            last_report = Some((r, a.vectors.len()));
-        }
-        let (r, vectors) = last_report.context("no runs")?;
-        let c = Stat::of(compile_ms);
-        let a = Stat::of(apply_ms);
+    if s.parts.contains(&3) {
+        writeln!(report, "## 3. Control plane\n")?;
         writeln!(
             report,
-            "| {n} | {:.1} | {:.1} | {} | {} | {:.1} MiB |",
-            c.median,
-            a.median,
-            r.vectors,
-            r.trie_entries,
-            (vectors * size_of::<sg_common::RuleVector>()) as f64 / (1024.0 * 1024.0)
+            "Compile (both directions) and apply (compile, write the maps beside the live set, switch, delete the old set), median of 3.\n"
         )?;
+        writeln!(
+            report,
+            "| rules | compile ms | apply ms | of which compile / write+switch / retire | vectors | trie entries | vector memory |\n|---|---|---|---|---|---|---|"
+        )?;
+        let cp_sizes: Vec<usize> = if s.quick { vec![1000] } else { vec![1000, 10_000, 16_384] };
+        for n in cp_sizes {
+            let cfg = ruleset(n, Direction::Ingress)?;
+            let binding = &cfg.interfaces[0];
+            let mut compile_ms = Vec::new();
+            let mut apply_ms = Vec::new();
+            let mut parts_ms: Vec<[f64; 3]> = Vec::new();
+            let mut last_report = None;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let a = compile(&cfg, binding, Direction::Ingress)?;
+                let _b = compile(&cfg, binding, Direction::Egress)?;
+                compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                let r = enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)])?;
+                apply_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                let retire_time = enforcer.retire_pending();
+                parts_ms.push([r.compile_time, r.write_time, retire_time].map(|d| d.as_secs_f64() * 1e3));
+                last_report = Some((r, a.vectors.len()));
+            }
+            let (r, vectors) = last_report.context("no runs")?;
+            let c = Stat::of(compile_ms);
+            let a = Stat::of(apply_ms);
+            let part = |i: usize| Stat::of(parts_ms.iter().map(|p| p[i]).collect()).median;
+            writeln!(
+                report,
+                "| {n} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {} | {} | {:.1} MiB |",
+                c.median,
+                a.median,
+                part(0),
+                part(1),
+                part(2),
+                r.vectors,
+                r.trie_entries,
+                (vectors * size_of::<sg_common::RuleVector>()) as f64 / (1024.0 * 1024.0)
+            )?;
+        }
+        writeln!(report, "\nTarget: 16,384 rules applied in at most 200 ms.\n")?;
     }
-    writeln!(report, "\nTarget: 16,384 rules applied in at most 200 ms.\n")?;
 
     // ---- Part 4 ----
     drop(enforcer);
     drop(dp);
-    sessions_section(&mut report, &s)?;
-    if !s.quick {
+    if s.parts.contains(&4) {
+        sessions_section(&mut report, &s)?;
+    }
+    if !s.quick && s.parts.contains(&1) {
         plot(&per_size, &established, &s.out)?;
         writeln!(
             report,
