@@ -7,11 +7,13 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub mod decision;
+pub mod flow_cache;
 pub mod maps;
 pub mod packet;
 pub mod session;
 
 pub use decision::*;
+pub use flow_cache::{FLOW_CACHE_SLOTS, FlowCacheEntry, FlowCacheSlot};
 pub use maps::*;
 pub use packet::*;
 pub use session::{FragmentKey, FragmentVerdict, Session, SessionKey, Timeouts};

@@ -44,12 +44,18 @@ pub mod map {
     pub const FRAGMENTS: &str = "SG_FRAGMENTS";
     /// Array with one [`crate::Timeouts`].
     pub const TIMEOUTS: &str = "SG_TIMEOUTS";
+    /// Per-CPU array: slot -> [`crate::FlowCacheSlot`] (`sg_common::flow_cache`).
+    pub const FLOW_CACHE: &str = "SG_FLOW_CACHE";
+    /// Array with one `u32`: the flow cache's epoch.
+    pub const CACHE_EPOCH: &str = "SG_CACHE_EPOCH";
 }
 
 /// Names of the read-only globals userspace sets at load time.
 pub mod global {
     /// `u8`: 1 records every packet into the trace map (tests, live trace).
     pub const TRACE_ENABLED: &str = "SG_TRACE_ENABLED";
+    /// `u64`: the length of a jiffy in ns (the flow cache's clock, `sg_common::flow_cache`).
+    pub const NS_PER_JIFFY: &str = "SG_NS_PER_JIFFY";
 }
 
 /// Interfaces with an ifindex below this can be enforced on (the ifindex indexes an

@@ -237,17 +237,26 @@ impl SessionKey {
     #[inline(always)]
     pub fn set(&mut self, ifindex: u32, meta: &PacketMeta) -> bool {
         let (sport, dport) = flow_ports(meta);
+        self.set_between(ifindex, meta.family, meta.protocol, (&meta.src, sport), (&meta.dst, dport))
+    }
+
+    /// [`SessionKey::between`] in place; returns whether `src` is the low end.
+    #[inline(always)]
+    pub fn set_between(
+        &mut self,
+        ifindex: u32,
+        family: u8,
+        protocol: u8,
+        src: (&[u8; 16], u16),
+        dst: (&[u8; 16], u16),
+    ) -> bool {
         // Addresses compared as big-endian integers: the same order as bytewise, without
         // the byte loop (a memcmp call) it compiles to on the BPF target.
-        let src_is_low = (u128::from_be_bytes(meta.src), sport) <= (u128::from_be_bytes(meta.dst), dport);
-        let (low, high) = if src_is_low {
-            ((&meta.src, sport), (&meta.dst, dport))
-        } else {
-            ((&meta.dst, dport), (&meta.src, sport))
-        };
+        let src_is_low = (u128::from_be_bytes(*src.0), src.1) <= (u128::from_be_bytes(*dst.0), dst.1);
+        let (low, high) = if src_is_low { (src, dst) } else { (dst, src) };
         self.ifindex = ifindex;
-        self.family = meta.family;
-        self.protocol = meta.protocol;
+        self.family = family;
+        self.protocol = protocol;
         self._pad = [0; 2];
         self.low_addr = *low.0;
         self.high_addr = *high.0;

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod classify;
+mod flow_cache;
 mod parse;
 mod session;
 mod stats;
@@ -17,8 +18,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    DECISION_AUDIT, Decision, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta, Session, SessionKey,
-    Timeouts, family, fragment, is_icmp_error, is_neighbour_discovery,
+    DECISION_AUDIT, Decision, FlowCacheEntry, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta,
+    Session, SessionKey, Timeouts, family,
+    flow_cache::{Tuple, packet_may_hit, position, state_is_stable, validity_jiffies},
+    fragment, is_icmp_error, is_neighbour_discovery,
     session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, expired, next_state, opening_state},
     stats as slots, step, verdict,
 };
@@ -140,11 +143,91 @@ fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut 
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     }
     let packet = Packet { frame, meta, hook, ifindex, slot };
-    let mut decision = stateful(&packet, &iface, work);
+    let mut decision = match cached(&packet, iface.generation, flow_cache::jiffies()) {
+        Some(hit) => hit,
+        None => stateful(&packet, &iface, work),
+    };
     if iface.flags & IFACE_AUDIT != 0 {
         decision.flags |= DECISION_AUDIT;
     }
     decision
+}
+
+/// Step 2's fast path: a packet of a session the flow cache vouches for passes without
+/// the session table (see `sg_common::flow_cache` for when an entry is trusted).
+#[inline(always)]
+fn cached(packet: &Packet, generation: u32, jiffies: u64) -> Option<Decision> {
+    let meta = packet.meta;
+    if !packet_may_hit(meta) {
+        return None;
+    }
+    let (index, dir) = position(packet.ifindex, meta);
+    let entry = flow_cache::entry(index, dir)?;
+    let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
+    if !(entry.is_for(&tuple, meta) && entry.trusted(generation, flow_cache::epoch(), jiffies)) {
+        return None;
+    }
+    entry.hit(jiffies);
+    Some(Decision { rule_id: entry.rule_id, ..Decision::new(verdict::PASS, step::SESSION) })
+}
+
+/// Moves the hits this CPU's cache holds for the packet's session (both directions)
+/// into the session, so its idle time and packet count are exact before it is judged.
+#[inline(never)]
+fn fold_cached(ifindex: u32, meta: &PacketMeta, s: &mut Session) {
+    let (index, _) = position(ifindex, meta);
+    let Some(slot) = flow_cache::slot(index) else { return };
+    let epoch = flow_cache::epoch();
+    let ns_per_jiffy = flow_cache::ns_per_jiffy();
+    // The hook does not matter to `same_flow`.
+    let tuple = Tuple::of(ifindex, 0, meta);
+    for entry in &mut slot.entries {
+        if entry.same_flow(&tuple, meta) {
+            entry.fold_into(s, epoch, ns_per_jiffy);
+        }
+    }
+}
+
+/// After the session table passed a packet: caches the flow's direction when the
+/// session is in a state the fast path may serve, and forgets the flow on this CPU when
+/// it left those states (a FIN, RST or reusing SYN went by). `spare_key` is scratch room
+/// for the key of a flow whose entry this replaces.
+#[inline(never)]
+fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, spare_key: &mut SessionKey) {
+    let meta = packet.meta;
+    let (index, dir) = position(packet.ifindex, meta);
+    let Some(slot) = flow_cache::slot(index) else { return };
+    let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
+    if !state_is_stable(s.state) {
+        // `fold_cached` already moved their hits into the session.
+        for entry in &mut slot.entries {
+            if entry.same_flow(&tuple, meta) {
+                entry.valid_until_jiffies = 0;
+            }
+        }
+        return;
+    }
+    if !packet_may_hit(meta) {
+        return;
+    }
+    let entry = if dir == 0 { &mut slot.entries[0] } else { &mut slot.entries[1] };
+    let epoch = flow_cache::epoch();
+    if entry.packets != 0 && !entry.is_for(&tuple, meta) {
+        evict(entry, spare_key, epoch);
+    }
+    let validity = validity_jiffies(timeouts, flow_cache::ns_per_jiffy());
+    *entry = FlowCacheEntry::confirmed(meta, &tuple, s, epoch, (now, flow_cache::jiffies()), validity);
+}
+
+/// Hands the pending hits of an entry about to be replaced (another flow sharing the
+/// slot) to that flow's session, so no packet goes uncounted.
+#[inline(never)]
+fn evict(entry: &mut FlowCacheEntry, key: &mut SessionKey, epoch: u32) {
+    entry.session_key(key);
+    if let Some(s) = session::lookup(key) {
+        // SAFETY: a map value pointer, valid for this program run.
+        entry.fold_into(unsafe { &mut *s }, epoch, flow_cache::ns_per_jiffy());
+    }
 }
 
 /// Steps 2 to 7: neighbour discovery, fragments, sessions, related ICMP errors, then
@@ -164,11 +247,16 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
         return classify::classify(packet.slot, meta, packet.hook == slots::HOOK_INGRESS);
     };
     let src_is_low = work.key.set(packet.ifindex, meta);
-    let flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now: session::now() };
+    let now = session::now();
+    let flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now };
     let mut decision = Decision::new(verdict::DROP, step::DEFAULT);
     let live = if belongs_to_session(meta) { live_session(&flow) } else { None };
     if let Some(entry) = live {
         decision = on_session(&flow, entry, &mut work.opening);
+        if decision.step == step::SESSION {
+            // SAFETY: a map value pointer, valid for this program run.
+            cache_session(packet, unsafe { &*entry }, timeouts, now, &mut work.quoted_key);
+        }
     } else {
         let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);
         if !(icmp_error && related(&flow, &mut work.quoted, &mut work.quoted_key, &mut decision)) {
@@ -200,7 +288,8 @@ struct Flow<'a> {
 fn live_session(flow: &Flow) -> Option<*mut Session> {
     let entry = session::lookup(flow.key)?;
     // SAFETY: a map value pointer, valid for this program run.
-    let s = unsafe { &*entry };
+    let s = unsafe { &mut *entry };
+    fold_cached(flow.packet.ifindex, flow.packet.meta, s);
     if expired(s.state, s.last_seen_ns, flow.now, flow.timeouts) {
         session::remove(flow.key);
         return None;
@@ -247,8 +336,9 @@ fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision:
     }
     key.set(packet.ifindex, quoted);
     let Some(entry) = session::lookup(key) else { return false };
-    // SAFETY: as above; read only.
-    let s = unsafe { &*entry };
+    // SAFETY: as above.
+    let s = unsafe { &mut *entry };
+    fold_cached(packet.ifindex, quoted, s);
     if expired(s.state, s.last_seen_ns, now, timeouts) {
         return false;
     }

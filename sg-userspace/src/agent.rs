@@ -70,7 +70,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     if let Some(dir) = id_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&id_file, enforcer.sessions().id()?.to_string())?;
+    std::fs::write(&id_file, enforcer.sessions().ids()?)?;
     // Rules go in before the programs attach: there is no moment without them.
     let report = ApplyReport { compile_time, ..enforcer.apply_compiled(&cfg, &compiled)? };
     let mut attachments = Vec::new();

@@ -36,9 +36,11 @@ impl Dataplane {
         }
         check_privileges()?;
         let trace = u8::from(options.trace);
+        let ns_per_jiffy = crate::sessions::ns_per_jiffy();
         let c = &options.capacity;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
+            .override_global(global::NS_PER_JIFFY, &ns_per_jiffy, true)
             .map_max_entries(map::SESSIONS, c.sessions)
             .map_max_entries(map::VECTORS, c.vectors)
             .map_max_entries(map::RULE_INFO, c.rule_info)

@@ -217,9 +217,10 @@ impl Enforcer {
             installed: HashMap::new(),
             retiring: Vec::new(),
             grace: Duration::from_millis(5),
-            sessions: SessionTable::from_map(
-                dp.ebpf.take_map(map::SESSIONS).ok_or_else(|| anyhow!("map {} missing", map::SESSIONS))?,
-            )?,
+            sessions: {
+                let mut take = |name: &str| dp.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
+                SessionTable::from_maps(take(map::SESSIONS)?, take(map::FLOW_CACHE)?, take(map::CACHE_EPOCH)?)?
+            },
             timeouts: take(dp, map::TIMEOUTS)?,
             current_timeouts: Timeouts::default(),
         })

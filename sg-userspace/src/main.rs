@@ -285,11 +285,8 @@ fn sessions(iface: Option<&str>, json: bool, flush: bool) -> Result<ExitCode> {
     use sgctl::sessions::{SessionTable, SessionView, map_id_file, monotonic_ns};
     sgctl::ebpf::check_privileges()?;
     let id_file = map_id_file();
-    let id: u32 = std::fs::read_to_string(&id_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .context("no `sgctl run` is active in this network namespace")?;
-    let mut table = SessionTable::open(id)?;
+    let ids = std::fs::read_to_string(&id_file).context("no `sgctl run` is active in this network namespace")?;
+    let mut table = SessionTable::open(&ids)?;
     if flush {
         let n = table.flush()?;
         println!("flushed {n} sessions");

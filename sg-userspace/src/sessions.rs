@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, IterableMap as _, Map, MapData};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
-use sg_common::{Session, SessionKey, Timeouts, session::state, stats};
+use sg_common::{FlowCacheSlot, Session, SessionKey, Timeouts, flow_cache::slot_of_key, map, session::state, stats};
 
 use crate::{config::SessionSettings, eval::stateful::addr_from_bytes};
 
@@ -16,6 +16,18 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The length of a jiffy in ns: the resolution of CLOCK_MONOTONIC_COARSE, which moves
+/// once per tick (the flow cache keeps time in jiffies, `sg_common::flow_cache`).
+pub fn ns_per_jiffy() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 || ts.tv_sec != 0 || ts.tv_nsec <= 0 {
+        return 4_000_000;
+    }
+    ts.tv_nsec as u64
 }
 
 /// The rule file's `[sessions]` timeouts (seconds) in the kernel's form (ns).
@@ -39,8 +51,13 @@ pub fn timeouts(settings: &SessionSettings) -> Timeouts {
 /// entries on kernel 6.18.
 pub const BYTES_PER_SESSION: usize = 152;
 
+/// The session table and the per-CPU flow cache in front of it: what a session looks
+/// like is the table's entry plus the hits the cache has not folded into it yet.
 pub struct SessionTable {
     map: HashMap<MapData, SessionKey, Session>,
+    cache: PerCpuArray<MapData, FlowCacheSlot>,
+    epoch: Array<MapData, u32>,
+    ns_per_jiffy: u64,
 }
 
 /// One session, for people and `--json`.
@@ -83,22 +100,74 @@ impl SessionView {
 }
 
 impl SessionTable {
-    pub fn from_map(map: Map) -> Result<Self> {
-        Ok(Self { map: HashMap::try_from(map).context("the session map")? })
+    /// The table from the loaded maps (`SG_SESSIONS`, `SG_FLOW_CACHE`, `SG_CACHE_EPOCH`).
+    pub fn from_maps(sessions: Map, cache: Map, epoch: Map) -> Result<Self> {
+        Ok(Self {
+            map: HashMap::try_from(sessions).context("the session map")?,
+            cache: PerCpuArray::try_from(cache).context("the flow cache map")?,
+            epoch: Array::try_from(epoch).context("the cache epoch map")?,
+            ns_per_jiffy: ns_per_jiffy(),
+        })
     }
 
-    /// Opens the session table of a running sgctl by map id.
-    pub fn open(id: u32) -> Result<Self> {
-        let data = MapData::from_id(id).with_context(|| format!("opening session map {id}"))?;
-        Self::from_map(Map::LruHashMap(data))
+    /// Opens the session table of a running sgctl from the map ids it recorded
+    /// ([`SessionTable::ids`]).
+    pub fn open(ids: &str) -> Result<Self> {
+        let ids: Vec<u32> = ids.split_whitespace().map(str::parse).collect::<Result<_, _>>().context("map ids")?;
+        let [sessions, cache, epoch] = ids[..] else { anyhow::bail!("expected three map ids, found {}", ids.len()) };
+        let open = |id: u32, what: &str| MapData::from_id(id).with_context(|| format!("opening {what} map {id}"));
+        Self::from_maps(
+            Map::LruHashMap(open(sessions, map::SESSIONS)?),
+            Map::PerCpuArray(open(cache, map::FLOW_CACHE)?),
+            Map::Array(open(epoch, map::CACHE_EPOCH)?),
+        )
     }
 
-    pub fn id(&self) -> Result<u32> {
-        Ok(self.map.map().info()?.id())
+    /// The ids of the three maps, for `sgctl sessions` to open them.
+    pub fn ids(&self) -> Result<String> {
+        Ok(format!(
+            "{} {} {}",
+            self.map.map().info()?.id(),
+            self.cache.map().info()?.id(),
+            self.epoch.map().info()?.id()
+        ))
     }
 
+    fn current_epoch(&self) -> Result<u32> {
+        self.epoch.get(&0, 0).context("reading the cache epoch")
+    }
+
+    /// Every session as it stands: the table's entry with the flow cache's pending hits
+    /// (packets and the latest one) added.
     pub fn entries(&self) -> Result<Vec<(SessionKey, Session)>> {
-        self.map.iter().map(|e| e.map_err(anyhow::Error::from)).collect()
+        let mut sessions: Vec<(SessionKey, Session)> =
+            self.map.iter().collect::<Result<_, _>>().context("reading the session table")?;
+        let epoch = self.current_epoch()?;
+        let mut slots: std::collections::HashMap<u32, PerCpuValues<FlowCacheSlot>> = Default::default();
+        for (key, session) in &mut sessions {
+            let index = slot_of_key(key);
+            let slot = match slots.entry(index) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.cache.get(&index, 0).context("reading the flow cache")?)
+                }
+            };
+            add_pending(key, session, slot, epoch, self.ns_per_jiffy);
+        }
+        Ok(sessions)
+    }
+
+    /// A session as the table itself holds it, without the flow cache's pending hits.
+    pub fn stored(&self, key: &SessionKey) -> Option<Session> {
+        self.map.get(key, 0).ok()
+    }
+
+    /// One session as it stands (see [`SessionTable::entries`]).
+    fn effective(&self, key: &SessionKey) -> Option<Session> {
+        let mut session = self.map.get(key, 0).ok()?;
+        let slot = self.cache.get(&slot_of_key(key), 0).ok()?;
+        add_pending(key, &mut session, &slot, self.current_epoch().ok()?, self.ns_per_jiffy);
+        Some(session)
     }
 
     /// Writes a session (benchmarks and tests set up established flows this way).
@@ -106,8 +175,11 @@ impl SessionTable {
         self.map.insert(key, session, 0).context("inserting a session")
     }
 
-    /// Deletes every session; returns how many.
+    /// Deletes every session; returns how many. The cache epoch moves first, so no
+    /// cached entry vouches for a deleted session.
     pub fn flush(&mut self) -> Result<usize> {
+        let epoch = self.current_epoch()?;
+        self.epoch.set(0, epoch.wrapping_add(1), 0).context("bumping the cache epoch")?;
         let keys: Vec<SessionKey> = self.map.keys().collect::<Result<_, _>>()?;
         for key in &keys {
             let _ = self.map.remove(key);
@@ -115,21 +187,16 @@ impl SessionTable {
         Ok(keys.len())
     }
 
-    /// Deletes sessions idle past their timeout. Each candidate is read again right
-    /// before it is deleted, so a session a packet refreshed meanwhile stays.
+    /// Deletes sessions idle past their timeout (counting the flow cache's hits). Each
+    /// candidate is read again right before it is deleted, so a session a packet
+    /// refreshed meanwhile stays.
     pub fn collect_garbage(&mut self, timeouts: &Timeouts) -> Result<usize> {
-        let candidates: Vec<SessionKey> = self
-            .entries()?
-            .into_iter()
-            .filter(|(_, s)| sg_common::session::expired(s.state, s.last_seen_ns, monotonic_ns(), timeouts))
-            .map(|(k, _)| k)
-            .collect();
+        let expired = |s: &Session| sg_common::session::expired(s.state, s.last_seen_ns, monotonic_ns(), timeouts);
+        let candidates: Vec<SessionKey> =
+            self.entries()?.into_iter().filter(|(_, s)| expired(s)).map(|(k, _)| k).collect();
         let mut removed = 0;
         for key in candidates {
-            let still_expired = self
-                .map
-                .get(&key, 0)
-                .is_ok_and(|s| sg_common::session::expired(s.state, s.last_seen_ns, monotonic_ns(), timeouts));
+            let still_expired = self.effective(&key).is_some_and(|s| expired(&s));
             if still_expired && self.map.remove(&key).is_ok() {
                 removed += 1;
             }
@@ -138,7 +205,25 @@ impl SessionTable {
     }
 }
 
-/// Where a running `sgctl run` records its session map id for `sgctl sessions`.
+/// Adds the hits every CPU's cache slot holds for `session` and has not folded yet.
+fn add_pending(
+    key: &SessionKey,
+    session: &mut Session,
+    slot: &PerCpuValues<FlowCacheSlot>,
+    epoch: u32,
+    ns_per_jiffy: u64,
+) {
+    for cpu in slot.iter() {
+        for entry in &cpu.entries {
+            if let Some((packets, last_seen)) = entry.pending_for(key, session, epoch, ns_per_jiffy) {
+                session.packets += packets;
+                session.last_seen_ns = session.last_seen_ns.max(last_seen);
+            }
+        }
+    }
+}
+
+/// Where a running `sgctl run` records the ids of its session maps for `sgctl sessions`.
 pub fn map_id_file() -> std::path::PathBuf {
     crate::attach::state_dir().join("sessions.map-id")
 }

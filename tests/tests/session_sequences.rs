@@ -268,3 +268,131 @@ fn a_full_table_evicts_but_never_admits() {
     assert!(by_session > 0 && by_session <= 256, "{by_session} replies by session");
     assert_eq!(by_session + dropped, flows.len());
 }
+
+/// Runs the rest of the test on CPU 0: the flow cache is per CPU, and these tests look
+/// at which packets it served.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU 0");
+    }
+}
+
+fn udp_in(sport: u16, dport: u16) -> Vec<u8> {
+    ether(ETHERTYPE_IPV4, &[], &ipv4(17, CLIENT, INST, &[], Frag4::default(), &udp(sport, dport, &[])))
+}
+
+fn udp_out(sport: u16, dport: u16) -> Vec<u8> {
+    ether(ETHERTYPE_IPV4, &[], &ipv4(17, INST, CLIENT, &[], Frag4::default(), &udp(sport, dport, &[])))
+}
+
+/// The one session's (stored, as it stands) packet counts.
+fn counts(e: &mut Enforcer) -> (u64, u64) {
+    let entries = e.sessions().entries().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (key, merged) = entries[0];
+    (e.sessions().stored(&key).expect("stored").packets, merged.packets)
+}
+
+#[test]
+fn the_flow_cache_serves_established_packets_and_hands_every_count_back() {
+    if !kernel_tests_enabled("the_flow_cache_serves_established_packets_and_hands_every_count_back") {
+        return;
+    }
+    pin_to_one_cpu();
+    let (mut dp, mut e, _cfg) = setup(&rule("tcp", "80/80"), "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "SYN");
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "SYN-ACK");
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    assert_eq!(counts(&mut e), (3, 3), "nothing cached before the flow is established");
+    for _ in 0..10 {
+        expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "data in");
+        expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "data out");
+    }
+    let (stored, merged) = counts(&mut e);
+    assert_eq!(merged, 23, "every packet counted");
+    // Only the first data packet out went by the table (folding in the one hit in before
+    // it); the other 18 were cache hits.
+    assert_eq!(stored, 5, "the cache served the established flow");
+    // A FIN takes the slow path, collects the hits and stops the cache for the flow.
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN");
+    assert_eq!(only_session_state(&mut e), state::TCP_FIN_FROM_RESPONDER);
+    assert_eq!(counts(&mut e), (24, 24), "the FIN folded the hits into the session");
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK after FIN");
+    assert_eq!(counts(&mut e), (25, 25), "a closing flow is not served from the cache");
+    // A flush bumps the epoch: a cached flow loses its fast path at once.
+    e.sessions().flush().unwrap();
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_ACK)).unwrap(), verdict::DROP, step::DEFAULT, "after flush");
+}
+
+#[test]
+fn a_flow_replacing_another_in_the_cache_hands_over_its_hits() {
+    if !kernel_tests_enabled("a_flow_replacing_another_in_the_cache_hands_over_its_hits") {
+        return;
+    }
+    pin_to_one_cpu();
+    let (mut dp, mut e, _cfg) = setup(&rule("udp", "53/53"), "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    let reply_meta = |client_port: u16| {
+        let mut m = sg_common::PacketMeta {
+            family: sg_common::family::IPV4,
+            protocol: 17,
+            src_port: 53,
+            dst_port: client_port,
+            ..Default::default()
+        };
+        m.src[..4].copy_from_slice(&INST);
+        m.dst[..4].copy_from_slice(&CLIENT);
+        m
+    };
+    let position = |port| sg_common::flow_cache::position(TEST_RUN_IFINDEX, &reply_meta(port));
+    // A second client port whose replies land in the same cache entry as the first's.
+    let first = 40000;
+    let second = (1024..=u16::MAX).find(|&p| p != first && position(p) == position(first)).expect("a colliding port");
+    expect(run(&mut dp, x, &udp_in(first, 53)).unwrap(), verdict::PASS, step::RULE, "query A");
+    for _ in 0..6 {
+        expect(run(&mut dp, t, &udp_out(53, first)).unwrap(), verdict::PASS, step::SESSION, "reply A");
+    }
+    let key_a = e.sessions().entries().unwrap()[0].0;
+    assert_eq!(e.sessions().stored(&key_a).unwrap().packets, 2, "five replies pending in the cache");
+    expect(run(&mut dp, x, &udp_in(second, 53)).unwrap(), verdict::PASS, step::RULE, "query B");
+    expect(run(&mut dp, t, &udp_out(53, second)).unwrap(), verdict::PASS, step::SESSION, "reply B");
+    let a = e.sessions().stored(&key_a).unwrap();
+    assert_eq!(a.packets, 7, "B's entry replaced A's and handed A's hits to A's session");
+    let all = e.sessions().entries().unwrap();
+    let total: u64 = all.iter().map(|(_, s)| s.packets).sum();
+    assert_eq!((all.len(), total), (2, 9));
+}
+
+#[test]
+fn garbage_collection_counts_the_hits_the_flow_cache_holds() {
+    if !kernel_tests_enabled("garbage_collection_counts_the_hits_the_flow_cache_holds") {
+        return;
+    }
+    pin_to_one_cpu();
+    // 1 s timeouts: cache entries are trusted for 0.5 s.
+    let rules = rule("udp", "53/53") + "[sessions]\nudp_unreplied = 1\nudp_replied = 1\n";
+    let (mut dp, mut e, _cfg) = setup(&rules, "advanced");
+    expect(run(&mut dp, Hook::Xdp, &udp_in(5353, 53)).unwrap(), verdict::PASS, step::RULE, "query");
+    expect(run(&mut dp, Hook::Tc, &udp_out(53, 5353)).unwrap(), verdict::PASS, step::SESSION, "reply");
+    std::thread::sleep(Duration::from_millis(400));
+    expect(run(&mut dp, Hook::Tc, &udp_out(53, 5353)).unwrap(), verdict::PASS, step::SESSION, "cached reply");
+    let hit_at = sgctl::sessions::monotonic_ns();
+    let (key, merged) = e.sessions().entries().unwrap()[0];
+    let stored = e.sessions().stored(&key).unwrap();
+    assert_eq!((stored.packets, merged.packets), (2, 3), "the last reply was a cache hit");
+    assert!(
+        merged.last_seen_ns + 20_000_000 >= hit_at && stored.last_seen_ns + 300_000_000 < merged.last_seen_ns,
+        "the hit's time converts to the sessions' clock: stored {}, merged {}, hit at {hit_at}",
+        stored.last_seen_ns,
+        merged.last_seen_ns
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // 1.2 s after the table's last sight, 0.8 s after the hit: alive.
+    assert_eq!(e.collect_garbage().unwrap(), 0, "the hit keeps the session alive");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(e.collect_garbage().unwrap(), 1, "idle 1.2 s after the hit: expired");
+}

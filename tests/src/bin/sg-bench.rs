@@ -87,6 +87,27 @@ fn time_program(run: &dyn Fn(TestRunOptions) -> Result<Duration>, frame: &[u8], 
     Ok(Stat::of(samples))
 }
 
+/// Runs a program through BPF_PROG_TEST_RUN; returns the kernel's time per run.
+type Runner<'a> = dyn Fn(TestRunOptions) -> Result<Duration> + 'a;
+
+/// Alternates runs of `a` and `b` on the same frame, so drift and noise on the machine
+/// hit both alike; returns both statistics.
+fn time_pair(
+    a: &dyn Fn(TestRunOptions) -> Result<Duration>,
+    b: &dyn Fn(TestRunOptions) -> Result<Duration>,
+    frame: &[u8],
+    s: &Settings,
+) -> Result<(Stat, Stat)> {
+    let (mut sa, mut sb) = (Vec::with_capacity(s.runs), Vec::with_capacity(s.runs));
+    for _ in 0..s.runs {
+        for (run, samples) in [(a, &mut sa), (b, &mut sb)] {
+            let opts = TestRunOptions { data_in: Some(frame), repeat: s.repeat, ..Default::default() };
+            samples.push(run(opts)?.as_nanos() as f64);
+        }
+    }
+    Ok((Stat::of(sa), Stat::of(sb)))
+}
+
 fn xdp_runner<'a>(p: &'a Xdp) -> impl Fn(TestRunOptions) -> Result<Duration> + 'a {
     move |o| Ok(p.test_run(o)?.duration)
 }
@@ -173,6 +194,7 @@ fn main() -> Result<()> {
 
     let mut per_size: Vec<(usize, [Stat; 4])> = Vec::new();
     let mut established: Vec<(usize, [Stat; 4])> = Vec::new();
+    let mut established_ratios: Vec<(usize, [f64; 4])> = Vec::new();
     if s.parts.contains(&1) {
         // ---- Part 1 ----
         writeln!(report, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
@@ -214,13 +236,30 @@ fn main() -> Result<()> {
             for frame in [ack(false), ack(true)] {
                 establish(&mut enforcer, &frame, generation)?;
             }
-            let est_xdp4 = time_program(&xdp_runner(dp.xdp()?), &ack(false), &s)?;
-            let est_xdp6 = time_program(&xdp_runner(dp.xdp()?), &ack(true), &s)?;
-            let est_tc4 = time_program(&tc_runner(dp.tc()?), &swap(&ack(false)), &s)?;
-            let est_tc6 = time_program(&tc_runner(dp.tc()?), &swap(&ack(true)), &s)?;
-            let est = [est_xdp4, est_xdp6, est_tc4, est_tc6];
+            // Each against the baseline in alternating runs on the same frame.
+            let program = |name: &str| dp.ebpf.program(name).with_context(|| format!("program {name}"));
+            let (sg_xdp, base_xdp): (&Xdp, &Xdp) =
+                (program(program::INGRESS_XDP)?.try_into()?, program(program::BASELINE_XDP)?.try_into()?);
+            let (sg_tc, base_tc): (&SchedClassifier, &SchedClassifier) =
+                (program(program::EGRESS_TC)?.try_into()?, program(program::BASELINE_TC)?.try_into()?);
+            let (xdp, tc, base_xdp, base_tc) =
+                (xdp_runner(sg_xdp), tc_runner(sg_tc), xdp_runner(base_xdp), tc_runner(base_tc));
+            let mut est = [baseline[0]; 4];
+            let mut ratio = [0.0; 4];
+            let combos: [(&Runner, &Runner, Vec<u8>); 4] = [
+                (&xdp, &base_xdp, ack(false)),
+                (&xdp, &base_xdp, ack(true)),
+                (&tc, &base_tc, swap(&ack(false))),
+                (&tc, &base_tc, swap(&ack(true))),
+            ];
+            for (i, (sg, base, frame)) in combos.into_iter().enumerate() {
+                let (b, e) = time_pair(base, sg, &frame, &s)?;
+                est[i] = e;
+                ratio[i] = e.median / b.median;
+            }
             enforcer.sessions().flush()?;
             established.push((n, est));
+            established_ratios.push((n, ratio));
             rows.push((format!("sgctl, {n} rules, established flow"), est));
         }
         writeln!(report, "| program | XDP IPv4 | XDP IPv6 | TC IPv4 | TC IPv6 |\n|---|---|---|---|---|")?;
@@ -263,10 +302,16 @@ fn main() -> Result<()> {
             last[0].median / baseline[0].median,
             last[2].median / baseline[2].median
         )?;
-        let worst_est = established
-            .iter()
-            .flat_map(|(_, st)| (0..4).map(move |i| st[i].median / baseline[i].median))
-            .fold(0.0, f64::max);
+        writeln!(
+            report,
+            "Established flow against the baseline, each measured in alternating runs with it on the same frame \
+             (ratio of medians):\n\n| rules | XDP IPv4 | XDP IPv6 | TC IPv4 | TC IPv6 |\n|---|---|---|---|---|"
+        )?;
+        for (n, r) in &established_ratios {
+            writeln!(report, "| {n} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |", r[0], r[1], r[2], r[3])?;
+        }
+        writeln!(report)?;
+        let worst_est = established_ratios.iter().flat_map(|(_, r)| r.iter().copied()).fold(0.0, f64::max);
         writeln!(
             report,
             "Established flow (a packet of a live session, the fast path) against the baseline, worst over sizes and \
@@ -368,7 +413,7 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
         sgctl::sessions::BYTES_PER_SESSION,
         f64::from(size) * sgctl::sessions::BYTES_PER_SESSION as f64 / 1048576.0
     )?;
-    writeln!(report, "| table fill | ns per packet | vs baseline |\n|---|---|---|")?;
+    writeln!(report, "| table fill | ns per packet | vs baseline (alternating runs, same frame) |\n|---|---|---|")?;
     let cfg = ruleset(1000, Direction::Ingress)?;
     let compiled = compile(&cfg, &cfg.interfaces[0], Direction::Ingress)?;
     let capacity = Capacity { sessions: size, ..Capacity::for_rule_sets([&compiled, &compiled]) };
@@ -379,10 +424,6 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
     let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
     enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])])?;
     let generation = enforcer.generation(TEST_RUN_IFINDEX).context("generation")?;
-    let baseline = {
-        let xdp: &Xdp = dp.ebpf.program(program::BASELINE_XDP).context("baseline")?.try_into()?;
-        time_program(&xdp_runner(xdp), &ack(false), s)?
-    };
     let mut filled = 0u32;
     for share in [10u32, 100] {
         // Leave room for the measured flow itself.
@@ -390,7 +431,9 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
         fill_sessions(&mut enforcer, filled, target, generation)?;
         filled = target;
         establish(&mut enforcer, &ack(false), generation)?;
-        let cost = time_program(&xdp_runner(dp.xdp()?), &ack(false), s)?;
+        let base: &Xdp = dp.ebpf.program(program::BASELINE_XDP).context("baseline")?.try_into()?;
+        let sg: &Xdp = dp.ebpf.program(program::INGRESS_XDP).context("sg_ingress")?.try_into()?;
+        let (baseline, cost) = time_pair(&xdp_runner(base), &xdp_runner(sg), &ack(false), s)?;
         writeln!(report, "| {share}% ({target} others) | {} | {:.2}x |", cost.cell(), cost.median / baseline.median)?;
     }
     writeln!(report)?;

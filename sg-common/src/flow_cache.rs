@@ -1,0 +1,315 @@
+//! The flow cache: the fast path for packets of established sessions.
+//!
+//! A packet of a live session otherwise costs a normalised 44-byte key and an LRU-hash
+//! lookup. The cache is a per-CPU, direct-mapped array: the packet's own tuple picks a
+//! slot (both directions of a flow share it, one entry each), and a hit is a handful of
+//! integer compares. The session table stays the authority; an entry is only trusted
+//!
+//! - for the session incarnation it was made from (`created_ns`),
+//! - in the interface's rule-set generation it was made in (every apply bumps it, so a
+//!   rule change re-checks the session on the slow path at once),
+//! - in the cache epoch it was made in (every flush of the session table bumps it),
+//! - for [`validity`] after the slow-path packet that made it: half the shortest idle
+//!   timeout, at most a second. A hit therefore never passes a packet the session table
+//!   would have expired, whatever state the flow reached meanwhile on another CPU.
+//!
+//! Hits keep time in jiffies (`bpf_jiffies64`, a plain memory read) rather than
+//! `bpf_ktime_get_coarse_ns` (measured at ~20 ns a call here, a fifth of the fast
+//! path). An entry records the coarse-ns and jiffies time of the packet that made it, so
+//! a hit's time converts back to the sessions' clock: both advance once per tick, and
+//! `clock_getres(CLOCK_MONOTONIC_COARSE)` is the tick in ns (the `SG_NS_PER_JIFFY`
+//! global, set at load).
+//!
+//! Entries are only made for sessions in a state that packets without SYN, FIN or RST
+//! never change (TCP established, UDP replied, ICMP echo, other protocols), and only such
+//! packets hit, so a hit never has a state change to record. It does count: the entry's
+//! `packets` and `last_seen_ns` are folded into the session on the flow's next slow-path
+//! packet on that CPU, and userspace adds the ones still pending when it lists sessions
+//! or collects garbage ([`FlowCacheEntry::pending_for`]).
+
+use crate::{
+    PacketMeta, Session, SessionKey, Timeouts, fragment, ip_proto,
+    session::{belongs_to_session, flow_ports, state, tcp_flag},
+};
+
+/// Slots per CPU (a power of two). Two entries each, 88 bytes an entry: 1.4 MiB a CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 8192;
+const SLOT_BITS: u32 = FLOW_CACHE_SLOTS.trailing_zeros();
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+
+/// The longest an entry is trusted after the slow-path packet that made it.
+pub const MAX_VALIDITY_NS: u64 = 1_000_000_000;
+
+/// One direction of one flow, as last confirmed by the session table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    /// The packet's addresses and flow ports ([`flow_ports`]), in its own direction.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ifindex: u32,
+    /// [`kind`] of family, protocol and hook.
+    pub kind: u32,
+    pub generation: u32,
+    /// The session's `created_ns`: which incarnation of the flow this is.
+    pub created_ns: u64,
+    /// When the slow-path packet that made the entry went by: coarse ns and jiffies.
+    pub made_ns: u64,
+    pub made_jiffies: u64,
+    /// 0: empty.
+    pub valid_until_jiffies: u64,
+    /// Latest hit, not yet folded into the session.
+    pub last_hit_jiffies: u64,
+    /// Hits not yet folded into the session.
+    pub packets: u64,
+    pub epoch: u32,
+    /// The session's rule, reported with every hit.
+    pub rule_id: u32,
+}
+
+/// A slot: the entry of the flow's low-to-high direction, then high-to-low.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    pub entries: [FlowCacheEntry; 2],
+}
+
+/// Family, protocol and hook in one word, compared at once.
+#[inline(always)]
+pub fn kind(family: u8, protocol: u8, hook: u32) -> u32 {
+    u32::from(family) | u32::from(protocol) << 8 | hook << 16
+}
+
+/// An address as two native-order words (compares without a byte loop).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> (u64, u64) {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&addr[..8]);
+    hi.copy_from_slice(&addr[8..]);
+    (u64::from_ne_bytes(lo), u64::from_ne_bytes(hi))
+}
+
+/// The slot of the flow between `(a, port_a)` and `(b, port_b)`: the same whichever end
+/// is given first, so both directions (and a session key) find it.
+#[inline(always)]
+pub fn slot_index(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8; 16], port_b: u16) -> u32 {
+    let (a0, a1) = words(a);
+    let (b0, b1) = words(b);
+    // Multiply between the parts, so that no part can cancel another's bits.
+    let mut h = (a0 ^ b0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ a1 ^ b1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    // The sum, not the XOR: ICMP echo uses its identifier as both ports.
+    h ^= u64::from(u32::from(port_a) + u32::from(port_b)) | u64::from(protocol) << 17 | u64::from(ifindex) << 32;
+    (h.wrapping_mul(0x1656_67b1_9e37_79f9) >> (64 - SLOT_BITS)) as u32
+}
+
+/// Where a packet's flow lives in the cache: the slot (the same for both directions) and
+/// the entry of the packet's direction (0 when its source is the session key's low end).
+#[inline(always)]
+pub fn position(ifindex: u32, meta: &PacketMeta) -> (u32, usize) {
+    let (sport, dport) = flow_ports(meta);
+    let slot = slot_index(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport);
+    // The same order as `SessionKey::set`.
+    let src_is_low = (u128::from_be_bytes(meta.src), sport) <= (u128::from_be_bytes(meta.dst), dport);
+    (slot, usize::from(!src_is_low))
+}
+
+/// The slot of a session's flow (userspace, to find its pending hits).
+pub fn slot_of_key(key: &SessionKey) -> u32 {
+    slot_index(key.ifindex, key.protocol, &key.low_addr, key.low_port, &key.high_addr, key.high_port)
+}
+
+/// Whether a packet may be decided by the cache at all: not a fragment, part of a
+/// session (ICMP only as echo), and, for TCP, without SYN, FIN or RST.
+#[inline(always)]
+pub fn packet_may_hit(meta: &PacketMeta) -> bool {
+    meta.fragment == fragment::NONE
+        && belongs_to_session(meta)
+        && (meta.protocol != ip_proto::TCP || meta.tcp_flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0)
+}
+
+/// Whether a session in `state` may be cached: one that packets allowed to hit
+/// ([`packet_may_hit`]) never change.
+#[inline(always)]
+pub fn state_is_stable(session_state: u8) -> bool {
+    matches!(session_state, state::TCP_ESTABLISHED | state::UDP_REPLIED | state::ICMP | state::OTHER)
+}
+
+/// [`validity`] in jiffies of `ns_per_jiffy`.
+#[inline(always)]
+pub fn validity_jiffies(t: &Timeouts, ns_per_jiffy: u64) -> u64 {
+    validity(t) / if ns_per_jiffy == 0 { 1 } else { ns_per_jiffy }
+}
+
+/// How long an entry made at a slow-path packet is trusted: half the shortest idle
+/// timeout (so no state's timeout can run out meanwhile), at most [`MAX_VALIDITY_NS`].
+#[inline(always)]
+pub fn validity(t: &Timeouts) -> u64 {
+    let mut shortest = MAX_VALIDITY_NS * 2;
+    for v in
+        [t.tcp_established, t.tcp_opening, t.tcp_closing, t.tcp_rst, t.udp_unreplied, t.udp_replied, t.icmp, t.other]
+    {
+        if v < shortest {
+            shortest = v;
+        }
+    }
+    shortest / 2
+}
+
+/// What identifies a packet's entry, besides its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub ifindex: u32,
+    pub kind: u32,
+    pub ports: u32,
+}
+
+impl Tuple {
+    #[inline(always)]
+    pub fn of(ifindex: u32, hook: u32, meta: &PacketMeta) -> Self {
+        let (sport, dport) = flow_ports(meta);
+        Self { ifindex, kind: kind(meta.family, meta.protocol, hook), ports: u32::from(sport) | u32::from(dport) << 16 }
+    }
+}
+
+impl FlowCacheEntry {
+    /// Whether this entry is the packet's direction of the packet's flow.
+    #[inline(always)]
+    pub fn is_for(&self, tuple: &Tuple, meta: &PacketMeta) -> bool {
+        let (s0, s1) = words(&self.src);
+        let (m0, m1) = words(&meta.src);
+        let (d0, d1) = words(&self.dst);
+        let (n0, n1) = words(&meta.dst);
+        self.ifindex == tuple.ifindex
+            && self.kind == tuple.kind
+            && (u32::from(self.src_port) | u32::from(self.dst_port) << 16) == tuple.ports
+            && s0 == m0
+            && s1 == m1
+            && d0 == n0
+            && d1 == n1
+    }
+
+    /// Whether this entry is either direction of the packet's flow, on either hook: the
+    /// same session, if also the same incarnation.
+    #[inline(always)]
+    pub fn same_flow(&self, tuple: &Tuple, meta: &PacketMeta) -> bool {
+        let (s0, s1) = words(&self.src);
+        let (d0, d1) = words(&self.dst);
+        let (m0, m1) = words(&meta.src);
+        let (n0, n1) = words(&meta.dst);
+        let ports = u32::from(self.src_port) | u32::from(self.dst_port) << 16;
+        let forward = ports == tuple.ports && s0 == m0 && s1 == m1 && d0 == n0 && d1 == n1;
+        let backward = ports == tuple.ports.rotate_left(16) && s0 == n0 && s1 == n1 && d0 == m0 && d1 == m1;
+        self.ifindex == tuple.ifindex && self.kind & 0xffff == tuple.kind & 0xffff && (forward || backward)
+    }
+
+    /// Whether a packet this entry [`is_for`](Self::is_for) passes at `jiffies` without
+    /// the session table.
+    #[inline(always)]
+    pub fn trusted(&self, generation: u32, epoch: u32, jiffies: u64) -> bool {
+        self.generation == generation && self.epoch == epoch && jiffies < self.valid_until_jiffies
+    }
+
+    /// Records a hit.
+    #[inline(always)]
+    pub fn hit(&mut self, jiffies: u64) {
+        self.last_hit_jiffies = jiffies;
+        self.packets += 1;
+    }
+
+    /// The latest hit on the sessions' clock (coarse ns).
+    #[inline(always)]
+    pub fn last_hit_ns(&self, ns_per_jiffy: u64) -> u64 {
+        self.made_ns + self.last_hit_jiffies.saturating_sub(self.made_jiffies) * ns_per_jiffy
+    }
+
+    /// The entry for a packet of `session` that the slow path just passed at `now`
+    /// (coarse ns and jiffies), trusted for `validity` jiffies.
+    #[inline(always)]
+    pub fn confirmed(
+        meta: &PacketMeta,
+        tuple: &Tuple,
+        session: &Session,
+        epoch: u32,
+        now: (u64, u64),
+        validity: u64,
+    ) -> Self {
+        Self {
+            src: meta.src,
+            dst: meta.dst,
+            src_port: tuple.ports as u16,
+            dst_port: (tuple.ports >> 16) as u16,
+            ifindex: tuple.ifindex,
+            kind: tuple.kind,
+            generation: session.generation,
+            created_ns: session.created_ns,
+            made_ns: now.0,
+            made_jiffies: now.1,
+            valid_until_jiffies: now.1 + validity,
+            last_hit_jiffies: now.1,
+            packets: 0,
+            epoch,
+            rule_id: session.rule_id,
+        }
+    }
+
+    /// Hits of `session` (under `key`) this entry holds that the session does not have
+    /// yet: `(packets, latest hit)`, or `None` when the entry is another flow's, another
+    /// incarnation's, from an older epoch or holds nothing.
+    pub fn pending_for(
+        &self,
+        key: &SessionKey,
+        session: &Session,
+        epoch: u32,
+        ns_per_jiffy: u64,
+    ) -> Option<(u64, u64)> {
+        if self.valid_until_jiffies == 0 || self.epoch != epoch || self.created_ns != session.created_ns {
+            return None;
+        }
+        let mut own = SessionKey::default();
+        self.session_key(&mut own);
+        (own == *key && self.packets > 0).then_some((self.packets, self.last_hit_ns(ns_per_jiffy)))
+    }
+
+    /// The session key of this entry's flow, written into `key` (the kernel keeps keys
+    /// off its small stack).
+    #[inline(always)]
+    pub fn session_key(&self, key: &mut SessionKey) {
+        key.set_between(
+            self.ifindex,
+            self.kind as u8,
+            (self.kind >> 8) as u8,
+            (&self.src, self.src_port),
+            (&self.dst, self.dst_port),
+        );
+    }
+
+    /// Moves this entry's pending hits into `session` (the slow path, before judging
+    /// the session's idle time).
+    #[inline(always)]
+    pub fn fold_into(&mut self, session: &mut Session, epoch: u32, ns_per_jiffy: u64) {
+        if self.valid_until_jiffies != 0 && self.epoch == epoch && self.created_ns == session.created_ns {
+            if self.packets != 0 {
+                let last_hit = self.last_hit_ns(ns_per_jiffy);
+                if last_hit > session.last_seen_ns {
+                    session.last_seen_ns = last_hit;
+                }
+            }
+            session.packets += self.packets;
+            self.packets = 0;
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integer fields only, no implicit padding (asserted in tests).
+    unsafe impl aya::Pod for super::FlowCacheEntry {}
+    unsafe impl aya::Pod for super::FlowCacheSlot {}
+}
+
+#[cfg(test)]
+mod tests;
