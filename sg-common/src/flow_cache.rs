@@ -92,10 +92,11 @@ fn words(addr: &[u8; 16]) -> (u64, u64) {
     (u64::from_ne_bytes(lo), u64::from_ne_bytes(hi))
 }
 
-/// The slot of the flow between `(a, port_a)` and `(b, port_b)`: the same whichever end
-/// is given first, so both directions (and a session key) find it.
+/// A 64-bit hash of the flow between `(a, port_a)` and `(b, port_b)`: the same whichever
+/// end is given first, so both directions (and a session key) get it. The flow cache's
+/// slot and the session hint's bit are taken from it.
 #[inline(always)]
-pub fn slot_index(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8; 16], port_b: u16) -> u32 {
+pub fn flow_hash(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8; 16], port_b: u16) -> u64 {
     let (a0, a1) = words(a);
     let (b0, b1) = words(b);
     // Multiply between the parts, so that no part can cancel another's bits.
@@ -103,7 +104,25 @@ pub fn slot_index(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8
     h = (h ^ a1 ^ b1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     // The sum, not the XOR: ICMP echo uses its identifier as both ports.
     h ^= u64::from(u32::from(port_a) + u32::from(port_b)) | u64::from(protocol) << 17 | u64::from(ifindex) << 32;
-    (h.wrapping_mul(0x1656_67b1_9e37_79f9) >> (64 - SLOT_BITS)) as u32
+    h.wrapping_mul(0x1656_67b1_9e37_79f9)
+}
+
+/// The cache slot of a flow hash.
+#[inline(always)]
+pub fn slot_of_hash(hash: u64) -> u32 {
+    (hash >> (64 - SLOT_BITS)) as u32
+}
+
+/// The hash of a packet's flow ([`flow_hash`]).
+#[inline(always)]
+pub fn packet_hash(ifindex: u32, meta: &PacketMeta) -> u64 {
+    let (sport, dport) = flow_ports(meta);
+    flow_hash(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport)
+}
+
+/// The hash of a session's flow ([`flow_hash`]).
+pub fn key_hash(key: &SessionKey) -> u64 {
+    flow_hash(key.ifindex, key.protocol, &key.low_addr, key.low_port, &key.high_addr, key.high_port)
 }
 
 /// Where a packet's flow lives in the cache: the slot (the same for both directions) and
@@ -111,7 +130,7 @@ pub fn slot_index(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8
 #[inline(always)]
 pub fn position(ifindex: u32, meta: &PacketMeta) -> (u32, usize) {
     let (sport, dport) = flow_ports(meta);
-    let slot = slot_index(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport);
+    let slot = slot_of_hash(flow_hash(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport));
     // The same order as `SessionKey::set`.
     let src_is_low = (u128::from_be_bytes(meta.src), sport) <= (u128::from_be_bytes(meta.dst), dport);
     (slot, usize::from(!src_is_low))
@@ -119,7 +138,7 @@ pub fn position(ifindex: u32, meta: &PacketMeta) -> (u32, usize) {
 
 /// The slot of a session's flow (userspace, to find its pending hits).
 pub fn slot_of_key(key: &SessionKey) -> u32 {
-    slot_index(key.ifindex, key.protocol, &key.low_addr, key.low_port, &key.high_addr, key.high_port)
+    slot_of_hash(key_hash(key))
 }
 
 /// Whether a packet may be decided by the cache at all: not a fragment, part of a

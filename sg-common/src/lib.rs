@@ -11,6 +11,7 @@ pub mod flow_cache;
 pub mod maps;
 pub mod packet;
 pub mod session;
+pub mod session_hints;
 
 pub use decision::*;
 pub use flow_cache::{FLOW_CACHE_SLOTS, FlowCacheEntry, FlowCacheSlot};

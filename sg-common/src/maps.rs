@@ -46,6 +46,8 @@ pub mod map {
     pub const TIMEOUTS: &str = "SG_TIMEOUTS";
     /// Per-CPU array: slot -> [`crate::FlowCacheSlot`] (`sg_common::flow_cache`).
     pub const FLOW_CACHE: &str = "SG_FLOW_CACHE";
+    /// Array (mmapable) with one [`crate::session_hints::SessionHints`].
+    pub const SESSION_HINTS: &str = "SG_SESSION_HINTS";
     /// Array with one `u32`: the flow cache's epoch.
     pub const CACHE_EPOCH: &str = "SG_CACHE_EPOCH";
 }
@@ -173,8 +175,17 @@ pub struct RuleInfo {
     pub verdict: u8,
     /// [`crate::step`]: `INTRA_GROUP_ACCEPT`, `RULE`, `INTRA_GROUP_DROP` or `DEFAULT`.
     pub step: u8,
-    pub _pad: [u8; 2],
+    /// `RULE_NEEDS_*`: the optional fields this rule constrains. The kernel looks those
+    /// fields up only when such a rule is the best candidate, so a packet whose decider
+    /// constrains neither costs two LPM lookups, not four.
+    pub fields: u8,
+    pub _pad: u8,
 }
+
+/// `RuleInfo::fields`: the rule names a local address (`destination` on ingress).
+pub const RULE_NEEDS_LOCAL: u8 = 1;
+/// `RuleInfo::fields`: the rule names source ports.
+pub const RULE_NEEDS_SOURCE_PORT: u8 = 2;
 
 /// The set of rules of one rule set that match one field value.
 #[repr(C)]

@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_KEY_FIXED_BITS, PacketMeta, PortKey, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector,
-    RulesetHeader, SUMMARY_WORDS, family, field, lowest_bit, step, verdict,
+    PORT_KEY_FIXED_BITS, PacketMeta, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL,
+    RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, family, field, lowest_bit, step,
+    verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -87,10 +88,21 @@ fn first_common_bit(a: &RuleVector, b: &RuleVector, c: &RuleVector, d: &RuleVect
     None
 }
 
+/// [`first_common_bit`] as a call, for the rarer rounds of [`constrained`].
+#[inline(never)]
+fn first_common_bit_call(a: &RuleVector, b: &RuleVector, c: &RuleVector, d: &RuleVector) -> Option<u32> {
+    first_common_bit(a, b, c, d)
+}
+
 const BROKEN_MAPS: Decision = Decision::new(verdict::DROP, step::DEFAULT);
 
 /// Decides a parsed IP packet with the rule set in `slot`; `ingress` tells which address
 /// is the peer. Not inlined: called for new flows and for re-checks.
+///
+/// The peer address and the destination port are always looked up. The local address
+/// and the source port are looked up only when the best candidate so far is a rule that
+/// constrains them (`RuleInfo::fields`): a field's vector only removes bits, so a
+/// candidate that does not constrain it stays the answer once it is looked up.
 #[inline(never)]
 pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
     let Some(header) = SG_RULESETS.get(slot) else { return BROKEN_MAPS };
@@ -101,29 +113,75 @@ pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
     let Some(dport_vector) = port_vector(slot, field::DESTINATION_PORT, meta.protocol, meta.dst_port) else {
         return BROKEN_MAPS;
     };
-    // Fields no rule uses are not looked up: the peer vector stands in (x & x == x).
-    let local_vector = if header.flags & RULESET_HAS_LOCAL != 0 {
-        match addr_vector(slot, field::LOCAL, meta, local) {
-            Some(v) => v,
-            None => return BROKEN_MAPS,
-        }
-    } else {
-        peer_vector
-    };
-    let source_vector = if header.flags & RULESET_HAS_SOURCE_PORT != 0 {
-        match port_vector(slot, field::SOURCE_PORT, 0, meta.src_port) {
-            Some(v) => v,
-            None => return BROKEN_MAPS,
-        }
-    } else {
-        peer_vector
-    };
-    let Some(bit) = first_common_bit(peer_vector, dport_vector, local_vector, source_vector) else {
+    // Fields not looked up (yet) are stood in for by the peer vector (x & x == x).
+    let Some(bit) = first_common_bit(peer_vector, dport_vector, peer_vector, peer_vector) else {
         return BROKEN_MAPS;
     };
-    if bit >= header.rule_count {
-        return BROKEN_MAPS;
+    let Some(info) = rule_info(header, bit) else { return BROKEN_MAPS };
+    if info.fields == 0 {
+        return decision(info);
     }
-    let Some(info) = SG_RULE_INFO.get(header.rule_base + bit) else { return BROKEN_MAPS };
+    constrained(slot, meta, local, &[peer_vector, dport_vector], info.fields)
+}
+
+/// The rule `bit` of a rule set.
+#[inline(always)]
+fn rule_info(header: &RulesetHeader, bit: u32) -> Option<&'static RuleInfo> {
+    if bit >= header.rule_count {
+        return None;
+    }
+    SG_RULE_INFO.get(header.rule_base + bit)
+}
+
+#[inline(always)]
+fn decision(info: &RuleInfo) -> Decision {
     Decision { rule_id: info.rule_id, verdict: info.verdict, step: info.step, reason: 0, flags: 0 }
+}
+
+/// [`classify`] once the best candidate constrains the local address or the source
+/// port (`fields`): looks them up as candidates need them. Each round loads at least
+/// one more field, so two rounds always decide.
+#[inline(always)]
+fn constrained(
+    slot: u32,
+    meta: &PacketMeta,
+    local: &[u8; 16],
+    &[peer_vector, dport_vector]: &[&RuleVector; 2],
+    mut fields: u8,
+) -> Decision {
+    let Some(header) = SG_RULESETS.get(slot) else { return BROKEN_MAPS };
+    let mut local_vector = peer_vector;
+    let mut source_vector = peer_vector;
+    let mut loaded = 0u8;
+    for _ in 0..2 {
+        let missing = fields & !loaded;
+        if missing & RULE_NEEDS_LOCAL != 0 {
+            if header.flags & RULESET_HAS_LOCAL == 0 {
+                return BROKEN_MAPS;
+            }
+            match addr_vector(slot, field::LOCAL, meta, local) {
+                Some(v) => local_vector = v,
+                None => return BROKEN_MAPS,
+            }
+        }
+        if missing & RULE_NEEDS_SOURCE_PORT != 0 {
+            if header.flags & RULESET_HAS_SOURCE_PORT == 0 {
+                return BROKEN_MAPS;
+            }
+            match port_vector(slot, field::SOURCE_PORT, 0, meta.src_port) {
+                Some(v) => source_vector = v,
+                None => return BROKEN_MAPS,
+            }
+        }
+        loaded |= missing;
+        let Some(bit) = first_common_bit_call(peer_vector, dport_vector, local_vector, source_vector) else {
+            return BROKEN_MAPS;
+        };
+        let Some(info) = rule_info(header, bit) else { return BROKEN_MAPS };
+        if info.fields & !loaded == 0 {
+            return decision(info);
+        }
+        fields = info.fields;
+    }
+    BROKEN_MAPS
 }

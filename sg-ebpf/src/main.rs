@@ -23,7 +23,7 @@ use sg_common::{
     flow_cache::{Tuple, packet_may_hit, position, state_is_stable, validity_jiffies},
     fragment, is_icmp_error, is_neighbour_discovery,
     session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, expired, next_state, opening_state},
-    stats as slots, step, verdict,
+    session_hints, stats as slots, step, verdict,
 };
 
 use crate::{
@@ -162,6 +162,9 @@ fn cached(packet: &Packet, generation: u32, jiffies: u64) -> Option<Decision> {
         return None;
     }
     let (index, dir) = position(packet.ifindex, meta);
+    if !flow_cache::slot_used(index) {
+        return None;
+    }
     let entry = flow_cache::entry(index, dir)?;
     let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
     if !(entry.is_for(&tuple, meta) && entry.trusted(generation, flow_cache::epoch(), jiffies)) {
@@ -216,6 +219,7 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, sp
         evict(entry, spare_key, epoch);
     }
     let validity = validity_jiffies(timeouts, flow_cache::ns_per_jiffy());
+    flow_cache::mark_used(index);
     *entry = FlowCacheEntry::confirmed(meta, &tuple, s, epoch, (now, flow_cache::jiffies()), validity);
 }
 
@@ -246,28 +250,32 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
     let Some(timeouts) = session::timeouts() else {
         return classify::classify(packet.slot, meta, packet.hook == slots::HOOK_INGRESS);
     };
-    let src_is_low = work.key.set(packet.ifindex, meta);
-    let now = session::now();
-    let flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now };
+    // Most packets that reach this point are new flows: the session key is built, and
+    // the clock (~20 ns) read, only once the hints say a session may exist, or when
+    // one is opened.
+    let hint = session_hints::packet_bit(packet.ifindex, meta);
+    let hinted = belongs_to_session(meta) && session::may_have_session(hint);
+    let src_is_low = hinted && work.key.set(packet.ifindex, meta);
+    let mut flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now: 0 };
     let mut decision = Decision::new(verdict::DROP, step::DEFAULT);
-    let live = if belongs_to_session(meta) { live_session(&flow) } else { None };
+    let live = if hinted { live_session(&mut flow) } else { None };
     if let Some(entry) = live {
         decision = on_session(&flow, entry, &mut work.opening);
         if decision.step == step::SESSION {
             // SAFETY: a map value pointer, valid for this program run.
-            cache_session(packet, unsafe { &*entry }, timeouts, now, &mut work.quoted_key);
+            cache_session(packet, unsafe { &*entry }, timeouts, flow.now, &mut work.quoted_key);
         }
     } else {
         let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);
         if !(icmp_error && related(&flow, &mut work.quoted, &mut work.quoted_key, &mut decision)) {
             decision = classify::classify(packet.slot, meta, packet.hook == slots::HOOK_INGRESS);
             if decision.verdict == verdict::PASS && !icmp_error {
-                open_session(&flow, &decision);
+                open_session(&flow, &decision, hint, &mut work.quoted_key);
             }
         }
     }
     if meta.fragment == fragment::FIRST {
-        remember_first_fragment(packet, &decision, flow.now);
+        remember_first_fragment(packet, &decision);
     }
     decision
 }
@@ -276,17 +284,20 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
 struct Flow<'a> {
     packet: &'a Packet<'a>,
     iface: &'a IfaceConfig,
+    /// Set only when the hints say a session may exist (see [`stateful`]).
     key: &'a SessionKey,
     /// Whether the packet's source is the key's low end.
     src_is_low: bool,
     timeouts: &'a Timeouts,
+    /// Coarse ns; read by [`live_session`] once it finds the session (0 before).
     now: u64,
 }
 
 /// Step 2: the flow's live session, if any; an expired one is deleted.
 #[inline(never)]
-fn live_session(flow: &Flow) -> Option<*mut Session> {
+fn live_session(flow: &mut Flow) -> Option<*mut Session> {
     let entry = session::lookup(flow.key)?;
+    flow.now = session::now();
     // SAFETY: a map value pointer, valid for this program run.
     let s = unsafe { &mut *entry };
     fold_cached(flow.packet.ifindex, flow.packet.meta, s);
@@ -304,7 +315,13 @@ fn on_session(flow: &Flow, entry: *mut Session, opening: &mut PacketMeta) -> Dec
     // SAFETY: a map value pointer, valid for this program run.
     let s = unsafe { &mut *entry };
     if s.generation != flow.iface.generation {
-        let recheck = recheck(flow.key, s, flow.iface, opening);
+        // Classified from here, not from inside `opening_packet`: one call level less
+        // keeps the deepest chain within BPF's 512-byte stack.
+        let ingress = u32::from(s.opened_on) == slots::HOOK_INGRESS;
+        let recheck = match opening_packet(flow.key, s, flow.iface, opening) {
+            0 => Decision::new(verdict::PASS, step::UNCONFIGURED),
+            slot => classify::classify(slot, opening, ingress),
+        };
         if recheck.verdict != verdict::PASS {
             session::remove(flow.key);
             return Decision { step: step::REVOKED, ..recheck };
@@ -328,8 +345,7 @@ fn refresh(flow: &Flow, s: &mut Session) -> Decision {
 /// Step 3: an ICMP error quoting a packet of a live session passes.
 #[inline(never)]
 fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision: &mut Decision) -> bool {
-    let Flow { packet, timeouts, now, .. } = flow;
-    let now = *now;
+    let Flow { packet, timeouts, .. } = flow;
     *quoted = PacketMeta::default();
     if parse::quoted(packet.frame, packet.meta, quoted).is_none() {
         return false;
@@ -339,53 +355,52 @@ fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision:
     // SAFETY: as above.
     let s = unsafe { &mut *entry };
     fold_cached(packet.ifindex, quoted, s);
-    if expired(s.state, s.last_seen_ns, now, timeouts) {
+    if expired(s.state, s.last_seen_ns, session::now(), timeouts) {
         return false;
     }
     *decision = Decision::new(verdict::PASS, step::RELATED);
     true
 }
 
-/// An accepted packet that starts a flow opens a session.
+/// An accepted packet that starts a flow opens a session; `key` is room for its key.
 #[inline(never)]
-fn open_session(flow: &Flow, decision: &Decision) {
+fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKey) {
     let Some(state) = opening_state(flow.packet.meta) else { return };
+    let src_is_low = key.set(flow.packet.ifindex, flow.packet.meta);
+    let now = session::now();
     let opened = Session {
-        last_seen_ns: flow.now,
-        created_ns: flow.now,
+        last_seen_ns: now,
+        created_ns: now,
         packets: 1,
         rule_id: decision.rule_id,
         generation: flow.iface.generation,
         state,
-        opener_is_low: u8::from(flow.src_is_low),
+        opener_is_low: u8::from(src_is_low),
         opened_on: flow.packet.hook as u8,
         step: decision.step,
         _pad: [0; 4],
     };
-    session::insert(flow.key, &opened);
+    session::insert(key, &opened, hint);
 }
 
-/// Classifies a session's opening packet again with the interface's current rules.
+/// Rebuilds a session's opening packet into `opening`, to classify it again with the
+/// interface's current rules; returns the rule-set slot of the direction it was opened
+/// in (0: that direction is not enforced any more).
 #[inline(never)]
-fn recheck(key: &SessionKey, s: &Session, iface: &IfaceConfig, opening: &mut PacketMeta) -> Decision {
+fn opening_packet(key: &SessionKey, s: &Session, iface: &IfaceConfig, opening: &mut PacketMeta) -> u32 {
     let (opener, other) = key.ends(s.opener_is_low != 0);
     *opening =
         PacketMeta { family: key.family, protocol: key.protocol, src: opener.0, dst: other.0, ..PacketMeta::default() };
     opening.src_port = opener.1;
     opening.dst_port = other.1;
-    let ingress = u32::from(s.opened_on) == slots::HOOK_INGRESS;
-    let slot = if ingress { iface.ingress } else { iface.egress };
-    if slot == 0 {
-        return Decision::new(verdict::PASS, step::UNCONFIGURED);
-    }
-    classify::classify(slot, opening, ingress)
+    if u32::from(s.opened_on) == slots::HOOK_INGRESS { iface.ingress } else { iface.egress }
 }
 
 /// A first fragment's verdict is remembered for the datagram's other fragments.
 #[inline(never)]
-fn remember_first_fragment(packet: &Packet, decision: &Decision, now: u64) {
+fn remember_first_fragment(packet: &Packet, decision: &Decision) {
     let remembered = FragmentVerdict {
-        seen_ns: now,
+        seen_ns: session::now(),
         rule_id: decision.rule_id,
         verdict: decision.verdict,
         step: decision.step,

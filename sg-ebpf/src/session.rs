@@ -1,17 +1,49 @@
 //! Sessions (SPEC section 4) in the kernel: the LRU session table, the fragment table,
 //! and the idle timeouts userspace sets from the rule file's `[sessions]` table.
 
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
-use sg_common::{FragmentKey, FragmentVerdict, PacketMeta, Session, SessionKey, Timeouts};
+use sg_common::{
+    FragmentKey, FragmentVerdict, PacketMeta, Session, SessionKey, Timeouts,
+    session_hints::{HINT_FLAGS, SessionHints},
+};
 
 /// Sized by userspace from `max_sessions` before loading; a full table evicts its least
 /// recently used entries, whose flows are then classified again (never a hole).
 #[map(name = "SG_SESSIONS")]
 static SG_SESSIONS: LruHashMap<SessionKey, Session> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Which flows may have a session (`sg_common::session_hints`); mmapable, so userspace
+/// can set flags with plain stores beside the kernel.
+#[map(name = "SG_SESSION_HINTS")]
+static SG_SESSION_HINTS: Array<SessionHints> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// False when the flow of hint `flag` certainly has no session.
+#[inline(always)]
+pub fn may_have_session(flag: u32) -> bool {
+    let Some(hints) = SG_SESSION_HINTS.get(0) else { return true };
+    let i = (flag % HINT_FLAGS) as usize;
+    let flags = if hints.active & 1 == 0 { &hints.flags[0] } else { &hints.flags[1] };
+    flags[i] != 0
+}
+
+/// Notes that the flow of hint `flag` has a session, in both arrays (before the session
+/// is inserted, so no reader can see the session without its flag).
+#[inline(always)]
+fn note_session(flag: u32) {
+    let Some(hints) = SG_SESSION_HINTS.get_ptr_mut(0) else { return };
+    let i = (flag % HINT_FLAGS) as usize;
+    // SAFETY: a map value pointer, valid for this program run. Every writer stores the
+    // same value, so concurrent stores cannot undo one another.
+    unsafe {
+        (*hints).flags[0][i] = 1;
+        (*hints).flags[1][i] = 1;
+    }
+}
 
 #[map(name = "SG_FRAGMENTS")]
 static SG_FRAGMENTS: LruHashMap<FragmentKey, FragmentVerdict> = LruHashMap::with_max_entries(16_384, 0);
@@ -68,8 +100,10 @@ pub fn lookup(key: &SessionKey) -> Option<*mut Session> {
     SG_SESSIONS.get_ptr_mut(key)
 }
 
+/// Inserts a session; `hint` is its flow's hint bit.
 #[inline(always)]
-pub fn insert(key: &SessionKey, session: &Session) {
+pub fn insert(key: &SessionKey, session: &Session, hint: u32) {
+    note_session(hint);
     // A failed insert only means the flow's next packet is classified again.
     let _ = SG_SESSIONS.insert(key, session, 0);
 }

@@ -21,7 +21,8 @@ use ipnet::IpNet;
 use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 use sg_common::{
-    MAX_USER_RULES, MAX_WORDS, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, step, verdict,
+    MAX_USER_RULES, MAX_WORDS, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT,
+    RuleInfo, field, ip_proto, step, verdict,
 };
 
 use crate::{
@@ -91,7 +92,7 @@ fn info(rule_id: u32, action: Action, step: u8) -> RuleInfo {
         Action::Accept => verdict::PASS,
         Action::Drop => verdict::DROP,
     };
-    RuleInfo { rule_id, verdict, step, _pad: [0; 2] }
+    RuleInfo { rule_id, verdict, step, fields: 0, _pad: 0 }
 }
 
 fn host_net(addr: IpAddr) -> IpNet {
@@ -127,8 +128,10 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
             Peer::Group { group_index } => cfg.groups[*group_index].members.iter().copied().map(host_net).collect(),
             Peer::PrefixList { list_index } => cfg.prefix_lists[*list_index].entries.iter().map(IpNet::trunc).collect(),
         };
+        let fields = if rule.local.is_some() { RULE_NEEDS_LOCAL } else { 0 }
+            | if rule.source_port_range.is_some() { RULE_NEEDS_SOURCE_PORT } else { 0 };
         out.push(Matcher {
-            info: info(rule.id, rule.action, step::RULE),
+            info: RuleInfo { fields, ..info(rule.id, rule.action, step::RULE) },
             peers,
             protocol: rule.protocol.ip_proto(),
             destination_ports: if rule.protocol.has_ports() { rule.port_range } else { PortRange::ANY },

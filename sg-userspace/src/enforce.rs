@@ -219,7 +219,12 @@ impl Enforcer {
             grace: Duration::from_millis(5),
             sessions: {
                 let mut take = |name: &str| dp.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
-                SessionTable::from_maps(take(map::SESSIONS)?, take(map::FLOW_CACHE)?, take(map::CACHE_EPOCH)?)?
+                SessionTable::from_maps(
+                    take(map::SESSIONS)?,
+                    take(map::FLOW_CACHE)?,
+                    take(map::CACHE_EPOCH)?,
+                    Some(take(map::SESSION_HINTS)?),
+                )?
             },
             timeouts: take(dp, map::TIMEOUTS)?,
             current_timeouts: Timeouts::default(),

@@ -3,10 +3,19 @@
 
 use std::net::SocketAddr;
 
+use std::time::Instant;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
-use sg_common::{FlowCacheSlot, Session, SessionKey, Timeouts, flow_cache::slot_of_key, map, session::state, stats};
+use sg_common::{
+    FlowCacheSlot, Session, SessionKey, Timeouts,
+    flow_cache::slot_of_key,
+    map,
+    session::state,
+    session_hints::{HINT_FLAGS, SessionHints, key_bit},
+    stats,
+};
 
 use crate::{config::SessionSettings, eval::stateful::addr_from_bytes};
 
@@ -58,6 +67,93 @@ pub struct SessionTable {
     cache: PerCpuArray<MapData, FlowCacheSlot>,
     epoch: Array<MapData, u32>,
     ns_per_jiffy: u64,
+    /// The session hints, when this process owns the data plane (`sgctl run`, tests).
+    hints: Option<HintMap>,
+    /// A flush left hints of deleted sessions: the next collection rebuilds them.
+    hints_stale: bool,
+}
+
+/// The session-hint map (`sg_common::session_hints`) mapped into this process, so flags
+/// are set with plain byte stores, never a read-modify-write of the kernel's bytes.
+struct HintMap {
+    _map: MapData,
+    hints: *mut SessionHints,
+    len: usize,
+    /// When the kernel was last switched to the other array: the array it left may be
+    /// cleared only once no program can still be reading it.
+    last_switch: Instant,
+}
+
+// SAFETY: the mapping is plain shared memory, valid until `drop` unmaps it; `&mut self`
+// serialises this process's writers.
+unsafe impl Send for HintMap {}
+
+/// How long a program run can still be reading memory it looked up before a change.
+const GRACE: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl HintMap {
+    fn new(map: MapData) -> Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let page = 4096;
+        let len = size_of::<SessionHints>().div_ceil(page) * page;
+        // SAFETY: maps the map's value area (the map was created BPF_F_MMAPABLE);
+        // checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the session hints");
+        }
+        Ok(Self { _map: map, hints: ptr.cast(), len, last_switch: Instant::now() })
+    }
+
+    fn set(&mut self, array: usize, flag: u32) {
+        // SAFETY: in bounds (`array` < 2, `flag` < HINT_FLAGS); a volatile byte store, so
+        // it is neither merged nor reordered away.
+        unsafe { std::ptr::write_volatile(&raw mut (*self.hints).flags[array][flag as usize], 1) };
+    }
+
+    /// Notes a session's flow in both arrays.
+    fn note(&mut self, key: &SessionKey) {
+        let flag = key_bit(key);
+        self.set(0, flag);
+        self.set(1, flag);
+    }
+
+    /// Clears the array the kernel does not read; returns it.
+    fn clear_inactive(&mut self) -> usize {
+        std::thread::sleep(GRACE.saturating_sub(self.last_switch.elapsed()));
+        // SAFETY: in bounds; volatile, as the kernel reads the memory.
+        let active = unsafe { std::ptr::read_volatile(&raw const (*self.hints).active) } & 1;
+        let inactive = 1 - active as usize;
+        for flag in 0..HINT_FLAGS as usize {
+            // SAFETY: in bounds.
+            unsafe { std::ptr::write_volatile(&raw mut (*self.hints).flags[inactive][flag], 0) };
+        }
+        inactive
+    }
+
+    /// Makes `array` the one the kernel reads.
+    fn switch_to(&mut self, array: usize) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: in bounds.
+        unsafe { std::ptr::write_volatile(&raw mut (*self.hints).active, array as u64) };
+        self.last_switch = Instant::now();
+    }
+}
+
+impl Drop for HintMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.hints.cast(), self.len) };
+    }
 }
 
 /// One session, for people and `--json`.
@@ -100,13 +196,21 @@ impl SessionView {
 }
 
 impl SessionTable {
-    /// The table from the loaded maps (`SG_SESSIONS`, `SG_FLOW_CACHE`, `SG_CACHE_EPOCH`).
-    pub fn from_maps(sessions: Map, cache: Map, epoch: Map) -> Result<Self> {
+    /// The table from the loaded maps (`SG_SESSIONS`, `SG_FLOW_CACHE`, `SG_CACHE_EPOCH`,
+    /// and `SG_SESSION_HINTS` when this process owns the data plane).
+    pub fn from_maps(sessions: Map, cache: Map, epoch: Map, hints: Option<Map>) -> Result<Self> {
+        let hints = match hints {
+            Some(Map::Array(data)) => Some(HintMap::new(data)?),
+            Some(_) => anyhow::bail!("{} is not an array map", map::SESSION_HINTS),
+            None => None,
+        };
         Ok(Self {
             map: HashMap::try_from(sessions).context("the session map")?,
             cache: PerCpuArray::try_from(cache).context("the flow cache map")?,
             epoch: Array::try_from(epoch).context("the cache epoch map")?,
             ns_per_jiffy: ns_per_jiffy(),
+            hints,
+            hints_stale: false,
         })
     }
 
@@ -120,6 +224,7 @@ impl SessionTable {
             Map::LruHashMap(open(sessions, map::SESSIONS)?),
             Map::PerCpuArray(open(cache, map::FLOW_CACHE)?),
             Map::Array(open(epoch, map::CACHE_EPOCH)?),
+            None,
         )
     }
 
@@ -172,7 +277,38 @@ impl SessionTable {
 
     /// Writes a session (benchmarks and tests set up established flows this way).
     pub fn insert(&mut self, key: &SessionKey, session: &Session) -> Result<()> {
+        // The hint first, as the kernel does: no packet may see the session without it.
+        match &mut self.hints {
+            Some(hints) => hints.note(key),
+            None => anyhow::bail!("inserting sessions needs the session hints (the process that loaded sgctl)"),
+        }
         self.map.insert(key, session, 0).context("inserting a session")
+    }
+
+    /// Whether the kernel would look `key` up (its hint flag is set in the array the
+    /// kernel reads); `None` without the hint map.
+    pub fn hinted(&self, key: &SessionKey) -> Option<bool> {
+        let hints = self.hints.as_ref()?;
+        // SAFETY: in bounds; volatile reads of memory the kernel writes.
+        Some(unsafe {
+            let active = std::ptr::read_volatile(&raw const (*hints.hints).active) & 1;
+            std::ptr::read_volatile(&raw const (*hints.hints).flags[active as usize][key_bit(key) as usize]) != 0
+        })
+    }
+
+    /// Drops the hints of deleted sessions: clears the array the kernel does not read,
+    /// waits out programs that noted a session before the clear but had not inserted it
+    /// yet, notes every session now in the table, and switches the kernel to it.
+    pub fn rebuild_hints(&mut self) -> Result<()> {
+        let Some(hints) = &mut self.hints else { return Ok(()) };
+        let array = hints.clear_inactive();
+        std::thread::sleep(GRACE);
+        for key in self.map.keys() {
+            let key = key.context("listing sessions")?;
+            hints.set(array, key_bit(&key));
+        }
+        hints.switch_to(array);
+        Ok(())
     }
 
     /// Deletes every session; returns how many. The cache epoch moves first, so no
@@ -184,6 +320,8 @@ impl SessionTable {
         for key in &keys {
             let _ = self.map.remove(key);
         }
+        // The hints stay: stale ones cost a lookup, and the next collection sheds them.
+        self.hints_stale = true;
         Ok(keys.len())
     }
 
@@ -200,6 +338,10 @@ impl SessionTable {
             if still_expired && self.map.remove(&key).is_ok() {
                 removed += 1;
             }
+        }
+        if removed > 0 || self.hints_stale {
+            self.rebuild_hints()?;
+            self.hints_stale = false;
         }
         Ok(removed)
     }

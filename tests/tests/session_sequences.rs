@@ -396,3 +396,54 @@ fn garbage_collection_counts_the_hits_the_flow_cache_holds() {
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(e.collect_garbage().unwrap(), 1, "idle 1.2 s after the hit: expired");
 }
+
+#[test]
+fn session_hints_cover_every_session_and_collection_sheds_the_deleted() {
+    if !kernel_tests_enabled("session_hints_cover_every_session_and_collection_sheds_the_deleted") {
+        return;
+    }
+    let rules = rule("udp", "53/53") + "[sessions]\nudp_unreplied = 1\nudp_replied = 1\n";
+    let (mut dp, mut e, _cfg) = setup(&rules, "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    // The key of the flow between CLIENT:`port` and INST:53.
+    let key_of = |port: u16| {
+        let (mut client, mut inst) = ([0u8; 16], [0u8; 16]);
+        client[..4].copy_from_slice(&CLIENT);
+        inst[..4].copy_from_slice(&INST);
+        sg_common::SessionKey::between(TEST_RUN_IFINDEX, 4, 17, (client, port), (inst, 53)).0
+    };
+    // A: opened by the kernel.
+    expect(run(&mut dp, x, &udp_in(1111, 53)).unwrap(), verdict::PASS, step::RULE, "query A");
+    expect(run(&mut dp, t, &udp_out(53, 1111)).unwrap(), verdict::PASS, step::SESSION, "reply A");
+    let a = key_of(1111);
+    assert_eq!(e.sessions().hinted(&a), Some(true), "the kernel noted A before inserting it");
+    let never = key_of(2222);
+    assert_eq!(e.sessions().hinted(&never), Some(false), "no session, no hint");
+    // Egress drops by default: without a session, a reply is dropped.
+    expect(run(&mut dp, t, &udp_out(53, 2222)).unwrap(), verdict::DROP, step::DEFAULT, "reply without session");
+    std::thread::sleep(Duration::from_millis(700));
+    // B: written by userspace, which notes it too.
+    let now = sgctl::sessions::monotonic_ns();
+    let b = key_of(3333);
+    let session = sg_common::Session {
+        last_seen_ns: now,
+        created_ns: now,
+        packets: 1,
+        generation: e.generation(TEST_RUN_IFINDEX).unwrap(),
+        state: state::UDP_UNREPLIED,
+        opener_is_low: u8::from(CLIENT < INST),
+        opened_on: sg_common::stats::HOOK_INGRESS as u8,
+        step: step::RULE,
+        ..Default::default()
+    };
+    e.sessions().insert(&b, &session).unwrap();
+    assert_eq!(e.sessions().hinted(&b), Some(true));
+    expect(run(&mut dp, t, &udp_out(53, 3333)).unwrap(), verdict::PASS, step::SESSION, "reply B");
+    std::thread::sleep(Duration::from_millis(500));
+    // A is idle 1.2 s: collected, and the rebuild drops its hint; B keeps its own.
+    assert_eq!(e.collect_garbage().unwrap(), 1);
+    assert_eq!(e.sessions().hinted(&a), Some(false), "the rebuild shed A's hint");
+    assert_eq!(e.sessions().hinted(&b), Some(true), "and kept B's");
+    expect(run(&mut dp, t, &udp_out(53, 3333)).unwrap(), verdict::PASS, step::SESSION, "reply B after the rebuild");
+    expect(run(&mut dp, t, &udp_out(53, 1111)).unwrap(), verdict::DROP, step::DEFAULT, "A is gone");
+}
