@@ -69,7 +69,7 @@ pub struct FlowCacheEntry {
     pub rule_id: u32,
 }
 
-/// A slot: the entry of the flow's low-to-high direction, then high-to-low.
+/// A slot: one entry for each direction of a flow ([`position`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSlot {
@@ -126,14 +126,15 @@ pub fn key_hash(key: &SessionKey) -> u64 {
 }
 
 /// Where a packet's flow lives in the cache: the slot (the same for both directions) and
-/// the entry of the packet's direction (0 when its source is the session key's low end).
+/// the entry of the packet's direction: 0 when its source sorts first. Any order that
+/// tells the two ends apart will do (entries are matched by their tuple); native-order
+/// words compare without the byte swaps of [`SessionKey::set`]'s order.
 #[inline(always)]
 pub fn position(ifindex: u32, meta: &PacketMeta) -> (u32, usize) {
     let (sport, dport) = flow_ports(meta);
     let slot = slot_of_hash(flow_hash(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport));
-    // The same order as `SessionKey::set`.
-    let src_is_low = (u128::from_be_bytes(meta.src), sport) <= (u128::from_be_bytes(meta.dst), dport);
-    (slot, usize::from(!src_is_low))
+    let src_first = (words(&meta.src), sport) <= (words(&meta.dst), dport);
+    (slot, usize::from(!src_first))
 }
 
 /// The slot of a session's flow (userspace, to find its pending hits).

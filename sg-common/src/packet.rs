@@ -81,6 +81,23 @@ pub struct PacketMeta {
     pub _pad: u16,
 }
 
+impl PacketMeta {
+    /// Zeroes every field with seven word stores. `*meta = PacketMeta::default()`
+    /// compiles to a call of a byte-at-a-time `memset` on the BPF target: 56 stores and
+    /// a loop, on every packet.
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        let words = (self as *mut Self).cast::<u64>();
+        for i in 0..size_of::<Self>() / 8 {
+            // SAFETY: `Self` is 8-byte aligned, 56 bytes long and all integers, so seven
+            // u64 zeros are a valid value.
+            unsafe { words.add(i).write_volatile(0) };
+        }
+    }
+}
+
+const _: () = assert!(size_of::<PacketMeta>().is_multiple_of(8) && align_of::<PacketMeta>() == 8);
+
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, no implicit padding (asserted in tests).
 unsafe impl aya::Pod for PacketMeta {}
@@ -94,5 +111,12 @@ mod tests {
         // 16 + 16 + 4*2 + 4 + 8*1 + 2*2 = 56 bytes, 8-byte aligned.
         assert_eq!(core::mem::size_of::<PacketMeta>(), 56);
         assert_eq!(core::mem::align_of::<PacketMeta>(), 8);
+    }
+
+    #[test]
+    fn clear_zeroes_every_field() {
+        let mut m = PacketMeta { src: [7; 16], dst: [9; 16], src_port: 1, l4_offset: 3, _pad: 4, ..Default::default() };
+        m.clear();
+        assert_eq!(m, PacketMeta::default());
     }
 }

@@ -28,7 +28,7 @@ use sg_common::{
 
 use crate::{
     parse::{Frame, parse},
-    session::{Scratch, Work},
+    session::{CacheWork, Scratch, Work},
 };
 
 /// How much of a TC packet is made linear before parsing, so headers that sit in
@@ -93,8 +93,8 @@ fn baseline(frame: &Frame, hook: u32) -> Decision {
 /// frame leaves no partly filled fields behind.
 #[inline(always)]
 fn parse_packet(frame: &Frame, scratch: &mut Scratch) -> Result<(), u8> {
-    scratch.meta = PacketMeta::default();
-    parse(frame, &mut scratch.meta).inspect_err(|_| scratch.meta = PacketMeta::default())
+    scratch.meta.clear();
+    parse(frame, &mut scratch.meta).inspect_err(|_| scratch.meta.clear())
 }
 
 /// Whether the hook lets the packet through: its verdict, unless in audit mode.
@@ -143,7 +143,7 @@ fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut 
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     }
     let packet = Packet { frame, meta, hook, ifindex, slot };
-    let mut decision = match cached(&packet, iface.generation, flow_cache::jiffies()) {
+    let mut decision = match cached(&packet, iface.generation, flow_cache::jiffies(), &work.cache.used) {
         Some(hit) => hit,
         None => stateful(&packet, &iface, work),
     };
@@ -156,13 +156,13 @@ fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut 
 /// Step 2's fast path: a packet of a session the flow cache vouches for passes without
 /// the session table (see `sg_common::flow_cache` for when an entry is trusted).
 #[inline(always)]
-fn cached(packet: &Packet, generation: u32, jiffies: u64) -> Option<Decision> {
+fn cached(packet: &Packet, generation: u32, jiffies: u64, used: &[u64; flow_cache::USED_WORDS]) -> Option<Decision> {
     let meta = packet.meta;
     if !packet_may_hit(meta) {
         return None;
     }
     let (index, dir) = position(packet.ifindex, meta);
-    if !flow_cache::slot_used(index) {
+    if !flow_cache::slot_used(used, index) {
         return None;
     }
     let entry = flow_cache::entry(index, dir)?;
@@ -193,10 +193,9 @@ fn fold_cached(ifindex: u32, meta: &PacketMeta, s: &mut Session) {
 
 /// After the session table passed a packet: caches the flow's direction when the
 /// session is in a state the fast path may serve, and forgets the flow on this CPU when
-/// it left those states (a FIN, RST or reusing SYN went by). `spare_key` is scratch room
-/// for the key of a flow whose entry this replaces.
+/// it left those states (a FIN, RST or reusing SYN went by).
 #[inline(never)]
-fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, spare_key: &mut SessionKey) {
+fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, work: &mut CacheWork) {
     let meta = packet.meta;
     let (index, dir) = position(packet.ifindex, meta);
     let Some(slot) = flow_cache::slot(index) else { return };
@@ -216,10 +215,10 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, sp
     let entry = if dir == 0 { &mut slot.entries[0] } else { &mut slot.entries[1] };
     let epoch = flow_cache::epoch();
     if entry.packets != 0 && !entry.is_for(&tuple, meta) {
-        evict(entry, spare_key, epoch);
+        evict(entry, &mut work.spare_key, epoch);
     }
     let validity = validity_jiffies(timeouts, flow_cache::ns_per_jiffy());
-    flow_cache::mark_used(index);
+    flow_cache::mark_used(&mut work.used, index);
     *entry = FlowCacheEntry::confirmed(meta, &tuple, s, epoch, (now, flow_cache::jiffies()), validity);
 }
 
@@ -263,7 +262,7 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
         decision = on_session(&flow, entry, &mut work.opening);
         if decision.step == step::SESSION {
             // SAFETY: a map value pointer, valid for this program run.
-            cache_session(packet, unsafe { &*entry }, timeouts, flow.now, &mut work.quoted_key);
+            cache_session(packet, unsafe { &*entry }, timeouts, flow.now, &mut work.cache);
         }
     } else {
         let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);
@@ -346,7 +345,7 @@ fn refresh(flow: &Flow, s: &mut Session) -> Decision {
 #[inline(never)]
 fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision: &mut Decision) -> bool {
     let Flow { packet, timeouts, .. } = flow;
-    *quoted = PacketMeta::default();
+    quoted.clear();
     if parse::quoted(packet.frame, packet.meta, quoted).is_none() {
         return false;
     }

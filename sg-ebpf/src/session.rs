@@ -64,6 +64,17 @@ pub struct Work {
     pub quoted_key: SessionKey,
     pub quoted: PacketMeta,
     pub opening: PacketMeta,
+    pub cache: CacheWork,
+}
+
+/// The flow cache's per-CPU state beside the cache itself.
+#[repr(C)]
+pub struct CacheWork {
+    /// Room for the key of a flow whose entry is replaced.
+    pub spare_key: SessionKey,
+    pub _pad: u32,
+    /// Which slots ever held an entry on this CPU (`flow_cache::slot_used`).
+    pub used: [u64; crate::flow_cache::USED_WORDS],
 }
 
 #[map(name = "SG_SCRATCH")]
