@@ -34,6 +34,10 @@ pub mod map {
     pub const ADDR_TRIE: &str = "SG_ADDR_TRIE";
     /// LPM trie: [`crate::PortKey`] -> vector index (`u32`).
     pub const PORT_TRIE: &str = "SG_PORT_TRIE";
+    /// Array: rule set's `port_tables` + table -> first-level [`crate::PortBlock`].
+    pub const PORT_TABLES: &str = "SG_PORT_TABLES";
+    /// Array: block -> second-level [`crate::PortBlock`].
+    pub const PORT_BLOCKS: &str = "SG_PORT_BLOCKS";
     /// Array: vector index -> [`crate::RuleVector`].
     pub const VECTORS: &str = "SG_VECTORS";
     /// Array: rule-set base + bit -> [`crate::RuleInfo`].
@@ -117,8 +121,39 @@ pub struct RulesetHeader {
     pub rule_count: u32,
     /// [`RULESET_HAS_LOCAL`] | [`RULESET_HAS_SOURCE_PORT`].
     pub flags: u32,
-    pub _pad: u32,
+    /// First of this rule set's [`PORT_TABLES`] first-level port tables.
+    pub port_tables: u32,
 }
+
+/// Port tables of one rule set, in `SG_PORT_TABLES` from `RulesetHeader::port_tables`:
+/// TCP destination ports, UDP destination ports, source ports. A two-level direct table
+/// replaces the LPM trie for these fields: at 16,384 rules the port trie's lookup cost
+/// ~150 ns of a ~350 ns packet, the table's two array lookups a few ns. Other protocols
+/// (one entry each, no ports) stay in the port trie.
+pub const PORT_TABLES: u32 = 3;
+pub mod port_table {
+    pub const TCP_DESTINATION: u32 = 0;
+    pub const UDP_DESTINATION: u32 = 1;
+    pub const SOURCE: u32 = 2;
+}
+
+/// A 256-entry block of a port table. First level (indexed by `port >> 8`): a vector
+/// index, or [`PORT_BLOCK_REF`] | a second-level block (indexed by `port & 0xff`) in
+/// `SG_PORT_BLOCKS`, whose entries are vector indices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBlock {
+    pub entries: [u32; 256],
+}
+
+impl Default for PortBlock {
+    fn default() -> Self {
+        Self { entries: [0; 256] }
+    }
+}
+
+/// First-level entry flag: the rest is a second-level block number.
+pub const PORT_BLOCK_REF: u32 = 1 << 31;
 
 /// Which field an LPM entry serves.
 pub mod field {
@@ -212,6 +247,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::RuleInfo {}
     unsafe impl aya::Pod for super::RuleVector {}
+    unsafe impl aya::Pod for super::PortBlock {}
 }
 
 /// Index of the lowest set bit of a non-zero word: the number of ones below it, counted

@@ -13,9 +13,9 @@ use aya_ebpf::{
 };
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_KEY_FIXED_BITS, PacketMeta, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL,
-    RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, family, field, lowest_bit, step,
-    verdict,
+    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PortBlock, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
+    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, family, field,
+    ip_proto, lowest_bit, port_table, step, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -29,6 +29,10 @@ static SG_RULESETS: Array<RulesetHeader> = Array::with_max_entries(MAX_RULESETS,
 static SG_ADDR_TRIE: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(1024, 0);
 #[map(name = "SG_PORT_TRIE")]
 static SG_PORT_TRIE: LpmTrie<PortKey, u32> = LpmTrie::with_max_entries(1024, 0);
+#[map(name = "SG_PORT_TABLES")]
+static SG_PORT_TABLES: Array<PortBlock> = Array::with_max_entries(64, 0);
+#[map(name = "SG_PORT_BLOCKS")]
+static SG_PORT_BLOCKS: Array<PortBlock> = Array::with_max_entries(64, 0);
 #[map(name = "SG_VECTORS")]
 static SG_VECTORS: Array<RuleVector> = Array::with_max_entries(64, 0);
 #[map(name = "SG_RULE_INFO")]
@@ -63,6 +67,29 @@ fn port_vector(ruleset: u32, which: u8, protocol: u8, port: u16) -> Option<&'sta
     );
     let index = *SG_PORT_TRIE.get(&key)?;
     SG_VECTORS.get(index)
+}
+
+/// The vector of `port` in one of a rule set's port tables (`sg_common::PortBlock`).
+#[inline(always)]
+fn table_vector(header: &RulesetHeader, table: u32, port: u16) -> Option<&'static RuleVector> {
+    let first = SG_PORT_TABLES.get(header.port_tables + table)?.entries[usize::from(port >> 8)];
+    let index = if first & PORT_BLOCK_REF == 0 {
+        first
+    } else {
+        SG_PORT_BLOCKS.get(first & !PORT_BLOCK_REF)?.entries[usize::from(port & 0xff)]
+    };
+    SG_VECTORS.get(index)
+}
+
+/// The destination-port vector: TCP and UDP from their tables, other protocols (no
+/// ports) from the port trie.
+#[inline(always)]
+fn destination_vector(slot: u32, header: &RulesetHeader, meta: &PacketMeta) -> Option<&'static RuleVector> {
+    match meta.protocol {
+        ip_proto::TCP => table_vector(header, port_table::TCP_DESTINATION, meta.dst_port),
+        ip_proto::UDP => table_vector(header, port_table::UDP_DESTINATION, meta.dst_port),
+        _ => port_vector(slot, field::DESTINATION_PORT, meta.protocol, meta.dst_port),
+    }
 }
 
 /// The lowest bit set in all four vectors, if any.
@@ -110,9 +137,7 @@ pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
     // swap roles.
     let (peer, local) = if ingress { (&meta.src, &meta.dst) } else { (&meta.dst, &meta.src) };
     let Some(peer_vector) = addr_vector(slot, field::PEER, meta, peer) else { return BROKEN_MAPS };
-    let Some(dport_vector) = port_vector(slot, field::DESTINATION_PORT, meta.protocol, meta.dst_port) else {
-        return BROKEN_MAPS;
-    };
+    let Some(dport_vector) = destination_vector(slot, header, meta) else { return BROKEN_MAPS };
     // Fields not looked up (yet) are stood in for by the peer vector (x & x == x).
     let Some(bit) = first_common_bit(peer_vector, dport_vector, peer_vector, peer_vector) else {
         return BROKEN_MAPS;
@@ -168,7 +193,7 @@ fn constrained(
             if header.flags & RULESET_HAS_SOURCE_PORT == 0 {
                 return BROKEN_MAPS;
             }
-            match port_vector(slot, field::SOURCE_PORT, 0, meta.src_port) {
+            match table_vector(header, port_table::SOURCE, meta.src_port) {
                 Some(v) => source_vector = v,
                 None => return BROKEN_MAPS,
             }

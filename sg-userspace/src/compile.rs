@@ -21,8 +21,8 @@ use ipnet::IpNet;
 use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 use sg_common::{
-    MAX_USER_RULES, MAX_WORDS, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT,
-    RuleInfo, field, ip_proto, step, verdict,
+    MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PortBlock, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL,
+    RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, port_table, step, verdict,
 };
 
 use crate::{
@@ -60,7 +60,13 @@ pub struct Compiled {
     /// Distinct vectors, each `words()` long; entries refer to them by index.
     pub vectors: Vec<Vec<u64>>,
     pub addr_entries: Vec<AddrEntry>,
+    /// Port-trie entries: the any-protocol entry and one per other protocol (no ports).
     pub port_entries: Vec<PortEntry>,
+    /// First-level port tables (`sg_common::PORT_TABLES` of them, in `port_table` order):
+    /// vector indices, or `PORT_BLOCK_REF` | an index into `port_blocks`.
+    pub port_tables: Vec<PortBlock>,
+    /// Second-level port blocks: vector indices.
+    pub port_blocks: Vec<PortBlock>,
 }
 
 /// A rule as the compiler sees it: its sets of matching values per field.
@@ -252,16 +258,9 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
     out
 }
 
-/// Port entries for one protocol (or the source-port field): elementary intervals
-/// between the ranges' edges, each with `base` plus the rules whose range covers it;
-/// neighbours with equal vectors are merged before being split into prefixes.
-fn port_vectors(
-    field: u8,
-    protocol: Option<u8>,
-    base: &Bits,
-    ranges: &[(usize, PortRange)],
-    table: &mut VectorTable,
-) -> Vec<PortEntry> {
+/// The elementary intervals of a port field: `[start, end]` with `base` plus the rules
+/// whose range covers it; neighbours with equal vectors merged.
+fn port_intervals(base: &Bits, ranges: &[(usize, PortRange)]) -> Vec<(u32, u32, Bits)> {
     let mut edges: Vec<u32> = Vec::with_capacity(2 * ranges.len() + 2);
     edges.extend([0, 65536]);
     for (_, r) in ranges {
@@ -306,14 +305,35 @@ fn port_vectors(
             _ => intervals.push((start, end, bits)),
         }
     }
-    let mut entries = Vec::new();
+    intervals
+}
+
+/// A two-level port table from intervals covering 0..=65535: a first-level block whose
+/// entries are vectors, or references to second-level blocks (appended to `blocks`)
+/// where a 256-port block holds more than one vector.
+fn port_table(intervals: Vec<(u32, u32, Bits)>, table: &mut VectorTable, blocks: &mut Vec<PortBlock>) -> PortBlock {
+    let mut by_port = vec![0u32; 65536];
     for (start, end, bits) in intervals {
         let vector = table.intern(bits);
-        for (port, port_bits) in port_prefixes(start as u16, end as u16) {
-            entries.push(PortEntry { field, protocol, port, port_bits, vector });
-        }
+        by_port[start as usize..=end as usize].fill(vector);
     }
-    entries
+    let mut first = PortBlock::default();
+    for (high, ports) in by_port.chunks(256).enumerate() {
+        first.entries[high] = if ports.iter().all(|&v| v == ports[0]) {
+            ports[0]
+        } else {
+            let mut block = PortBlock::default();
+            block.entries.copy_from_slice(ports);
+            blocks.push(block);
+            PORT_BLOCK_REF | (blocks.len() - 1) as u32
+        };
+    }
+    first
+}
+
+/// A table that maps every port to `vector`.
+fn uniform_table(vector: u32) -> PortBlock {
+    PortBlock { entries: [vector; 256] }
 }
 
 /// Compiles the rules of `iface` in direction `dir`.
@@ -365,6 +385,10 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         vector: table.intern(any_protocol.clone()),
     });
     let protocols: BTreeSet<u8> = matchers.iter().filter_map(|m| m.protocol).collect();
+    // TCP and UDP destination ports go in tables (a protocol no rule names gets the
+    // any-protocol vector throughout); other protocols have no ports: one trie entry.
+    let any_vector = compiled.port_entries[0].vector;
+    let mut tables = [uniform_table(any_vector), uniform_table(any_vector), uniform_table(any_vector)];
     for protocol in protocols {
         let ranges: Vec<(usize, PortRange)> = matchers
             .iter()
@@ -372,14 +396,14 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
             .filter(|(_, m)| m.protocol == Some(protocol))
             .map(|(bit, m)| (bit, m.destination_ports))
             .collect();
-        if protocol == ip_proto::TCP || protocol == ip_proto::UDP {
-            compiled.port_entries.extend(port_vectors(
-                field::DESTINATION_PORT,
-                Some(protocol),
-                &any_protocol,
-                &ranges,
-                &mut table,
-            ));
+        let which = match protocol {
+            ip_proto::TCP => Some(port_table::TCP_DESTINATION),
+            ip_proto::UDP => Some(port_table::UDP_DESTINATION),
+            _ => None,
+        };
+        if let Some(which) = which {
+            let intervals = port_intervals(&any_protocol, &ranges);
+            tables[which as usize] = port_table(intervals, &mut table, &mut compiled.port_blocks);
         } else {
             let mut bits = any_protocol.clone();
             for (bit, _) in &ranges {
@@ -406,8 +430,10 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
                 None => unconstrained.set(bit),
             }
         }
-        compiled.port_entries.extend(port_vectors(field::SOURCE_PORT, Some(0), &unconstrained, &ranges, &mut table));
+        let intervals = port_intervals(&unconstrained, &ranges);
+        tables[port_table::SOURCE as usize] = port_table(intervals, &mut table, &mut compiled.port_blocks);
     }
+    compiled.port_tables = tables.to_vec();
     compiled.vectors = table.vectors;
     Ok(compiled)
 }
@@ -436,6 +462,21 @@ impl Compiled {
     }
 
     fn port_lookup(&self, field: u8, protocol: u8, port: u16) -> Option<&[u64]> {
+        let table = match (field, protocol) {
+            (field::SOURCE_PORT, _) => Some(port_table::SOURCE),
+            (_, ip_proto::TCP) => Some(port_table::TCP_DESTINATION),
+            (_, ip_proto::UDP) => Some(port_table::UDP_DESTINATION),
+            _ => None,
+        };
+        if let Some(table) = table {
+            let first = self.port_tables.get(table as usize)?.entries[usize::from(port >> 8)];
+            let vector = if first & PORT_BLOCK_REF == 0 {
+                first
+            } else {
+                self.port_blocks.get((first & !PORT_BLOCK_REF) as usize)?.entries[usize::from(port & 0xff)]
+            };
+            return self.vectors.get(vector as usize).map(Vec::as_slice);
+        }
         self.port_entries
             .iter()
             .filter(|e| e.field == field)

@@ -46,6 +46,8 @@ impl Dataplane {
             .map_max_entries(map::RULE_INFO, c.rule_info)
             .map_max_entries(map::ADDR_TRIE, c.addr_entries)
             .map_max_entries(map::PORT_TRIE, c.port_entries)
+            .map_max_entries(map::PORT_TABLES, c.port_tables)
+            .map_max_entries(map::PORT_BLOCKS, c.port_blocks)
             .load(OBJECT)
             .context("loading the eBPF object")?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, program::INGRESS_XDP)?;

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_KEY_FIXED_BITS, PortKey, RuleInfo, RuleVector, RulesetHeader, Timeouts, map,
+    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey, RuleInfo, RuleVector, RulesetHeader, Timeouts, map,
 };
 
 use crate::{
@@ -32,12 +32,24 @@ pub struct Capacity {
     pub rule_info: u32,
     pub addr_entries: u32,
     pub port_entries: u32,
+    /// First-level port tables (three per rule set).
+    pub port_tables: u32,
+    /// Second-level port blocks.
+    pub port_blocks: u32,
 }
 
 impl Default for Capacity {
     /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
     fn default() -> Self {
-        Self { sessions: 262_144, vectors: 4096, rule_info: 65_536, addr_entries: 65_536, port_entries: 65_536 }
+        Self {
+            sessions: 262_144,
+            vectors: 4096,
+            rule_info: 65_536,
+            addr_entries: 65_536,
+            port_entries: 4096,
+            port_tables: 3 * MAX_RULESETS,
+            port_blocks: 1024,
+        }
     }
 }
 
@@ -45,12 +57,21 @@ impl Capacity {
     /// Room for twice what `compiled` needs (a new rule set is written beside the live
     /// one), and never less than the default.
     pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
-        let mut need = Self { sessions: 0, vectors: 0, rule_info: 0, addr_entries: 0, port_entries: 0 };
+        let mut need = Self {
+            sessions: 0,
+            vectors: 0,
+            rule_info: 0,
+            addr_entries: 0,
+            port_entries: 0,
+            port_tables: 0,
+            port_blocks: 0,
+        };
         for c in compiled {
             need.vectors += c.vectors.len() as u32;
             need.rule_info += c.rules.len() as u32;
             need.addr_entries += c.addr_entries.len() as u32;
             need.port_entries += c.port_entries.len() as u32;
+            need.port_blocks += c.port_blocks.len() as u32;
         }
         let d = Self::default();
         Self {
@@ -59,14 +80,17 @@ impl Capacity {
             rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
             addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
             port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
+            port_tables: d.port_tables,
+            port_blocks: (need.port_blocks * 2 + 64).max(d.port_blocks),
         }
     }
 
-    /// Bytes of map memory the vectors and rule-info arrays take (the tries grow with
-    /// their entries, about 100 bytes each).
+    /// Bytes of map memory the vectors, rule-info and port-table arrays take (the tries
+    /// grow with their entries, about 100 bytes each).
     pub fn array_bytes(&self) -> u64 {
         u64::from(self.vectors) * size_of::<RuleVector>() as u64
             + u64::from(self.rule_info) * size_of::<RuleInfo>() as u64
+            + u64::from(self.port_tables + self.port_blocks) * size_of::<PortBlock>() as u64
     }
 }
 
@@ -84,6 +108,9 @@ impl Ranges {
     }
 
     fn take(&mut self, n: u32) -> Option<Range<u32>> {
+        if n == 0 {
+            return Some(0..0);
+        }
         let i = self.free.iter().position(|r| r.end - r.start >= n)?;
         let start = self.free[i].start;
         self.free[i].start += n;
@@ -114,6 +141,8 @@ struct Installed {
     slot: u32,
     vectors: Range<u32>,
     rules: Range<u32>,
+    tables: Range<u32>,
+    blocks: Range<u32>,
     addr_keys: Vec<Key<AddrKey>>,
     port_keys: Vec<Key<PortKey>>,
 }
@@ -178,8 +207,12 @@ pub struct Enforcer {
     port_trie: LpmTrie<MapData, PortKey, u32>,
     vectors: Array<MapData, RuleVector>,
     rule_info: Array<MapData, RuleInfo>,
+    port_tables: Array<MapData, PortBlock>,
+    port_blocks: Array<MapData, PortBlock>,
     vector_ranges: Ranges,
     rule_ranges: Ranges,
+    table_ranges: Ranges,
+    block_ranges: Ranges,
     free_slots: Vec<u32>,
     installed: HashMap<u32, InterfaceState>,
     retiring: Vec<Retiring>,
@@ -210,8 +243,12 @@ impl Enforcer {
             port_trie: take(dp, map::PORT_TRIE)?,
             vectors: take(dp, map::VECTORS)?,
             rule_info: take(dp, map::RULE_INFO)?,
+            port_tables: take(dp, map::PORT_TABLES)?,
+            port_blocks: take(dp, map::PORT_BLOCKS)?,
             vector_ranges: Ranges::new(capacity.vectors),
             rule_ranges: Ranges::new(capacity.rule_info),
+            table_ranges: Ranges::new(capacity.port_tables),
+            block_ranges: Ranges::new(capacity.port_blocks),
             // Slot 0 means "none".
             free_slots: (1..MAX_RULESETS).rev().collect(),
             installed: HashMap::new(),
@@ -384,6 +421,8 @@ impl Enforcer {
         }
         self.vector_ranges.give(installed.vectors);
         self.rule_ranges.give(installed.rules);
+        self.table_ranges.give(installed.tables);
+        self.block_ranges.give(installed.blocks);
         self.free_slots.push(installed.slot);
     }
 
@@ -405,7 +444,21 @@ impl Enforcer {
                 c.rules.len()
             );
         };
-        let mut installed = Installed { slot, vectors, rules, addr_keys: Vec::new(), port_keys: Vec::new() };
+        let tables = self.table_ranges.take(c.port_tables.len() as u32);
+        let blocks = self.block_ranges.take(c.port_blocks.len() as u32);
+        let (Some(tables), Some(blocks)) = (tables.clone(), blocks.clone()) else {
+            self.free_slots.push(slot);
+            self.vector_ranges.give(vectors);
+            self.rule_ranges.give(rules);
+            self.table_ranges.give(tables.unwrap_or(0..0));
+            self.block_ranges.give(blocks.unwrap_or(0..0));
+            bail!(
+                "no room for {} more port blocks in the maps sized at start; restart sgctl with the new rule file",
+                c.port_blocks.len()
+            );
+        };
+        let mut installed =
+            Installed { slot, vectors, rules, tables, blocks, addr_keys: Vec::new(), port_keys: Vec::new() };
         match self.write(c, &mut installed) {
             Ok(()) => Ok(installed),
             Err(e) => {
@@ -472,8 +525,31 @@ impl Enforcer {
             port_values.push(at.vectors.start + e.vector);
         }
         batch::update(self.port_trie.map(), &at.port_keys, &port_values).context("writing port entries")?;
-        let header =
-            RulesetHeader { rule_base: at.rules.start, rule_count: c.rules.len() as u32, flags: c.flags, _pad: 0 };
+        // Port tables: vector indices move to this set's vector range, block references
+        // to its block range.
+        let relocate = |block: &PortBlock, first_level: bool| {
+            let mut out = *block;
+            for e in &mut out.entries {
+                *e = if first_level && *e & PORT_BLOCK_REF != 0 {
+                    PORT_BLOCK_REF | (at.blocks.start + (*e & !PORT_BLOCK_REF))
+                } else {
+                    at.vectors.start + *e
+                };
+            }
+            out
+        };
+        let blocks: Vec<PortBlock> = c.port_blocks.iter().map(|b| relocate(b, false)).collect();
+        let block_indices: Vec<u32> = at.blocks.clone().collect();
+        batch::update(self.port_blocks.map(), &block_indices, &blocks).context("writing port blocks")?;
+        let tables: Vec<PortBlock> = c.port_tables.iter().map(|b| relocate(b, true)).collect();
+        let table_indices: Vec<u32> = at.tables.clone().collect();
+        batch::update(self.port_tables.map(), &table_indices, &tables).context("writing port tables")?;
+        let header = RulesetHeader {
+            rule_base: at.rules.start,
+            rule_count: c.rules.len() as u32,
+            flags: c.flags,
+            port_tables: at.tables.start,
+        };
         self.rulesets.set(at.slot, header, 0).context("writing the rule-set header")?;
         Ok(())
     }

@@ -155,19 +155,34 @@ pub fn throughput_section(quick: bool) -> Result<String> {
     fs::write(&traffic, trafgen_config())?;
 
     let started = Instant::now();
-    let mut rows = Vec::new();
-    for filter in filters {
-        let result = match filter.tools().iter().find(|(tool, _)| !have(tool)) {
+    // Rounds: each filter runs once per round, in turn, so a drift in the machine's speed
+    // (this is a VM) falls on every filter alike instead of on whichever ran then.
+    let mut samples: Vec<Result<Vec<f64>, String>> = filters
+        .iter()
+        .map(|filter| match filter.tools().iter().find(|(tool, _)| !have(tool)) {
             Some((tool, package)) => {
                 let why = missing.get(*package).cloned().unwrap_or_else(|| "not found".to_string());
                 Err(format!("skipped: `{tool}` unavailable ({why})"))
             }
-            None => measure(filter, &plan, &work.path, &traffic).map_err(|e| format!("skipped: {e:#}")),
-        };
-        if let Err(why) = &result {
+            None => Ok(Vec::new()),
+        })
+        .collect();
+    let one_run = Plan { runs: 1, secs: plan.secs };
+    for _ in 0..plan.runs {
+        for (filter, acc) in filters.iter().zip(&mut samples) {
+            let Ok(list) = acc else { continue };
+            match measure(*filter, &one_run, &work.path, &traffic) {
+                Ok(stat) => list.push(stat.median),
+                Err(e) => *acc = Err(format!("skipped: {e:#}")),
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (filter, acc) in filters.iter().zip(samples) {
+        if let Err(why) = &acc {
             eprintln!("throughput: {}: {why}", filter.name());
         }
-        rows.push(Row { filter: filter.name().to_string(), rules: filter.rules(), result });
+        rows.push(Row { filter: filter.name().to_string(), rules: filter.rules(), result: acc.map(Stat::of) });
     }
     let elapsed = started.elapsed();
 
@@ -219,8 +234,9 @@ pub fn throughput_section(quick: bool) -> Result<String> {
          `realistic_ruleset_with`, a realistic mix; nftables and iptables: `ip saddr 198.18.x.y/28 udp \
          dport P accept` lines, or the same pairs as set elements). packets/s = packets the sink \
          interface received (`rx_packets`; veth runs the receiver on the sender's CPU, so the sender \
-         is throttled by the filter) over {} s after a {} ms warm-up; {} run(s) each, median and \
-         range; ratio = median / the median of {}. Total time {:.0} s.",
+         is throttled by the filter) over {} s after a {} ms warm-up; {} round(s), each filter once \
+         per round in turn (a fresh pair and a fresh install each time), median and range; ratio = \
+         median / the median of {}. Total time {:.0} s.",
         ip4(SINK_IP),
         plan.secs.as_secs(),
         WARMUP.as_millis(),

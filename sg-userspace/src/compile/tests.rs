@@ -101,3 +101,70 @@ fn equal_vectors_are_stored_once() {
     assert!(c.vectors.iter().all(|v| seen.insert(v.clone())));
     assert!(c.vectors.iter().all(|v| v.len() == c.words()));
 }
+
+/// Every port of every table, against the rules' ranges directly: blocks shared where a
+/// 256-port block is uniform, second-level blocks where ranges start or end inside one.
+#[test]
+fn port_tables_give_every_port_the_rules_covering_it() {
+    let text = r#"
+[[security_group]]
+id = "sg-ports"
+members = ["198.18.0.10"]
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "tcp"
+  port_range = "80/80"
+  source = "0.0.0.0/0"
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "tcp"
+  port_range = "1000/2047"
+  source = "0.0.0.0/0"
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "tcp"
+  port_range = "8000/65535"
+  source = "0.0.0.0/0"
+  source_port_range = "1024/1279"
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "udp"
+  port_range = "53/53"
+  source = "0.0.0.0/0"
+
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "icmp"
+  source = "0.0.0.0/0"
+
+[[interface]]
+name = "eth0"
+security_groups = ["sg-ports"]
+"#;
+    let cfg = parse_str(text, "ports.toml").unwrap();
+    let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
+    assert_eq!(c.port_tables.len(), sg_common::PORT_TABLES as usize);
+    // Second-level blocks only where an edge falls inside a 256-port block: TCP 80,
+    // 1000 and 8000 (2047 ends on a block edge), UDP 53, source 1024-1279 none.
+    assert_eq!(c.port_blocks.len(), 4);
+    let local = ip("198.18.0.10");
+    for port in 0..=u16::MAX {
+        let tcp = c.simulate(ip("198.19.0.1"), local, 6, 40000, port).unwrap();
+        let want = match port {
+            80 => 1,
+            1000..=2047 => 2,
+            _ => 0,
+        };
+        assert_eq!(tcp.rule_id, want, "tcp port {port}");
+        let with_source = c.simulate(ip("198.19.0.1"), local, 6, port, 9000).unwrap();
+        assert_eq!(with_source.rule_id, if (1024..=1279).contains(&port) { 3 } else { 0 }, "source port {port}");
+        let udp = c.simulate(ip("198.19.0.1"), local, 17, 40000, port).unwrap();
+        assert_eq!(udp.rule_id, if port == 53 { 4 } else { 0 }, "udp port {port}");
+    }
+    assert_eq!(c.simulate(ip("198.19.0.1"), local, 1, 0, 0).unwrap().rule_id, 5, "ICMP from the port trie");
+    assert_eq!(c.simulate(ip("198.19.0.1"), local, 47, 0, 0).unwrap().step, step::DEFAULT, "GRE: no rule");
+}

@@ -103,12 +103,12 @@ fn time_program(run: &dyn Fn(TestRunOptions) -> Result<Duration>, frame: &[u8], 
 /// Runs a program through BPF_PROG_TEST_RUN; returns the kernel's time per run.
 type Runner<'a> = dyn Fn(TestRunOptions) -> Result<Duration> + 'a;
 
-/// Alternates runs of `a` and `b` on the same frame (twice the usual number of runs),
+/// Alternates runs of `a` and `b` on the same frame (four times the usual number of runs),
 /// so drift and noise on the machine hit both alike; returns both statistics and the
 /// median of the per-pair ratios b/a (each pair ran back to back, so a shift in the
 /// machine's speed between pairs cancels out).
 fn time_pair(a: &Runner, b: &Runner, frame: &[u8], s: &Settings) -> Result<(Stat, Stat, f64)> {
-    let pairs = 2 * s.runs;
+    let pairs = 4 * s.runs;
     let (mut sa, mut sb) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
     for _ in 0..pairs {
         for (run, samples) in [(a, &mut sa), (b, &mut sb)] {
@@ -322,7 +322,7 @@ fn main() -> Result<()> {
             report,
             "Established flow against the baseline, in {} alternating pairs of runs on the same frame (median of \
              the per-pair ratios):\n\n| rules | XDP IPv4 | XDP IPv6 | TC IPv4 | TC IPv6 |\n|---|---|---|---|---|",
-            2 * s.runs
+            4 * s.runs
         )?;
         for (n, r) in &established_ratios {
             writeln!(report, "| {n} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |", r[0], r[1], r[2], r[3])?;
