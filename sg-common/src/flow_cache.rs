@@ -126,15 +126,19 @@ pub fn key_hash(key: &SessionKey) -> u64 {
 }
 
 /// Where a packet's flow lives in the cache: the slot (the same for both directions) and
-/// the entry of the packet's direction: 0 when its source sorts first. Any order that
-/// tells the two ends apart will do (entries are matched by their tuple); native-order
-/// words compare without the byte swaps of [`SessionKey::set`]'s order.
+/// the entry of the packet's direction ([`direction`]).
 #[inline(always)]
 pub fn position(ifindex: u32, meta: &PacketMeta) -> (u32, usize) {
+    (slot_of_hash(packet_hash(ifindex, meta)), direction(meta))
+}
+
+/// The entry of a packet's direction in its slot: 0 when its source sorts first. Any
+/// order that tells the two ends apart will do (entries are matched by their tuple);
+/// native-order words compare without the byte swaps of [`SessionKey::set`]'s order.
+#[inline(always)]
+pub fn direction(meta: &PacketMeta) -> usize {
     let (sport, dport) = flow_ports(meta);
-    let slot = slot_of_hash(flow_hash(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport));
-    let src_first = (words(&meta.src), sport) <= (words(&meta.dst), dport);
-    (slot, usize::from(!src_first))
+    usize::from((words(&meta.src), sport) > (words(&meta.dst), dport))
 }
 
 /// The slot of a session's flow (userspace, to find its pending hits).

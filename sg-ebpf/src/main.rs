@@ -20,7 +20,10 @@ use aya_ebpf::{
 use sg_common::{
     DECISION_AUDIT, Decision, FlowCacheEntry, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta,
     Session, SessionKey, Timeouts, family,
-    flow_cache::{Tuple, packet_may_hit, position, state_is_stable, validity_jiffies},
+    flow_cache::{
+        Tuple, direction, packet_hash as flow_cache_hash, packet_may_hit, position, slot_of_hash, state_is_stable,
+        validity_jiffies,
+    },
     fragment, is_icmp_error, is_neighbour_discovery,
     session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, expired, next_state, opening_state},
     session_hints, stats as slots, step, verdict,
@@ -129,6 +132,9 @@ struct Packet<'a> {
     ifindex: u32,
     /// The rule-set slot of this interface and direction.
     slot: u32,
+    /// `flow_cache::packet_hash`: picks the flow-cache slot and the session hint, computed
+    /// once.
+    hash: u64,
 }
 
 /// SPEC section 3 from step 2 on, for a well-formed IP packet.
@@ -142,7 +148,7 @@ fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut 
     if slot == 0 {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     }
-    let packet = Packet { frame, meta, hook, ifindex, slot };
+    let packet = Packet { frame, meta, hook, ifindex, slot, hash: flow_cache_hash(ifindex, meta) };
     let mut decision = match cached(&packet, iface.generation, flow_cache::jiffies(), &work.cache.used) {
         Some(hit) => hit,
         None => stateful(&packet, &iface, work),
@@ -161,11 +167,11 @@ fn cached(packet: &Packet, generation: u32, jiffies: u64, used: &[u64; flow_cach
     if !packet_may_hit(meta) {
         return None;
     }
-    let (index, dir) = position(packet.ifindex, meta);
+    let index = slot_of_hash(packet.hash);
     if !flow_cache::slot_used(used, index) {
         return None;
     }
-    let entry = flow_cache::entry(index, dir)?;
+    let entry = flow_cache::entry(index, direction(meta))?;
     let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
     if !(entry.is_for(&tuple, meta) && entry.trusted(generation, flow_cache::epoch(), jiffies)) {
         return None;
@@ -252,7 +258,7 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
     // Most packets that reach this point are new flows: the session key is built, and
     // the clock (~20 ns) read, only once the hints say a session may exist, or when
     // one is opened.
-    let hint = session_hints::packet_bit(packet.ifindex, meta);
+    let hint = session_hints::bit_of_hash(packet.hash);
     let hinted = belongs_to_session(meta) && session::may_have_session(hint);
     let src_is_low = hinted && work.key.set(packet.ifindex, meta);
     let mut flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now: 0 };
