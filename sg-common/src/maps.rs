@@ -130,16 +130,22 @@ pub struct RulesetHeader {
 /// replaces the LPM trie for these fields: at 16,384 rules the port trie's lookup cost
 /// ~150 ns of a ~350 ns packet, the table's two array lookups a few ns. Other protocols
 /// (one entry each, no ports) stay in the port trie.
-pub const PORT_TABLES: u32 = 3;
+pub const PORT_TABLES: u32 = 4;
 pub mod port_table {
     pub const TCP_DESTINATION: u32 = 0;
     pub const UDP_DESTINATION: u32 = 1;
     pub const SOURCE: u32 = 2;
+    /// Not a port table: the root of the IPv4 peer-address table, a multibit trie of
+    /// 256-entry blocks indexed by the address's bytes in turn (at most four lookups,
+    /// where the LPM trie walks a node per branching bit). Its entries and those of
+    /// the blocks below are vector indices or [`super::PORT_BLOCK_REF`] | a block.
+    pub const PEER_V4: u32 = 3;
 }
 
 /// A 256-entry block of a port table. First level (indexed by `port >> 8`): a vector
 /// index, or [`PORT_BLOCK_REF`] | a second-level block (indexed by `port & 0xff`) in
-/// `SG_PORT_BLOCKS`, whose entries are vector indices.
+/// `SG_PORT_BLOCKS`, whose entries are vector indices. The IPv4 peer table
+/// ([`port_table::PEER_V4`]) uses the same blocks, one level an address byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortBlock {
@@ -152,7 +158,7 @@ impl Default for PortBlock {
     }
 }
 
-/// First-level entry flag: the rest is a second-level block number.
+/// Block entry flag: the rest is a block number in `SG_PORT_BLOCKS`.
 pub const PORT_BLOCK_REF: u32 = 1 << 31;
 
 /// Which field an LPM entry serves.

@@ -1,9 +1,10 @@
 //! Classification (SPEC section 3, steps 4 to 7) by linear bit-vector search over the
 //! maps the userspace compiler fills (see `sg_common::maps` for the scheme).
 //!
-//! Two to four LPM lookups (peer address, protocol and destination port, and when the
-//! rule set uses them, local address and source port) each return a vector of rules; the
-//! lowest bit of their AND is the deciding rule, found by ANDing the summary words first
+//! Two to four lookups (peer address: a multibit table for IPv4, the LPM trie for IPv6;
+//! destination port: a two-level table for TCP and UDP, the port trie otherwise; and,
+//! when the best candidate needs them, local address and source port) each return a
+//! vector of rules; the lowest bit of their AND is the deciding rule, found by ANDing the summary words first
 //! so only words non-zero in every vector are read. The default pseudo-rule matches
 //! every packet, so a lookup that finds nothing means broken maps: the packet is dropped.
 
@@ -81,6 +82,23 @@ fn table_vector(header: &RulesetHeader, table: u32, port: u16) -> Option<&'stati
     SG_VECTORS.get(index)
 }
 
+/// The vector of an IPv4 peer address, from the rule set's multibit table (an address
+/// byte a level, at most four lookups).
+#[inline(always)]
+fn peer_v4_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static RuleVector> {
+    let mut entry = SG_PORT_TABLES.get(header.port_tables + port_table::PEER_V4)?.entries[usize::from(addr[0])];
+    for &byte in &addr[1..4] {
+        if entry & PORT_BLOCK_REF == 0 {
+            break;
+        }
+        entry = SG_PORT_BLOCKS.get(entry & !PORT_BLOCK_REF)?.entries[usize::from(byte)];
+    }
+    if entry & PORT_BLOCK_REF != 0 {
+        return None;
+    }
+    SG_VECTORS.get(entry)
+}
+
 /// The destination-port vector: TCP and UDP from their tables, other protocols (no
 /// ports) from the port trie.
 #[inline(always)]
@@ -136,7 +154,13 @@ pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
     // Rules name the packet's destination port in both directions; only the addresses
     // swap roles.
     let (peer, local) = if ingress { (&meta.src, &meta.dst) } else { (&meta.dst, &meta.src) };
-    let Some(peer_vector) = addr_vector(slot, field::PEER, meta, peer) else { return BROKEN_MAPS };
+    // IPv4 peers from the multibit table, IPv6 peers from the trie.
+    let peer_vector = if meta.family == family::IPV4 {
+        peer_v4_vector(header, peer)
+    } else {
+        addr_vector(slot, field::PEER, meta, peer)
+    };
+    let Some(peer_vector) = peer_vector else { return BROKEN_MAPS };
     let Some(dport_vector) = destination_vector(slot, header, meta) else { return BROKEN_MAPS };
     // Fields not looked up (yet) are stood in for by the peer vector (x & x == x).
     let Some(bit) = first_common_bit(peer_vector, dport_vector, peer_vector, peer_vector) else {

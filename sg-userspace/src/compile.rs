@@ -331,6 +331,65 @@ fn port_table(intervals: Vec<(u32, u32, Bits)>, table: &mut VectorTable, blocks:
     first
 }
 
+/// The IPv4 peer table from the address entries of the peer field (each a prefix and the
+/// vector answering for addresses under it): a root block indexed by the first address
+/// byte, and blocks below it for the following bytes where a longer prefix needs one.
+/// Prefixes go in by increasing length, so a longer one overwrites the entries of the
+/// shorter ones it lies in, and a new block starts as a copy of the entry it replaces.
+fn v4_table(mut entries: Vec<AddrEntry>, blocks: &mut Vec<PortBlock>) -> PortBlock {
+    entries.sort_by_key(|e| e.net.prefix_len());
+    let root_vector = entries.iter().find(|e| e.net.prefix_len() == 0).map_or(0, |e| e.vector);
+    // The root lives in `blocks` while building (index `root`), then moves out.
+    let root = blocks.len();
+    blocks.push(uniform_table(root_vector));
+    for e in &entries {
+        let IpAddr::V4(addr) = e.net.network() else { continue };
+        let len = u32::from(e.net.prefix_len());
+        if len == 0 {
+            continue;
+        }
+        let bytes = addr.octets();
+        // The level (byte) where the prefix ends, and the span of entries it covers there.
+        let level = ((len - 1) / 8) as usize;
+        let span = 1usize << (8 * (level as u32 + 1) - len);
+        let mut block = root;
+        for &byte in &bytes[..level] {
+            let entry = blocks[block].entries[usize::from(byte)];
+            block = if entry & PORT_BLOCK_REF != 0 {
+                (entry & !PORT_BLOCK_REF) as usize
+            } else {
+                blocks.push(uniform_table(entry));
+                let child = blocks.len() - 1;
+                blocks[block].entries[usize::from(byte)] = PORT_BLOCK_REF | child as u32;
+                child
+            };
+        }
+        let start = usize::from(bytes[level]);
+        for slot in &mut blocks[block].entries[start..start + span] {
+            // Shorter prefixes came first, so nothing below this level exists yet.
+            debug_assert_eq!(*slot & PORT_BLOCK_REF, 0);
+            *slot = e.vector;
+        }
+    }
+    // Block references count from the first block after the root.
+    let mut root_block = blocks.remove(root);
+    let fix = |entry: &mut u32| {
+        if *entry & PORT_BLOCK_REF != 0 {
+            // Every reference is to a block made after the root: one place down now.
+            *entry -= 1;
+        }
+    };
+    for entry in &mut root_block.entries {
+        fix(entry);
+    }
+    for block in &mut blocks[root..] {
+        for entry in &mut block.entries {
+            fix(entry);
+        }
+    }
+    root_block
+}
+
 /// A table that maps every port to `vector`.
 fn uniform_table(vector: u32) -> PortBlock {
     PortBlock { entries: [vector; 256] }
@@ -353,6 +412,11 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         }
     }
     compiled.addr_entries = address_vectors(field::PEER, peers, words, &mut table);
+    // IPv4 peers go in a multibit table; IPv6 peers stay in the trie.
+    let (v4, rest): (Vec<AddrEntry>, Vec<AddrEntry>) =
+        compiled.addr_entries.drain(..).partition(|e| matches!(e.net, IpNet::V4(_)));
+    compiled.addr_entries = rest;
+    let peer_v4 = v4_table(v4, &mut compiled.port_blocks);
 
     if matchers.iter().any(|m| m.local.is_some()) {
         compiled.flags |= RULESET_HAS_LOCAL;
@@ -434,6 +498,7 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         tables[port_table::SOURCE as usize] = port_table(intervals, &mut table, &mut compiled.port_blocks);
     }
     compiled.port_tables = tables.to_vec();
+    compiled.port_tables.push(peer_v4);
     compiled.vectors = table.vectors;
     Ok(compiled)
 }
@@ -454,6 +519,16 @@ impl Compiled {
     }
 
     fn addr_lookup(&self, field: u8, addr: IpAddr) -> Option<&[u64]> {
+        if let (field::PEER, IpAddr::V4(v4)) = (field, addr) {
+            let mut entry = self.port_tables.get(port_table::PEER_V4 as usize)?.entries[usize::from(v4.octets()[0])];
+            for &byte in &v4.octets()[1..] {
+                if entry & PORT_BLOCK_REF == 0 {
+                    break;
+                }
+                entry = self.port_blocks.get((entry & !PORT_BLOCK_REF) as usize)?.entries[usize::from(byte)];
+            }
+            return (entry & PORT_BLOCK_REF == 0).then(|| self.vectors[entry as usize].as_slice());
+        }
         self.addr_entries
             .iter()
             .filter(|e| e.field == field && e.net.contains(&addr))

@@ -32,7 +32,7 @@ pub struct Capacity {
     pub rule_info: u32,
     pub addr_entries: u32,
     pub port_entries: u32,
-    /// First-level port tables (three per rule set).
+    /// First-level port tables (`PORT_TABLES` per rule set).
     pub port_tables: u32,
     /// Second-level port blocks.
     pub port_blocks: u32,
@@ -47,7 +47,7 @@ impl Default for Capacity {
             rule_info: 65_536,
             addr_entries: 65_536,
             port_entries: 4096,
-            port_tables: 3 * MAX_RULESETS,
+            port_tables: sg_common::PORT_TABLES * MAX_RULESETS,
             port_blocks: 1024,
         }
     }
@@ -525,12 +525,12 @@ impl Enforcer {
             port_values.push(at.vectors.start + e.vector);
         }
         batch::update(self.port_trie.map(), &at.port_keys, &port_values).context("writing port entries")?;
-        // Port tables: vector indices move to this set's vector range, block references
-        // to its block range.
-        let relocate = |block: &PortBlock, first_level: bool| {
+        // Port and IPv4 peer tables: vector indices move to this set's vector range, block
+        // references to its block range.
+        let relocate = |block: &PortBlock| {
             let mut out = *block;
             for e in &mut out.entries {
-                *e = if first_level && *e & PORT_BLOCK_REF != 0 {
+                *e = if *e & PORT_BLOCK_REF != 0 {
                     PORT_BLOCK_REF | (at.blocks.start + (*e & !PORT_BLOCK_REF))
                 } else {
                     at.vectors.start + *e
@@ -538,10 +538,10 @@ impl Enforcer {
             }
             out
         };
-        let blocks: Vec<PortBlock> = c.port_blocks.iter().map(|b| relocate(b, false)).collect();
+        let blocks: Vec<PortBlock> = c.port_blocks.iter().map(relocate).collect();
         let block_indices: Vec<u32> = at.blocks.clone().collect();
         batch::update(self.port_blocks.map(), &block_indices, &blocks).context("writing port blocks")?;
-        let tables: Vec<PortBlock> = c.port_tables.iter().map(|b| relocate(b, true)).collect();
+        let tables: Vec<PortBlock> = c.port_tables.iter().map(relocate).collect();
         let table_indices: Vec<u32> = at.tables.clone().collect();
         batch::update(self.port_tables.map(), &table_indices, &tables).context("writing port tables")?;
         let header = RulesetHeader {

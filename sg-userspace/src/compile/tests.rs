@@ -149,8 +149,9 @@ security_groups = ["sg-ports"]
     let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
     assert_eq!(c.port_tables.len(), sg_common::PORT_TABLES as usize);
     // Second-level blocks only where an edge falls inside a 256-port block: TCP 80,
-    // 1000 and 8000 (2047 ends on a block edge), UDP 53, source 1024-1279 none.
-    assert_eq!(c.port_blocks.len(), 4);
+    // 1000 and 8000 (2047 ends on a block edge), UDP 53, source 1024-1279 none; and three
+    // for the IPv4 peer table (the member's /32, for the intra-group pseudo-rule).
+    assert_eq!(c.port_blocks.len(), 4 + 3);
     let local = ip("198.18.0.10");
     for port in 0..=u16::MAX {
         let tcp = c.simulate(ip("198.19.0.1"), local, 6, 40000, port).unwrap();
@@ -167,4 +168,70 @@ security_groups = ["sg-ports"]
     }
     assert_eq!(c.simulate(ip("198.19.0.1"), local, 1, 0, 0).unwrap().rule_id, 5, "ICMP from the port trie");
     assert_eq!(c.simulate(ip("198.19.0.1"), local, 47, 0, 0).unwrap().step, step::DEFAULT, "GRE: no rule");
+}
+
+/// The IPv4 peer table answers like a longest-prefix match over the entries it was built
+/// from, at every prefix edge and around it.
+#[test]
+fn v4_table_is_a_longest_prefix_match() {
+    let nets = [
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.3/32",
+        "10.1.2.128/25",
+        "10.1.2.192/26",
+        "192.168.0.0/17",
+        "192.168.128.0/18",
+        "172.16.0.0/12",
+        "172.20.1.0/30",
+        "198.18.0.0/15",
+        "200.0.0.0/7",
+    ];
+    let entries: Vec<AddrEntry> = nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| AddrEntry { field: field::PEER, net: n.parse().unwrap(), vector: i as u32 })
+        .collect();
+    let mut blocks = Vec::new();
+    let root = v4_table(entries.clone(), &mut blocks);
+    let lookup = |addr: std::net::Ipv4Addr| {
+        let mut entry = root.entries[usize::from(addr.octets()[0])];
+        for &byte in &addr.octets()[1..] {
+            if entry & PORT_BLOCK_REF == 0 {
+                break;
+            }
+            entry = blocks[(entry & !PORT_BLOCK_REF) as usize].entries[usize::from(byte)];
+        }
+        assert_eq!(entry & PORT_BLOCK_REF, 0, "{addr}: four levels end in a vector");
+        entry
+    };
+    let brute = |addr: std::net::Ipv4Addr| {
+        entries
+            .iter()
+            .filter(|e| e.net.contains(&IpAddr::V4(addr)))
+            .max_by_key(|e| e.net.prefix_len())
+            .map(|e| e.vector)
+            .unwrap()
+    };
+    for e in &entries {
+        let IpNet::V4(net) = e.net else { unreachable!() };
+        let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+        for edge in [first, last] {
+            for delta in [-2i64, -1, 0, 1, 2] {
+                let Ok(a) = u32::try_from(i64::from(edge) + delta) else { continue };
+                let addr = std::net::Ipv4Addr::from(a);
+                assert_eq!(lookup(addr), brute(addr), "{addr}");
+            }
+        }
+    }
+    let mut x: u32 = 0x9e37_79b9;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let addr = std::net::Ipv4Addr::from(x);
+        assert_eq!(lookup(addr), brute(addr), "{addr}");
+    }
 }
