@@ -6,8 +6,8 @@
 //! integer compares. The session table stays the authority; an entry is only trusted
 //!
 //! - for the session incarnation it was made from (`created_ns`),
-//! - in the interface's rule-set generation it was made in (every apply bumps it, so a
-//!   rule change re-checks the session on the slow path at once),
+//! - under the interface configuration it was made under (every apply publishes a new
+//!   configuration id, so a rule change re-checks the session on the slow path at once),
 //! - in the cache epoch it was made in (every flush of the session table bumps it),
 //! - for [`validity`] after the slow-path packet that made it: half the shortest idle
 //!   timeout, at most a second. A hit therefore never passes a packet the session table
@@ -52,7 +52,11 @@ pub struct FlowCacheEntry {
     pub ifindex: u32,
     /// [`kind`] of family, protocol and hook.
     pub kind: u32,
-    pub generation: u32,
+    /// The interface's configuration id (`SG_IFACE_INDEX`) when the entry was made.
+    pub config: u32,
+    /// `DECISION_AUDIT` when the interface is in audit mode, for the hit's decision.
+    pub decision_flags: u32,
+    pub _pad: u32,
     /// The session's `created_ns`: which incarnation of the flow this is.
     pub created_ns: u64,
     /// When the slow-path packet that made the entry went by: coarse ns and jiffies.
@@ -231,10 +235,10 @@ impl FlowCacheEntry {
     }
 
     /// Whether a packet this entry [`is_for`](Self::is_for) passes at `jiffies` without
-    /// the session table.
+    /// the session table, under configuration id `config`.
     #[inline(always)]
-    pub fn trusted(&self, generation: u32, epoch: u32, jiffies: u64) -> bool {
-        self.generation == generation && self.epoch == epoch && jiffies < self.valid_until_jiffies
+    pub fn trusted(&self, config: u32, epoch: u32, jiffies: u64) -> bool {
+        self.config == config && self.epoch == epoch && jiffies < self.valid_until_jiffies
     }
 
     /// Records a hit.
@@ -251,14 +255,15 @@ impl FlowCacheEntry {
     }
 
     /// The entry for a packet of `session` that the slow path just passed at `now`
-    /// (coarse ns and jiffies), trusted for `validity` jiffies.
+    /// (coarse ns and jiffies) under configuration `config` (id, decision flags), trusted
+    /// for `validity` jiffies.
     #[inline(always)]
     pub fn confirmed(
         meta: &PacketMeta,
         tuple: &Tuple,
         session: &Session,
-        epoch: u32,
-        now: (u64, u64),
+        (config, decision_flags): (u32, u32),
+        (epoch, now): (u32, (u64, u64)),
         validity: u64,
     ) -> Self {
         Self {
@@ -268,7 +273,9 @@ impl FlowCacheEntry {
             dst_port: (tuple.ports >> 16) as u16,
             ifindex: tuple.ifindex,
             kind: tuple.kind,
-            generation: session.generation,
+            config,
+            decision_flags,
+            _pad: 0,
             created_ns: session.created_ns,
             made_ns: now.0,
             made_jiffies: now.1,

@@ -70,6 +70,16 @@ pub const MAX_IFINDEX: u32 = 65_536;
 /// Interface configurations that can exist at once (live ones and ones being replaced).
 pub const MAX_IFACE_VERSIONS: u32 = 1024;
 
+/// `SG_IFACE_INDEX` holds a configuration id: the version (its slot in
+/// `SG_IFACE_CONFIGS`) in the low bits and a serial above, so every apply publishes an id
+/// never seen recently (versions are reused) and the flow cache can check an entry
+/// against the id alone, one array lookup. 0: not enforced.
+#[inline(always)]
+pub fn config_version(id: u32) -> u32 {
+    id % MAX_IFACE_VERSIONS
+}
+const _: () = assert!(MAX_IFACE_VERSIONS.is_power_of_two());
+
 /// Rule-set slots (index 0 means "none"), so several interfaces and a new rule set
 /// beside each live one fit.
 pub const MAX_RULESETS: u32 = 256;

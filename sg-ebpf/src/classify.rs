@@ -15,8 +15,8 @@ use aya_ebpf::{
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
     PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PortBlock, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
-    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, family, field,
-    ip_proto, lowest_bit, port_table, step, verdict,
+    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, config_version,
+    family, field, ip_proto, lowest_bit, port_table, step, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -39,14 +39,16 @@ static SG_VECTORS: Array<RuleVector> = Array::with_max_entries(64, 0);
 #[map(name = "SG_RULE_INFO")]
 static SG_RULE_INFO: Array<RuleInfo> = Array::with_max_entries(1024, 0);
 
-/// Which rule sets apply to the interface a packet crosses, if any.
+/// The configuration id of the interface a packet crosses (0: not enforced).
 #[inline(always)]
-pub fn interface(ifindex: u32) -> Option<IfaceConfig> {
-    let version = *SG_IFACE_INDEX.get(ifindex)?;
-    if version == 0 {
-        return None;
-    }
-    SG_IFACE_CONFIGS.get(version).copied()
+pub fn interface_id(ifindex: u32) -> u32 {
+    SG_IFACE_INDEX.get(ifindex).copied().unwrap_or(0)
+}
+
+/// The configuration a non-zero id names: which rule sets apply to the interface.
+#[inline(always)]
+pub fn interface(id: u32) -> Option<IfaceConfig> {
+    SG_IFACE_CONFIGS.get(config_version(id)).copied()
 }
 
 #[inline(always)]

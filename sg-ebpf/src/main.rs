@@ -135,12 +135,26 @@ struct Packet<'a> {
     /// `flow_cache::packet_hash`: picks the flow-cache slot and the session hint, computed
     /// once.
     hash: u64,
+    /// The interface's configuration id (`sg_common::config_version`).
+    config: u32,
+    /// `DECISION_AUDIT` in audit mode, else 0.
+    audit: u8,
 }
 
 /// SPEC section 3 from step 2 on, for a well-formed IP packet.
 #[inline(always)]
 fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut Work) -> Decision {
-    let Some(iface) = classify::interface(ifindex) else {
+    let config = classify::interface_id(ifindex);
+    if config == 0 {
+        return Decision::new(verdict::PASS, step::UNCONFIGURED);
+    }
+    let hash = flow_cache_hash(ifindex, meta);
+    // The fast path needs only the configuration id: an entry made under it was made
+    // with this interface's rule sets in force.
+    if let Some(hit) = cached(meta, (ifindex, hook), (config, hash), flow_cache::jiffies(), &work.cache.used) {
+        return hit;
+    }
+    let Some(iface) = classify::interface(config) else {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     };
     let ingress = hook == slots::HOOK_INGRESS;
@@ -148,36 +162,38 @@ fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut 
     if slot == 0 {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     }
-    let packet = Packet { frame, meta, hook, ifindex, slot, hash: flow_cache_hash(ifindex, meta) };
-    let mut decision = match cached(&packet, iface.generation, flow_cache::jiffies(), &work.cache.used) {
-        Some(hit) => hit,
-        None => stateful(&packet, &iface, work),
-    };
-    if iface.flags & IFACE_AUDIT != 0 {
-        decision.flags |= DECISION_AUDIT;
-    }
+    let audit = if iface.flags & IFACE_AUDIT != 0 { DECISION_AUDIT } else { 0 };
+    let packet = Packet { frame, meta, hook, ifindex, slot, hash, config, audit };
+    let mut decision = stateful(&packet, &iface, work);
+    decision.flags |= audit;
     decision
 }
 
 /// Step 2's fast path: a packet of a session the flow cache vouches for passes without
 /// the session table (see `sg_common::flow_cache` for when an entry is trusted).
 #[inline(always)]
-fn cached(packet: &Packet, generation: u32, jiffies: u64, used: &[u64; flow_cache::USED_WORDS]) -> Option<Decision> {
-    let meta = packet.meta;
+fn cached(
+    meta: &PacketMeta,
+    (ifindex, hook): (u32, u32),
+    (config, hash): (u32, u64),
+    jiffies: u64,
+    used: &[u64; flow_cache::USED_WORDS],
+) -> Option<Decision> {
     if !packet_may_hit(meta) {
         return None;
     }
-    let index = slot_of_hash(packet.hash);
+    let index = slot_of_hash(hash);
     if !flow_cache::slot_used(used, index) {
         return None;
     }
     let entry = flow_cache::entry(index, direction(meta))?;
-    let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
-    if !(entry.is_for(&tuple, meta) && entry.trusted(generation, flow_cache::epoch(), jiffies)) {
+    let tuple = Tuple::of(ifindex, hook, meta);
+    if !(entry.is_for(&tuple, meta) && entry.trusted(config, flow_cache::epoch(), jiffies)) {
         return None;
     }
     entry.hit(jiffies);
-    Some(Decision { rule_id: entry.rule_id, ..Decision::new(verdict::PASS, step::SESSION) })
+    let decision = Decision { rule_id: entry.rule_id, ..Decision::new(verdict::PASS, step::SESSION) };
+    Some(Decision { flags: entry.decision_flags as u8, ..decision })
 }
 
 /// Moves the hits this CPU's cache holds for the packet's session (both directions)
@@ -225,7 +241,8 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, wo
     }
     let validity = validity_jiffies(timeouts, flow_cache::ns_per_jiffy());
     flow_cache::mark_used(&mut work.used, index);
-    *entry = FlowCacheEntry::confirmed(meta, &tuple, s, epoch, (now, flow_cache::jiffies()), validity);
+    let config = (packet.config, u32::from(packet.audit));
+    *entry = FlowCacheEntry::confirmed(meta, &tuple, s, config, (epoch, (now, flow_cache::jiffies())), validity);
 }
 
 /// Hands the pending hits of an entry about to be replaced (another flow sharing the

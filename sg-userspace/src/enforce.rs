@@ -202,6 +202,8 @@ pub struct Enforcer {
     iface_index: Array<MapData, u32>,
     iface_configs: Array<MapData, IfaceConfig>,
     free_versions: Vec<u32>,
+    /// Counts applies, for configuration ids.
+    config_serial: u32,
     rulesets: Array<MapData, RulesetHeader>,
     addr_trie: LpmTrie<MapData, AddrKey, u32>,
     port_trie: LpmTrie<MapData, PortKey, u32>,
@@ -238,6 +240,7 @@ impl Enforcer {
             iface_configs: take(dp, map::IFACE_CONFIGS)?,
             // Version 0 means "not enforced".
             free_versions: (1..MAX_IFACE_VERSIONS).rev().collect(),
+            config_serial: 0,
             rulesets: take(dp, map::RULESETS)?,
             addr_trie: take(dp, map::ADDR_TRIE)?,
             port_trie: take(dp, map::PORT_TRIE)?,
@@ -331,8 +334,11 @@ impl Enforcer {
                 flags: if mode == Mode::Audit { IFACE_AUDIT } else { 0 },
             };
             self.iface_configs.set(version, config, 0).context("writing the interface configuration")?;
-            // The switch: one 4-byte store publishes the new configuration.
-            self.iface_index.set(ifindex, version, 0).with_context(|| format!("switching ifindex {ifindex}"))?;
+            // The switch: one 4-byte store publishes the new configuration, under an id
+            // no recent apply used (see `sg_common::config_version`).
+            self.config_serial = (self.config_serial + 1) % (u32::MAX / MAX_IFACE_VERSIONS);
+            let id = version + self.config_serial * MAX_IFACE_VERSIONS;
+            self.iface_index.set(ifindex, id, 0).with_context(|| format!("switching ifindex {ifindex}"))?;
             retired_versions.extend((state.version != 0).then_some(state.version));
             state.version = version;
             retired.extend(state.ingress.replace(ingress));

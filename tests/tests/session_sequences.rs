@@ -447,3 +447,29 @@ fn session_hints_cover_every_session_and_collection_sheds_the_deleted() {
     expect(run(&mut dp, t, &udp_out(53, 3333)).unwrap(), verdict::PASS, step::SESSION, "reply B after the rebuild");
     expect(run(&mut dp, t, &udp_out(53, 1111)).unwrap(), verdict::DROP, step::DEFAULT, "A is gone");
 }
+
+#[test]
+fn cache_hits_carry_the_audit_flag_in_audit_mode() {
+    if !kernel_tests_enabled("cache_hits_carry_the_audit_flag_in_audit_mode") {
+        return;
+    }
+    pin_to_one_cpu();
+    let text = format!(
+        "[[security_group]]\nid = \"sg-i\"\ntype = \"advanced\"\nmembers = [\"198.18.1.1\"]\n{}\n\
+         [[interface]]\nname = \"lo\"\nmode = \"audit\"\nsecurity_groups = [\"sg-i\"]\n",
+        rule("udp", "53/53")
+    );
+    let cfg = parse_str(&text, "audit.toml").expect("config");
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut e = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    e.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).expect("apply");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    expect(run(&mut dp, x, &udp_in(4444, 53)).unwrap(), verdict::PASS, step::RULE, "query");
+    for i in 0..3 {
+        let o = run(&mut dp, t, &udp_out(53, 4444)).unwrap();
+        expect(o, verdict::PASS, step::SESSION, "reply");
+        assert_ne!(o.decision.flags & sg_common::DECISION_AUDIT, 0, "reply {i} (the last two from the cache)");
+    }
+    let (key, merged) = e.sessions().entries().unwrap()[0];
+    assert!(e.sessions().stored(&key).unwrap().packets < merged.packets, "the cache served some replies");
+}
