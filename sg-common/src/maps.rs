@@ -4,7 +4,8 @@
 //! Classification is a linear bit-vector search (bpf-iptables' LBVS): the rules of one
 //! interface and direction (a *rule set*) are sorted by rank and numbered; each field
 //! lookup (peer address, destination port and protocol, optional local address and
-//! source port) returns the vector of rules matching that field; the lowest bit set in
+//! source port) returns the vector of rules matching that field (from an LPM trie, or
+//! for IPv4 peers and TCP/UDP ports from direct tables of 256-entry blocks); the lowest bit set in
 //! the AND of the vectors is the deciding rule. Per-packet work does not grow with the
 //! number of rules, only with the number of 64-rule words that must be ANDed before a
 //! match is found, and a summary level skips words that are zero in any vector.
@@ -24,7 +25,8 @@ pub mod map {
     pub const STATS: &str = "SG_STATS";
     /// Per-CPU array with one [`crate::TraceRecord`] per hook.
     pub const TRACE: &str = "SG_TRACE";
-    /// Array: ifindex -> version (`u32`, 0: not enforced) in [`IFACE_CONFIGS`].
+    /// Array: ifindex -> configuration id (`u32`, 0: not enforced; [`crate::config_version`]
+    /// gives its slot in [`IFACE_CONFIGS`]).
     pub const IFACE_INDEX: &str = "SG_IFACE_INDEX";
     /// Array: version -> [`crate::IfaceConfig`], written before its version is published.
     pub const IFACE_CONFIGS: &str = "SG_IFACE_CONFIGS";

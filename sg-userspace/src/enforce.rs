@@ -1,10 +1,12 @@
 //! Writing compiled rule sets into the kernel maps and switching interfaces to them.
 //!
 //! An apply compiles everything first (an error leaves the maps untouched), writes each
-//! new rule set beside the live one (its own slot, vector and rule-info ranges, trie
-//! entries keyed by the new slot), then switches each interface with a single hash-map
-//! update of its [`IfaceConfig`], so no packet sees a mixture of two rule sets. The old
-//! rule set is deleted after a grace period longer than any program run.
+//! new rule set beside the live one (its own slot, vector, rule-info and table-block
+//! ranges, trie entries keyed by the new slot; batched writes), writes the interface's
+//! new [`IfaceConfig`] under a free version, then switches the interface with one 4-byte
+//! store of a new configuration id, so no packet sees a mixture of two rule sets. The
+//! replaced rule sets are deleted afterwards ([`Enforcer::retire_pending`]), after a grace
+//! period longer than any program run.
 
 use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
 
