@@ -204,34 +204,39 @@ impl Tuple {
 }
 
 impl FlowCacheEntry {
+    /// Whether this entry's ends are the packet's, in the packet's direction or (with
+    /// `reversed`) the other way.
+    #[inline(always)]
+    fn ends_match(&self, tuple: &Tuple, meta: &PacketMeta, reversed: bool) -> bool {
+        let (from, to, ports) = if reversed {
+            (&meta.dst, &meta.src, tuple.ports.rotate_left(16))
+        } else {
+            (&meta.src, &meta.dst, tuple.ports)
+        };
+        let (s0, s1) = words(&self.src);
+        let (d0, d1) = words(&self.dst);
+        let (f0, f1) = words(from);
+        let (t0, t1) = words(to);
+        (u32::from(self.src_port) | u32::from(self.dst_port) << 16) == ports
+            && s0 == f0
+            && s1 == f1
+            && d0 == t0
+            && d1 == t1
+    }
+
     /// Whether this entry is the packet's direction of the packet's flow.
     #[inline(always)]
     pub fn is_for(&self, tuple: &Tuple, meta: &PacketMeta) -> bool {
-        let (s0, s1) = words(&self.src);
-        let (m0, m1) = words(&meta.src);
-        let (d0, d1) = words(&self.dst);
-        let (n0, n1) = words(&meta.dst);
-        self.ifindex == tuple.ifindex
-            && self.kind == tuple.kind
-            && (u32::from(self.src_port) | u32::from(self.dst_port) << 16) == tuple.ports
-            && s0 == m0
-            && s1 == m1
-            && d0 == n0
-            && d1 == n1
+        self.ifindex == tuple.ifindex && self.kind == tuple.kind && self.ends_match(tuple, meta, false)
     }
 
     /// Whether this entry is either direction of the packet's flow, on either hook: the
     /// same session, if also the same incarnation.
     #[inline(always)]
     pub fn same_flow(&self, tuple: &Tuple, meta: &PacketMeta) -> bool {
-        let (s0, s1) = words(&self.src);
-        let (d0, d1) = words(&self.dst);
-        let (m0, m1) = words(&meta.src);
-        let (n0, n1) = words(&meta.dst);
-        let ports = u32::from(self.src_port) | u32::from(self.dst_port) << 16;
-        let forward = ports == tuple.ports && s0 == m0 && s1 == m1 && d0 == n0 && d1 == n1;
-        let backward = ports == tuple.ports.rotate_left(16) && s0 == n0 && s1 == n1 && d0 == m0 && d1 == m1;
-        self.ifindex == tuple.ifindex && self.kind & 0xffff == tuple.kind & 0xffff && (forward || backward)
+        self.ifindex == tuple.ifindex
+            && self.kind & 0xffff == tuple.kind & 0xffff
+            && (self.ends_match(tuple, meta, false) || self.ends_match(tuple, meta, true))
     }
 
     /// Whether a packet this entry [`is_for`](Self::is_for) passes at `jiffies` without

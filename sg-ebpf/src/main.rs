@@ -219,7 +219,8 @@ fn fold_cached(ifindex: u32, meta: &PacketMeta, s: &mut Session) {
 #[inline(never)]
 fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, work: &mut CacheWork) {
     let meta = packet.meta;
-    let (index, dir) = position(packet.ifindex, meta);
+    // The packet's hash, computed once in `decide`.
+    let (index, dir) = (slot_of_hash(packet.hash), direction(meta));
     let Some(slot) = flow_cache::slot(index) else { return };
     let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
     if !state_is_stable(s.state) {

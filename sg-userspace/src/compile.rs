@@ -38,15 +38,11 @@ pub struct AddrEntry {
     pub vector: u32,
 }
 
-/// A port-trie entry. `protocol: None` is the any-protocol entry (no protocol or port
-/// bits); otherwise the protocol is matched in full and then the top `port_bits` bits of
-/// `port` (0: any port).
+/// A port-trie entry of the destination-port field: `protocol: None` is the any-protocol
+/// entry; otherwise the protocol, any port (TCP and UDP ports are in the port tables).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortEntry {
-    pub field: u8,
     pub protocol: Option<u8>,
-    pub port: u16,
-    pub port_bits: u8,
     pub vector: u32,
 }
 
@@ -243,21 +239,6 @@ fn address_vectors(
     entries
 }
 
-/// Splits `[first, last]` into aligned power-of-two blocks: `(start, prefix bits)`.
-pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
-    let (mut lo, hi) = (u32::from(first), u32::from(last));
-    let mut out = Vec::new();
-    while lo <= hi {
-        let mut size = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros().min(16) };
-        while lo + size - 1 > hi {
-            size >>= 1;
-        }
-        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
-        lo += size;
-    }
-    out
-}
-
 /// The elementary intervals of a port field: `[start, end]` with `base` plus the rules
 /// whose range covers it; neighbours with equal vectors merged.
 fn port_intervals(base: &Bits, ranges: &[(usize, PortRange)]) -> Vec<(u32, u32, Bits)> {
@@ -441,13 +422,7 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
             any_protocol.set(bit);
         }
     }
-    compiled.port_entries.push(PortEntry {
-        field: field::DESTINATION_PORT,
-        protocol: None,
-        port: 0,
-        port_bits: 0,
-        vector: table.intern(any_protocol.clone()),
-    });
+    compiled.port_entries.push(PortEntry { protocol: None, vector: table.intern(any_protocol.clone()) });
     let protocols: BTreeSet<u8> = matchers.iter().filter_map(|m| m.protocol).collect();
     // TCP and UDP destination ports go in tables (a protocol no rule names gets the
     // any-protocol vector throughout); other protocols have no ports: one trie entry.
@@ -474,13 +449,7 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
                 bits.set(*bit);
             }
             let vector = table.intern(bits);
-            compiled.port_entries.push(PortEntry {
-                field: field::DESTINATION_PORT,
-                protocol: Some(protocol),
-                port: 0,
-                port_bits: 0,
-                vector,
-            });
+            compiled.port_entries.push(PortEntry { protocol: Some(protocol), vector });
         }
     }
 
@@ -552,16 +521,11 @@ impl Compiled {
             };
             return self.vectors.get(vector as usize).map(Vec::as_slice);
         }
+        // Other protocols: their own entry, else the any-protocol one.
         self.port_entries
             .iter()
-            .filter(|e| e.field == field)
-            .filter(|e| match e.protocol {
-                None => true,
-                Some(p) => {
-                    p == protocol && (e.port_bits == 0 || port >> (16 - e.port_bits) == e.port >> (16 - e.port_bits))
-                }
-            })
-            .max_by_key(|e| (e.protocol.is_some(), e.port_bits))
+            .find(|e| e.protocol == Some(protocol))
+            .or_else(|| self.port_entries.iter().find(|e| e.protocol.is_none()))
             .map(|e| self.vectors[e.vector as usize].as_slice())
     }
 

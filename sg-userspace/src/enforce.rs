@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey, RuleInfo, RuleVector, RulesetHeader, Timeouts, map,
+    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
 };
 
 use crate::{
@@ -522,13 +522,11 @@ impl Enforcer {
         batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).context("writing address entries")?;
         let mut port_values = Vec::with_capacity(c.port_entries.len());
         for e in &c.port_entries {
-            let (protocol, bits) = match e.protocol {
-                None => (0, 0),
-                Some(p) => (p, 8 + u32::from(e.port_bits)),
-            };
+            // The protocol matched in full (8 bits), any port; or nothing: any protocol.
+            let (protocol, bits) = e.protocol.map_or((0, 0), |p| (p, 8));
             at.port_keys.push(Key::new(
                 PORT_KEY_FIXED_BITS + bits,
-                PortKey { ruleset, field: e.field, protocol, port: e.port.to_be_bytes() },
+                PortKey { ruleset, field: field::DESTINATION_PORT, protocol, port: [0; 2] },
             ));
             port_values.push(at.vectors.start + e.vector);
         }
