@@ -106,9 +106,12 @@ pub fn flow_hash(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8;
     // Multiply between the parts, so that no part can cancel another's bits.
     let mut h = (a0 ^ b0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h = (h ^ a1 ^ b1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    // The sum, not the XOR: ICMP echo uses its identifier as both ports.
-    h ^= u64::from(u32::from(port_a) + u32::from(port_b)) | u64::from(protocol) << 17 | u64::from(ifindex) << 32;
-    h.wrapping_mul(0x1656_67b1_9e37_79f9)
+    // The ports in a fixed order (neither their sum nor their XOR: an ICMP echo flow's
+    // ports are X and !X, whose sum and XOR are the same for every X).
+    let (lo, hi) = if port_a <= port_b { (port_a, port_b) } else { (port_b, port_a) };
+    h = (h ^ (u64::from(lo) | u64::from(hi) << 16 | u64::from(ifindex) << 32)).wrapping_mul(0x1656_67b1_9e37_79f9);
+    // The shift brings the well-mixed high bits down to the ones the hint flag uses.
+    (h ^ h >> 29 ^ u64::from(protocol)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// The cache slot of a flow hash.

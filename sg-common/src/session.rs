@@ -3,7 +3,14 @@
 //!
 //! A key holds the two (address, port) ends of a flow in a fixed order, low end first, so
 //! both directions of a flow find the same entry; the value remembers which end opened
-//! the flow. ICMP echo flows use the identifier as both ports.
+//! the flow. A session passes only what continues its flow in the right direction
+//! ([`continues_session`]): replies from the responder, requests from the opener.
+//!
+//! ICMP echo flows are keyed by direction as well as identifier: the requester's end
+//! carries the identifier X and the responder's end its complement !X ([`flow_ports`]).
+//! A ping from A to B and a ping from B to A with the same identifier are then two
+//! flows, each with its own session, and a request from B can never find A's session
+//! (the two keys would need X = !X).
 
 use crate::{PacketMeta, fragment, ip_proto};
 
@@ -129,9 +136,10 @@ pub fn opening_state(meta: &PacketMeta) -> Option<u8> {
     }
 }
 
-/// Whether a packet can belong to a session: ICMP and ICMPv6 only as echo requests and
-/// replies (other ICMP messages would otherwise share the identifier-0 key of an echo
-/// flow); every other protocol always.
+/// Whether a packet can belong to a session at all: ICMP and ICMPv6 only as echo
+/// requests and replies (other ICMP messages are errors, handled as related traffic, or
+/// stand-alone messages); every other protocol always. Which session, and whether in
+/// the right direction, is [`continues_session`]'s question.
 #[inline(always)]
 pub fn belongs_to_session(meta: &PacketMeta) -> bool {
     match meta.protocol {
@@ -139,6 +147,56 @@ pub fn belongs_to_session(meta: &PacketMeta) -> bool {
         ip_proto::ICMPV6 => matches!(meta.icmp_type, 128 | 129),
         _ => true,
     }
+}
+
+/// True for an ICMP or ICMPv6 echo request.
+#[inline(always)]
+pub fn is_echo_request(meta: &PacketMeta) -> bool {
+    match meta.protocol {
+        ip_proto::ICMP => meta.icmp_type == 8,
+        ip_proto::ICMPV6 => meta.icmp_type == 128,
+        _ => false,
+    }
+}
+
+/// Whether a packet of a live session's flow, sent by the opener (`from_opener`) or the
+/// responder, continues that session in `session_state`. A packet that does not is a
+/// new flow: it goes through the rules (and, if they admit an opening packet, opens a
+/// session of its own), exactly as if the session did not exist.
+///
+/// - ICMP and ICMPv6 echo: requests only from the opener, replies only from the
+///   responder (the responder's own ping is a flow of its own, see [`flow_ports`]).
+/// - TCP ([`tcp_continues`]): a SYN only from the opener, only while the handshake is
+///   open or to reuse a closed connection; a SYN-ACK only from the responder, only
+///   during the handshake; every other segment from either side.
+/// - UDP: any datagram of the same 5-tuple either way (return traffic, as conntrack).
+/// - Other protocols: any packet of the address pair either way.
+#[inline(always)]
+pub fn continues_session(session_state: u8, from_opener: bool, meta: &PacketMeta) -> bool {
+    match meta.protocol {
+        ip_proto::TCP => tcp_continues(session_state, from_opener, meta.tcp_flags),
+        ip_proto::ICMP | ip_proto::ICMPV6 => belongs_to_session(meta) && is_echo_request(meta) == from_opener,
+        _ => true,
+    }
+}
+
+/// [`continues_session`] for TCP. RST ends the connection from either side, so it always
+/// continues (and closes) it. A SYN without ACK continues only from the opener, in
+/// SYN-SENT or SYN-RECEIVED (a retransmission) or in CLOSING or CLOSED (the tuple's
+/// reuse, which restarts the session). A SYN from the responder, or a SYN from the
+/// opener on an established or half-closed connection, is a new connection attempt and
+/// is judged by the rules. A SYN-ACK continues only from the responder during the
+/// handshake. Segments without SYN continue from either side in every state.
+#[inline(always)]
+pub fn tcp_continues(current: u8, from_opener: bool, flags: u8) -> bool {
+    if flags & tcp_flag::RST != 0 || flags & tcp_flag::SYN == 0 {
+        return true;
+    }
+    if flags & tcp_flag::ACK != 0 {
+        return !from_opener && matches!(current, state::TCP_SYN_SENT | state::TCP_SYN_RECEIVED);
+    }
+    from_opener
+        && matches!(current, state::TCP_SYN_SENT | state::TCP_SYN_RECEIVED | state::TCP_CLOSING | state::TCP_CLOSED)
 }
 
 /// The TCP state after a segment with `flags`, sent by the opener or the responder.
@@ -273,15 +331,29 @@ impl SessionKey {
     }
 }
 
-/// The ports a flow is keyed by: TCP/UDP ports, the echo identifier (both ways) for ICMP
-/// echo, 0 otherwise.
+/// The ports a flow is keyed by, (source, destination): TCP/UDP ports; for ICMP echo the
+/// identifier X at the requester's end and its complement !X at the responder's, so a
+/// request has (X, !X) and its reply (!X, X); 0 for other ICMP messages and protocols
+/// without ports.
 #[inline(always)]
 pub fn flow_ports(meta: &PacketMeta) -> (u16, u16) {
     match meta.protocol {
         ip_proto::TCP | ip_proto::UDP => (meta.src_port, meta.dst_port),
-        ip_proto::ICMP | ip_proto::ICMPV6 => (meta.icmp_id, meta.icmp_id),
+        ip_proto::ICMP | ip_proto::ICMPV6 if belongs_to_session(meta) => {
+            if is_echo_request(meta) {
+                (meta.icmp_id, !meta.icmp_id)
+            } else {
+                (!meta.icmp_id, meta.icmp_id)
+            }
+        }
         _ => (0, 0),
     }
+}
+
+/// The echo identifier of an ICMP or ICMPv6 echo session, from its key and which end
+/// opened it (the requester's port, see [`flow_ports`]).
+pub fn echo_identifier(key: &SessionKey, opener_is_low: bool) -> u16 {
+    if opener_is_low { key.low_port } else { key.high_port }
 }
 
 /// A session's value.

@@ -25,7 +25,7 @@ use sg_common::{
         validity_jiffies,
     },
     fragment, is_icmp_error, is_neighbour_discovery,
-    session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, expired, next_state, opening_state},
+    session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, continues_session, expired, next_state, opening_state},
     session_hints, stats as slots, step, verdict,
 };
 
@@ -222,16 +222,11 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, wo
     // The packet's hash, computed once in `decide`.
     let (index, dir) = (slot_of_hash(packet.hash), direction(meta));
     let Some(slot) = flow_cache::slot(index) else { return };
-    let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
     if !state_is_stable(s.state) {
-        // `fold_cached` already moved their hits into the session.
-        for entry in &mut slot.entries {
-            if entry.same_flow(&tuple, meta) {
-                entry.valid_until_jiffies = 0;
-            }
-        }
+        forget_cached(packet);
         return;
     }
+    let tuple = Tuple::of(packet.ifindex, packet.hook, meta);
     if !packet_may_hit(meta) {
         return;
     }
@@ -244,6 +239,21 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, wo
     flow_cache::mark_used(&mut work.used, index);
     let config = (packet.config, u32::from(packet.audit));
     *entry = FlowCacheEntry::confirmed(meta, &tuple, s, config, (epoch, (now, flow_cache::jiffies())), validity);
+}
+
+/// Stops this CPU's cache serving the packet's flow (both directions), after the slow
+/// path saw the flow leave the states the cache may serve, or replaced its session.
+/// `fold_cached` already moved the entries' hits into the session. Inlined: one call
+/// level more would take the deepest chain past BPF's 512-byte stack.
+#[inline(always)]
+fn forget_cached(packet: &Packet) {
+    let Some(slot) = flow_cache::slot(slot_of_hash(packet.hash)) else { return };
+    let tuple = Tuple::of(packet.ifindex, packet.hook, packet.meta);
+    for entry in &mut slot.entries {
+        if entry.same_flow(&tuple, packet.meta) {
+            entry.valid_until_jiffies = 0;
+        }
+    }
 }
 
 /// Hands the pending hits of an entry about to be replaced (another flow sharing the
@@ -282,7 +292,9 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
     let mut flow = Flow { packet, iface, key: &work.key, src_is_low, timeouts, now: 0 };
     let mut decision = Decision::new(verdict::DROP, step::DEFAULT);
     let live = if hinted { live_session(&mut flow) } else { None };
-    if let Some(entry) = live {
+    // A packet that does not continue its flow's session in its direction (a request or
+    // SYN from the responder, say) is a new flow, judged by the rules.
+    if let Some(entry) = live.filter(|&entry| continues(&flow, entry)) {
         decision = on_session(&flow, entry, &mut work.opening);
         if decision.step == step::SESSION {
             // SAFETY: a map value pointer, valid for this program run.
@@ -312,7 +324,8 @@ struct Flow<'a> {
     /// Whether the packet's source is the key's low end.
     src_is_low: bool,
     timeouts: &'a Timeouts,
-    /// Coarse ns; read by [`live_session`] once it finds the session (0 before).
+    /// Coarse ns; read by [`live_session`] once it finds the session (0 before, and
+    /// when the flow has none).
     now: u64,
 }
 
@@ -329,6 +342,15 @@ fn live_session(flow: &mut Flow) -> Option<*mut Session> {
         return None;
     }
     Some(entry)
+}
+
+/// Whether the packet continues the live session `entry` in its direction
+/// (`sg_common::session::continues_session`).
+#[inline(always)]
+fn continues(flow: &Flow, entry: *mut Session) -> bool {
+    // SAFETY: a map value pointer, valid for this program run.
+    let s = unsafe { &*entry };
+    continues_session(s.state, flow.src_is_low == (s.opener_is_low != 0), flow.packet.meta)
 }
 
 /// Step 2 for a live session: re-check it if the rules changed since it was admitted
@@ -389,6 +411,12 @@ fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision:
 #[inline(never)]
 fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKey) {
     let Some(state) = opening_state(flow.packet.meta) else { return };
+    if flow.now != 0 {
+        // The flow had a session, which this one replaces (the packet did not continue
+        // it, or it had expired): hits this CPU cached for it must not count for this
+        // one, and the old session's were folded into it already.
+        forget_cached(flow.packet);
+    }
     let src_is_low = key.set(flow.packet.ifindex, flow.packet.meta);
     let now = session::now();
     let opened = Session {

@@ -11,8 +11,8 @@ use serde::Serialize;
 use sg_common::{
     FlowCacheSlot, Session, SessionKey, Timeouts,
     flow_cache::slot_of_key,
-    map,
-    session::state,
+    ip_proto, map,
+    session::{echo_identifier, state},
     session_hints::{HINT_FLAGS, SessionHints, key_bit},
     stats,
 };
@@ -179,7 +179,13 @@ fn end(family: u8, (bytes, port): ([u8; 16], u16)) -> String {
 
 impl SessionView {
     pub fn of(key: &SessionKey, s: &Session, now: u64) -> Self {
-        let (opener, responder) = key.ends(s.opener_is_low != 0);
+        let (mut opener, mut responder) = key.ends(s.opener_is_low != 0);
+        if matches!(key.protocol, ip_proto::ICMP | ip_proto::ICMPV6) {
+            // Both ends show the echo identifier (the key holds its complement at the
+            // responder's end, see `sg_common::session::flow_ports`).
+            let id = echo_identifier(key, s.opener_is_low != 0);
+            (opener.1, responder.1) = (id, id);
+        }
         Self {
             ifindex: key.ifindex,
             protocol: key.protocol,

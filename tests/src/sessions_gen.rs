@@ -389,12 +389,18 @@ struct Flow {
 
 const OPENER: bool = true;
 const RESPONDER: bool = false;
+/// In a datagram script: an ICMP echo packet of the other type than its side sends in
+/// the flow (a request from the responder, a reply from the opener). Not a TCP flag:
+/// datagram scripts carry no flags otherwise.
+const SWAP_ECHO: u8 = 0x80;
 
 impl Flow {
     fn packet(&self, from_opener: bool, flags: u8, what: &str) -> SeqPacket {
         let (direction, tuple) =
             if from_opener { (self.direction, self.tuple) } else { (opposite(self.direction), reversed(&self.tuple)) };
-        let icmp_type = echo_type(self.tuple.protocol, from_opener);
+        // ICMP echo: a request from the opener, a reply from the responder, unless the
+        // script swaps them (the responder's own ping with the same identifier).
+        let icmp_type = echo_type(self.tuple.protocol, from_opener != (flags & SWAP_ECHO != 0));
         let side = if from_opener { "opener" } else { "responder" };
         SeqPacket::new(direction, tuple, flags, icmp_type, self.icmp_id, format!("flow {} {side}{what}", self.id))
     }
@@ -453,6 +459,19 @@ fn tcp_script(rng: &mut Rng) -> Vec<(bool, u8)> {
         3 => s.push((rng.chance(0.5), if rng.chance(0.5) { TCP_RST } else { TCP_RST | TCP_ACK })),
         _ => {}
     }
+    if rng.chance(0.15) {
+        // A connection attempt the session must not carry: from the responder (perhaps
+        // answered by the opener), or from the opener on a connection that is open.
+        let at = rng.between(1, s.len() as u64) as usize;
+        match rng.weighted(&[40, 30, 30]) {
+            0 => s.insert(at, (RESPONDER, TCP_SYN)),
+            1 => {
+                let reverse_handshake = [(RESPONDER, TCP_SYN), (OPENER, TCP_SYN | TCP_ACK), (RESPONDER, TCP_ACK)];
+                s.splice(at..at, reverse_handshake);
+            }
+            _ => s.insert(at, (OPENER, TCP_SYN)),
+        }
+    }
     if rng.chance(0.2) {
         // The opener reuses the tuple.
         s.extend([(OPENER, TCP_SYN), (RESPONDER, TCP_SYN | TCP_ACK), (OPENER, TCP_ACK), (OPENER, TCP_PSH | TCP_ACK)]);
@@ -472,7 +491,10 @@ fn datagram_script(rng: &mut Rng) -> Vec<(bool, u8)> {
         s.push((RESPONDER, 0));
     }
     for _ in 0..rng.between(0, 4) {
-        s.push((rng.chance(0.5), 0));
+        // For ICMP echo, now and then the other type: the responder pings the opener with
+        // the flow's identifier, or the opener sends a reply (other protocols ignore it).
+        let swapped = if rng.chance(0.2) { SWAP_ECHO } else { 0 };
+        s.push((rng.chance(0.5), swapped));
     }
     s
 }

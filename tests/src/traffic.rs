@@ -224,6 +224,13 @@ impl Host {
         })
     }
 
+    /// Sends one echo request with identifier `id` to `dst` from a raw ICMP or ICMPv6
+    /// socket (so the identifier is the caller's, not the kernel's) and reports whether
+    /// `dst`'s reply with that identifier and sequence came back within a second.
+    pub fn ping_with_id(&self, dst: IpAddr, id: u16) -> Result<bool> {
+        in_netns(&self.ns, move || raw_ping(dst, id, Duration::from_secs(1)))
+    }
+
     /// Whether a one-way datagram from this host reaches `sink` on `to`.
     pub fn delivers(&self, sink: &Sink, dst: IpAddr, port: u16) -> bool {
         let before = sink.count();
@@ -302,4 +309,119 @@ pub fn udp_exchange(to: SocketAddr, size: usize, timeout: Duration) -> Result<()
 
 fn udp_probe(to: SocketAddr, timeout: Duration) -> Result<()> {
     udp_exchange(to, PAYLOAD.len(), timeout)
+}
+
+/// The Internet checksum of `data` (RFC 1071).
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// See [`Host::ping_with_id`]; runs in the caller's namespace.
+fn raw_ping(dst: IpAddr, id: u16, timeout: Duration) -> Result<bool> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let (domain, protocol, request, reply) = match dst {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129),
+    };
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if raw < 0 {
+        bail!("raw ICMP socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let sequence = (std::process::id() as u16) ^ (clock.subsec_nanos() >> 10) as u16;
+    let mut packet = vec![request, 0, 0, 0];
+    packet.extend_from_slice(&id.to_be_bytes());
+    packet.extend_from_slice(&sequence.to_be_bytes());
+    packet.extend_from_slice(b"sgctl raw ping");
+    if dst.is_ipv4() {
+        // ICMPv6 raw sockets checksum for us (they know the pseudo-header); ICMP's
+        // checksum covers the message alone.
+        let sum = internet_checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    // SAFETY: zeroed sockaddr_storage is a valid value; filled per family below.
+    let mut to: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match dst {
+        IpAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut to).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut to).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let tick = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    // SAFETY: valid fd, option and pointers with their sizes.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tick).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        if libc::sendto(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len(), 0, (&raw const to).cast(), len as u32) < 0
+        {
+            let error = std::io::Error::last_os_error();
+            // A TC egress drop reaches a raw socket's sender as ENOBUFS: the request did
+            // not leave, so no reply can come.
+            if error.raw_os_error() == Some(libc::ENOBUFS) {
+                return Ok(false);
+            }
+            bail!("sendto {dst}: {error}");
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let Ok(n) = usize::try_from(n) else { continue };
+        // IPv4 raw sockets deliver the IP header too; IPv6 ones only the ICMPv6 message.
+        let (from, message) = if dst.is_ipv4() {
+            let header = usize::from(buf[0] & 0x0f) * 4;
+            if n < header + 8 {
+                continue;
+            }
+            (IpAddr::from([buf[12], buf[13], buf[14], buf[15]]), &buf[header..n])
+        } else {
+            if n < 8 {
+                continue;
+            }
+            // An ICMPv6 socket reports no source here; the identifier and a fresh
+            // sequence number tie the reply to this request.
+            (dst, &buf[..n])
+        };
+        let answers = message[0] == reply
+            && message[4..6] == id.to_be_bytes()
+            && message[6..8] == sequence.to_be_bytes()
+            && from == dst;
+        if answers {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

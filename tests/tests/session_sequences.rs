@@ -473,3 +473,123 @@ fn cache_hits_carry_the_audit_flag_in_audit_mode() {
     let (key, merged) = e.sessions().entries().unwrap()[0];
     assert!(e.sessions().stored(&key).unwrap().packets < merged.packets, "the cache served some replies");
 }
+
+/// An echo packet of `family` (4 or 6) between the instance and the client, `outbound`
+/// from the instance (egress, TC) or inbound (ingress, XDP); `request` or reply.
+fn echo(family: u8, outbound: bool, request: bool, id: u16) -> (Hook, Vec<u8>) {
+    let hook = if outbound { Hook::Tc } else { Hook::Xdp };
+    let frame = if family == 4 {
+        let (src, dst) = if outbound { (INST, CLIENT) } else { (CLIENT, INST) };
+        let body = icmp(if request { 8 } else { 0 }, 0, id, 1, b"ping");
+        ether(ETHERTYPE_IPV4, &[], &ipv4(1, src, dst, &[], Frag4::default(), &body))
+    } else {
+        let (inst, client) = (v6("2001:db8::1:1"), v6("2001:db8::9"));
+        let (src, dst) = if outbound { (inst, client) } else { (client, inst) };
+        ether(ETHERTYPE_IPV6, &[], &ipv6(58, src, dst, &icmp(if request { 128 } else { 129 }, 0, id, 1, b"ping")))
+    };
+    (hook, frame)
+}
+
+fn icmp_rule(direction: &str, family: u8) -> String {
+    let (protocol, peer) = if family == 4 { ("icmp", "0.0.0.0/0") } else { ("icmpv6", "::/0") };
+    let field = if direction == "ingress" { "source" } else { "destination" };
+    format!("[[security_group.rule]]\ndirection = \"{direction}\"\nprotocol = \"{protocol}\"\n{field} = \"{peer}\"\n")
+}
+
+#[test]
+fn a_request_from_the_responder_of_a_ping_is_judged_by_the_rules() {
+    if !kernel_tests_enabled("a_request_from_the_responder_of_a_ping_is_judged_by_the_rules") {
+        return;
+    }
+    const ID: u16 = 0x2a2a;
+    for family in [4, 6] {
+        for instance_pings in [true, false] {
+            // The pinging side's direction is admitted; the other direction is not,
+            // unless `admitted` adds a rule for it. Advanced: both defaults drop.
+            let (opener_dir, other_dir) = if instance_pings { ("egress", "ingress") } else { ("ingress", "egress") };
+            for admitted in [false, true] {
+                let what = format!("IPv{family}, instance pings: {instance_pings}, reverse admitted: {admitted}");
+                let mut rules = icmp_rule(opener_dir, family);
+                if admitted {
+                    rules += &icmp_rule(other_dir, family);
+                }
+                let (mut dp, mut e, _cfg) = setup(&rules, "advanced");
+                let run_echo = |dp: &mut Dataplane, outbound: bool, request: bool| {
+                    let (hook, frame) = echo(family, outbound, request, ID);
+                    run(dp, hook, &frame).unwrap()
+                };
+                let out = instance_pings;
+                expect(run_echo(&mut dp, out, true), verdict::PASS, step::RULE, &format!("{what}: request"));
+                expect(run_echo(&mut dp, !out, false), verdict::PASS, step::SESSION, &format!("{what}: reply"));
+                // The responder sends its own request with the same identifier.
+                let reverse = run_echo(&mut dp, !out, true);
+                if admitted {
+                    expect(reverse, verdict::PASS, step::RULE, &format!("{what}: reverse request"));
+                    assert_eq!(e.sessions().entries().unwrap().len(), 2, "{what}: a session of its own");
+                    expect(run_echo(&mut dp, out, false), verdict::PASS, step::SESSION, &format!("{what}: its reply"));
+                } else {
+                    expect(reverse, verdict::DROP, step::DEFAULT, &format!("{what}: reverse request"));
+                    assert_eq!(e.sessions().entries().unwrap().len(), 1, "{what}: no session opened");
+                    // An answer from the opener's side is not the session's either: the
+                    // opener's direction admits ICMP by its rule.
+                    expect(run_echo(&mut dp, out, false), verdict::PASS, step::RULE, &format!("{what}: answer"));
+                }
+                // The original ping goes on either way.
+                expect(run_echo(&mut dp, out, true), verdict::PASS, step::SESSION, &format!("{what}: next request"));
+                expect(run_echo(&mut dp, !out, false), verdict::PASS, step::SESSION, &format!("{what}: next reply"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_syn_the_session_does_not_carry_is_judged_by_the_rules() {
+    if !kernel_tests_enabled("a_syn_the_session_does_not_carry_is_judged_by_the_rules") {
+        return;
+    }
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    let handshake = |dp: &mut Dataplane| {
+        expect(run(dp, x, &tcp_in(40000, 80, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "SYN");
+        expect(run(dp, t, &tcp_out(80, 40000, TCP_SYN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "SYN-ACK");
+        expect(run(dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    };
+    // Advanced: egress default drop, so only the session could pass the instance's SYN.
+    let (mut dp, mut e, _cfg) = setup(&rule("tcp", "80/80"), "advanced");
+    handshake(&mut dp);
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN)).unwrap(), verdict::DROP, step::DEFAULT, "responder SYN");
+    expect(
+        run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN | TCP_ACK)).unwrap(),
+        verdict::DROP,
+        step::DEFAULT,
+        "SYN-ACK on an established connection",
+    );
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED, "the connection is untouched");
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "data still flows");
+    // A SYN from the opener on an established connection is a new attempt: the ingress
+    // rule admits it, and it restarts the session.
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "opener SYN");
+    assert_eq!(only_session_state(&mut e), state::TCP_SYN_SENT);
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "SYN-ACK");
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED);
+    // Closing: both FINs; a responder SYN then is still not the session's, the opener's
+    // reuses the tuple.
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN in");
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN out");
+    assert_eq!(only_session_state(&mut e), state::TCP_CLOSING);
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN)).unwrap(), verdict::DROP, step::DEFAULT, "SYN on closing");
+    expect(run(&mut dp, x, &tcp_in(40000, 80, TCP_SYN)).unwrap(), verdict::PASS, step::SESSION, "reuse");
+    assert_eq!(only_session_state(&mut e), state::TCP_SYN_SENT);
+
+    // Basic: the egress default accepts, so the responder's SYN opens a session of its
+    // own (the instance now the opener) in place of the old one.
+    let (mut dp, mut e, _cfg) = setup(&rule("tcp", "80/80"), "basic");
+    handshake(&mut dp);
+    expect(run(&mut dp, t, &tcp_out(80, 40000, TCP_SYN)).unwrap(), verdict::PASS, step::DEFAULT, "admitted SYN");
+    let entries = e.sessions().entries().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (key, s) = entries[0];
+    assert_eq!(s.state, state::TCP_SYN_SENT);
+    assert_eq!(u32::from(s.opened_on), sg_common::stats::HOOK_EGRESS, "opened by the instance");
+    assert_eq!(key.ends(s.opener_is_low != 0).0.1, 80, "the instance's port 80 is the opener's end");
+}

@@ -205,3 +205,86 @@ fn long_lived_stream_survives_50_reloads_and_is_cut_when_its_rule_goes() {
         "the revoked session is gone: {sessions}"
     );
 }
+
+/// The identifier both sides use in the reverse-ping test.
+const PING_ID: u16 = 0x5347;
+
+/// Whether the sessions listing holds an echo session with `PING_ID` opened in `opened`.
+fn has_ping_session(inst: &Host, opened: &str) -> bool {
+    let listed: serde_json::Value =
+        serde_json::from_slice(&sgctl(inst, &["sessions", "--json", "--iface", "inst0"]).stdout).unwrap();
+    listed.as_array().expect("a JSON array").iter().any(|s| {
+        s["opened"] == opened
+            && matches!(s["protocol"].as_u64(), Some(1 | 58))
+            && s["opener"].as_str().is_some_and(|o| o.ends_with(&format!(":{PING_ID}")))
+    })
+}
+
+#[test]
+fn a_ping_back_with_the_same_identifier_is_judged_by_the_rules() {
+    if !kernel_tests_enabled("reverse_ping") {
+        return;
+    }
+    let (_lab, inst, out) = pair("revping");
+    // Basic, no ingress rule: the instance's pings leave (egress default accepts) and
+    // their replies return by session; pings from outside are dropped.
+    let cfg = write_config("reverse-ping.toml", &config("basic", "", ""));
+    let mut agent = enforce(&inst, &cfg, &[]).unwrap();
+    for v6 in [false, true] {
+        assert!(inst.ping_with_id(out.addr(v6), PING_ID).unwrap(), "the instance's ping (v6 {v6})");
+        assert!(has_ping_session(&inst, "egress"), "its session (v6 {v6})");
+        // The peer pings back with the same identifier while the session lives: the
+        // ingress rules drop it, as `sgctl trace` says.
+        assert!(!out.ping_with_id(inst.addr(v6), PING_ID).unwrap(), "reverse request passed (v6 {v6})");
+        assert!(!out.ping_with_id(inst.addr(v6), PING_ID ^ 1).unwrap(), "another identifier (v6 {v6})");
+        // The instance's own ping still works.
+        assert!(inst.ping_with_id(out.addr(v6), PING_ID).unwrap(), "the instance's next ping (v6 {v6})");
+    }
+    let trace = sgctl(
+        &inst,
+        &[
+            "trace",
+            cfg.to_str().unwrap(),
+            "--iface",
+            "inst0",
+            "--direction",
+            "ingress",
+            "--proto",
+            "icmp",
+            "--src",
+            "198.18.0.1",
+            "--dst",
+            "198.18.1.1",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&trace.stdout).contains("drop"), "{trace:?}");
+
+    // Rules that admit ICMP from outside: the reverse ping passes, as a session of its own.
+    let open_icmp = rule("ingress", "icmp", "", "0.0.0.0/0") + &rule("ingress", "icmpv6", "", "::/0");
+    std::fs::write(&cfg, config("basic", &open_icmp, "")).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for("generation 2", Duration::from_secs(10)).unwrap();
+    for v6 in [false, true] {
+        assert!(inst.ping_with_id(out.addr(v6), PING_ID).unwrap(), "the instance's ping (v6 {v6})");
+        assert!(out.ping_with_id(inst.addr(v6), PING_ID).unwrap(), "admitted reverse ping (v6 {v6})");
+        assert!(has_ping_session(&inst, "ingress"), "the reverse ping's own session (v6 {v6})");
+        assert!(has_ping_session(&inst, "egress"), "beside the instance's (v6 {v6})");
+    }
+}
+
+#[test]
+fn a_ping_from_the_instance_reusing_a_peers_identifier_is_judged_by_the_rules() {
+    if !kernel_tests_enabled("reverse_ping_egress") {
+        return;
+    }
+    let (_lab, inst, out) = pair("revpingout");
+    // Advanced: pings from outside are admitted; the instance may not ping out.
+    let rules = rule("ingress", "icmp", "", "0.0.0.0/0") + &rule("ingress", "icmpv6", "", "::/0");
+    let cfg = write_config("reverse-ping-out.toml", &config("advanced", &rules, ""));
+    let _agent = enforce(&inst, &cfg, &[]).unwrap();
+    for v6 in [false, true] {
+        assert!(out.ping_with_id(inst.addr(v6), PING_ID).unwrap(), "the peer's ping (v6 {v6})");
+        assert!(!inst.ping_with_id(out.addr(v6), PING_ID).unwrap(), "the instance's ping with its id (v6 {v6})");
+        assert!(out.ping_with_id(inst.addr(v6), PING_ID).unwrap(), "the peer's next ping (v6 {v6})");
+    }
+}

@@ -495,7 +495,9 @@ fn icmp_echo_request_and_reply_share_a_key_by_identifier() {
         let (key_back, back_low) = SessionKey::of(1, &back);
         assert_eq!(key, key_back, "protocol {protocol}");
         assert_ne!(out_low, back_low);
-        assert_eq!((key.low_port, key.high_port), (0x1234, 0x1234));
+        // The requester's end holds the identifier, the responder's its complement.
+        assert_eq!(key.ends(out_low), ((out.src, 0x1234), (out.dst, !0x1234)));
+        assert_eq!(echo_identifier(&key, out_low), 0x1234);
         // Another identifier is another flow.
         let other = icmp_meta(protocol, request, 0x1235);
         assert_ne!(SessionKey::of(1, &other).0, key);
@@ -505,6 +507,83 @@ fn icmp_echo_request_and_reply_share_a_key_by_identifier() {
         SessionKey::of(1, &icmp_meta(ip_proto::ICMP, 8, 1)).0.protocol,
         SessionKey::of(1, &icmp_meta(ip_proto::ICMPV6, 128, 1)).0.protocol
     );
+}
+
+#[test]
+fn a_ping_each_way_with_one_identifier_is_two_flows() {
+    for (protocol, request, reply) in [(ip_proto::ICMP, 8, 0), (ip_proto::ICMPV6, 128, 129)] {
+        for id in [0, 1, 0x1234, 0x7fff, 0x8000, 0xffff] {
+            let a_pings_b = icmp_meta(protocol, request, id);
+            let b_pings_a = reversed(&a_pings_b);
+            let (a_flow, _) = SessionKey::of(1, &a_pings_b);
+            let (b_flow, _) = SessionKey::of(1, &b_pings_a);
+            assert_ne!(a_flow, b_flow, "protocol {protocol} id {id}");
+            // Each request's reply finds its own request's flow, and only that one.
+            let b_answers = reversed(&icmp_meta(protocol, reply, id));
+            let a_answers = icmp_meta(protocol, reply, id);
+            assert_eq!(SessionKey::of(1, &b_answers).0, a_flow);
+            assert_eq!(SessionKey::of(1, &a_answers).0, b_flow);
+        }
+    }
+}
+
+#[test]
+fn echo_continues_a_session_only_in_its_direction() {
+    for (protocol, request, reply) in [(ip_proto::ICMP, 8, 0), (ip_proto::ICMPV6, 128, 129)] {
+        let req = icmp_meta(protocol, request, 7);
+        let rep = icmp_meta(protocol, reply, 7);
+        assert!(continues_session(ICMP, OPENER, &req));
+        assert!(!continues_session(ICMP, RESPONDER, &req), "a request from the responder is a new flow");
+        assert!(continues_session(ICMP, RESPONDER, &rep));
+        assert!(!continues_session(ICMP, OPENER, &rep), "a reply from the opener is not the session's");
+        // Other ICMP messages never continue an echo session.
+        assert!(!continues_session(ICMP, OPENER, &icmp_meta(protocol, 3, 7)));
+    }
+}
+
+#[test]
+fn udp_and_other_protocols_continue_from_either_end() {
+    let udp = PacketMeta { src_port: 5353, dst_port: 53, ..ip_meta(family::IPV4, ip_proto::UDP, v4(A4), v4(B4)) };
+    let gre = ip_meta(family::IPV6, ip_proto::GRE, v6(1), v6(2));
+    for from_opener in [OPENER, RESPONDER] {
+        for s in [UDP_UNREPLIED, UDP_REPLIED] {
+            assert!(continues_session(s, from_opener, &udp));
+        }
+        assert!(continues_session(OTHER, from_opener, &gre));
+    }
+}
+
+#[test]
+fn tcp_continues_covers_every_state_side_and_flag_combination() {
+    // For each state: which of FLAGS (SYN, SYN+ACK, ACK, FIN, FIN+ACK, RST, RST+ACK)
+    // continue the session from the opener, then from the responder.
+    let (y, n) = (true, false);
+    let table: [(u8, [bool; 7], [bool; 7]); 7] = [
+        (TCP_SYN_SENT, [y, n, y, y, y, y, y], [n, y, y, y, y, y, y]),
+        (TCP_SYN_RECEIVED, [y, n, y, y, y, y, y], [n, y, y, y, y, y, y]),
+        (TCP_ESTABLISHED, [n, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
+        (TCP_FIN_FROM_OPENER, [n, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
+        (TCP_FIN_FROM_RESPONDER, [n, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
+        (TCP_CLOSING, [y, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
+        (TCP_CLOSED, [y, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
+    ];
+    for (current, from_opener_row, from_responder_row) in table {
+        for (from_opener, row) in [(OPENER, from_opener_row), (RESPONDER, from_responder_row)] {
+            for (flags, want) in FLAGS.iter().zip(row) {
+                let got = continues_session(current, from_opener, &tcp_meta(*flags));
+                assert_eq!(
+                    got,
+                    want,
+                    "{} from the {} in {}",
+                    flags_name(*flags),
+                    side(from_opener),
+                    NAMES[usize::from(current)]
+                );
+                // PSH never matters.
+                assert_eq!(tcp_continues(current, from_opener, flags | PSH), got);
+            }
+        }
+    }
 }
 
 #[test]
@@ -528,7 +607,10 @@ fn flow_ports_by_protocol() {
     let tcp = tcp_meta(SYN);
     assert_eq!(flow_ports(&tcp), (40000, 80));
     let icmp = PacketMeta { src_port: 1, dst_port: 2, ..icmp_meta(ip_proto::ICMP, 8, 77) };
-    assert_eq!(flow_ports(&icmp), (77, 77));
+    assert_eq!(flow_ports(&icmp), (77, !77));
+    assert_eq!(flow_ports(&icmp_meta(ip_proto::ICMPV6, 129, 77)), (!77, 77));
+    // ICMP messages other than echo have no ports.
+    assert_eq!(flow_ports(&icmp_meta(ip_proto::ICMP, 3, 77)), (0, 0));
     let udp =
         PacketMeta { icmp_id: 5, src_port: 6, dst_port: 7, ..ip_meta(family::IPV4, ip_proto::UDP, v4(A4), v4(B4)) };
     assert_eq!(flow_ports(&udp), (6, 7));

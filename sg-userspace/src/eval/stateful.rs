@@ -15,7 +15,10 @@
 //!    the direction it was opened; a drop deletes the session and drops the packet
 //!    (`REVOKED`). Otherwise the session takes G and the deciding rule, its state
 //!    advances, and the packet passes (`SESSION`). An expired session is deleted and the
-//!    packet goes on as if there were none.
+//!    packet goes on as if there were none. So does a packet that does not continue the
+//!    session in its direction ([`continues_session`]: an echo request or a SYN from the
+//!    responder, a SYN from the opener on an established connection); the session is
+//!    kept, unless step 5 replaces it with a session the packet opens.
 //! 3. An ICMP/ICMPv6 error quoting a packet of a live session: pass (`RELATED`).
 //! 4. Classification by [`evaluate`] (steps 4 to 7 of SPEC section 3).
 //! 5. An accepted packet that opens a flow ([`opening_state`]), other than an ICMP error,
@@ -27,7 +30,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sg_common::session::{expired, next_state, opening_state};
+use sg_common::session::{continues_session, expired, next_state, opening_state};
 use sg_common::{PacketMeta, Session, SessionKey, Timeouts, family, ip_proto, stats, step, verdict};
 
 use super::{DecidedBy, Decision, PacketTuple, evaluate};
@@ -151,9 +154,10 @@ impl<'c> Tracker<'c> {
         let (key, src_is_low) = SessionKey::of(ifindex, meta);
         let found = if sg_common::session::belongs_to_session(meta) { self.sessions.get(&key).copied() } else { None };
         if let Some(mut session) = found {
+            let from_opener = src_is_low == (session.opener_is_low == 1);
             if expired(session.state, session.last_seen_ns, now_ns, &self.timeouts) {
                 self.sessions.remove(&key);
-            } else {
+            } else if continues_session(session.state, from_opener, meta) {
                 if session.generation != self.generation {
                     let opening = opening_tuple(&key, &session);
                     let decision = evaluate(self.cfg, iface, direction_of_hook(session.opened_on), &opening);
@@ -165,7 +169,6 @@ impl<'c> Tracker<'c> {
                     session.generation = self.generation;
                     session.rule_id = rule_id;
                 }
-                let from_opener = src_is_low == (session.opener_is_low == 1);
                 session.state = next_state(session.state, from_opener, meta);
                 session.last_seen_ns = now_ns;
                 session.packets = session.packets.saturating_add(1);
