@@ -19,10 +19,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sgctl::config::{
-    Config, Direction, Family, GroupKind, InterfaceBinding, Peer, Protocol, Rule, parse_str, pooled_rules,
-};
-use sgctl::eval::PacketTuple;
+use sgctl::policy::config::{Config, Direction, Family, GroupKind, InterfaceBinding, Peer, Protocol, Rule, parse_str};
+use sgctl::policy::eval::PacketTuple;
+use sgctl::policy::order::pooled_rules;
 
 // ----- random numbers -----
 

@@ -16,9 +16,10 @@ use std::time::Instant;
 use sg_common::{step, verdict};
 use sg_tests::r#gen::{self as generator, Case, GenOptions, Probe, RealisticOptions, Rng};
 use sg_tests::testrun::expected;
-use sgctl::compile::{Compiled, Simulated, compile};
-use sgctl::config::{Action, Config, Direction, parse_str, pooled_rules};
-use sgctl::eval::{DecidedBy, PacketTuple, evaluate};
+use sgctl::policy::compile::{Compiled, Simulated, compile};
+use sgctl::policy::config::{Action, Config, Direction, parse_str};
+use sgctl::policy::eval::{DecidedBy, PacketTuple, evaluate};
+use sgctl::policy::order::pooled_rules;
 
 const BASE_SEED: u64 = 0x5347_6469_6666_0000;
 const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];

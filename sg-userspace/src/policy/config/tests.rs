@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::*;
+use crate::policy::order::pooled_rules;
 
 const FILE: &str = "test.toml";
 

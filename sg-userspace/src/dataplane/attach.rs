@@ -4,7 +4,6 @@
 use std::{
     ffi::CString,
     io,
-    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -19,7 +18,8 @@ use aya::programs::{
 };
 use sg_common::program;
 
-use crate::ebpf::Dataplane;
+use super::object::Dataplane;
+use crate::paths::pid_file;
 
 /// How the XDP program is attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -167,30 +167,6 @@ fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLi
 
 fn remove_clsact(iface: &str) {
     let _ = Command::new("tc").args(["qdisc", "del", "dev", iface, "clsact"]).status();
-}
-
-/// Per network namespace state directory: `/run/sgctl/<netns inode>/`. `/run` is shared
-/// by every namespace, so interface names alone would clash.
-pub fn state_dir() -> PathBuf {
-    let netns = std::fs::read_link("/proc/self/ns/net")
-        .ok()
-        .map(|l| l.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').to_string())
-        .unwrap_or_else(|| "default".into());
-    PathBuf::from("/run/sgctl").join(netns)
-}
-
-/// Where a running `sgctl` records its pid per interface, so `sgctl detach` finds it.
-pub fn pid_file(iface: &str) -> PathBuf {
-    state_dir().join(format!("{iface}.pid"))
-}
-
-/// Records this process as the one holding `iface`.
-pub fn write_pid_file(iface: &str) -> Result<()> {
-    let path = pid_file(iface);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, std::process::id().to_string()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// What is of ours on an interface right now.

@@ -25,9 +25,9 @@ use sg_common::{
     RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, port_table, step, verdict,
 };
 
-use crate::{
-    config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, PortRange, pooled_rules},
-    eval::default_action,
+use super::{
+    config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, PortRange},
+    order::{default_action, pooled_rules},
 };
 
 /// An address-trie entry: `field` value within `net` maps to `vector`.

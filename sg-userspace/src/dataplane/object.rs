@@ -3,12 +3,12 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
-use sg_common::{TraceRecord, global, map, program, stats};
+use sg_common::{global, map, program};
 
-use crate::enforce::Capacity;
+use super::capacity::Capacity;
+use crate::{clock, privilege::check_privileges};
 
 /// The kernel-side object, built by `build.rs` from the `sg-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
@@ -36,7 +36,7 @@ impl Dataplane {
         }
         check_privileges()?;
         let trace = u8::from(options.trace);
-        let ns_per_jiffy = crate::sessions::ns_per_jiffy();
+        let ns_per_jiffy = clock::ns_per_jiffy();
         let c = &options.capacity;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
@@ -65,29 +65,17 @@ impl Dataplane {
         program_mut(&mut self.ebpf, program::EGRESS_TC)
     }
 
-    /// Counter values summed over CPUs, indexed by [`sg_common::stats`] slot.
-    pub fn counters(&self) -> Result<Vec<u64>> {
-        let map = self.ebpf.map(map::STATS).ok_or_else(|| anyhow!("map {} missing", map::STATS))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
+    /// Takes map `name` out of the object as a typed handle; each map can be taken once.
+    pub fn take_map<T>(&mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        T::try_from(self.take_raw_map(name)?).with_context(|| format!("map {name}"))
     }
 
-    /// Zeroes the trace record of `hook` on every CPU, so the next one read is fresh.
-    pub fn clear_trace(&mut self, hook: u32) -> Result<()> {
-        let map = self.ebpf.map_mut(map::TRACE).ok_or_else(|| anyhow!("map {} missing", map::TRACE))?;
-        let mut array: PerCpuArray<&mut MapData, TraceRecord> = PerCpuArray::try_from(map)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zeros = PerCpuValues::try_from(vec![TraceRecord::default(); cpus])?;
-        array.set(hook, zeros, 0)?;
-        Ok(())
-    }
-
-    /// The most recent trace record of `hook` over all CPUs (needs `LoadOptions::trace`).
-    pub fn last_trace(&self, hook: u32) -> Result<TraceRecord> {
-        let map = self.ebpf.map(map::TRACE).ok_or_else(|| anyhow!("map {} missing", map::TRACE))?;
-        let array: PerCpuArray<&MapData, TraceRecord> = PerCpuArray::try_from(map)?;
-        let per_cpu = array.get(&hook, 0)?;
-        per_cpu.iter().max_by_key(|record| record.seq).copied().ok_or_else(|| anyhow!("no CPUs"))
+    /// Takes map `name` out of the object as it is.
+    pub fn take_raw_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing (already taken?)"))
     }
 }
 
@@ -113,13 +101,4 @@ fn verifier_error(name: &str, error: ProgramError) -> anyhow::Error {
         }
         other => anyhow!("loading {name}: {other}"),
     }
-}
-
-/// Fails with a one-line message when we lack the privileges to load BPF programs.
-pub fn check_privileges() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("sgctl needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach its programs");
-    }
-    Ok(())
 }

@@ -1,9 +1,9 @@
-//! The session table seen from userspace: listing, flushing, and the garbage collector
-//! that frees expired entries (the kernel already ignores them on lookup).
+//! The session table seen from userspace: listing, inserting, flushing and deleting
+//! entries, and the session hints in front of it. When expired entries are freed (the
+//! kernel already ignores them on lookup) is decided in `control::gc`.
 
 use std::net::SocketAddr;
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
@@ -17,27 +17,11 @@ use sg_common::{
     stats,
 };
 
-use crate::{config::SessionSettings, eval::stateful::addr_from_bytes};
-
-/// CLOCK_MONOTONIC_COARSE in ns: the clock of the kernel's `bpf_ktime_get_coarse_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The length of a jiffy in ns: the resolution of CLOCK_MONOTONIC_COARSE, which moves
-/// once per tick (the flow cache keeps time in jiffies, `sg_common::flow_cache`).
-pub fn ns_per_jiffy() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 || ts.tv_sec != 0 || ts.tv_nsec <= 0 {
-        return 4_000_000;
-    }
-    ts.tv_nsec as u64
-}
+use super::object::Dataplane;
+use crate::{
+    clock::ns_per_jiffy,
+    policy::{addr::addr_from_bytes, config::SessionSettings},
+};
 
 /// The rule file's `[sessions]` timeouts (seconds) in the kernel's form (ns).
 pub fn timeouts(settings: &SessionSettings) -> Timeouts {
@@ -88,9 +72,6 @@ struct HintMap {
 // serialises this process's writers.
 unsafe impl Send for HintMap {}
 
-/// How long a program run can still be reading memory it looked up before a change.
-const GRACE: std::time::Duration = std::time::Duration::from_millis(5);
-
 impl HintMap {
     fn new(map: MapData) -> Result<Self> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -127,9 +108,10 @@ impl HintMap {
         self.set(1, flag);
     }
 
-    /// Clears the array the kernel does not read; returns it.
-    fn clear_inactive(&mut self) -> usize {
-        std::thread::sleep(GRACE.saturating_sub(self.last_switch.elapsed()));
+    /// Clears the array the kernel does not read, once `grace` has passed since the
+    /// kernel left it; returns it.
+    fn clear_inactive(&mut self, grace: Duration) -> usize {
+        std::thread::sleep(grace.saturating_sub(self.last_switch.elapsed()));
         // SAFETY: in bounds; volatile, as the kernel reads the memory.
         let active = unsafe { std::ptr::read_volatile(&raw const (*self.hints).active) } & 1;
         let inactive = 1 - active as usize;
@@ -196,6 +178,16 @@ impl SessionView {
 }
 
 impl SessionTable {
+    /// Takes the session maps out of `dp`, with the hints: this process owns the data plane.
+    pub fn take(dp: &mut Dataplane) -> Result<Self> {
+        Self::from_maps(
+            dp.take_raw_map(map::SESSIONS)?,
+            dp.take_raw_map(map::FLOW_CACHE)?,
+            dp.take_raw_map(map::CACHE_EPOCH)?,
+            Some(dp.take_raw_map(map::SESSION_HINTS)?),
+        )
+    }
+
     /// The table from the loaded maps (`SG_SESSIONS`, `SG_FLOW_CACHE`, `SG_CACHE_EPOCH`,
     /// and `SG_SESSION_HINTS` when this process owns the data plane).
     pub fn from_maps(sessions: Map, cache: Map, epoch: Map, hints: Option<Map>) -> Result<Self> {
@@ -268,7 +260,7 @@ impl SessionTable {
     }
 
     /// One session as it stands (see [`SessionTable::entries`]).
-    fn effective(&self, key: &SessionKey) -> Option<Session> {
+    pub fn effective(&self, key: &SessionKey) -> Option<Session> {
         let mut session = self.map.get(key, 0).ok()?;
         let slot = self.cache.get(&slot_of_key(key), 0).ok()?;
         add_pending(key, &mut session, &slot, self.current_epoch().ok()?, self.ns_per_jiffy);
@@ -297,12 +289,14 @@ impl SessionTable {
     }
 
     /// Drops the hints of deleted sessions: clears the array the kernel does not read,
-    /// waits out programs that noted a session before the clear but had not inserted it
-    /// yet, notes every session now in the table, and switches the kernel to it.
-    pub fn rebuild_hints(&mut self) -> Result<()> {
+    /// waits out (`grace`) programs that noted a session before the clear but had not
+    /// inserted it yet, notes every session now in the table, and switches the kernel
+    /// to it.
+    pub fn rebuild_hints(&mut self, grace: Duration) -> Result<()> {
+        self.hints_stale = false;
         let Some(hints) = &mut self.hints else { return Ok(()) };
-        let array = hints.clear_inactive();
-        std::thread::sleep(GRACE);
+        let array = hints.clear_inactive(grace);
+        std::thread::sleep(grace);
         for key in self.map.keys() {
             let key = key.context("listing sessions")?;
             hints.set(array, key_bit(&key));
@@ -325,25 +319,14 @@ impl SessionTable {
         Ok(keys.len())
     }
 
-    /// Deletes sessions idle past their timeout (counting the flow cache's hits). Each
-    /// candidate is read again right before it is deleted, so a session a packet
-    /// refreshed meanwhile stays.
-    pub fn collect_garbage(&mut self, timeouts: &Timeouts) -> Result<usize> {
-        let expired = |s: &Session| sg_common::session::expired(s.state, s.last_seen_ns, monotonic_ns(), timeouts);
-        let candidates: Vec<SessionKey> =
-            self.entries()?.into_iter().filter(|(_, s)| expired(s)).map(|(k, _)| k).collect();
-        let mut removed = 0;
-        for key in candidates {
-            let still_expired = self.effective(&key).is_some_and(|s| expired(&s));
-            if still_expired && self.map.remove(&key).is_ok() {
-                removed += 1;
-            }
-        }
-        if removed > 0 || self.hints_stale {
-            self.rebuild_hints()?;
-            self.hints_stale = false;
-        }
-        Ok(removed)
+    /// Deletes the session of `key`; false when there was none.
+    pub fn remove(&mut self, key: &SessionKey) -> bool {
+        self.map.remove(key).is_ok()
+    }
+
+    /// Whether a flush left hints of deleted sessions (the next collection rebuilds them).
+    pub fn hints_stale(&self) -> bool {
+        self.hints_stale
     }
 }
 
@@ -363,9 +346,4 @@ fn add_pending(
             }
         }
     }
-}
-
-/// Where a running `sgctl run` records the ids of its session maps for `sgctl sessions`.
-pub fn map_id_file() -> std::path::PathBuf {
-    crate::attach::state_dir().join("sessions.map-id")
 }
