@@ -1,8 +1,8 @@
 //! Differential test of the compiler against the reference evaluator, host only (no root,
 //! no kernel): random rule files from `sg_tests::r#gen` (`gen` is reserved in edition 2024),
 //! each interface compiled in both directions, and every probe classified by `Compiled::simulate` (the kernel's lookup in
-//! plain Rust) and by `evaluate` (SPEC section 3, steps 4 to 7). They must agree on the
-//! verdict, the deciding step and, for rules, the rule id.
+//! plain Rust) and by `evaluate` (docs/rule-model.md#evaluation-order, steps 4 to 7).
+//! They must agree on the verdict, the deciding step and, for rules, the rule id.
 //!
 //! `SG_DIFF_CASES` (default 3000) sets the number of rule files, `SG_DIFF_PACKETS`
 //! (default 20) the probes per file, and `SG_DIFF_SEED` the seed of the first file (the

@@ -1,4 +1,5 @@
-//! Reference evaluator: the executable form of SPEC section 3, steps 4 to 7.
+//! Reference evaluator: the executable form of docs/rule-model.md#evaluation-order,
+//! steps 4 to 7.
 //!
 //! It is pure and host-side: given a validated [`Config`], an interface, a direction and a
 //! packet's addresses, protocol and ports, it says which verdict the data plane must
@@ -67,7 +68,7 @@ pub struct Decision {
     pub skipped: Vec<Miss>,
 }
 
-/// Which step of SPEC section 3 decided.
+/// Which step of docs/rule-model.md#evaluation-order decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum DecidedBy {

@@ -1,5 +1,5 @@
-//! Tests of the reference evaluator: each step of SPEC section 3 (4 to 7), the total
-//! order, and the six use cases of the provider's guide.
+//! Tests of the reference evaluator: each step of docs/rule-model.md#evaluation-order
+//! (4 to 7), the total order, and the six use cases of the provider's guide.
 
 use std::net::IpAddr;
 
