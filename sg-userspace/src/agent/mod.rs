@@ -1,11 +1,15 @@
 //! `sgctl run`: enforce a rule file on the interfaces it names until stopped; reload it
 //! on SIGHUP (all or nothing: a file that fails validation changes nothing).
+//!
+//! What it does is logged through `tracing` (the binary sets the subscriber up); the
+//! counter lines it was asked for (`--interval`, `--json`) are its output, on stdout.
 
 mod serve;
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use tracing::{error, info, warn};
 
 use crate::{
     control::{ApplyReport, Enforcer, compile_targets},
@@ -43,8 +47,8 @@ fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, &'c Interfa
         }
         match attach::ifindex(&binding.name) {
             Ok(index) => found.push((index, binding)),
-            Err(_) if only.is_empty() => println!("sgctl: {} is not on this host; skipped", binding.name),
-            Err(e) => return Err(e),
+            Err(_) if only.is_empty() => warn!("{} is not on this host; skipped", binding.name),
+            Err(e) => return Err(e.into()),
         }
     }
     if found.is_empty() {
@@ -81,20 +85,20 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             Ok(a) => attachments.push(a),
             Err(e) => {
                 detach_all(&mut dp, attachments);
-                return Err(e);
+                return Err(e.into());
             }
         }
         paths::write_pid_file(name)?;
     }
     for a in &attachments {
-        println!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
+        info!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
     }
-    println!(
+    info!(
         "session table: {} entries, {:.1} MiB",
         capacity.sessions,
         f64::from(capacity.sessions) * sessions::BYTES_PER_SESSION as f64 / (1024.0 * 1024.0)
     );
-    println!(
+    info!(
         "applied {}: {} rule sets, {} rules, {} vectors, {} trie entries (compile {:.1} ms, write {:.1} ms)",
         opts.config.display(),
         report.rule_sets,
@@ -116,7 +120,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }
     let _ = std::fs::remove_file(&id_file);
     result?;
-    println!("stopped; detached from {}", names.join(", "));
+    info!("stopped; detached from {}", names.join(", "));
     Ok(())
 }
 
@@ -124,7 +128,7 @@ fn detach_all(dp: &mut Dataplane, attachments: Vec<Attachment>) {
     for a in attachments {
         let iface = a.iface.clone();
         if let Err(e) = a.detach(dp) {
-            eprintln!("sgctl: detaching {iface}: {e:#}");
+            error!("detaching {iface}: {e:#}");
         }
     }
 }

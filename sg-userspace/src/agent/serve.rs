@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
 
 use super::{RunOptions, load_config};
 use crate::{
@@ -29,7 +30,7 @@ pub(super) async fn serve(opts: &RunOptions, dp: &Dataplane, enforcer: &mut Enfo
             }
             _ = gc.tick() => {
                 if let Err(e) = enforcer.collect_garbage() {
-                    eprintln!("sgctl: session garbage collection: {e:#}");
+                    error!("session garbage collection: {e:#}");
                 }
             }
             _ = tokio::time::sleep(period), if opts.interval > 0 => {
@@ -55,7 +56,7 @@ fn reload(opts: &RunOptions, enforcer: &mut Enforcer, names: &[String]) {
         Ok((report, enforcer.generation(targets[0].0).unwrap_or(0), retire_time))
     });
     match outcome {
-        Ok((report, generation, retire_time)) => println!(
+        Ok((report, generation, retire_time)) => info!(
             "reloaded {}: generation {generation}, {} rules (compile {:.1} ms, write {:.1} ms; old rules removed in \
              {:.1} ms after the switch)",
             opts.config.display(),
@@ -64,6 +65,6 @@ fn reload(opts: &RunOptions, enforcer: &mut Enforcer, names: &[String]) {
             report.write_time.as_secs_f64() * 1e3,
             retire_time.as_secs_f64() * 1e3
         ),
-        Err(e) => eprintln!("sgctl: reload rejected, the previous rules stay in force: {e:#}"),
+        Err(e) => error!("reload rejected, the previous rules stay in force: {e:#}"),
     }
 }

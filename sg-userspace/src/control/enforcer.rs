@@ -10,10 +10,13 @@
 
 use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
 
-use anyhow::{Result, anyhow, bail};
 use sg_common::{IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, Timeouts};
 
-use super::{GRACE_PERIOD, gc};
+use super::{
+    GRACE_PERIOD,
+    error::{ControlError, Result},
+    gc,
+};
 use crate::{
     dataplane::{
         Capacity, Dataplane,
@@ -171,7 +174,7 @@ impl Enforcer {
     /// [`Enforcer::apply`] for rule sets already compiled with [`compile_targets`].
     pub fn apply_compiled(&mut self, cfg: &Config, compiled: &[CompiledInterface]) -> Result<ApplyReport> {
         if let Some(c) = compiled.iter().find(|c| c.ifindex >= MAX_IFINDEX) {
-            bail!("ifindex {} is beyond the {MAX_IFINDEX} interfaces sgctl can enforce on", c.ifindex);
+            return Err(ControlError::IfindexTooLarge(c.ifindex));
         }
         // Make room: what an earlier apply replaced goes now.
         self.retire_pending();
@@ -211,7 +214,7 @@ impl Enforcer {
         let mut retired = Vec::new();
         let mut retired_versions = Vec::new();
         for (ifindex, mode, (ingress, egress)) in fresh {
-            let version = self.free_versions.pop().ok_or_else(|| anyhow!("no free interface-configuration version"))?;
+            let version = self.free_versions.pop().ok_or(ControlError::NoFreeVersion)?;
             let state = self.installed.entry(ifindex).or_default();
             state.generation = state.generation.wrapping_add(1);
             let config = IfaceConfig {
@@ -269,7 +272,7 @@ impl Enforcer {
     /// How many entries the address and port tries hold, counted in the kernel: every
     /// installed rule set's, plus those of replaced sets not yet retired.
     pub fn trie_entries(&self) -> Result<usize> {
-        self.maps.trie_entries()
+        Ok(self.maps.trie_entries()?)
     }
 
     /// The timeouts in force.
@@ -309,21 +312,15 @@ impl Enforcer {
 
     /// Writes one compiled rule set into free space; live rule sets are not touched.
     fn install(&mut self, c: &Compiled) -> Result<Installed> {
-        let slot = self.free_slots.pop().ok_or_else(|| anyhow!("all {MAX_RULESETS} rule-set slots in use"))?;
+        let slot = self.free_slots.pop().ok_or(ControlError::NoFreeSlot)?;
         let Some(vectors) = self.vector_ranges.take(c.vectors.len() as u32) else {
             self.free_slots.push(slot);
-            bail!(
-                "no room for {} more vectors in the maps sized at start; restart sgctl with the new rule file",
-                c.vectors.len()
-            );
+            return Err(ControlError::NoRoom { count: c.vectors.len(), what: "vectors" });
         };
         let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
-            bail!(
-                "no room for {} more rules in the maps sized at start; restart sgctl with the new rule file",
-                c.rules.len()
-            );
+            return Err(ControlError::NoRoom { count: c.rules.len(), what: "rules" });
         };
         let tables = self.table_ranges.take(c.port_tables.len() as u32);
         let blocks = self.block_ranges.take(c.port_blocks.len() as u32);
@@ -333,10 +330,7 @@ impl Enforcer {
             self.rule_ranges.give(rules);
             self.table_ranges.give(tables.unwrap_or(0..0));
             self.block_ranges.give(blocks.unwrap_or(0..0));
-            bail!(
-                "no room for {} more port blocks in the maps sized at start; restart sgctl with the new rule file",
-                c.port_blocks.len()
-            );
+            return Err(ControlError::NoRoom { count: c.port_blocks.len(), what: "port blocks" });
         };
         let mut installed =
             Installed { slot, vectors, rules, tables, blocks, addr_keys: Vec::new(), port_keys: Vec::new() };
@@ -344,7 +338,7 @@ impl Enforcer {
             Ok(()) => Ok(installed),
             Err(e) => {
                 self.remove(installed);
-                Err(e)
+                Err(e.into())
             }
         }
     }

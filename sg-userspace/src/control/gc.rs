@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
 use sg_common::{Session, SessionKey, Timeouts};
 
+use super::error::Result;
 use crate::{clock::monotonic_ns, dataplane::sessions::SessionTable};
 
 /// Deletes sessions idle past their timeout (counting the flow cache's hits). Each

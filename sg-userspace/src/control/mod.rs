@@ -4,11 +4,13 @@
 //! agent and the CLI drive it.
 
 pub mod enforcer;
+pub mod error;
 pub mod gc;
 
 use std::time::Duration;
 
 pub use enforcer::{ApplyReport, CompiledInterface, Enforcer, compile_targets};
+pub use error::ControlError;
 
 /// How long a program run can still be reading memory it looked up before a change: a
 /// replaced rule set, or the session-hint array the kernel was switched away from, is

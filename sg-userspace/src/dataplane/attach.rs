@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType, XdpMode,
     tc::SchedClassifierLinkId,
@@ -18,7 +17,10 @@ use aya::programs::{
 };
 use sg_common::program;
 
-use super::object::Dataplane;
+use super::{
+    error::{DataplaneError, Doing as _, Result},
+    object::Dataplane,
+};
 use crate::paths::pid_file;
 
 /// How the XDP program is attached (`--xdp-mode`).
@@ -56,11 +58,11 @@ pub struct Attachment {
 
 /// The interface index of `iface`, or a one-line error.
 pub fn ifindex(iface: &str) -> Result<u32> {
-    let name = CString::new(iface).map_err(|_| anyhow!("bad interface name {iface:?}"))?;
+    let name = CString::new(iface).map_err(|_| DataplaneError::BadInterfaceName(iface.to_string()))?;
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
-        bail!("no such interface: {iface}");
+        return Err(DataplaneError::NoSuchInterface(iface.to_string()));
     }
     Ok(index)
 }
@@ -84,11 +86,8 @@ fn has_os_error(error: &(dyn std::error::Error + 'static), codes: &[i32]) -> boo
     false
 }
 
-fn occupied(iface: &str) -> anyhow::Error {
-    anyhow!(
-        "{iface} already has an XDP program attached; sgctl does not replace it \
-         (remove it first, e.g. `ip link set dev {iface} xdp off`, or `sgctl detach {iface}` if it is ours)"
-    )
+fn occupied(iface: &str) -> DataplaneError {
+    DataplaneError::Occupied(iface.to_string())
 }
 
 impl Attachment {
@@ -101,7 +100,7 @@ impl Attachment {
                 if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) {
                     occupied(iface)
                 } else {
-                    anyhow!("attaching XDP to {iface}: {e}")
+                    DataplaneError::Refused(format!("attaching XDP to {iface}: {e}"))
                 }
             })
         };
@@ -112,7 +111,7 @@ impl Attachment {
                 Ok(link) => (link, "native"),
                 Err(e) if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) => return Err(occupied(iface)),
                 Err(e) => {
-                    eprintln!("sgctl: native XDP unavailable on {iface} ({e}); falling back to generic XDP");
+                    tracing::warn!("native XDP unavailable on {iface} ({e}); falling back to generic XDP");
                     (attach_xdp(xdp, XdpMode::Skb)?, "generic")
                 }
             },
@@ -131,8 +130,8 @@ impl Attachment {
 
     /// Detaches both programs and removes a clsact qdisc sgctl added.
     pub fn detach(self, dp: &mut Dataplane) -> Result<()> {
-        dp.xdp()?.detach(self.xdp_link).with_context(|| format!("detaching XDP from {}", self.iface))?;
-        dp.tc()?.detach(self.tc_link).with_context(|| format!("detaching TC from {}", self.iface))?;
+        dp.xdp()?.detach(self.xdp_link).doing_with(|| format!("detaching XDP from {}", self.iface))?;
+        dp.tc()?.detach(self.tc_link).doing_with(|| format!("detaching TC from {}", self.iface))?;
         if self.tc_hook == (TcHook::Clsact { created: true }) {
             remove_clsact(&self.iface);
         }
@@ -149,16 +148,20 @@ fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLi
             let created = match tc::qdisc_add_clsact(iface) {
                 Ok(()) => true,
                 Err(e) if has_os_error(&e, &[libc::EEXIST]) => false,
-                Err(e) => bail!("attaching TC egress to {iface}: TCX failed ({tcx_error}), clsact failed ({e})"),
+                Err(e) => {
+                    return Err(DataplaneError::Refused(format!(
+                        "attaching TC egress to {iface}: TCX failed ({tcx_error}), clsact failed ({e})"
+                    )));
+                }
             };
-            eprintln!("sgctl: TCX unavailable on {iface} ({tcx_error}); using a clsact filter");
+            tracing::warn!("TCX unavailable on {iface} ({tcx_error}); using a clsact filter");
             let link = tc
                 .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default()))
                 .map_err(|e| {
                     if created {
                         remove_clsact(iface);
                     }
-                    anyhow!("attaching TC egress to {iface}: {e}")
+                    DataplaneError::Refused(format!("attaching TC egress to {iface}: {e}"))
                 })?;
             Ok((link, TcHook::Clsact { created }))
         }
@@ -234,19 +237,19 @@ pub fn detach_interface(iface: &str) -> Result<Vec<String>> {
     }
     if left.clsact_filter {
         tc::qdisc_detach_program(iface, TcAttachType::Egress, program::EGRESS_TC)
-            .with_context(|| format!("removing the clsact filter from {iface}"))?;
+            .doing_with(|| format!("removing the clsact filter from {iface}"))?;
         done.push(format!("removed clsact filter {} from {iface}", program::EGRESS_TC));
     }
     let after = presence(iface)?;
     if !after.tcx_programs.is_empty() {
-        bail!(
+        return Err(DataplaneError::Refused(format!(
             "{iface} still has {} on its TCX egress hook (ids {:?}), held by another process",
             program::EGRESS_TC,
             after.tcx_programs
-        );
+        )));
     }
     if !after.is_empty() {
-        bail!("could not remove everything from {iface}: {after:?}");
+        return Err(DataplaneError::Refused(format!("could not remove everything from {iface}: {after:?}")));
     }
     Ok(done)
 }

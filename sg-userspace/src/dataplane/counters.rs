@@ -1,17 +1,19 @@
 //! The counter map (`SG_STATS`) and turning its raw per-CPU slots into totals people
 //! read.
 
-use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuArray};
 use serde::Serialize;
 use sg_common::{malformed, map, stats, step, verdict};
 
-use super::object::Dataplane;
+use super::{
+    error::{DataplaneError, Result},
+    object::Dataplane,
+};
 
 impl Dataplane {
     /// Counter values summed over CPUs, indexed by [`sg_common::stats`] slot.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        let map = self.ebpf.map(map::STATS).ok_or_else(|| anyhow!("map {} missing", map::STATS))?;
+        let map = self.ebpf.map(map::STATS).ok_or_else(|| DataplaneError::MissingMap(map::STATS.to_string()))?;
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
     }

@@ -9,10 +9,12 @@ pub mod attach;
 pub mod batch;
 pub mod capacity;
 pub mod counters;
+pub mod error;
 pub mod events;
 pub mod object;
 pub mod rulesets;
 pub mod sessions;
 
 pub use capacity::Capacity;
+pub use error::DataplaneError;
 pub use object::{Dataplane, LoadOptions};

@@ -1,13 +1,15 @@
 //! The embedded kernel object and loading it into the kernel.
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use sg_common::{global, map, program};
 
-use super::capacity::Capacity;
+use super::{
+    capacity::Capacity,
+    error::{DataplaneError, Doing as _, Result},
+};
 use crate::{clock, privilege::check_privileges};
 
 /// The kernel-side object, built by `build.rs` from the `sg-ebpf` crate.
@@ -32,7 +34,7 @@ impl Dataplane {
     /// carrying the last lines of the verifier log.
     pub fn load(options: &LoadOptions) -> Result<Self> {
         if OBJECT.is_empty() {
-            bail!("this sgctl was built with AYA_BUILD_SKIP=1 and carries no eBPF object");
+            return Err(DataplaneError::NoObject);
         }
         check_privileges()?;
         let trace = u8::from(options.trace);
@@ -49,7 +51,7 @@ impl Dataplane {
             .map_max_entries(map::PORT_TABLES, c.port_tables)
             .map_max_entries(map::PORT_BLOCKS, c.port_blocks)
             .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .doing("loading the eBPF object")?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, program::INGRESS_XDP)?;
         xdp.load().map_err(|e| verifier_error(program::INGRESS_XDP, e))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, program::EGRESS_TC)?;
@@ -70,12 +72,12 @@ impl Dataplane {
     where
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
-        T::try_from(self.take_raw_map(name)?).with_context(|| format!("map {name}"))
+        T::try_from(self.take_raw_map(name)?).doing_with(|| format!("map {name}"))
     }
 
     /// Takes map `name` out of the object as it is.
     pub fn take_raw_map(&mut self, name: &str) -> Result<aya::maps::Map> {
-        self.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing (already taken?)"))
+        self.ebpf.take_map(name).ok_or_else(|| DataplaneError::MissingMap(name.to_string()))
     }
 }
 
@@ -83,22 +85,22 @@ fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let program = ebpf.program_mut(name).ok_or_else(|| DataplaneError::MissingProgram(name.to_string()))?;
     Ok(program.try_into()?)
 }
 
 /// Turns a load failure into one line; for verifier rejections, the log's last lines.
-fn verifier_error(name: &str, error: ProgramError) -> anyhow::Error {
+fn verifier_error(name: &str, error: ProgramError) -> DataplaneError {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             if std::env::var_os("SGCTL_VERIFIER_LOG").is_some() {
-                eprintln!("{log}");
+                tracing::error!("the verifier's log of {name}:\n{log}");
             }
             let tail: Vec<&str> = log.lines().rev().take(4).collect::<Vec<_>>();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow!("the verifier rejected {name} ({io_error}): {}", tail.join(" | "))
+            DataplaneError::Rejected { program: name.to_string(), io_error, tail: tail.join(" | ") }
         }
-        other => anyhow!("loading {name}: {other}"),
+        other => DataplaneError::Refused(format!("loading {name}: {other}")),
     }
 }

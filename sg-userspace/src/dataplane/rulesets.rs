@@ -7,14 +7,17 @@
 
 use std::ops::Range;
 
-use anyhow::{Context as _, Result};
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey,
     RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
 };
 
-use super::{batch, object::Dataplane};
+use super::{
+    batch,
+    error::{Doing as _, Result},
+    object::Dataplane,
+};
 use crate::policy::compile::Compiled;
 
 /// A rule set living in the maps: its slot, its ranges of the array maps, and the trie
@@ -62,28 +65,28 @@ impl RuleSetMaps {
 
     /// Writes the session timeouts.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
-        self.timeouts.set(0, timeouts, 0).context("writing session timeouts")
+        self.timeouts.set(0, timeouts, 0).doing("writing session timeouts")
     }
 
     /// Writes an interface configuration under `version` (not yet published).
     pub fn set_iface_config(&mut self, version: u32, config: IfaceConfig) -> Result<()> {
-        self.iface_configs.set(version, config, 0).context("writing the interface configuration")
+        self.iface_configs.set(version, config, 0).doing("writing the interface configuration")
     }
 
     /// Publishes configuration id `id` for `ifindex` (one 4-byte store); 0 stops enforcing.
     pub fn switch(&mut self, ifindex: u32, id: u32) -> Result<()> {
-        self.iface_index.set(ifindex, id, 0).with_context(|| format!("switching ifindex {ifindex}"))
+        self.iface_index.set(ifindex, id, 0).doing_with(|| format!("switching ifindex {ifindex}"))
     }
 
     /// Stops enforcing on `ifindex` (its packets pass as unconfigured).
     pub fn clear(&mut self, ifindex: u32) -> Result<()> {
-        self.iface_index.set(ifindex, 0, 0).with_context(|| format!("clearing ifindex {ifindex}"))
+        self.iface_index.set(ifindex, 0, 0).doing_with(|| format!("clearing ifindex {ifindex}"))
     }
 
     /// How many entries the address and port tries hold, counted in the kernel.
     pub fn trie_entries(&self) -> Result<usize> {
-        let addr = self.addr_trie.keys().collect::<Result<Vec<_>, _>>().context("listing address entries")?;
-        let port = self.port_trie.keys().collect::<Result<Vec<_>, _>>().context("listing port entries")?;
+        let addr = self.addr_trie.keys().collect::<Result<Vec<_>, _>>().doing("listing address entries")?;
+        let port = self.port_trie.keys().collect::<Result<Vec<_>, _>>().doing("listing port entries")?;
         Ok(addr.len() + port.len())
     }
 
@@ -126,10 +129,10 @@ impl RuleSetMaps {
                 indices.push(at.vectors.start + (chunk_no * CHUNK + i) as u32);
                 values.push(value);
             }
-            batch::update(self.vectors.map(), &indices, &values).context("writing rule vectors")?;
+            batch::update(self.vectors.map(), &indices, &values).doing("writing rule vectors")?;
         }
         let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
-        batch::update(self.rule_info.map(), &rule_indices, &c.rules).context("writing rule info")?;
+        batch::update(self.rule_info.map(), &rule_indices, &c.rules).doing("writing rule info")?;
         let ruleset = at.slot.to_be_bytes();
         let mut addr_values = Vec::with_capacity(c.addr_entries.len());
         for e in &c.addr_entries {
@@ -148,7 +151,7 @@ impl RuleSetMaps {
             addr_values.push(at.vectors.start + e.vector);
         }
         // Recorded before writing, so a failed batch is undone in full by `remove`.
-        batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).context("writing address entries")?;
+        batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).doing("writing address entries")?;
         let mut port_values = Vec::with_capacity(c.port_entries.len());
         for e in &c.port_entries {
             // The protocol matched in full (8 bits), any port; or nothing: any protocol.
@@ -159,7 +162,7 @@ impl RuleSetMaps {
             ));
             port_values.push(at.vectors.start + e.vector);
         }
-        batch::update(self.port_trie.map(), &at.port_keys, &port_values).context("writing port entries")?;
+        batch::update(self.port_trie.map(), &at.port_keys, &port_values).doing("writing port entries")?;
         // Port and IPv4 peer tables: vector indices move to this set's vector range, block
         // references to its block range.
         let relocate = |block: &PortBlock| {
@@ -175,17 +178,17 @@ impl RuleSetMaps {
         };
         let blocks: Vec<PortBlock> = c.port_blocks.iter().map(relocate).collect();
         let block_indices: Vec<u32> = at.blocks.clone().collect();
-        batch::update(self.port_blocks.map(), &block_indices, &blocks).context("writing port blocks")?;
+        batch::update(self.port_blocks.map(), &block_indices, &blocks).doing("writing port blocks")?;
         let tables: Vec<PortBlock> = c.port_tables.iter().map(relocate).collect();
         let table_indices: Vec<u32> = at.tables.clone().collect();
-        batch::update(self.port_tables.map(), &table_indices, &tables).context("writing port tables")?;
+        batch::update(self.port_tables.map(), &table_indices, &tables).doing("writing port tables")?;
         let header = RulesetHeader {
             rule_base: at.rules.start,
             rule_count: c.rules.len() as u32,
             flags: c.flags,
             port_tables: at.tables.start,
         };
-        self.rulesets.set(at.slot, header, 0).context("writing the rule-set header")?;
+        self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
         Ok(())
     }
 }

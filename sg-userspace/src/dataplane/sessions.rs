@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
 use sg_common::{
@@ -17,7 +16,10 @@ use sg_common::{
     stats,
 };
 
-use super::object::Dataplane;
+use super::{
+    error::{DataplaneError, Doing as _, Result},
+    object::Dataplane,
+};
 use crate::{
     clock::ns_per_jiffy,
     policy::{addr::addr_from_bytes, config::SessionSettings},
@@ -90,7 +92,7 @@ impl HintMap {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mapping the session hints");
+            return Err(std::io::Error::last_os_error()).doing("mapping the session hints");
         }
         Ok(Self { _map: map, hints: ptr.cast(), len, last_switch: Instant::now() })
     }
@@ -193,13 +195,13 @@ impl SessionTable {
     pub fn from_maps(sessions: Map, cache: Map, epoch: Map, hints: Option<Map>) -> Result<Self> {
         let hints = match hints {
             Some(Map::Array(data)) => Some(HintMap::new(data)?),
-            Some(_) => anyhow::bail!("{} is not an array map", map::SESSION_HINTS),
+            Some(_) => return Err(DataplaneError::Refused(format!("{} is not an array map", map::SESSION_HINTS))),
             None => None,
         };
         Ok(Self {
-            map: HashMap::try_from(sessions).context("the session map")?,
-            cache: PerCpuArray::try_from(cache).context("the flow cache map")?,
-            epoch: Array::try_from(epoch).context("the cache epoch map")?,
+            map: HashMap::try_from(sessions).doing("the session map")?,
+            cache: PerCpuArray::try_from(cache).doing("the flow cache map")?,
+            epoch: Array::try_from(epoch).doing("the cache epoch map")?,
             ns_per_jiffy: ns_per_jiffy(),
             hints,
             hints_stale: false,
@@ -209,9 +211,11 @@ impl SessionTable {
     /// Opens the session table of a running sgctl from the map ids it recorded
     /// ([`SessionTable::ids`]).
     pub fn open(ids: &str) -> Result<Self> {
-        let ids: Vec<u32> = ids.split_whitespace().map(str::parse).collect::<Result<_, _>>().context("map ids")?;
-        let [sessions, cache, epoch] = ids[..] else { anyhow::bail!("expected three map ids, found {}", ids.len()) };
-        let open = |id: u32, what: &str| MapData::from_id(id).with_context(|| format!("opening {what} map {id}"));
+        let ids: Vec<u32> = ids.split_whitespace().map(str::parse).collect::<Result<_, _>>().doing("map ids")?;
+        let [sessions, cache, epoch] = ids[..] else {
+            return Err(DataplaneError::Refused(format!("expected three map ids, found {}", ids.len())));
+        };
+        let open = |id: u32, what: &str| MapData::from_id(id).doing_with(|| format!("opening {what} map {id}"));
         Self::from_maps(
             Map::LruHashMap(open(sessions, map::SESSIONS)?),
             Map::PerCpuArray(open(cache, map::FLOW_CACHE)?),
@@ -231,14 +235,14 @@ impl SessionTable {
     }
 
     fn current_epoch(&self) -> Result<u32> {
-        self.epoch.get(&0, 0).context("reading the cache epoch")
+        self.epoch.get(&0, 0).doing("reading the cache epoch")
     }
 
     /// Every session as it stands: the table's entry with the flow cache's pending hits
     /// (packets and the latest one) added.
     pub fn entries(&self) -> Result<Vec<(SessionKey, Session)>> {
         let mut sessions: Vec<(SessionKey, Session)> =
-            self.map.iter().collect::<Result<_, _>>().context("reading the session table")?;
+            self.map.iter().collect::<Result<_, _>>().doing("reading the session table")?;
         let epoch = self.current_epoch()?;
         let mut slots: std::collections::HashMap<u32, PerCpuValues<FlowCacheSlot>> = Default::default();
         for (key, session) in &mut sessions {
@@ -246,7 +250,7 @@ impl SessionTable {
             let slot = match slots.entry(index) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.cache.get(&index, 0).context("reading the flow cache")?)
+                    e.insert(self.cache.get(&index, 0).doing("reading the flow cache")?)
                 }
             };
             add_pending(key, session, slot, epoch, self.ns_per_jiffy);
@@ -272,9 +276,13 @@ impl SessionTable {
         // The hint first, as the kernel does: no packet may see the session without it.
         match &mut self.hints {
             Some(hints) => hints.note(key),
-            None => anyhow::bail!("inserting sessions needs the session hints (the process that loaded sgctl)"),
+            None => {
+                return Err(DataplaneError::Refused(
+                    "inserting sessions needs the session hints (the process that loaded sgctl)".into(),
+                ));
+            }
         }
-        self.map.insert(key, session, 0).context("inserting a session")
+        self.map.insert(key, session, 0).doing("inserting a session")
     }
 
     /// Whether the kernel would look `key` up (its hint flag is set in the array the
@@ -298,7 +306,7 @@ impl SessionTable {
         let array = hints.clear_inactive(grace);
         std::thread::sleep(grace);
         for key in self.map.keys() {
-            let key = key.context("listing sessions")?;
+            let key = key.doing("listing sessions")?;
             hints.set(array, key_bit(&key));
         }
         hints.switch_to(array);
@@ -309,7 +317,7 @@ impl SessionTable {
     /// cached entry vouches for a deleted session.
     pub fn flush(&mut self) -> Result<usize> {
         let epoch = self.current_epoch()?;
-        self.epoch.set(0, epoch.wrapping_add(1), 0).context("bumping the cache epoch")?;
+        self.epoch.set(0, epoch.wrapping_add(1), 0).doing("bumping the cache epoch")?;
         let keys: Vec<SessionKey> = self.map.keys().collect::<Result<_, _>>()?;
         for key in &keys {
             let _ = self.map.remove(key);

@@ -561,7 +561,7 @@ fn establish(enforcer: &mut Enforcer, frame: &[u8], generation: u32) -> Result<(
         step: sg_common::step::DEFAULT,
         _pad: [0; 4],
     };
-    enforcer.sessions().insert(&key, &session)
+    Ok(enforcer.sessions().insert(&key, &session)?)
 }
 
 /// The same TCP frame in the other direction: addresses and ports swapped (for the
