@@ -7,7 +7,8 @@ pub mod verdict {
     pub const DROP: u8 = 1;
 }
 
-/// Which step of the evaluation (SPEC section 3) decided (`Decision::step`).
+/// Which step of the evaluation (docs/rule-model.md#evaluation-order) decided
+/// (`Decision::step`).
 pub mod step {
     /// Not an IP packet: always passes.
     pub const NOT_IP: u8 = 0;

@@ -1,5 +1,6 @@
-//! Classification (SPEC section 3, steps 4 to 7) by linear bit-vector search over the
-//! maps the userspace compiler fills (see `sg_common::maps` for the scheme).
+//! Classification (docs/rule-model.md#evaluation-order, steps 4 to 7) by linear
+//! bit-vector search over the maps the userspace compiler fills (see `sg_common::maps`
+//! for the scheme).
 //!
 //! Two to four lookups (peer address: a multibit table for IPv4, the LPM trie for IPv6;
 //! destination port: a two-level table for TCP and UDP, the port trie otherwise; and,

@@ -1,4 +1,4 @@
-//! Sessions (SPEC section 4) in the kernel: the LRU session table, the fragment table,
+//! Sessions (docs/rule-model.md#sessions) in the kernel: the LRU session table, the fragment table,
 //! and the idle timeouts userspace sets from the rule file's `[sessions]` table.
 
 use aya_ebpf::bindings::BPF_F_MMAPABLE;

@@ -5,7 +5,7 @@
 //! crates (the generator is a small splitmix64 [`Rng`]), so the library, integration tests
 //! and benchmark binaries can all use it.
 //!
-//! [`case`] writes a small rule file exercising every feature of SPEC section 2 (both
+//! [`case`] writes a small rule file exercising every feature of docs/rule-file.md (both
 //! families, CIDRs of every length, group references with and without the account, prefix
 //! lists, port ranges, source ports, priority ties, both policies, basic and advanced
 //! groups, intra-group accept and isolation, `destination` narrowing, exact duplicates)
@@ -19,10 +19,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sgctl::config::{
-    Config, Direction, Family, GroupKind, InterfaceBinding, Peer, Protocol, Rule, parse_str, pooled_rules,
-};
-use sgctl::eval::PacketTuple;
+use sgctl::policy::config::{Config, Direction, Family, GroupKind, InterfaceBinding, Peer, Protocol, Rule, parse_str};
+use sgctl::policy::eval::PacketTuple;
+use sgctl::policy::order::pooled_rules;
 
 // ----- random numbers -----
 

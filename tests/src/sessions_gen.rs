@@ -1,5 +1,5 @@
 //! Seeded packet sequences for differential tests of sessions: the kernel programs and the
-//! stateful reference model ([`sgctl::eval::stateful`]) see the same packets and must
+//! stateful reference model ([`sgctl::policy::eval::stateful`]) see the same packets and must
 //! report the same verdict, step and rule for each.
 //!
 //! A [`SessionCase`] starts from a random rule file ([`crate::r#gen::case`]) and uses its
@@ -18,9 +18,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sg_common::{PacketMeta, Timeouts, family, ip_proto};
-use sgctl::config::{Config, Direction, InterfaceBinding};
-use sgctl::eval::PacketTuple;
-use sgctl::eval::stateful::{Outcome, Tracker, addr_to_bytes};
+use sgctl::policy::addr::addr_to_bytes;
+use sgctl::policy::config::{Config, Direction, InterfaceBinding};
+use sgctl::policy::eval::PacketTuple;
+use sgctl::policy::eval::stateful::{Outcome, Tracker};
 
 use crate::frames::{self, Frag4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::r#gen::{self as generator, Case, GenOptions, Rng};
@@ -148,7 +149,7 @@ impl fmt::Display for SeqPacket {
     /// `egress tcp 198.18.0.1 port 40000 -> 198.18.0.2 port 80 [SYN] (flow 3 opener)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.tuple;
-        write!(f, "{} {} {}", self.direction, sgctl::eval::protocol_name(t.protocol), t.src)?;
+        write!(f, "{} {} {}", self.direction, sgctl::policy::config::protocol_name(t.protocol), t.src)?;
         if has_ports(t.protocol) {
             write!(f, " port {}", t.src_port)?;
         }
@@ -187,7 +188,7 @@ fn has_ports(protocol: u8) -> bool {
 }
 
 fn addr_of(fam: u8, bytes: &[u8; 16]) -> IpAddr {
-    sgctl::eval::stateful::addr_from_bytes(fam, bytes)
+    sgctl::policy::addr::addr_from_bytes(fam, bytes)
 }
 
 /// Whether `icmp_type` is an echo request or reply of `protocol` (ICMP 8/0, ICMPv6
@@ -370,7 +371,7 @@ fn quoted_meta(quoted: &SeqPacket) -> PacketMeta {
 }
 
 /// The kernel's session clock, read from userspace.
-pub use sgctl::sessions::monotonic_ns;
+pub use sgctl::clock::monotonic_ns;
 
 // ----- sequences -----
 

@@ -6,9 +6,9 @@ use anyhow::{Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use sg_common::{DECISION_AUDIT, Decision, PacketMeta, ip_proto, stats, verdict};
 use sgctl::{
-    config::{Config, Direction, InterfaceBinding, Mode},
-    ebpf::Dataplane,
-    eval::{Decision as RefDecision, PacketTuple, evaluate},
+    dataplane::Dataplane,
+    policy::config::{Config, Direction, InterfaceBinding, Mode},
+    policy::eval::{Decision as RefDecision, PacketTuple, evaluate},
 };
 
 /// The two hooks; every matcher test runs on both.
@@ -149,6 +149,6 @@ pub fn compare(
 
 /// The (verdict, step, rule id) the kernel must report for a reference decision.
 pub fn expected(decision: &RefDecision) -> (u8, u8, u32) {
-    let o = sgctl::eval::stateful::Outcome::of_decision(decision);
+    let o = sgctl::policy::eval::stateful::Outcome::of_decision(decision);
     (o.verdict, o.step, o.rule_id)
 }

@@ -7,10 +7,10 @@ use sg_tests::{
     testrun::{HOOKS, TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
 };
 use sgctl::{
-    config::{Direction, load_file, parse_str},
-    ebpf::{Dataplane, LoadOptions},
-    enforce::{Capacity, Enforcer},
-    eval::PacketTuple,
+    control::Enforcer,
+    dataplane::{Capacity, Dataplane, LoadOptions},
+    policy::config::{Direction, load_file, parse_str},
+    policy::eval::PacketTuple,
 };
 
 fn packet(src: &str, dst: &str, protocol: u8, src_port: u16, dst_port: u16) -> PacketTuple {

@@ -1,8 +1,8 @@
 //! Differential test of the compiler against the reference evaluator, host only (no root,
 //! no kernel): random rule files from `sg_tests::r#gen` (`gen` is reserved in edition 2024),
 //! each interface compiled in both directions, and every probe classified by `Compiled::simulate` (the kernel's lookup in
-//! plain Rust) and by `evaluate` (SPEC section 3, steps 4 to 7). They must agree on the
-//! verdict, the deciding step and, for rules, the rule id.
+//! plain Rust) and by `evaluate` (docs/rule-model.md#evaluation-order, steps 4 to 7).
+//! They must agree on the verdict, the deciding step and, for rules, the rule id.
 //!
 //! `SG_DIFF_CASES` (default 3000) sets the number of rule files, `SG_DIFF_PACKETS`
 //! (default 20) the probes per file, and `SG_DIFF_SEED` the seed of the first file (the
@@ -16,9 +16,10 @@ use std::time::Instant;
 use sg_common::{step, verdict};
 use sg_tests::r#gen::{self as generator, Case, GenOptions, Probe, RealisticOptions, Rng};
 use sg_tests::testrun::expected;
-use sgctl::compile::{Compiled, Simulated, compile};
-use sgctl::config::{Action, Config, Direction, parse_str, pooled_rules};
-use sgctl::eval::{DecidedBy, PacketTuple, evaluate};
+use sgctl::policy::compile::{Compiled, Simulated, compile};
+use sgctl::policy::config::{Action, Config, Direction, parse_str};
+use sgctl::policy::eval::{DecidedBy, PacketTuple, evaluate};
+use sgctl::policy::order::pooled_rules;
 
 const BASE_SEED: u64 = 0x5347_6469_6666_0000;
 const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];

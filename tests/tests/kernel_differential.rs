@@ -22,9 +22,9 @@ use sg_tests::{
     testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
 };
 use sgctl::{
-    config::Direction,
-    ebpf::{Dataplane, LoadOptions},
-    enforce::{Capacity, Enforcer},
+    control::Enforcer,
+    dataplane::{Capacity, Dataplane, LoadOptions},
+    policy::config::Direction,
 };
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -8,7 +8,7 @@ use sg_tests::{
     kernel::kernel_tests_enabled,
     testrun::{HOOKS, Hook, run},
 };
-use sgctl::ebpf::{Dataplane, LoadOptions};
+use sgctl::dataplane::{Dataplane, LoadOptions};
 
 type Check = Box<dyn Fn(&PacketMeta)>;
 

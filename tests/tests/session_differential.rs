@@ -1,5 +1,5 @@
 //! Differential test of the kernel's sessions against the stateful reference model
-//! (`sgctl::eval::stateful`): seeded packet sequences (`sg_tests::sessions_gen`) of flows,
+//! (`sgctl::policy::eval::stateful`): seeded packet sequences (`sg_tests::sessions_gen`) of flows,
 //! replies without sessions, ICMP errors, neighbour discovery and rule changes run through
 //! BPF_PROG_TEST_RUN on the hook of their direction, and the model decides the same packets;
 //! verdict, step and rule id must agree for every packet, and after every packet the
@@ -23,10 +23,10 @@ use sg_tests::{
     testrun::{TEST_RUN_IFINDEX, hook_for, run},
 };
 use sgctl::{
-    config::{Direction, Mode, SessionSettings, parse_str},
-    ebpf::{Dataplane, LoadOptions},
-    enforce::{Capacity, Enforcer},
-    eval::{
+    control::Enforcer,
+    dataplane::{Capacity, Dataplane, LoadOptions},
+    policy::config::{Direction, Mode, SessionSettings, parse_str},
+    policy::eval::{
         PacketTuple,
         stateful::{Outcome, Tracker},
     },
@@ -72,7 +72,7 @@ fn comparable(s: &Session, current_generation: u32) -> (&'static str, u8, u8, u3
 
 /// `ifindex 1 protocol 6 198.18.0.1 port 40000 <-> 198.18.0.2 port 80`.
 fn key_text(key: &SessionKey) -> String {
-    let addr = |bytes: &[u8; 16]| sgctl::eval::stateful::addr_from_bytes(key.family, bytes);
+    let addr = |bytes: &[u8; 16]| sgctl::policy::addr::addr_from_bytes(key.family, bytes);
     format!(
         "ifindex {} protocol {} {} port {} <-> {} port {}",
         key.ifindex,
@@ -271,7 +271,7 @@ fn sequences_exercise_every_session_path_of_the_model() {
                     );
                     if p.embedded.is_some() {
                         related_quotes += 1;
-                    } else if sgctl::eval::stateful::is_icmp_error(&p.meta) {
+                    } else if sgctl::policy::eval::stateful::is_icmp_error(&p.meta) {
                         unparsable_quotes += 1;
                     }
                     // Frames start with an Ethernet header of the packet's family.

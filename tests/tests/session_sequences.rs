@@ -10,9 +10,9 @@ use sg_tests::{
     testrun::{Hook, Outcome, TEST_RUN_IFINDEX, run},
 };
 use sgctl::{
-    config::{Config, parse_str},
-    ebpf::{Dataplane, LoadOptions},
-    enforce::{Capacity, Enforcer},
+    control::Enforcer,
+    dataplane::{Capacity, Dataplane, LoadOptions},
+    policy::config::{Config, parse_str},
 };
 
 const INST: [u8; 4] = [198, 18, 1, 1];
@@ -380,7 +380,7 @@ fn garbage_collection_counts_the_hits_the_flow_cache_holds() {
     expect(run(&mut dp, Hook::Tc, &udp_out(53, 5353)).unwrap(), verdict::PASS, step::SESSION, "reply");
     std::thread::sleep(Duration::from_millis(400));
     expect(run(&mut dp, Hook::Tc, &udp_out(53, 5353)).unwrap(), verdict::PASS, step::SESSION, "cached reply");
-    let hit_at = sgctl::sessions::monotonic_ns();
+    let hit_at = sgctl::clock::monotonic_ns();
     let (key, merged) = e.sessions().entries().unwrap()[0];
     let stored = e.sessions().stored(&key).unwrap();
     assert_eq!((stored.packets, merged.packets), (2, 3), "the last reply was a cache hit");
@@ -423,7 +423,7 @@ fn session_hints_cover_every_session_and_collection_sheds_the_deleted() {
     expect(run(&mut dp, t, &udp_out(53, 2222)).unwrap(), verdict::DROP, step::DEFAULT, "reply without session");
     std::thread::sleep(Duration::from_millis(700));
     // B: written by userspace, which notes it too.
-    let now = sgctl::sessions::monotonic_ns();
+    let now = sgctl::clock::monotonic_ns();
     let b = key_of(3333);
     let session = sg_common::Session {
         last_seen_ns: now,

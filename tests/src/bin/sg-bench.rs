@@ -24,10 +24,10 @@ use sg_tests::{
     testrun::TEST_RUN_IFINDEX,
 };
 use sgctl::{
-    compile::compile,
-    config::{Config, Direction, parse_str},
-    ebpf::{Dataplane, LoadOptions},
-    enforce::{Capacity, Enforcer},
+    control::Enforcer,
+    dataplane::{Capacity, Dataplane, LoadOptions},
+    policy::compile::compile,
+    policy::config::{Config, Direction, parse_str},
 };
 
 /// Traffic from here is dropped by the last-ranked rule of the benchmark rule sets.
@@ -436,8 +436,8 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
         "Memory: {} bytes per entry (key 44 + value 40 + the LRU hash element; bpftool's memlock for the table), \
          {:.0} MiB for {size} entries, preallocated. Cost of a packet of a live session (XDP, IPv4 ACK) with the table \
          filled to a share of {size} entries by other flows; same rule set (1,000 rules).\n",
-        sgctl::sessions::BYTES_PER_SESSION,
-        f64::from(size) * sgctl::sessions::BYTES_PER_SESSION as f64 / 1048576.0
+        sgctl::dataplane::sessions::BYTES_PER_SESSION,
+        f64::from(size) * sgctl::dataplane::sessions::BYTES_PER_SESSION as f64 / 1048576.0
     )?;
     writeln!(report, "| table fill | ns per packet | vs baseline (alternating runs, same frame) |\n|---|---|---|")?;
     let cfg = ruleset(1000, Direction::Ingress)?;
@@ -469,7 +469,7 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
 /// Writes live UDP sessions `from..to` (distinct client ports and addresses).
 fn fill_sessions(enforcer: &mut Enforcer, from: u32, to: u32, generation: u32) -> Result<()> {
     use sg_common::{Session, SessionKey, session::state, stats};
-    let now = sgctl::sessions::monotonic_ns();
+    let now = sgctl::clock::monotonic_ns();
     let session = Session {
         last_seen_ns: now,
         created_ns: now,
@@ -548,7 +548,7 @@ fn establish(enforcer: &mut Enforcer, frame: &[u8], generation: u32) -> Result<(
     src[..len].copy_from_slice(&frame[at..at + len]);
     dst[..len].copy_from_slice(&frame[at + len..at + 2 * len]);
     let (key, src_is_low) = SessionKey::between(TEST_RUN_IFINDEX, if v6 { 6 } else { 4 }, 6, (src, 40000), (dst, 443));
-    let now = sgctl::sessions::monotonic_ns();
+    let now = sgctl::clock::monotonic_ns();
     let session = Session {
         last_seen_ns: now,
         created_ns: now,
@@ -561,7 +561,7 @@ fn establish(enforcer: &mut Enforcer, frame: &[u8], generation: u32) -> Result<(
         step: sg_common::step::DEFAULT,
         _pad: [0; 4],
     };
-    enforcer.sessions().insert(&key, &session)
+    Ok(enforcer.sessions().insert(&key, &session)?)
 }
 
 /// The same TCP frame in the other direction: addresses and ports swapped (for the

@@ -1,4 +1,4 @@
-//! Tests of the rule-file parser and validator: one test per rejection of SPEC section 2,
+//! Tests of the rule-file parser and validator: one test per rejection of docs/rule-file.md,
 //! plus positions, defaults, duplicates and references.
 
 use std::net::IpAddr;
@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::*;
+use crate::policy::order::pooled_rules;
 
 const FILE: &str = "test.toml";
 

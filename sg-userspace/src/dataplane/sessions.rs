@@ -1,11 +1,10 @@
-//! The session table seen from userspace: listing, flushing, and the garbage collector
-//! that frees expired entries (the kernel already ignores them on lookup).
+//! The session table seen from userspace: listing, inserting, flushing and deleting
+//! entries, and the session hints in front of it. When expired entries are freed (the
+//! kernel already ignores them on lookup) is decided in `control::gc`.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use std::time::Instant;
-
-use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
 use sg_common::{
@@ -17,27 +16,14 @@ use sg_common::{
     stats,
 };
 
-use crate::{config::SessionSettings, eval::stateful::addr_from_bytes};
-
-/// CLOCK_MONOTONIC_COARSE in ns: the clock of the kernel's `bpf_ktime_get_coarse_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The length of a jiffy in ns: the resolution of CLOCK_MONOTONIC_COARSE, which moves
-/// once per tick (the flow cache keeps time in jiffies, `sg_common::flow_cache`).
-pub fn ns_per_jiffy() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 || ts.tv_sec != 0 || ts.tv_nsec <= 0 {
-        return 4_000_000;
-    }
-    ts.tv_nsec as u64
-}
+use super::{
+    error::{DataplaneError, Doing as _, Result},
+    object::Dataplane,
+};
+use crate::{
+    clock::ns_per_jiffy,
+    policy::{addr::addr_from_bytes, config::SessionSettings},
+};
 
 /// The rule file's `[sessions]` timeouts (seconds) in the kernel's form (ns).
 pub fn timeouts(settings: &SessionSettings) -> Timeouts {
@@ -88,9 +74,6 @@ struct HintMap {
 // serialises this process's writers.
 unsafe impl Send for HintMap {}
 
-/// How long a program run can still be reading memory it looked up before a change.
-const GRACE: std::time::Duration = std::time::Duration::from_millis(5);
-
 impl HintMap {
     fn new(map: MapData) -> Result<Self> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -109,7 +92,7 @@ impl HintMap {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mapping the session hints");
+            return Err(std::io::Error::last_os_error()).doing("mapping the session hints");
         }
         Ok(Self { _map: map, hints: ptr.cast(), len, last_switch: Instant::now() })
     }
@@ -127,9 +110,10 @@ impl HintMap {
         self.set(1, flag);
     }
 
-    /// Clears the array the kernel does not read; returns it.
-    fn clear_inactive(&mut self) -> usize {
-        std::thread::sleep(GRACE.saturating_sub(self.last_switch.elapsed()));
+    /// Clears the array the kernel does not read, once `grace` has passed since the
+    /// kernel left it; returns it.
+    fn clear_inactive(&mut self, grace: Duration) -> usize {
+        std::thread::sleep(grace.saturating_sub(self.last_switch.elapsed()));
         // SAFETY: in bounds; volatile, as the kernel reads the memory.
         let active = unsafe { std::ptr::read_volatile(&raw const (*self.hints).active) } & 1;
         let inactive = 1 - active as usize;
@@ -202,18 +186,28 @@ impl SessionView {
 }
 
 impl SessionTable {
+    /// Takes the session maps out of `dp`, with the hints: this process owns the data plane.
+    pub fn take(dp: &mut Dataplane) -> Result<Self> {
+        Self::from_maps(
+            dp.take_raw_map(map::SESSIONS)?,
+            dp.take_raw_map(map::FLOW_CACHE)?,
+            dp.take_raw_map(map::CACHE_EPOCH)?,
+            Some(dp.take_raw_map(map::SESSION_HINTS)?),
+        )
+    }
+
     /// The table from the loaded maps (`SG_SESSIONS`, `SG_FLOW_CACHE`, `SG_CACHE_EPOCH`,
     /// and `SG_SESSION_HINTS` when this process owns the data plane).
     pub fn from_maps(sessions: Map, cache: Map, epoch: Map, hints: Option<Map>) -> Result<Self> {
         let hints = match hints {
             Some(Map::Array(data)) => Some(HintMap::new(data)?),
-            Some(_) => anyhow::bail!("{} is not an array map", map::SESSION_HINTS),
+            Some(_) => return Err(DataplaneError::Refused(format!("{} is not an array map", map::SESSION_HINTS))),
             None => None,
         };
         Ok(Self {
-            map: HashMap::try_from(sessions).context("the session map")?,
-            cache: PerCpuArray::try_from(cache).context("the flow cache map")?,
-            epoch: Array::try_from(epoch).context("the cache epoch map")?,
+            map: HashMap::try_from(sessions).doing("the session map")?,
+            cache: PerCpuArray::try_from(cache).doing("the flow cache map")?,
+            epoch: Array::try_from(epoch).doing("the cache epoch map")?,
             ns_per_jiffy: ns_per_jiffy(),
             hints,
             hints_stale: false,
@@ -223,9 +217,11 @@ impl SessionTable {
     /// Opens the session table of a running sgctl from the map ids it recorded
     /// ([`SessionTable::ids`]).
     pub fn open(ids: &str) -> Result<Self> {
-        let ids: Vec<u32> = ids.split_whitespace().map(str::parse).collect::<Result<_, _>>().context("map ids")?;
-        let [sessions, cache, epoch] = ids[..] else { anyhow::bail!("expected three map ids, found {}", ids.len()) };
-        let open = |id: u32, what: &str| MapData::from_id(id).with_context(|| format!("opening {what} map {id}"));
+        let ids: Vec<u32> = ids.split_whitespace().map(str::parse).collect::<Result<_, _>>().doing("map ids")?;
+        let [sessions, cache, epoch] = ids[..] else {
+            return Err(DataplaneError::Refused(format!("expected three map ids, found {}", ids.len())));
+        };
+        let open = |id: u32, what: &str| MapData::from_id(id).doing_with(|| format!("opening {what} map {id}"));
         Self::from_maps(
             Map::LruHashMap(open(sessions, map::SESSIONS)?),
             Map::PerCpuArray(open(cache, map::FLOW_CACHE)?),
@@ -245,14 +241,14 @@ impl SessionTable {
     }
 
     fn current_epoch(&self) -> Result<u32> {
-        self.epoch.get(&0, 0).context("reading the cache epoch")
+        self.epoch.get(&0, 0).doing("reading the cache epoch")
     }
 
     /// Every session as it stands: the table's entry with the flow cache's pending hits
     /// (packets and the latest one) added.
     pub fn entries(&self) -> Result<Vec<(SessionKey, Session)>> {
         let mut sessions: Vec<(SessionKey, Session)> =
-            self.map.iter().collect::<Result<_, _>>().context("reading the session table")?;
+            self.map.iter().collect::<Result<_, _>>().doing("reading the session table")?;
         let epoch = self.current_epoch()?;
         let mut slots: std::collections::HashMap<u32, PerCpuValues<FlowCacheSlot>> = Default::default();
         for (key, session) in &mut sessions {
@@ -260,7 +256,7 @@ impl SessionTable {
             let slot = match slots.entry(index) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.cache.get(&index, 0).context("reading the flow cache")?)
+                    e.insert(self.cache.get(&index, 0).doing("reading the flow cache")?)
                 }
             };
             add_pending(key, session, slot, epoch, self.ns_per_jiffy);
@@ -274,7 +270,7 @@ impl SessionTable {
     }
 
     /// One session as it stands (see [`SessionTable::entries`]).
-    fn effective(&self, key: &SessionKey) -> Option<Session> {
+    pub fn effective(&self, key: &SessionKey) -> Option<Session> {
         let mut session = self.map.get(key, 0).ok()?;
         let slot = self.cache.get(&slot_of_key(key), 0).ok()?;
         add_pending(key, &mut session, &slot, self.current_epoch().ok()?, self.ns_per_jiffy);
@@ -286,9 +282,13 @@ impl SessionTable {
         // The hint first, as the kernel does: no packet may see the session without it.
         match &mut self.hints {
             Some(hints) => hints.note(key),
-            None => anyhow::bail!("inserting sessions needs the session hints (the process that loaded sgctl)"),
+            None => {
+                return Err(DataplaneError::Refused(
+                    "inserting sessions needs the session hints (the process that loaded sgctl)".into(),
+                ));
+            }
         }
-        self.map.insert(key, session, 0).context("inserting a session")
+        self.map.insert(key, session, 0).doing("inserting a session")
     }
 
     /// Whether the kernel would look `key` up (its hint flag is set in the array the
@@ -303,14 +303,16 @@ impl SessionTable {
     }
 
     /// Drops the hints of deleted sessions: clears the array the kernel does not read,
-    /// waits out programs that noted a session before the clear but had not inserted it
-    /// yet, notes every session now in the table, and switches the kernel to it.
-    pub fn rebuild_hints(&mut self) -> Result<()> {
+    /// waits out (`grace`) programs that noted a session before the clear but had not
+    /// inserted it yet, notes every session now in the table, and switches the kernel
+    /// to it.
+    pub fn rebuild_hints(&mut self, grace: Duration) -> Result<()> {
+        self.hints_stale = false;
         let Some(hints) = &mut self.hints else { return Ok(()) };
-        let array = hints.clear_inactive();
-        std::thread::sleep(GRACE);
+        let array = hints.clear_inactive(grace);
+        std::thread::sleep(grace);
         for key in self.map.keys() {
-            let key = key.context("listing sessions")?;
+            let key = key.doing("listing sessions")?;
             hints.set(array, key_bit(&key));
         }
         hints.switch_to(array);
@@ -321,7 +323,7 @@ impl SessionTable {
     /// cached entry vouches for a deleted session.
     pub fn flush(&mut self) -> Result<usize> {
         let epoch = self.current_epoch()?;
-        self.epoch.set(0, epoch.wrapping_add(1), 0).context("bumping the cache epoch")?;
+        self.epoch.set(0, epoch.wrapping_add(1), 0).doing("bumping the cache epoch")?;
         let keys: Vec<SessionKey> = self.map.keys().collect::<Result<_, _>>()?;
         for key in &keys {
             let _ = self.map.remove(key);
@@ -331,25 +333,14 @@ impl SessionTable {
         Ok(keys.len())
     }
 
-    /// Deletes sessions idle past their timeout (counting the flow cache's hits). Each
-    /// candidate is read again right before it is deleted, so a session a packet
-    /// refreshed meanwhile stays.
-    pub fn collect_garbage(&mut self, timeouts: &Timeouts) -> Result<usize> {
-        let expired = |s: &Session| sg_common::session::expired(s.state, s.last_seen_ns, monotonic_ns(), timeouts);
-        let candidates: Vec<SessionKey> =
-            self.entries()?.into_iter().filter(|(_, s)| expired(s)).map(|(k, _)| k).collect();
-        let mut removed = 0;
-        for key in candidates {
-            let still_expired = self.effective(&key).is_some_and(|s| expired(&s));
-            if still_expired && self.map.remove(&key).is_ok() {
-                removed += 1;
-            }
-        }
-        if removed > 0 || self.hints_stale {
-            self.rebuild_hints()?;
-            self.hints_stale = false;
-        }
-        Ok(removed)
+    /// Deletes the session of `key`; false when there was none.
+    pub fn remove(&mut self, key: &SessionKey) -> bool {
+        self.map.remove(key).is_ok()
+    }
+
+    /// Whether a flush left hints of deleted sessions (the next collection rebuilds them).
+    pub fn hints_stale(&self) -> bool {
+        self.hints_stale
     }
 }
 
@@ -369,9 +360,4 @@ fn add_pending(
             }
         }
     }
-}
-
-/// Where a running `sgctl run` records the ids of its session maps for `sgctl sessions`.
-pub fn map_id_file() -> std::path::PathBuf {
-    crate::attach::state_dir().join("sessions.map-id")
 }

@@ -1,7 +1,23 @@
-//! Turning the raw per-CPU counter slots into totals people read.
+//! The counter map (`SG_STATS`) and turning its raw per-CPU slots into totals people
+//! read.
 
+use aya::maps::{MapData, PerCpuArray};
 use serde::Serialize;
-use sg_common::{malformed, stats, step, verdict};
+use sg_common::{malformed, map, stats, step, verdict};
+
+use super::{
+    error::{DataplaneError, Result},
+    object::Dataplane,
+};
+
+impl Dataplane {
+    /// Counter values summed over CPUs, indexed by [`sg_common::stats`] slot.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        let map = self.ebpf.map(map::STATS).ok_or_else(|| DataplaneError::MissingMap(map::STATS.to_string()))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
+    }
+}
 
 /// Totals of one hook.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -38,6 +54,17 @@ pub fn hook_counters(slots: &[u64], hook: u32) -> HookCounters {
         }
     }
     out
+}
+
+/// One line of both hooks' totals: `ingress: ... | egress: ...`, or that as JSON.
+pub fn counter_line(slots: &[u64], json: bool) -> String {
+    let ingress = hook_counters(slots, stats::HOOK_INGRESS);
+    let egress = hook_counters(slots, stats::HOOK_EGRESS);
+    if json {
+        serde_json::json!({ "ingress": ingress, "egress": egress }).to_string()
+    } else {
+        format!("ingress: {ingress} | egress: {egress}")
+    }
 }
 
 impl std::fmt::Display for HookCounters {

@@ -4,13 +4,11 @@
 use std::{
     ffi::CString,
     io,
-    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType, XdpMode,
     tc::SchedClassifierLinkId,
@@ -19,7 +17,11 @@ use aya::programs::{
 };
 use sg_common::program;
 
-use crate::ebpf::Dataplane;
+use super::{
+    error::{DataplaneError, Doing as _, Result},
+    object::Dataplane,
+};
+use crate::paths::pid_file;
 
 /// How the XDP program is attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -56,11 +58,11 @@ pub struct Attachment {
 
 /// The interface index of `iface`, or a one-line error.
 pub fn ifindex(iface: &str) -> Result<u32> {
-    let name = CString::new(iface).map_err(|_| anyhow!("bad interface name {iface:?}"))?;
+    let name = CString::new(iface).map_err(|_| DataplaneError::BadInterfaceName(iface.to_string()))?;
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
-        bail!("no such interface: {iface}");
+        return Err(DataplaneError::NoSuchInterface(iface.to_string()));
     }
     Ok(index)
 }
@@ -84,11 +86,8 @@ fn has_os_error(error: &(dyn std::error::Error + 'static), codes: &[i32]) -> boo
     false
 }
 
-fn occupied(iface: &str) -> anyhow::Error {
-    anyhow!(
-        "{iface} already has an XDP program attached; sgctl does not replace it \
-         (remove it first, e.g. `ip link set dev {iface} xdp off`, or `sgctl detach {iface}` if it is ours)"
-    )
+fn occupied(iface: &str) -> DataplaneError {
+    DataplaneError::Occupied(iface.to_string())
 }
 
 impl Attachment {
@@ -101,7 +100,7 @@ impl Attachment {
                 if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) {
                     occupied(iface)
                 } else {
-                    anyhow!("attaching XDP to {iface}: {e}")
+                    DataplaneError::Refused(format!("attaching XDP to {iface}: {e}"))
                 }
             })
         };
@@ -112,7 +111,7 @@ impl Attachment {
                 Ok(link) => (link, "native"),
                 Err(e) if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) => return Err(occupied(iface)),
                 Err(e) => {
-                    eprintln!("sgctl: native XDP unavailable on {iface} ({e}); falling back to generic XDP");
+                    tracing::warn!("native XDP unavailable on {iface} ({e}); falling back to generic XDP");
                     (attach_xdp(xdp, XdpMode::Skb)?, "generic")
                 }
             },
@@ -131,8 +130,8 @@ impl Attachment {
 
     /// Detaches both programs and removes a clsact qdisc sgctl added.
     pub fn detach(self, dp: &mut Dataplane) -> Result<()> {
-        dp.xdp()?.detach(self.xdp_link).with_context(|| format!("detaching XDP from {}", self.iface))?;
-        dp.tc()?.detach(self.tc_link).with_context(|| format!("detaching TC from {}", self.iface))?;
+        dp.xdp()?.detach(self.xdp_link).doing_with(|| format!("detaching XDP from {}", self.iface))?;
+        dp.tc()?.detach(self.tc_link).doing_with(|| format!("detaching TC from {}", self.iface))?;
         if self.tc_hook == (TcHook::Clsact { created: true }) {
             remove_clsact(&self.iface);
         }
@@ -149,16 +148,20 @@ fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLi
             let created = match tc::qdisc_add_clsact(iface) {
                 Ok(()) => true,
                 Err(e) if has_os_error(&e, &[libc::EEXIST]) => false,
-                Err(e) => bail!("attaching TC egress to {iface}: TCX failed ({tcx_error}), clsact failed ({e})"),
+                Err(e) => {
+                    return Err(DataplaneError::Refused(format!(
+                        "attaching TC egress to {iface}: TCX failed ({tcx_error}), clsact failed ({e})"
+                    )));
+                }
             };
-            eprintln!("sgctl: TCX unavailable on {iface} ({tcx_error}); using a clsact filter");
+            tracing::warn!("TCX unavailable on {iface} ({tcx_error}); using a clsact filter");
             let link = tc
                 .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default()))
                 .map_err(|e| {
                     if created {
                         remove_clsact(iface);
                     }
-                    anyhow!("attaching TC egress to {iface}: {e}")
+                    DataplaneError::Refused(format!("attaching TC egress to {iface}: {e}"))
                 })?;
             Ok((link, TcHook::Clsact { created }))
         }
@@ -167,30 +170,6 @@ fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLi
 
 fn remove_clsact(iface: &str) {
     let _ = Command::new("tc").args(["qdisc", "del", "dev", iface, "clsact"]).status();
-}
-
-/// Per network namespace state directory: `/run/sgctl/<netns inode>/`. `/run` is shared
-/// by every namespace, so interface names alone would clash.
-pub fn state_dir() -> PathBuf {
-    let netns = std::fs::read_link("/proc/self/ns/net")
-        .ok()
-        .map(|l| l.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').to_string())
-        .unwrap_or_else(|| "default".into());
-    PathBuf::from("/run/sgctl").join(netns)
-}
-
-/// Where a running `sgctl` records its pid per interface, so `sgctl detach` finds it.
-pub fn pid_file(iface: &str) -> PathBuf {
-    state_dir().join(format!("{iface}.pid"))
-}
-
-/// Records this process as the one holding `iface`.
-pub fn write_pid_file(iface: &str) -> Result<()> {
-    let path = pid_file(iface);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, std::process::id().to_string()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// What is of ours on an interface right now.
@@ -258,19 +237,19 @@ pub fn detach_interface(iface: &str) -> Result<Vec<String>> {
     }
     if left.clsact_filter {
         tc::qdisc_detach_program(iface, TcAttachType::Egress, program::EGRESS_TC)
-            .with_context(|| format!("removing the clsact filter from {iface}"))?;
+            .doing_with(|| format!("removing the clsact filter from {iface}"))?;
         done.push(format!("removed clsact filter {} from {iface}", program::EGRESS_TC));
     }
     let after = presence(iface)?;
     if !after.tcx_programs.is_empty() {
-        bail!(
+        return Err(DataplaneError::Refused(format!(
             "{iface} still has {} on its TCX egress hook (ids {:?}), held by another process",
             program::EGRESS_TC,
             after.tcx_programs
-        );
+        )));
     }
     if !after.is_empty() {
-        bail!("could not remove everything from {iface}: {after:?}");
+        return Err(DataplaneError::Refused(format!("could not remove everything from {iface}: {after:?}")));
     }
     Ok(done)
 }

@@ -14,7 +14,6 @@
 
 use std::{collections::BTreeSet, hash::BuildHasher as _, net::IpAddr};
 
-use anyhow::{Result, bail};
 use ipnet::IpNet;
 // Vectors are kilobytes long and there are tens of thousands: a fast non-cryptographic
 // hash keeps interning them cheap (the inputs are our own, not an attacker's).
@@ -25,10 +24,19 @@ use sg_common::{
     RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, port_table, step, verdict,
 };
 
-use crate::{
-    config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, PortRange, pooled_rules},
-    eval::default_action,
+use super::{
+    config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, PortRange},
+    order::{default_action, pooled_rules},
 };
+
+/// A rule set the maps cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("{iface}: {count} {direction:?} rules, more than the {MAX_USER_RULES} one interface and direction holds")]
+    TooManyRules { iface: String, direction: Direction, count: usize },
+    #[error("{iface}: {count} rules do not fit a vector")]
+    TooWide { iface: String, count: usize },
+}
 
 /// An address-trie entry: `field` value within `net` maps to `vector`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,14 +114,10 @@ fn any_net(v6: bool) -> IpNet {
 }
 
 /// The matchers of `iface` in `dir`, in bit order.
-fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Vec<Matcher>> {
+fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Vec<Matcher>, CompileError> {
     let rules = pooled_rules(cfg, iface, dir);
     if rules.len() > MAX_USER_RULES {
-        bail!(
-            "{}: {} {dir:?} rules, more than the {MAX_USER_RULES} one interface and direction holds",
-            iface.name,
-            rules.len()
-        );
+        return Err(CompileError::TooManyRules { iface: iface.name.clone(), direction: dir, count: rules.len() });
     }
     let groups = || iface.groups.iter().map(|&g| &cfg.groups[g]);
     let mut out = Vec::with_capacity(rules.len() + 3);
@@ -377,11 +381,11 @@ fn uniform_table(vector: u32) -> PortBlock {
 }
 
 /// Compiles the rules of `iface` in direction `dir`.
-pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Compiled> {
+pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Compiled, CompileError> {
     let matchers = matchers(cfg, iface, dir)?;
     let words = matchers.len().div_ceil(64);
     if words > MAX_WORDS {
-        bail!("{}: {} rules do not fit a vector", iface.name, matchers.len());
+        return Err(CompileError::TooWide { iface: iface.name.clone(), count: matchers.len() });
     }
     let mut table = VectorTable::new();
     let mut compiled = Compiled { rules: matchers.iter().map(|m| m.info).collect(), ..Default::default() };

@@ -28,13 +28,13 @@
 //! computed outcome, which is what the model returns.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sg_common::session::{continues_session, expired, next_state, opening_state};
-use sg_common::{PacketMeta, Session, SessionKey, Timeouts, family, ip_proto, stats, step, verdict};
+use sg_common::{PacketMeta, Session, SessionKey, Timeouts, ip_proto, stats, step, verdict};
 
 use super::{DecidedBy, Decision, PacketTuple, evaluate};
-use crate::config::{Action, Config, Direction, InterfaceBinding};
+use crate::policy::addr::addr_from_bytes;
+use crate::policy::config::{Action, Config, Direction, InterfaceBinding};
 
 /// What the data plane reports for one packet: `sg_common` verdict and step codes, and
 /// the deciding rule's id (0 when no rule decided).
@@ -264,29 +264,6 @@ pub fn tuple_of(meta: &PacketMeta) -> PacketTuple {
     }
 }
 
-/// An address as `PacketMeta` and `SessionKey` hold it: IPv4 in the first four bytes
-/// (network order), the rest zero; IPv6 in all sixteen.
-pub fn addr_to_bytes(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mut bytes = [0; 16];
-            bytes[..4].copy_from_slice(&v4.octets());
-            bytes
-        }
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The inverse of [`addr_to_bytes`] for an address of `fam` (`family::IPV4` or
-/// `family::IPV6`; anything else is read as IPv6).
-pub fn addr_from_bytes(fam: u8, bytes: &[u8; 16]) -> IpAddr {
-    if fam == family::IPV4 {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*bytes))
-    }
-}
-
 /// `stats::HOOK_INGRESS` or `stats::HOOK_EGRESS` as `Session::opened_on` holds it.
 pub fn hook_of(dir: Direction) -> u8 {
     let hook = match dir {
@@ -303,10 +280,14 @@ pub fn direction_of_hook(hook: u8) -> Direction {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use sg_common::family;
     use sg_common::session::state;
 
     use super::*;
-    use crate::config::parse_str;
+    use crate::policy::addr::addr_to_bytes;
+    use crate::policy::config::parse_str;
 
     const IFINDEX: u32 = 3;
     const SECOND: u64 = 1_000_000_000;

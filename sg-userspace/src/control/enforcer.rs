@@ -5,96 +5,29 @@
 //! ranges, trie entries keyed by the new slot; batched writes), writes the interface's
 //! new [`IfaceConfig`] under a free version, then switches the interface with one 4-byte
 //! store of a new configuration id, so no packet sees a mixture of two rule sets. The
-//! replaced rule sets are deleted afterwards ([`Enforcer::retire_pending`]), after a grace
-//! period longer than any program run.
+//! replaced rule sets are deleted afterwards ([`Enforcer::retire_pending`]), after the
+//! grace period ([`super::GRACE_PERIOD`]).
 
 use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
-use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
-};
+use sg_common::{IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, Timeouts};
 
+use super::{
+    GRACE_PERIOD,
+    error::{ControlError, Result},
+    gc,
+};
 use crate::{
-    batch,
-    compile::{Compiled, compile},
-    config::{Config, Direction, InterfaceBinding, Mode},
-    ebpf::Dataplane,
-    sessions::{self, SessionTable},
+    dataplane::{
+        Capacity, Dataplane,
+        rulesets::{Installed, RuleSetMaps},
+        sessions::{self, SessionTable},
+    },
+    policy::{
+        compile::{Compiled, compile},
+        config::{Config, Direction, InterfaceBinding, Mode},
+    },
 };
-
-/// Map sizes, fixed when the programs are loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
-    /// Session table entries (`max_sessions`).
-    pub sessions: u32,
-    pub vectors: u32,
-    pub rule_info: u32,
-    pub addr_entries: u32,
-    pub port_entries: u32,
-    /// First-level port tables (`PORT_TABLES` per rule set).
-    pub port_tables: u32,
-    /// Second-level port blocks.
-    pub port_blocks: u32,
-}
-
-impl Default for Capacity {
-    /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
-    fn default() -> Self {
-        Self {
-            sessions: 262_144,
-            vectors: 4096,
-            rule_info: 65_536,
-            addr_entries: 65_536,
-            port_entries: 4096,
-            port_tables: sg_common::PORT_TABLES * MAX_RULESETS,
-            port_blocks: 1024,
-        }
-    }
-}
-
-impl Capacity {
-    /// Room for twice what `compiled` needs (a new rule set is written beside the live
-    /// one), and never less than the default.
-    pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
-        let mut need = Self {
-            sessions: 0,
-            vectors: 0,
-            rule_info: 0,
-            addr_entries: 0,
-            port_entries: 0,
-            port_tables: 0,
-            port_blocks: 0,
-        };
-        for c in compiled {
-            need.vectors += c.vectors.len() as u32;
-            need.rule_info += c.rules.len() as u32;
-            need.addr_entries += c.addr_entries.len() as u32;
-            need.port_entries += c.port_entries.len() as u32;
-            need.port_blocks += c.port_blocks.len() as u32;
-        }
-        let d = Self::default();
-        Self {
-            sessions: d.sessions,
-            vectors: (need.vectors * 2 + 64).max(d.vectors),
-            rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
-            addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
-            port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
-            port_tables: d.port_tables,
-            port_blocks: (need.port_blocks * 2 + 64).max(d.port_blocks),
-        }
-    }
-
-    /// Bytes of map memory the vectors, rule-info and port-table arrays take (the tries
-    /// grow with their entries, about 100 bytes each).
-    pub fn array_bytes(&self) -> u64 {
-        u64::from(self.vectors) * size_of::<RuleVector>() as u64
-            + u64::from(self.rule_info) * size_of::<RuleInfo>() as u64
-            + u64::from(self.port_tables + self.port_blocks) * size_of::<PortBlock>() as u64
-    }
-}
 
 /// First-fit allocator of index ranges in an array map.
 #[derive(Debug)]
@@ -136,17 +69,6 @@ impl Ranges {
             self.free[i - 1].end = self.free.remove(i).end;
         }
     }
-}
-
-/// A rule set living in the maps.
-struct Installed {
-    slot: u32,
-    vectors: Range<u32>,
-    rules: Range<u32>,
-    tables: Range<u32>,
-    blocks: Range<u32>,
-    addr_keys: Vec<Key<AddrKey>>,
-    port_keys: Vec<Key<PortKey>>,
 }
 
 #[derive(Default)]
@@ -201,18 +123,10 @@ pub fn compile_targets(cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Re
 
 /// Owns the classification maps and what is installed in them.
 pub struct Enforcer {
-    iface_index: Array<MapData, u32>,
-    iface_configs: Array<MapData, IfaceConfig>,
+    maps: RuleSetMaps,
     free_versions: Vec<u32>,
     /// Counts applies, for configuration ids.
     config_serial: u32,
-    rulesets: Array<MapData, RulesetHeader>,
-    addr_trie: LpmTrie<MapData, AddrKey, u32>,
-    port_trie: LpmTrie<MapData, PortKey, u32>,
-    vectors: Array<MapData, RuleVector>,
-    rule_info: Array<MapData, RuleInfo>,
-    port_tables: Array<MapData, PortBlock>,
-    port_blocks: Array<MapData, PortBlock>,
     vector_ranges: Ranges,
     rule_ranges: Ranges,
     table_ranges: Ranges,
@@ -222,34 +136,17 @@ pub struct Enforcer {
     retiring: Vec<Retiring>,
     grace: Duration,
     sessions: SessionTable,
-    timeouts: Array<MapData, Timeouts>,
     current_timeouts: Timeouts,
-}
-
-fn take<T>(dp: &mut Dataplane, name: &str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = dp.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing (already taken?)"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
 }
 
 impl Enforcer {
     /// Takes the classification maps out of `dp` (loaded with `capacity`).
     pub fn new(dp: &mut Dataplane, capacity: &Capacity) -> Result<Self> {
         Ok(Self {
-            iface_index: take(dp, map::IFACE_INDEX)?,
-            iface_configs: take(dp, map::IFACE_CONFIGS)?,
+            maps: RuleSetMaps::take(dp)?,
             // Version 0 means "not enforced".
             free_versions: (1..MAX_IFACE_VERSIONS).rev().collect(),
             config_serial: 0,
-            rulesets: take(dp, map::RULESETS)?,
-            addr_trie: take(dp, map::ADDR_TRIE)?,
-            port_trie: take(dp, map::PORT_TRIE)?,
-            vectors: take(dp, map::VECTORS)?,
-            rule_info: take(dp, map::RULE_INFO)?,
-            port_tables: take(dp, map::PORT_TABLES)?,
-            port_blocks: take(dp, map::PORT_BLOCKS)?,
             vector_ranges: Ranges::new(capacity.vectors),
             rule_ranges: Ranges::new(capacity.rule_info),
             table_ranges: Ranges::new(capacity.port_tables),
@@ -258,17 +155,8 @@ impl Enforcer {
             free_slots: (1..MAX_RULESETS).rev().collect(),
             installed: HashMap::new(),
             retiring: Vec::new(),
-            grace: Duration::from_millis(5),
-            sessions: {
-                let mut take = |name: &str| dp.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
-                SessionTable::from_maps(
-                    take(map::SESSIONS)?,
-                    take(map::FLOW_CACHE)?,
-                    take(map::CACHE_EPOCH)?,
-                    Some(take(map::SESSION_HINTS)?),
-                )?
-            },
-            timeouts: take(dp, map::TIMEOUTS)?,
+            grace: GRACE_PERIOD,
+            sessions: SessionTable::take(dp)?,
             current_timeouts: Timeouts::default(),
         })
     }
@@ -286,14 +174,14 @@ impl Enforcer {
     /// [`Enforcer::apply`] for rule sets already compiled with [`compile_targets`].
     pub fn apply_compiled(&mut self, cfg: &Config, compiled: &[CompiledInterface]) -> Result<ApplyReport> {
         if let Some(c) = compiled.iter().find(|c| c.ifindex >= MAX_IFINDEX) {
-            bail!("ifindex {} is beyond the {MAX_IFINDEX} interfaces sgctl can enforce on", c.ifindex);
+            return Err(ControlError::IfindexTooLarge(c.ifindex));
         }
         // Make room: what an earlier apply replaced goes now.
         self.retire_pending();
         let mut report = ApplyReport::default();
         // Timeouts first: they only loosen or tighten idle expiry, never admit a packet.
         let timeouts = sessions::timeouts(&cfg.sessions);
-        self.timeouts.set(0, timeouts, 0).context("writing session timeouts")?;
+        self.maps.set_timeouts(timeouts)?;
         self.current_timeouts = timeouts;
         let written = Instant::now();
         let mut fresh = Vec::with_capacity(compiled.len());
@@ -326,7 +214,7 @@ impl Enforcer {
         let mut retired = Vec::new();
         let mut retired_versions = Vec::new();
         for (ifindex, mode, (ingress, egress)) in fresh {
-            let version = self.free_versions.pop().ok_or_else(|| anyhow!("no free interface-configuration version"))?;
+            let version = self.free_versions.pop().ok_or(ControlError::NoFreeVersion)?;
             let state = self.installed.entry(ifindex).or_default();
             state.generation = state.generation.wrapping_add(1);
             let config = IfaceConfig {
@@ -335,12 +223,12 @@ impl Enforcer {
                 generation: state.generation,
                 flags: if mode == Mode::Audit { IFACE_AUDIT } else { 0 },
             };
-            self.iface_configs.set(version, config, 0).context("writing the interface configuration")?;
+            self.maps.set_iface_config(version, config)?;
             // The switch: one 4-byte store publishes the new configuration, under an id
             // no recent apply used (see `sg_common::config_version`).
             self.config_serial = (self.config_serial + 1) % (u32::MAX / MAX_IFACE_VERSIONS);
             let id = version + self.config_serial * MAX_IFACE_VERSIONS;
-            self.iface_index.set(ifindex, id, 0).with_context(|| format!("switching ifindex {ifindex}"))?;
+            self.maps.switch(ifindex, id)?;
             retired_versions.extend((state.version != 0).then_some(state.version));
             state.version = version;
             retired.extend(state.ingress.replace(ingress));
@@ -356,7 +244,7 @@ impl Enforcer {
     /// Stops enforcing on `ifindex` (its packets pass as unconfigured).
     pub fn clear(&mut self, ifindex: u32) -> Result<()> {
         if let Some(state) = self.installed.remove(&ifindex) {
-            self.iface_index.set(ifindex, 0, 0).with_context(|| format!("clearing ifindex {ifindex}"))?;
+            self.maps.clear(ifindex)?;
             let sets = state.ingress.into_iter().chain(state.egress).collect();
             self.retiring.push(Retiring { switched: Instant::now(), sets, versions: vec![state.version] });
             self.retire_pending();
@@ -364,8 +252,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// How long a replaced rule set stays readable after the switch. Zero is only right
-    /// when no packet can be in flight (BPF_PROG_TEST_RUN, which runs synchronously).
+    /// How long a replaced rule set stays readable after the switch, and the session
+    /// hints after a rebuild ([`GRACE_PERIOD`] by default). Zero is only right when no
+    /// packet can be in flight (BPF_PROG_TEST_RUN, which runs synchronously).
     pub fn set_grace_period(&mut self, grace: Duration) {
         self.grace = grace;
     }
@@ -377,15 +266,13 @@ impl Enforcer {
 
     /// Frees expired sessions; returns how many.
     pub fn collect_garbage(&mut self) -> Result<usize> {
-        self.sessions.collect_garbage(&self.current_timeouts)
+        gc::collect_garbage(&mut self.sessions, &self.current_timeouts, self.grace)
     }
 
     /// How many entries the address and port tries hold, counted in the kernel: every
     /// installed rule set's, plus those of replaced sets not yet retired.
     pub fn trie_entries(&self) -> Result<usize> {
-        let addr = self.addr_trie.keys().collect::<Result<Vec<_>, _>>().context("listing address entries")?;
-        let port = self.port_trie.keys().collect::<Result<Vec<_>, _>>().context("listing port entries")?;
-        Ok(addr.len() + port.len())
+        Ok(self.maps.trie_entries()?)
     }
 
     /// The timeouts in force.
@@ -415,18 +302,7 @@ impl Enforcer {
     }
 
     fn remove(&mut self, installed: Installed) {
-        // A batch stops at the first missing key (an install that failed part-way):
-        // then fall back to deleting one by one.
-        if batch::delete(self.addr_trie.map(), &installed.addr_keys).is_err() {
-            for key in &installed.addr_keys {
-                let _ = self.addr_trie.remove(key);
-            }
-        }
-        if batch::delete(self.port_trie.map(), &installed.port_keys).is_err() {
-            for key in &installed.port_keys {
-                let _ = self.port_trie.remove(key);
-            }
-        }
+        self.maps.delete_keys(&installed);
         self.vector_ranges.give(installed.vectors);
         self.rule_ranges.give(installed.rules);
         self.table_ranges.give(installed.tables);
@@ -436,21 +312,15 @@ impl Enforcer {
 
     /// Writes one compiled rule set into free space; live rule sets are not touched.
     fn install(&mut self, c: &Compiled) -> Result<Installed> {
-        let slot = self.free_slots.pop().ok_or_else(|| anyhow!("all {MAX_RULESETS} rule-set slots in use"))?;
+        let slot = self.free_slots.pop().ok_or(ControlError::NoFreeSlot)?;
         let Some(vectors) = self.vector_ranges.take(c.vectors.len() as u32) else {
             self.free_slots.push(slot);
-            bail!(
-                "no room for {} more vectors in the maps sized at start; restart sgctl with the new rule file",
-                c.vectors.len()
-            );
+            return Err(ControlError::NoRoom { count: c.vectors.len(), what: "vectors" });
         };
         let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
-            bail!(
-                "no room for {} more rules in the maps sized at start; restart sgctl with the new rule file",
-                c.rules.len()
-            );
+            return Err(ControlError::NoRoom { count: c.rules.len(), what: "rules" });
         };
         let tables = self.table_ranges.take(c.port_tables.len() as u32);
         let blocks = self.block_ranges.take(c.port_blocks.len() as u32);
@@ -460,104 +330,17 @@ impl Enforcer {
             self.rule_ranges.give(rules);
             self.table_ranges.give(tables.unwrap_or(0..0));
             self.block_ranges.give(blocks.unwrap_or(0..0));
-            bail!(
-                "no room for {} more port blocks in the maps sized at start; restart sgctl with the new rule file",
-                c.port_blocks.len()
-            );
+            return Err(ControlError::NoRoom { count: c.port_blocks.len(), what: "port blocks" });
         };
         let mut installed =
             Installed { slot, vectors, rules, tables, blocks, addr_keys: Vec::new(), port_keys: Vec::new() };
-        match self.write(c, &mut installed) {
+        match self.maps.write(c, &mut installed) {
             Ok(()) => Ok(installed),
             Err(e) => {
                 self.remove(installed);
-                Err(e)
+                Err(e.into())
             }
         }
-    }
-
-    fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<()> {
-        let words = c.words();
-        debug_assert!(words <= MAX_WORDS);
-        // Vectors go in chunks: each is 2 KiB, and a chunk's buffer is reused.
-        const CHUNK: usize = 256;
-        let mut indices = Vec::with_capacity(CHUNK);
-        let mut values = Vec::with_capacity(CHUNK);
-        for (chunk_no, chunk) in c.vectors.chunks(CHUNK).enumerate() {
-            indices.clear();
-            values.clear();
-            for (i, v) in chunk.iter().enumerate() {
-                let mut value = RuleVector::default();
-                value.words[..words].copy_from_slice(v);
-                for (w, word) in v.iter().enumerate() {
-                    if *word != 0 {
-                        value.summary[w / 64] |= 1 << (w % 64);
-                    }
-                }
-                indices.push(at.vectors.start + (chunk_no * CHUNK + i) as u32);
-                values.push(value);
-            }
-            batch::update(self.vectors.map(), &indices, &values).context("writing rule vectors")?;
-        }
-        let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
-        batch::update(self.rule_info.map(), &rule_indices, &c.rules).context("writing rule info")?;
-        let ruleset = at.slot.to_be_bytes();
-        let mut addr_values = Vec::with_capacity(c.addr_entries.len());
-        for e in &c.addr_entries {
-            let (family, addr, bits) = match e.net.network() {
-                std::net::IpAddr::V4(a) => {
-                    let mut addr = [0u8; 16];
-                    addr[..4].copy_from_slice(&a.octets());
-                    (4, addr, e.net.prefix_len())
-                }
-                std::net::IpAddr::V6(a) => (6, a.octets(), e.net.prefix_len()),
-            };
-            at.addr_keys.push(Key::new(
-                ADDR_KEY_FIXED_BITS + u32::from(bits),
-                AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
-            ));
-            addr_values.push(at.vectors.start + e.vector);
-        }
-        // Recorded before writing, so a failed batch is undone in full by `remove`.
-        batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).context("writing address entries")?;
-        let mut port_values = Vec::with_capacity(c.port_entries.len());
-        for e in &c.port_entries {
-            // The protocol matched in full (8 bits), any port; or nothing: any protocol.
-            let (protocol, bits) = e.protocol.map_or((0, 0), |p| (p, 8));
-            at.port_keys.push(Key::new(
-                PORT_KEY_FIXED_BITS + bits,
-                PortKey { ruleset, field: field::DESTINATION_PORT, protocol, port: [0; 2] },
-            ));
-            port_values.push(at.vectors.start + e.vector);
-        }
-        batch::update(self.port_trie.map(), &at.port_keys, &port_values).context("writing port entries")?;
-        // Port and IPv4 peer tables: vector indices move to this set's vector range, block
-        // references to its block range.
-        let relocate = |block: &PortBlock| {
-            let mut out = *block;
-            for e in &mut out.entries {
-                *e = if *e & PORT_BLOCK_REF != 0 {
-                    PORT_BLOCK_REF | (at.blocks.start + (*e & !PORT_BLOCK_REF))
-                } else {
-                    at.vectors.start + *e
-                };
-            }
-            out
-        };
-        let blocks: Vec<PortBlock> = c.port_blocks.iter().map(relocate).collect();
-        let block_indices: Vec<u32> = at.blocks.clone().collect();
-        batch::update(self.port_blocks.map(), &block_indices, &blocks).context("writing port blocks")?;
-        let tables: Vec<PortBlock> = c.port_tables.iter().map(relocate).collect();
-        let table_indices: Vec<u32> = at.tables.clone().collect();
-        batch::update(self.port_tables.map(), &table_indices, &tables).context("writing port tables")?;
-        let header = RulesetHeader {
-            rule_base: at.rules.start,
-            rule_count: c.rules.len() as u32,
-            flags: c.flags,
-            port_tables: at.tables.start,
-        };
-        self.rulesets.set(at.slot, header, 0).context("writing the rule-set header")?;
-        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Rule files: model, parser and validator (SPEC sections 2 and 7).
+//! Rule files: the rule model, its parser and validator (docs/rule-model.md,
+//! docs/rule-file.md).
 //!
 //! [`load_file`] and [`parse_str`] turn a TOML rule file into a [`Config`] whose every
 //! reference is resolved to an index, so the compiler and the evaluator never see an
@@ -208,7 +209,8 @@ pub struct SessionSettings {
 }
 
 impl Default for SessionSettings {
-    /// SPEC section 4's defaults; 910 s for established TCP is the provider's figure.
+    /// The defaults of docs/rule-model.md#sessions; 910 s for established TCP is the
+    /// provider's figure.
     fn default() -> Self {
         SessionSettings {
             max_sessions: 262_144,
@@ -235,22 +237,6 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates rule-file text; `file_name` only labels the errors.
 pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     validate::validate(text, file_name)
-}
-
-/// The `dir` rules of every group on `iface`, in the total order that decides packets:
-/// priority ascending, then drop before accept, then rule id ascending (see
-/// [`Rule::rank`]). The compiler and the evaluator both use this order; the deciding rule
-/// is the first match in it.
-pub fn pooled_rules<'c>(cfg: &'c Config, iface: &InterfaceBinding, dir: Direction) -> Vec<&'c Rule> {
-    let mut rules: Vec<&Rule> = iface
-        .groups
-        .iter()
-        .filter_map(|&index| cfg.groups.get(index))
-        .flat_map(|group| &group.rules)
-        .filter(|rule| rule.direction == dir)
-        .collect();
-    rules.sort_by_key(|rule| rule.rank());
-    rules
 }
 
 impl Config {
@@ -281,8 +267,8 @@ impl InterfaceBinding {
 }
 
 impl Rule {
-    /// The key of the total order of [`pooled_rules`]: priority, then drop before accept,
-    /// then id.
+    /// The key of the total order of [`pooled_rules`](crate::policy::order::pooled_rules):
+    /// priority, then drop before accept, then id.
     pub fn rank(&self) -> (u8, u8, u32) {
         let action_rank = match self.action {
             Action::Drop => 0,
@@ -400,6 +386,14 @@ impl Protocol {
             Protocol::Icmpv6 => Some(Family::Ipv6),
             _ => None,
         }
+    }
+}
+
+/// `tcp`, `udp`, ... for the named protocols, `protocol 132` for the others.
+pub fn protocol_name(number: u8) -> String {
+    match Protocol::from_ip_proto(number) {
+        Some(protocol) => protocol.to_string(),
+        None => format!("protocol {number}"),
     }
 }
 

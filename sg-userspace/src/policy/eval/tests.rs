@@ -1,12 +1,12 @@
-//! Tests of the reference evaluator: each step of SPEC section 3 (4 to 7), the total
-//! order, and the six use cases of the provider's guide.
+//! Tests of the reference evaluator: each step of docs/rule-model.md#evaluation-order
+//! (4 to 7), the total order, and the six use cases of the provider's guide.
 
 use std::net::IpAddr;
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{Config, Direction::Egress, Direction::Ingress, parse_str};
+use crate::policy::config::{Config, Direction::Egress, Direction::Ingress, parse_str};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -847,7 +847,7 @@ proptest! {
 #[test]
 fn guide_example_file() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guide-use-cases.toml");
-    let cfg = crate::config::load_file(&path).unwrap_or_else(|errors| panic!("{errors}"));
+    let cfg = crate::policy::config::load_file(&path).unwrap_or_else(|errors| panic!("{errors}"));
     expect(&cfg, "web0", Ingress, tcp("203.0.113.5", "198.18.0.10", 443), Action::Accept, "sg-web#2");
     expect(&cfg, "web0", Ingress, tcp("203.0.113.5", "198.18.0.10", 22), Action::Drop, "default basic ingress");
     expect(&cfg, "web0", Ingress, portless(ICMP, "198.19.0.7", "198.18.0.10"), Action::Accept, "sg-web#5");
@@ -856,5 +856,5 @@ fn guide_example_file() {
     expect(&cfg, "files0", Ingress, tcp("198.18.1.20", "198.18.2.30", 21), Action::Accept, "sg-files#1");
     expect(&cfg, "files0", Egress, tcp("198.18.2.30", "198.19.199.1", 443), Action::Accept, "sg-files#4");
     expect(&cfg, "files0", Egress, tcp("198.18.2.30", "198.19.199.1", 80), Action::Drop, "sg-files#2");
-    assert_eq!(cfg.interface("files0").map(|i| i.mode), Some(crate::config::Mode::Audit));
+    assert_eq!(cfg.interface("files0").map(|i| i.mode), Some(crate::policy::config::Mode::Audit));
 }

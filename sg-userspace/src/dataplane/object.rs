@@ -1,14 +1,16 @@
 //! The embedded kernel object and loading it into the kernel.
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
-use sg_common::{TraceRecord, global, map, program, stats};
+use sg_common::{global, map, program};
 
-use crate::enforce::Capacity;
+use super::{
+    capacity::Capacity,
+    error::{DataplaneError, Doing as _, Result},
+};
+use crate::{clock, privilege::check_privileges};
 
 /// The kernel-side object, built by `build.rs` from the `sg-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
@@ -32,11 +34,11 @@ impl Dataplane {
     /// carrying the last lines of the verifier log.
     pub fn load(options: &LoadOptions) -> Result<Self> {
         if OBJECT.is_empty() {
-            bail!("this sgctl was built with AYA_BUILD_SKIP=1 and carries no eBPF object");
+            return Err(DataplaneError::NoObject);
         }
         check_privileges()?;
         let trace = u8::from(options.trace);
-        let ns_per_jiffy = crate::sessions::ns_per_jiffy();
+        let ns_per_jiffy = clock::ns_per_jiffy();
         let c = &options.capacity;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
@@ -49,7 +51,7 @@ impl Dataplane {
             .map_max_entries(map::PORT_TABLES, c.port_tables)
             .map_max_entries(map::PORT_BLOCKS, c.port_blocks)
             .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .doing("loading the eBPF object")?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, program::INGRESS_XDP)?;
         xdp.load().map_err(|e| verifier_error(program::INGRESS_XDP, e))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, program::EGRESS_TC)?;
@@ -65,29 +67,17 @@ impl Dataplane {
         program_mut(&mut self.ebpf, program::EGRESS_TC)
     }
 
-    /// Counter values summed over CPUs, indexed by [`sg_common::stats`] slot.
-    pub fn counters(&self) -> Result<Vec<u64>> {
-        let map = self.ebpf.map(map::STATS).ok_or_else(|| anyhow!("map {} missing", map::STATS))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
+    /// Takes map `name` out of the object as a typed handle; each map can be taken once.
+    pub fn take_map<T>(&mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        T::try_from(self.take_raw_map(name)?).doing_with(|| format!("map {name}"))
     }
 
-    /// Zeroes the trace record of `hook` on every CPU, so the next one read is fresh.
-    pub fn clear_trace(&mut self, hook: u32) -> Result<()> {
-        let map = self.ebpf.map_mut(map::TRACE).ok_or_else(|| anyhow!("map {} missing", map::TRACE))?;
-        let mut array: PerCpuArray<&mut MapData, TraceRecord> = PerCpuArray::try_from(map)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zeros = PerCpuValues::try_from(vec![TraceRecord::default(); cpus])?;
-        array.set(hook, zeros, 0)?;
-        Ok(())
-    }
-
-    /// The most recent trace record of `hook` over all CPUs (needs `LoadOptions::trace`).
-    pub fn last_trace(&self, hook: u32) -> Result<TraceRecord> {
-        let map = self.ebpf.map(map::TRACE).ok_or_else(|| anyhow!("map {} missing", map::TRACE))?;
-        let array: PerCpuArray<&MapData, TraceRecord> = PerCpuArray::try_from(map)?;
-        let per_cpu = array.get(&hook, 0)?;
-        per_cpu.iter().max_by_key(|record| record.seq).copied().ok_or_else(|| anyhow!("no CPUs"))
+    /// Takes map `name` out of the object as it is.
+    pub fn take_raw_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).ok_or_else(|| DataplaneError::MissingMap(name.to_string()))
     }
 }
 
@@ -95,31 +85,22 @@ fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let program = ebpf.program_mut(name).ok_or_else(|| DataplaneError::MissingProgram(name.to_string()))?;
     Ok(program.try_into()?)
 }
 
 /// Turns a load failure into one line; for verifier rejections, the log's last lines.
-fn verifier_error(name: &str, error: ProgramError) -> anyhow::Error {
+fn verifier_error(name: &str, error: ProgramError) -> DataplaneError {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             if std::env::var_os("SGCTL_VERIFIER_LOG").is_some() {
-                eprintln!("{log}");
+                tracing::error!("the verifier's log of {name}:\n{log}");
             }
             let tail: Vec<&str> = log.lines().rev().take(4).collect::<Vec<_>>();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow!("the verifier rejected {name} ({io_error}): {}", tail.join(" | "))
+            DataplaneError::Rejected { program: name.to_string(), io_error, tail: tail.join(" | ") }
         }
-        other => anyhow!("loading {name}: {other}"),
+        other => DataplaneError::Refused(format!("loading {name}: {other}")),
     }
-}
-
-/// Fails with a one-line message when we lack the privileges to load BPF programs.
-pub fn check_privileges() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("sgctl needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach its programs");
-    }
-    Ok(())
 }

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 use sg_common::{step, verdict};
 
 use super::*;
-use crate::config::parse_str;
+use crate::policy::config::parse_str;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -1,4 +1,5 @@
-//! Reference evaluator: the executable form of SPEC section 3, steps 4 to 7.
+//! Reference evaluator: the executable form of docs/rule-model.md#evaluation-order,
+//! steps 4 to 7.
 //!
 //! It is pure and host-side: given a validated [`Config`], an interface, a direction and a
 //! packet's addresses, protocol and ports, it says which verdict the data plane must
@@ -18,7 +19,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, Protocol, Rule, pooled_rules};
+use super::config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, Protocol, Rule, protocol_name};
+use super::order::{default_action, pooled_rules};
 
 /// The fields of a packet that rules look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,7 +68,7 @@ pub struct Decision {
     pub skipped: Vec<Miss>,
 }
 
-/// Which step of SPEC section 3 decided.
+/// Which step of docs/rule-model.md#evaluation-order decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum DecidedBy {
@@ -137,14 +139,6 @@ fn first_group_with_member(
     })
 }
 
-/// Step 7: basic groups drop ingress and accept egress; advanced groups drop both.
-pub fn default_action(kind: GroupKind, dir: Direction) -> Action {
-    match (kind, dir) {
-        (GroupKind::Basic, Direction::Egress) => Action::Accept,
-        _ => Action::Drop,
-    }
-}
-
 /// Why `rule` does not match `pkt` travelling in `dir`; empty when it matches.
 ///
 /// Every reason is listed, not just the first, so `sgctl trace` can show all that would
@@ -191,14 +185,6 @@ fn peer_miss(cfg: &Config, peer: &Peer, addr: IpAddr) -> Option<String> {
             (!list.entries.iter().any(|net| net.contains(&addr)))
                 .then(|| format!("peer {addr} not in prefix list {}", list.id))
         }
-    }
-}
-
-/// `tcp`, `udp`, ... for the named protocols, `protocol 132` for the others.
-pub fn protocol_name(number: u8) -> String {
-    match Protocol::from_ip_proto(number) {
-        Some(protocol) => protocol.to_string(),
-        None => format!("protocol {number}"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Turns the TOML tree into a [`Config`], checking every point of SPEC section 2.
+//! Turns the TOML tree into a [`Config`], checking every point of docs/rule-file.md.
 //!
 //! Each check reports into [`Diagnostics`] and carries on, so one run lists every problem
 //! of a file. Values that failed a check are [`Reported`]; a rule or binding with any such

@@ -1,0 +1,58 @@
+//! The command line: one module per subcommand, argument groups they share in [`args`].
+
+mod args;
+mod attach;
+mod detach;
+mod run;
+mod sessions;
+mod status;
+mod trace;
+mod validate;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sgctl", version, about = "Cloud-style security groups for Linux NICs, in eBPF")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the programs to an interface and report counters until SIGINT/SIGTERM,
+    /// then detach.
+    Attach(attach::Args),
+    /// Remove sgctl from an interface: stop the sgctl holding it and clean up anything
+    /// a killed one left behind.
+    Detach(detach::Args),
+    /// Enforce a rule file on the interfaces it names (those present here) until
+    /// SIGINT/SIGTERM; SIGHUP reloads the file atomically.
+    Run(run::Args),
+    /// List the live sessions of the sgctl running in this network namespace.
+    Sessions(sessions::Args),
+    /// Check a rule file; exit 0 when valid, 1 with every error otherwise.
+    Validate(validate::Args),
+    /// Explain which rule decides a packet, and why the higher-ranked ones did not match.
+    Trace(trace::Args),
+    /// Show whether sgctl's programs are attached to an interface.
+    Status(status::Args),
+}
+
+impl Cli {
+    /// Runs the subcommand.
+    pub fn run(self) -> Result<ExitCode> {
+        match self.command {
+            Command::Attach(args) => attach::run(&args),
+            Command::Detach(args) => detach::run(&args),
+            Command::Run(args) => run::run(args),
+            Command::Sessions(args) => sessions::run(&args),
+            Command::Validate(args) => validate::run(&args),
+            Command::Trace(args) => trace::run(&args),
+            Command::Status(args) => status::run(&args),
+        }
+    }
+}

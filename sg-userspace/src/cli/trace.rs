@@ -1,0 +1,75 @@
+//! `sgctl trace FILE ...`: which rule decides a packet, by the reference evaluator.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use sgctl::policy::{
+    config::{self, Direction, Protocol},
+    eval::{PacketTuple, evaluate},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The rule file.
+    file: PathBuf,
+    /// Interface (as named in the rule file's `[[interface]]`).
+    #[arg(long)]
+    iface: String,
+    /// ingress or egress.
+    #[arg(long)]
+    direction: Direction,
+    /// tcp, udp, icmp, icmpv6, gre, or an IP protocol number.
+    #[arg(long)]
+    proto: String,
+    #[arg(long)]
+    src: IpAddr,
+    #[arg(long)]
+    dst: IpAddr,
+    #[arg(long, default_value_t = 0)]
+    sport: u16,
+    #[arg(long, default_value_t = 0)]
+    dport: u16,
+    #[arg(long)]
+    json: bool,
+}
+
+/// An IP protocol number from a name or a number.
+fn protocol_number(text: &str) -> Result<u8> {
+    if let Ok(n) = text.parse::<u8>() {
+        return Ok(n);
+    }
+    text.parse::<Protocol>()
+        .ok()
+        .and_then(|p| p.ip_proto())
+        .with_context(|| format!("--proto {text}: expected tcp, udp, icmp, icmpv6, gre or a protocol number"))
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let cfg = match config::load_file(&args.file) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            anyhow::bail!("{}: invalid rule file", args.file.display());
+        }
+    };
+    let iface = cfg
+        .interface(&args.iface)
+        .with_context(|| format!("{} has no [[interface]] named {}", args.file.display(), args.iface))?;
+    if args.src.is_ipv4() != args.dst.is_ipv4() {
+        anyhow::bail!("--src and --dst must be of one address family");
+    }
+    let packet = PacketTuple {
+        src: args.src,
+        dst: args.dst,
+        protocol: protocol_number(&args.proto)?,
+        src_port: args.sport,
+        dst_port: args.dport,
+    };
+    let decision = evaluate(&cfg, iface, args.direction, &packet);
+    if args.json {
+        println!("{}", decision.to_json(&cfg));
+    } else {
+        println!("{}", decision.explain(&cfg));
+    }
+    Ok(ExitCode::SUCCESS)
+}

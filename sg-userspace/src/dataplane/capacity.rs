@@ -1,0 +1,76 @@
+//! The sizes of the classification and session maps, fixed when the programs load.
+
+use sg_common::{MAX_RULESETS, PortBlock, RuleInfo, RuleVector};
+
+use crate::policy::compile::Compiled;
+
+/// Map sizes, fixed when the programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Session table entries (`max_sessions`).
+    pub sessions: u32,
+    pub vectors: u32,
+    pub rule_info: u32,
+    pub addr_entries: u32,
+    pub port_entries: u32,
+    /// First-level port tables (`PORT_TABLES` per rule set).
+    pub port_tables: u32,
+    /// Second-level port blocks.
+    pub port_blocks: u32,
+}
+
+impl Default for Capacity {
+    /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
+    fn default() -> Self {
+        Self {
+            sessions: 262_144,
+            vectors: 4096,
+            rule_info: 65_536,
+            addr_entries: 65_536,
+            port_entries: 4096,
+            port_tables: sg_common::PORT_TABLES * MAX_RULESETS,
+            port_blocks: 1024,
+        }
+    }
+}
+
+impl Capacity {
+    /// Room for twice what `compiled` needs (a new rule set is written beside the live
+    /// one), and never less than the default.
+    pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
+        let mut need = Self {
+            sessions: 0,
+            vectors: 0,
+            rule_info: 0,
+            addr_entries: 0,
+            port_entries: 0,
+            port_tables: 0,
+            port_blocks: 0,
+        };
+        for c in compiled {
+            need.vectors += c.vectors.len() as u32;
+            need.rule_info += c.rules.len() as u32;
+            need.addr_entries += c.addr_entries.len() as u32;
+            need.port_entries += c.port_entries.len() as u32;
+            need.port_blocks += c.port_blocks.len() as u32;
+        }
+        let d = Self::default();
+        Self {
+            sessions: d.sessions,
+            vectors: (need.vectors * 2 + 64).max(d.vectors),
+            rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
+            addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
+            port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
+            port_tables: d.port_tables,
+            port_blocks: (need.port_blocks * 2 + 64).max(d.port_blocks),
+        }
+    }
+
+    /// Bytes of map memory the vectors, rule-info and port-table arrays take (the tries
+    /// grow with their entries, about 100 bytes each).
+    pub fn array_bytes(&self) -> u64 {
+        u64::from(self.vectors) * size_of::<RuleVector>() as u64
+            + u64::from(self.rule_info) * size_of::<RuleInfo>() as u64
+            + u64::from(self.port_tables + self.port_blocks) * size_of::<PortBlock>() as u64
+    }
+}

@@ -1,0 +1,20 @@
+//! The data plane: everything that touches the kernel through aya. The embedded object
+//! and loading it ([`object`]), map sizes ([`capacity`]), attaching to interfaces
+//! ([`attach`]), typed map handles: the classification maps ([`rulesets`]), sessions
+//! ([`sessions`]), counters ([`counters`]), the trace records ([`events`]), and batched
+//! writes ([`batch`]). It says how to change the kernel's state, not when: that is
+//! `control`'s. It uses `policy` for what it writes, nothing above.
+
+pub mod attach;
+pub mod batch;
+pub mod capacity;
+pub mod counters;
+pub mod error;
+pub mod events;
+pub mod object;
+pub mod rulesets;
+pub mod sessions;
+
+pub use capacity::Capacity;
+pub use error::DataplaneError;
+pub use object::{Dataplane, LoadOptions};

@@ -1,0 +1,194 @@
+//! Typed handles of the classification maps (docs/rule-model.md explains what they
+//! decide; `sg_common::maps` has the scheme): writing one compiled rule set at a given
+//! place, deleting its trie entries, publishing an interface's configuration.
+//!
+//! Where a rule set goes (slots, index ranges, versions) and when the old one may be
+//! deleted is decided above, in `control`.
+
+use std::ops::Range;
+
+use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
+use sg_common::{
+    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey,
+    RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
+};
+
+use super::{
+    batch,
+    error::{Doing as _, Result},
+    object::Dataplane,
+};
+use crate::policy::compile::Compiled;
+
+/// A rule set living in the maps: its slot, its ranges of the array maps, and the trie
+/// keys written for it.
+pub struct Installed {
+    pub slot: u32,
+    pub vectors: Range<u32>,
+    pub rules: Range<u32>,
+    pub tables: Range<u32>,
+    pub blocks: Range<u32>,
+    pub addr_keys: Vec<Key<AddrKey>>,
+    pub port_keys: Vec<Key<PortKey>>,
+}
+
+/// The classification maps and the timeouts map, taken out of a loaded [`Dataplane`].
+pub struct RuleSetMaps {
+    iface_index: Array<MapData, u32>,
+    iface_configs: Array<MapData, IfaceConfig>,
+    rulesets: Array<MapData, RulesetHeader>,
+    addr_trie: LpmTrie<MapData, AddrKey, u32>,
+    port_trie: LpmTrie<MapData, PortKey, u32>,
+    vectors: Array<MapData, RuleVector>,
+    rule_info: Array<MapData, RuleInfo>,
+    port_tables: Array<MapData, PortBlock>,
+    port_blocks: Array<MapData, PortBlock>,
+    timeouts: Array<MapData, Timeouts>,
+}
+
+impl RuleSetMaps {
+    /// Takes the maps out of `dp`.
+    pub fn take(dp: &mut Dataplane) -> Result<Self> {
+        Ok(Self {
+            iface_index: dp.take_map(map::IFACE_INDEX)?,
+            iface_configs: dp.take_map(map::IFACE_CONFIGS)?,
+            rulesets: dp.take_map(map::RULESETS)?,
+            addr_trie: dp.take_map(map::ADDR_TRIE)?,
+            port_trie: dp.take_map(map::PORT_TRIE)?,
+            vectors: dp.take_map(map::VECTORS)?,
+            rule_info: dp.take_map(map::RULE_INFO)?,
+            port_tables: dp.take_map(map::PORT_TABLES)?,
+            port_blocks: dp.take_map(map::PORT_BLOCKS)?,
+            timeouts: dp.take_map(map::TIMEOUTS)?,
+        })
+    }
+
+    /// Writes the session timeouts.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
+        self.timeouts.set(0, timeouts, 0).doing("writing session timeouts")
+    }
+
+    /// Writes an interface configuration under `version` (not yet published).
+    pub fn set_iface_config(&mut self, version: u32, config: IfaceConfig) -> Result<()> {
+        self.iface_configs.set(version, config, 0).doing("writing the interface configuration")
+    }
+
+    /// Publishes configuration id `id` for `ifindex` (one 4-byte store); 0 stops enforcing.
+    pub fn switch(&mut self, ifindex: u32, id: u32) -> Result<()> {
+        self.iface_index.set(ifindex, id, 0).doing_with(|| format!("switching ifindex {ifindex}"))
+    }
+
+    /// Stops enforcing on `ifindex` (its packets pass as unconfigured).
+    pub fn clear(&mut self, ifindex: u32) -> Result<()> {
+        self.iface_index.set(ifindex, 0, 0).doing_with(|| format!("clearing ifindex {ifindex}"))
+    }
+
+    /// How many entries the address and port tries hold, counted in the kernel.
+    pub fn trie_entries(&self) -> Result<usize> {
+        let addr = self.addr_trie.keys().collect::<Result<Vec<_>, _>>().doing("listing address entries")?;
+        let port = self.port_trie.keys().collect::<Result<Vec<_>, _>>().doing("listing port entries")?;
+        Ok(addr.len() + port.len())
+    }
+
+    /// Deletes the trie entries of `installed` (its array ranges are simply reused).
+    pub fn delete_keys(&mut self, installed: &Installed) {
+        // A batch stops at the first missing key (an install that failed part-way):
+        // then fall back to deleting one by one.
+        if batch::delete(self.addr_trie.map(), &installed.addr_keys).is_err() {
+            for key in &installed.addr_keys {
+                let _ = self.addr_trie.remove(key);
+            }
+        }
+        if batch::delete(self.port_trie.map(), &installed.port_keys).is_err() {
+            for key in &installed.port_keys {
+                let _ = self.port_trie.remove(key);
+            }
+        }
+    }
+
+    /// Writes compiled rule set `c` at the place `at` reserves (its slot and index
+    /// ranges), recording the trie keys it writes in `at`; live rule sets are not touched.
+    pub fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<()> {
+        let words = c.words();
+        debug_assert!(words <= MAX_WORDS);
+        // Vectors go in chunks: each is 2 KiB, and a chunk's buffer is reused.
+        const CHUNK: usize = 256;
+        let mut indices = Vec::with_capacity(CHUNK);
+        let mut values = Vec::with_capacity(CHUNK);
+        for (chunk_no, chunk) in c.vectors.chunks(CHUNK).enumerate() {
+            indices.clear();
+            values.clear();
+            for (i, v) in chunk.iter().enumerate() {
+                let mut value = RuleVector::default();
+                value.words[..words].copy_from_slice(v);
+                for (w, word) in v.iter().enumerate() {
+                    if *word != 0 {
+                        value.summary[w / 64] |= 1 << (w % 64);
+                    }
+                }
+                indices.push(at.vectors.start + (chunk_no * CHUNK + i) as u32);
+                values.push(value);
+            }
+            batch::update(self.vectors.map(), &indices, &values).doing("writing rule vectors")?;
+        }
+        let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
+        batch::update(self.rule_info.map(), &rule_indices, &c.rules).doing("writing rule info")?;
+        let ruleset = at.slot.to_be_bytes();
+        let mut addr_values = Vec::with_capacity(c.addr_entries.len());
+        for e in &c.addr_entries {
+            let (family, addr, bits) = match e.net.network() {
+                std::net::IpAddr::V4(a) => {
+                    let mut addr = [0u8; 16];
+                    addr[..4].copy_from_slice(&a.octets());
+                    (4, addr, e.net.prefix_len())
+                }
+                std::net::IpAddr::V6(a) => (6, a.octets(), e.net.prefix_len()),
+            };
+            at.addr_keys.push(Key::new(
+                ADDR_KEY_FIXED_BITS + u32::from(bits),
+                AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
+            ));
+            addr_values.push(at.vectors.start + e.vector);
+        }
+        // Recorded before writing, so a failed batch is undone in full by `remove`.
+        batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).doing("writing address entries")?;
+        let mut port_values = Vec::with_capacity(c.port_entries.len());
+        for e in &c.port_entries {
+            // The protocol matched in full (8 bits), any port; or nothing: any protocol.
+            let (protocol, bits) = e.protocol.map_or((0, 0), |p| (p, 8));
+            at.port_keys.push(Key::new(
+                PORT_KEY_FIXED_BITS + bits,
+                PortKey { ruleset, field: field::DESTINATION_PORT, protocol, port: [0; 2] },
+            ));
+            port_values.push(at.vectors.start + e.vector);
+        }
+        batch::update(self.port_trie.map(), &at.port_keys, &port_values).doing("writing port entries")?;
+        // Port and IPv4 peer tables: vector indices move to this set's vector range, block
+        // references to its block range.
+        let relocate = |block: &PortBlock| {
+            let mut out = *block;
+            for e in &mut out.entries {
+                *e = if *e & PORT_BLOCK_REF != 0 {
+                    PORT_BLOCK_REF | (at.blocks.start + (*e & !PORT_BLOCK_REF))
+                } else {
+                    at.vectors.start + *e
+                };
+            }
+            out
+        };
+        let blocks: Vec<PortBlock> = c.port_blocks.iter().map(relocate).collect();
+        let block_indices: Vec<u32> = at.blocks.clone().collect();
+        batch::update(self.port_blocks.map(), &block_indices, &blocks).doing("writing port blocks")?;
+        let tables: Vec<PortBlock> = c.port_tables.iter().map(relocate).collect();
+        let table_indices: Vec<u32> = at.tables.clone().collect();
+        batch::update(self.port_tables.map(), &table_indices, &tables).doing("writing port tables")?;
+        let header = RulesetHeader {
+            rule_base: at.rules.start,
+            rule_count: c.rules.len() as u32,
+            flags: c.flags,
+            port_tables: at.tables.start,
+        };
+        self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
+        Ok(())
+    }
+}
