@@ -10,4 +10,5 @@ pub mod counters;
 pub mod ebpf;
 pub mod enforce;
 pub mod eval;
+pub mod guidance;
 pub mod sessions;

@@ -82,6 +82,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a rule file against the guide's advice; exit 1 when a finding reaches --fail-on.
+    Lint(sgctl::guidance::cli::LintArgs),
 }
 
 #[derive(clap::Args)]
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
         }
         Command::Trace(args) => trace(&args),
         Command::Sessions { iface, json, flush } => sessions(iface.as_deref(), json, flush),
+        Command::Lint(args) => sgctl::guidance::cli::lint(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,9 @@
+//! The guide's advice as tools: `sgctl lint`, `sgctl diff`, and importing and exporting
+//! provider security groups. Pure policy code over [`crate::config`] and
+//! [`crate::eval`]: no kernel, no maps.
+
+pub mod cli;
+pub mod lint;
+pub mod space;
+#[cfg(test)]
+mod testgen;
