@@ -84,6 +84,8 @@ enum Command {
     },
     /// Check a rule file against the guide's advice; exit 1 when a finding reaches --fail-on.
     Lint(sgctl::guidance::cli::LintArgs),
+    /// Show the flows whose verdict changes between two rule files; exit 1 when any does.
+    Diff(sgctl::guidance::cli::DiffArgs),
 }
 
 #[derive(clap::Args)]
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => trace(&args),
         Command::Sessions { iface, json, flush } => sessions(iface.as_deref(), json, flush),
         Command::Lint(args) => sgctl::guidance::cli::lint(args),
+        Command::Diff(args) => sgctl::guidance::cli::diff(args),
     };
     match result {
         Ok(code) => code,

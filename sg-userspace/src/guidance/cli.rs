@@ -98,3 +98,47 @@ pub fn lint(args: LintArgs) -> Result<ExitCode> {
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The rule file in force now.
+    pub old: PathBuf,
+    /// The rule file to compare it with.
+    pub new: PathBuf,
+    /// Only this interface.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Print the changes as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sgctl diff`: exit 0 when no flow changes verdict, 1 when some do, 2 on invalid input.
+pub fn diff(args: DiffArgs) -> Result<ExitCode> {
+    let (old, _) = match load(&args.old, args.json) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let (new, _) = match load(&args.new, args.json) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let report = match super::diff::diff(&old, &new, args.iface.as_deref()) {
+        Ok(report) => report,
+        Err(e) => {
+            if args.json {
+                println!("{}", json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("sgctl: error: {e}");
+            }
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    if args.json {
+        let (old_name, new_name) = (args.old.display().to_string(), args.new.display().to_string());
+        println!("{}", super::diff::to_json(&report, &old, &new, &old_name, &new_name));
+    } else {
+        println!("{}", super::diff::to_text(&report, &old, &new));
+    }
+    Ok(if report.changed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -3,6 +3,7 @@
 //! [`crate::eval`]: no kernel, no maps.
 
 pub mod cli;
+pub mod diff;
 pub mod lint;
 pub mod space;
 #[cfg(test)]

@@ -468,7 +468,17 @@ pub fn partition<O: Clone + PartialEq>(
             dport: class.has_ports().then_some(bounds.dport),
             sport: class.has_ports().then_some(bounds.sport),
         };
-        let sub = split(matchers, &alive, Level::Peer, cell, leaf);
+        let mut sub = split(matchers, &alive, Level::Peer, cell, leaf);
+        // A port range spanning every port is no constraint: say so with `None`, so that
+        // tcp and udp ranges can merge with the port-less protocols.
+        for region in &mut sub {
+            if region.sport == Some(ALL_PORTS) {
+                region.sport = None;
+            }
+            if region.sport.is_none() && region.dport == Some(ALL_PORTS) {
+                region.dport = None;
+            }
+        }
         per_class.push((class, sub));
     }
     let mut used = vec![false; per_class.len()];

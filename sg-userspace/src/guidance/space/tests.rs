@@ -38,8 +38,8 @@ fn point_in(
         proto: class,
         peer: (pick(rng, region.peer), 0),
         local: (pick(rng, region.local), 0),
-        dport: region.dport.map(|_| (port(rng, region.dport), 0)),
-        sport: region.sport.map(|_| (port(rng, region.sport), 0)),
+        dport: class.has_ports().then(|| (port(rng, region.dport.or(Some(crate::guidance::space::ALL_PORTS))), 0)),
+        sport: class.has_ports().then(|| (port(rng, region.sport.or(Some(crate::guidance::space::ALL_PORTS))), 0)),
     };
     cell.packet(direction)
 }
