@@ -86,6 +86,10 @@ enum Command {
     Lint(sgctl::guidance::cli::LintArgs),
     /// Show the flows whose verdict changes between two rule files; exit 1 when any does.
     Diff(sgctl::guidance::cli::DiffArgs),
+    /// Turn provider security groups (Alibaba Cloud, AWS JSON) into a rule file.
+    Import(sgctl::guidance::cli::ImportArgs),
+    /// Write a rule file in a provider's JSON format, refusing what it cannot express.
+    Export(sgctl::guidance::cli::ExportArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,6 +132,8 @@ fn main() -> ExitCode {
         Command::Sessions { iface, json, flush } => sessions(iface.as_deref(), json, flush),
         Command::Lint(args) => sgctl::guidance::cli::lint(args),
         Command::Diff(args) => sgctl::guidance::cli::diff(args),
+        Command::Import(args) => sgctl::guidance::cli::import(args),
+        Command::Export(args) => sgctl::guidance::cli::export(args),
     };
     match result {
         Ok(code) => code,

@@ -119,3 +119,73 @@ fn diff_exit_codes_and_json() {
 
     assert_eq!(sgctl(&["diff", &old, &new, "--iface", "nope"]).status.code(), Some(2));
 }
+
+#[test]
+fn import_alibaba_writes_a_rule_file_that_validates() {
+    let dir = std::env::temp_dir().join(format!("sgctl-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out_path = dir.join("imported.toml");
+    let out = out_path.to_str().expect("utf-8");
+    let run = sgctl(&[
+        "import",
+        "alibaba",
+        &fixture("import/alibaba-web.json"),
+        &fixture("import/alibaba-db.json"),
+        "--members",
+        "sg-web=198.18.0.10,198.18.0.11",
+        "--members",
+        "sg-db=198.18.1.20",
+        "--iface",
+        "eth0",
+        "-o",
+        out,
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    // Warnings (placeholders, an unknown field) are printed, not dropped.
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("Labels: warning: unknown field"), "{stderr}");
+    let validate = sgctl(&["validate", out]);
+    assert_eq!(validate.status.code(), Some(0), "{}", String::from_utf8_lossy(&validate.stderr));
+    // The imported file lints and diffs like any other.
+    assert!(sgctl(&["lint", out, "--json"]).status.code().is_some_and(|c| c <= 1));
+    assert_eq!(sgctl(&["diff", out, out]).status.code(), Some(0));
+    // --strict refuses on warnings.
+    let strict = sgctl(&["import", "alibaba", &fixture("import/alibaba-db.json"), "--strict", "--json"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert_eq!(json(&strict)["ok"], false);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn import_refusals_and_json_report() {
+    let out = sgctl(&["import", "aws", &fixture("import/aws-unsupported.json"), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let value = json(&out);
+    assert_eq!(value["ok"], false);
+    let problems = value["problems"].as_array().expect("problems");
+    assert!(problems.iter().any(|p| p["severity"] == "error"
+        && p["location"].as_str().unwrap_or("").ends_with("IpPermissions[1].FromPort")
+        && p["message"].as_str().unwrap_or("").contains("ICMP type 8 code 0")));
+    let ok =
+        sgctl(&["import", "aws", &fixture("import/aws-groups.json"), "--members", "sg-0web=198.18.0.10", "--json"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let value = json(&ok);
+    assert_eq!(value["ok"], true);
+    assert!(value["rule_file"].as_str().unwrap_or("").contains("source_group = \"sg-0web-members\""));
+    assert_eq!(sgctl(&["import", "aws", "/nonexistent.json"]).status.code(), Some(2));
+}
+
+#[test]
+fn export_writes_provider_json_and_refuses_drops_into_aws() {
+    let out = sgctl(&["export", "alibaba", &example("demo.toml")]);
+    assert_eq!(out.status.code(), Some(0));
+    let value = json(&out);
+    let groups = value.as_array().expect("one response per group");
+    assert!(groups.iter().any(|g| g["SecurityGroupId"] == "sg-web"));
+    let refused = sgctl(&["export", "aws", &example("demo.toml")]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no drop rules"));
+    let ok = sgctl(&["export", "aws", &fixture("import/aws-roundtrip.toml")]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(json(&ok)["SecurityGroups"].as_array().map(Vec::len), Some(2));
+}

@@ -142,3 +142,195 @@ pub fn diff(args: DiffArgs) -> Result<ExitCode> {
     }
     Ok(if report.changed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub provider: ImportProvider,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImportProvider {
+    /// Alibaba Cloud ECS DescribeSecurityGroupAttribute responses (one or more groups,
+    /// pages concatenated).
+    Alibaba(AlibabaImportArgs),
+    /// AWS EC2 describe-security-groups output.
+    Aws(AwsImportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupType {
+    Basic,
+    Advanced,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportCommon {
+    /// Members of a group: GROUP=ADDR[,ADDR...] (repeatable); the responses do not carry them.
+    #[arg(long = "members", value_name = "GROUP=ADDRS")]
+    pub members: Vec<String>,
+    /// Bind every imported group to an interface of this name.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Write the rule file here instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Fail (exit 1, nothing written) on warnings too: placeholders, unknown fields.
+    #[arg(long)]
+    pub strict: bool,
+    /// Print a JSON report (problems, and the rule file when not written with -o).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AlibabaImportArgs {
+    /// Response files: a JSON object, an array of them, or several one after another.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The type of the imported groups (the response does not say).
+    #[arg(long = "type", value_enum, default_value_t = GroupType::Basic)]
+    pub kind: GroupType,
+    #[command(flatten)]
+    pub common: ImportCommon,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AwsImportArgs {
+    /// describe-security-groups output files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: ImportCommon,
+}
+
+/// `sgctl import`: exit 0 with the rule file written, 1 when the input holds something the
+/// rule model cannot express (nothing written), 2 when a file cannot be read or parsed.
+pub fn import(args: ImportArgs) -> Result<ExitCode> {
+    use super::import::{ImportError, ProblemKind, alibaba, aws, parse_members, read_values};
+    let (files, common) = match &args.provider {
+        ImportProvider::Alibaba(a) => (&a.files, &a.common),
+        ImportProvider::Aws(a) => (&a.files, &a.common),
+    };
+    let fail = |message: String, code: u8| -> Result<ExitCode> {
+        if common.json {
+            println!("{}", json!({ "ok": false, "error": message }));
+        } else {
+            eprintln!("sgctl: error: {message}");
+        }
+        Ok(ExitCode::from(code))
+    };
+    let members = match parse_members(&common.members) {
+        Ok(members) => members,
+        Err(message) => return fail(message, EXIT_INVALID),
+    };
+    let mut inputs = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        match read_values(&name) {
+            Ok(values) => inputs.push((name, values)),
+            Err(e) => return fail(e.to_string(), EXIT_INVALID),
+        }
+    }
+    let result = match &args.provider {
+        ImportProvider::Alibaba(a) => {
+            let kind = match a.kind {
+                GroupType::Basic => config::GroupKind::Basic,
+                GroupType::Advanced => config::GroupKind::Advanced,
+            };
+            alibaba::import(&inputs, &alibaba::Options { kind, members, interface: common.iface.clone() })
+        }
+        ImportProvider::Aws(_) => aws::import(&inputs, &aws::Options { members, interface: common.iface.clone() }),
+    };
+    let (text, problems) = match result {
+        Ok(done) => done,
+        Err(ImportError::Refused(problems)) => {
+            if common.json {
+                println!("{}", json!({ "ok": false, "problems": problems }));
+            } else {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                eprintln!("sgctl: import refused: nothing written");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return fail(e.to_string(), EXIT_INVALID),
+    };
+    let warnings = problems.iter().filter(|p| p.severity == ProblemKind::Warning).count();
+    if common.strict && warnings > 0 {
+        if common.json {
+            println!("{}", json!({ "ok": false, "problems": problems }));
+        } else {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!("sgctl: {warnings} warning(s) with --strict: nothing written");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(path) = &common.output {
+        std::fs::write(path, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    if common.json {
+        println!(
+            "{}",
+            json!({
+                "ok": true,
+                "problems": problems,
+                "output": common.output.as_ref().map(|p| p.display().to_string()),
+                "rule_file": if common.output.is_none() { Some(&text) } else { None },
+            })
+        );
+    } else {
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        if common.output.is_none() {
+            print!("{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The provider's format.
+    #[arg(value_enum)]
+    pub provider: Provider,
+    /// The rule file.
+    pub file: PathBuf,
+    /// Write the JSON here instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `sgctl export`: exit 0 with the provider JSON, 1 when a rule cannot be expressed by the
+/// provider (nothing written), 2 when the rule file is invalid.
+pub fn export(args: ExportArgs) -> Result<ExitCode> {
+    let (cfg, _) = match load(&args.file, false) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let name = args.file.display().to_string();
+    let exported = match args.provider {
+        Provider::Alibaba => super::export::alibaba(&cfg, &name),
+        Provider::Aws => super::export::aws(&cfg, &name),
+    };
+    let exported = match exported {
+        Ok(exported) => exported,
+        Err(e) => {
+            eprintln!("sgctl: error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let text = serde_json::to_string_pretty(&exported.document)? + "\n";
+    for note in &exported.notes {
+        eprintln!("note: {note}");
+    }
+    match &args.output {
+        Some(path) => std::fs::write(path, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

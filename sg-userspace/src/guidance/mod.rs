@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod diff;
+pub mod export;
+pub mod import;
 pub mod lint;
 pub mod space;
 #[cfg(test)]
