@@ -189,3 +189,29 @@ fn export_writes_provider_json_and_refuses_drops_into_aws() {
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(json(&ok)["SecurityGroups"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn import_alibaba_takes_members_and_types_from_context_responses() {
+    let out = sgctl(&[
+        "import",
+        "alibaba",
+        &fixture("import/alibaba-web.json"),
+        "--context",
+        &fixture("import/alibaba-nics.json"),
+        "--context",
+        &fixture("import/alibaba-groups.json"),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let value = json(&out);
+    let text = value["rule_file"].as_str().expect("rule file");
+    assert!(text.contains("members = [\"198.18.0.10\", \"198.18.0.12\", \"2001:db8::10\", \"198.18.0.11\"]"), "{text}");
+    let bad = sgctl(&[
+        "import",
+        "alibaba",
+        &fixture("import/alibaba-web.json"),
+        "--context",
+        &fixture("import/aws-groups.json"),
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "an AWS file is no Alibaba context");
+}

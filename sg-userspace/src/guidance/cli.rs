@@ -191,6 +191,10 @@ pub struct AlibabaImportArgs {
     /// The type of the imported groups (the response does not say).
     #[arg(long = "type", value_enum, default_value_t = GroupType::Basic)]
     pub kind: GroupType,
+    /// DescribeNetworkInterfaces (members) or DescribeSecurityGroups (types) responses
+    /// (repeatable); members add to --members, types override --type.
+    #[arg(long = "context", value_name = "FILE")]
+    pub context: Vec<PathBuf>,
     #[command(flatten)]
     pub common: ImportCommon,
 }
@@ -238,7 +242,29 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
                 GroupType::Basic => config::GroupKind::Basic,
                 GroupType::Advanced => config::GroupKind::Advanced,
             };
-            alibaba::import(&inputs, &alibaba::Options { kind, members, interface: common.iface.clone() })
+            let mut context = super::import::context::Context { members, ..Default::default() };
+            let mut problems = super::import::Problems::default();
+            for file in &a.context {
+                let name = file.display().to_string();
+                match read_values(&name) {
+                    Ok(values) => super::import::context::read(&name, &values, &mut context, &mut problems),
+                    Err(e) => return fail(e.to_string(), EXIT_INVALID),
+                }
+            }
+            if problems.has_errors() {
+                Err(ImportError::Refused(problems.list))
+            } else {
+                let options = alibaba::Options {
+                    kind,
+                    kinds: context.kinds,
+                    members: context.members,
+                    interface: common.iface.clone(),
+                };
+                alibaba::import(&inputs, &options).map(|(text, mut found)| {
+                    found.splice(0..0, problems.list);
+                    (text, found)
+                })
+            }
         }
         ImportProvider::Aws(_) => aws::import(&inputs, &aws::Options { members, interface: common.iface.clone() }),
     };

@@ -4,7 +4,8 @@
 //! `Permissions.Permission[]`. Responses of one group (pages) are concatenated. Empty
 //! strings mean "unset"; enum values are read in any case; `Priority` may be a number or a
 //! string. The response carries neither the group's type nor its members: `--type` and
-//! `--members` supply them.
+//! `--members` supply them, or `--context` with `DescribeSecurityGroups` and
+//! `DescribeNetworkInterfaces` responses (see [`super::context`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,6 +24,8 @@ pub struct Options {
     /// The type of every imported group (the response does not say; the provider's
     /// default is basic).
     pub kind: GroupKind,
+    /// Per-group types overriding `kind` (from a `DescribeSecurityGroups` response).
+    pub kinds: BTreeMap<String, GroupKind>,
     pub members: BTreeMap<String, Vec<IpAddr>>,
     /// Bind the imported groups to an interface of this name.
     pub interface: Option<String>,
@@ -163,6 +166,7 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
     }
     let mut draft = Draft { interface: options.interface.clone(), ..Draft::default() };
     for group in &groups {
+        let kind = options.kinds.get(&group.id).copied().unwrap_or(options.kind);
         let inner = match group.inner.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None => None,
             Some("accept") => Some(Action::Accept),
@@ -175,10 +179,10 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
                 None
             }
         };
-        if options.kind == GroupKind::Advanced && inner == Some(Action::Accept) {
+        if kind == GroupKind::Advanced && inner == Some(Action::Accept) {
             problems.error(
                 format!("{}: InnerAccessPolicy", group.location),
-                "Accept (intra-group connectivity) with --type advanced: advanced groups always isolate their members",
+                "Accept (intra-group connectivity) in an advanced group: advanced groups always isolate their members",
             );
         }
         let mut comments = Vec::new();
@@ -198,8 +202,8 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
         }
         draft.groups.push(DraftGroup {
             id: group.id.clone(),
-            kind: Some(options.kind),
-            inner_access: inner.filter(|_| options.kind == GroupKind::Basic),
+            kind: Some(kind),
+            inner_access: inner.filter(|_| kind == GroupKind::Basic),
             owner: None,
             members,
             comments,

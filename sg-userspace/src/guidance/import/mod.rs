@@ -12,6 +12,7 @@
 
 pub mod alibaba;
 pub mod aws;
+pub mod context;
 #[cfg(test)]
 mod tests;
 

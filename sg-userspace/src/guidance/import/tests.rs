@@ -63,6 +63,7 @@ fn rule_lines(cfg: &Config) -> Vec<String> {
 fn alibaba_responses_import_with_pages_precedence_and_placeholders() {
     let options = Options {
         kind: GroupKind::Basic,
+        kinds: BTreeMap::new(),
         members: members(&[("sg-web", &["198.18.0.10", "198.18.0.11"]), ("sg-db", &["198.18.1.20"])]),
         interface: Some("eth0".into()),
     };
@@ -96,7 +97,7 @@ fn alibaba_responses_import_with_pages_precedence_and_placeholders() {
 
 #[test]
 fn alibaba_refuses_what_the_model_cannot_express_naming_the_field() {
-    let options = Options { kind: GroupKind::Basic, members: BTreeMap::new(), interface: None };
+    let options = Options { kind: GroupKind::Basic, kinds: BTreeMap::new(), members: BTreeMap::new(), interface: None };
     let problems = refused(alibaba::import(&inputs(&["alibaba-unsupported.json"]), &options));
     assert!(has(&problems, ProblemKind::Error, "Permission[1].SourceCidrIp", "egress"), "{problems:#?}");
     assert!(has(&problems, ProblemKind::Error, "Permission[2].PortRangeListId", "port lists"));
@@ -107,7 +108,8 @@ fn alibaba_refuses_what_the_model_cannot_express_naming_the_field() {
 
 #[test]
 fn alibaba_type_advanced_with_intra_group_accept_is_refused() {
-    let options = Options { kind: GroupKind::Advanced, members: BTreeMap::new(), interface: None };
+    let options =
+        Options { kind: GroupKind::Advanced, kinds: BTreeMap::new(), members: BTreeMap::new(), interface: None };
     let problems = refused(alibaba::import(&inputs(&["alibaba-web.json"]), &options));
     assert!(has(&problems, ProblemKind::Error, "sg-web: InnerAccessPolicy", "advanced"));
 }
@@ -197,7 +199,8 @@ fn alibaba_round_trips_the_examples_exactly() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name).display().to_string();
         let original = load_example(&path);
         let exported = export::alibaba(&original, &path).expect("exports");
-        let options = Options { kind: GroupKind::Basic, members: members_of(&original), interface: None };
+        let options =
+            Options { kind: GroupKind::Basic, kinds: BTreeMap::new(), members: members_of(&original), interface: None };
         let (text, _) = alibaba::import(
             &[("exported.json".into(), parse_values(&exported.document.to_string(), "x").expect("json"))],
             &options,
@@ -299,4 +302,30 @@ members = ["198.18.0.1"]
     assert!(refusals.iter().any(|r| r.contains("interface both0") && r.contains("opens it")), "{refusals:?}");
     let cfg = parse_str(isolating, "iso.toml").expect("valid");
     assert!(export::aws(&cfg, "iso.toml").is_err(), "egress isolation is not expressible with AWS's allow-all egress");
+}
+
+#[test]
+fn alibaba_members_and_types_come_from_context_responses() {
+    let mut context = context::Context::default();
+    let mut problems = Problems::default();
+    for name in ["alibaba-nics.json", "alibaba-groups.json"] {
+        context::read(name, &read_values(&fixture_path(name)).expect("fixture"), &mut context, &mut problems);
+    }
+    assert!(!problems.has_errors(), "{:?}", problems.list);
+    let options = Options { kind: GroupKind::Basic, kinds: context.kinds, members: context.members, interface: None };
+    let (text, _) = alibaba::import(&inputs(&["alibaba-web.json", "alibaba-db.json"]), &options).expect("imports");
+    let cfg = parse_str(&text, "imported.toml").expect("validates");
+    let web = cfg.group("sg-web").expect("sg-web");
+    let addrs: Vec<IpAddr> = ["198.18.0.10", "198.18.0.12", "2001:db8::10", "198.18.0.11"]
+        .iter()
+        .map(|a| a.parse().expect("addr"))
+        .collect();
+    assert_eq!(web.members, addrs);
+    assert_eq!(cfg.group("sg-db").map(|g| (g.kind, g.members.len())), Some((GroupKind::Basic, 1)));
+    // An enterprise group is advanced; its InnerAccessPolicy Accept is then refused.
+    let mut kinds = BTreeMap::new();
+    kinds.insert("sg-web".to_string(), GroupKind::Advanced);
+    let options = Options { kind: GroupKind::Basic, kinds, members: BTreeMap::new(), interface: None };
+    let problems = refused(alibaba::import(&inputs(&["alibaba-web.json"]), &options));
+    assert!(has(&problems, ProblemKind::Error, "sg-web: InnerAccessPolicy", "advanced"));
 }
