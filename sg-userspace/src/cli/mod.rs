@@ -3,6 +3,7 @@
 mod args;
 mod attach;
 mod detach;
+mod guidance;
 mod run;
 mod sessions;
 mod status;
@@ -40,6 +41,14 @@ enum Command {
     Trace(trace::Args),
     /// Show whether sgctl's programs are attached to an interface.
     Status(status::Args),
+    /// Check a rule file against the guide's advice; exit 1 when a finding reaches --fail-on.
+    Lint(guidance::LintArgs),
+    /// Show the flows whose verdict changes between two rule files; exit 1 when any does.
+    Diff(guidance::DiffArgs),
+    /// Turn provider security groups (Alibaba Cloud, AWS JSON) into a rule file.
+    Import(guidance::ImportArgs),
+    /// Write a rule file in a provider's JSON format, refusing what it cannot express.
+    Export(guidance::ExportArgs),
 }
 
 impl Cli {
@@ -53,6 +62,10 @@ impl Cli {
             Command::Validate(args) => validate::run(&args),
             Command::Trace(args) => trace::run(&args),
             Command::Status(args) => status::run(&args),
+            Command::Lint(args) => guidance::lint(args),
+            Command::Diff(args) => guidance::diff(args),
+            Command::Import(args) => guidance::import(args),
+            Command::Export(args) => guidance::export(args),
         }
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Pure code (no aya, no tokio): the rule model and rule-file parsing ([`config`]), the
 //! total order of rules and the defaults ([`order`]), addresses in the data plane's byte
-//! form ([`addr`]), the reference evaluator ([`eval`]) and the compiler to map contents
-//! ([`compile`]). Everything above (the data plane, control, the agent and the CLI) may
+//! form ([`addr`]), the reference evaluator ([`eval`]) the compiler to map contents
+//! ([`compile`]), and the guide's advice as tools ([`guidance`]: lint, diff, import,
+//! export). Everything above (the data plane, control, the agent and the CLI) may
 //! use it; it uses none of them.
 
 pub mod addr;
 pub mod compile;
 pub mod config;
 pub mod eval;
+pub mod guidance;
 pub mod order;
