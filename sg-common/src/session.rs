@@ -1,5 +1,5 @@
-//! Sessions (SPEC section 4): the table's key and value, and the protocol state machines
-//! as pure functions, shared by the kernel and the host tests.
+//! Sessions (docs/rule-model.md#sessions): the table's key and value, and the protocol
+//! state machines as pure functions, shared by the kernel and the host tests.
 //!
 //! A key holds the two (address, port) ends of a flow in a fixed order, low end first, so
 //! both directions of a flow find the same entry; the value remembers which end opened
@@ -78,7 +78,7 @@ pub struct Timeouts {
 const SECOND: u64 = 1_000_000_000;
 
 impl Default for Timeouts {
-    /// SPEC section 4's defaults (TCP established: the provider's 910 s).
+    /// The documented defaults (docs/rule-model.md#sessions; TCP established: 910 s).
     fn default() -> Self {
         Self {
             tcp_established: 910 * SECOND,

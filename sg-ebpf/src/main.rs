@@ -141,7 +141,7 @@ struct Packet<'a> {
     audit: u8,
 }
 
-/// SPEC section 3 from step 2 on, for a well-formed IP packet.
+/// The evaluation order (docs/rule-model.md) from step 2 on, for a well-formed IP packet.
 #[inline(always)]
 fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut Work) -> Decision {
     let config = classify::interface_id(ifindex);

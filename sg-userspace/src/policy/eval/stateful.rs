@@ -1,4 +1,5 @@
-//! Stateful reference model: SPEC section 3 steps 2 to 7 with the sessions of section 4,
+//! Stateful reference model: the evaluation order (docs/rule-model.md#evaluation-order,
+//! steps 2 to 7) with the sessions of docs/rule-model.md#sessions,
 //! layered in front of the stateless [`evaluate`].
 //!
 //! A [`Tracker`] holds a rule file, the idle timeouts and a session table keyed like the
@@ -20,7 +21,7 @@
 //!    responder, a SYN from the opener on an established connection); the session is
 //!    kept, unless step 5 replaces it with a session the packet opens.
 //! 3. An ICMP/ICMPv6 error quoting a packet of a live session: pass (`RELATED`).
-//! 4. Classification by [`evaluate`] (steps 4 to 7 of SPEC section 3).
+//! 4. Classification by [`evaluate`] (steps 4 to 7 of the evaluation order).
 //! 5. An accepted packet that opens a flow ([`opening_state`]), other than an ICMP error,
 //!    creates a session.
 //!

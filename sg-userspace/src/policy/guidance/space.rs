@@ -731,7 +731,7 @@ impl<'c> Pool<'c> {
         out
     }
 
-    /// SPEC section 3 steps 4 to 7 over the matchers containing a cell (indexes into
+    /// Evaluation steps 4 to 7 (docs/rule-model.md) over the matchers containing a cell (indexes into
     /// [`Pool::matchers`], ascending).
     pub fn decide(&self, matchers: &[Matcher], alive: &[usize]) -> (Decider, Action) {
         let sources = alive.iter().map(|&i| matchers[i].source);
