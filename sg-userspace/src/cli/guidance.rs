@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::json;
 
-use sgctl::policy::guidance::lint::{self, DEFAULT_MAX_RULES, LintOptions, Provider, Severity};
 use sgctl::policy::config::{self, Config};
+use sgctl::policy::guidance::lint::{self, DEFAULT_MAX_RULES, LintOptions, Provider, Severity};
 
 /// Exit code for an unreadable or invalid input file (1 is kept for "findings" / "changes").
 const EXIT_INVALID: u8 = 2;
@@ -247,7 +247,9 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
             for file in &a.context {
                 let name = file.display().to_string();
                 match read_values(&name) {
-                    Ok(values) => sgctl::policy::guidance::import::context::read(&name, &values, &mut context, &mut problems),
+                    Ok(values) => {
+                        sgctl::policy::guidance::import::context::read(&name, &values, &mut context, &mut problems)
+                    }
                     Err(e) => return fail(e.to_string(), EXIT_INVALID),
                 }
             }

@@ -131,7 +131,12 @@ fn diff_pool(
 }
 
 /// A decider in words: `sg-web#2 (line 14)`, `the default (basic, ingress)`.
-fn describe(cfg: &Config, verdict: &Verdict, direction: Direction, kind: Option<crate::policy::config::GroupKind>) -> Value {
+fn describe(
+    cfg: &Config,
+    verdict: &Verdict,
+    direction: Direction,
+    kind: Option<crate::policy::config::GroupKind>,
+) -> Value {
     let group = |index: usize| cfg.groups.get(index).map_or("?".to_string(), |g| g.id.clone());
     let (by, line, summary) = match verdict.decider {
         Decider::Rule { rule_id } => match cfg.rule(rule_id) {

@@ -14,7 +14,9 @@
 
 use serde_json::{Value, json};
 
-use crate::policy::config::{Action, Config, Direction, Family, GroupKind, Peer, PortRange, Protocol, Rule, SecurityGroup};
+use crate::policy::config::{
+    Action, Config, Direction, Family, GroupKind, Peer, PortRange, Protocol, Rule, SecurityGroup,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExportError {

@@ -690,7 +690,11 @@ pub enum Decider {
 }
 
 impl<'c> Pool<'c> {
-    pub fn of_interface(cfg: &'c Config, iface: &'c crate::policy::config::InterfaceBinding, direction: Direction) -> Pool<'c> {
+    pub fn of_interface(
+        cfg: &'c Config,
+        iface: &'c crate::policy::config::InterfaceBinding,
+        direction: Direction,
+    ) -> Pool<'c> {
         Pool {
             cfg,
             iface: Some(&iface.name),

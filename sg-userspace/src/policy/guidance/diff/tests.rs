@@ -72,7 +72,11 @@ fn new_text(old: &str, rng: &mut Rng) -> String {
             "members" => format!("members = [\"{}\"]", rng.pick(crate::policy::guidance::testgen::MEMBERS)),
             "source" | "destination" => {
                 let v6 = lines[i].contains(':');
-                let nets = if v6 { crate::policy::guidance::testgen::V6_NETS } else { crate::policy::guidance::testgen::V4_NETS };
+                let nets = if v6 {
+                    crate::policy::guidance::testgen::V6_NETS
+                } else {
+                    crate::policy::guidance::testgen::V4_NETS
+                };
                 format!("  {key} = \"{}\"", rng.pick(nets))
             }
             _ => out[i].clone(),
@@ -140,8 +144,12 @@ fn point_in(region: &Region<Change>, direction: Direction, rng: &mut Rng) -> Pac
         proto,
         peer: (pick(rng, region.peer), 0),
         local: (pick(rng, region.local), 0),
-        dport: proto.has_ports().then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
-        sport: proto.has_ports().then(|| (port(rng, region.sport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
+        dport: proto
+            .has_ports()
+            .then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
+        sport: proto
+            .has_ports()
+            .then(|| (port(rng, region.sport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
     };
     cell.packet(direction)
 }

@@ -38,8 +38,12 @@ fn point_in(
         proto: class,
         peer: (pick(rng, region.peer), 0),
         local: (pick(rng, region.local), 0),
-        dport: class.has_ports().then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
-        sport: class.has_ports().then(|| (port(rng, region.sport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
+        dport: class
+            .has_ports()
+            .then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
+        sport: class
+            .has_ports()
+            .then(|| (port(rng, region.sport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
     };
     cell.packet(direction)
 }
