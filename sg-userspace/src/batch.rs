@@ -6,8 +6,8 @@
 //! error then says how many were done, and the caller undoes what it wrote (the maps
 //! are written beside the live rule set, so nothing half-written is ever read).
 //!
-//! Where a map type has no batch operations (LPM tries before Linux 5.13 answer
-//! ENOTSUPP), the same elements are written one syscall each, with the same
+//! Where a map type has no batch operations (5.10's LPM tries answer ENOTSUPP), the
+//! same elements are written one syscall each, with the same
 //! stop-at-the-first-failure contract.
 
 use std::{

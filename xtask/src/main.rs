@@ -145,14 +145,22 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
                 .current_dir(workspace_root().join("sg-ebpf")),
         )?;
     }
-    // The netns tests run the real binary.
+    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
     cargo(&["build", "--package", "sg-userspace"])?;
+    dist::static_sgctl()?;
     let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "sg-ebpf"];
     if !extra.is_empty() {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
     cargo(&args)?;
+    // The kernel programs again with every fallback older kernels take (the sessions'
+    // clock without bpf_ktime_get_coarse_ns), on this kernel.
+    step(
+        Command::new("cargo")
+            .args(["test", "--package", "sg-tests", "--test", "session_sequences"])
+            .env("SGCTL_FALLBACKS", "1"),
+    )?;
     // The benchmark's smoke mode, so it cannot rot.
     bench(true)
 }
