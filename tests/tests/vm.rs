@@ -204,7 +204,7 @@ fn scenario(kernel: &str, egress: Egress) {
     })
     .expect("booting the guest");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drive(&mut guest, egress, &sgctl)));
-    if outcome.is_err() {
+    if let Err(panic) = outcome {
         guest.keep_share();
         let log = std::fs::read_to_string(&console).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -213,7 +213,7 @@ fn scenario(kernel: &str, egress: Egress) {
             eprintln!("{line}");
         }
         eprintln!("--- guest files kept in {} ---", guest.share.display());
-        std::panic::resume_unwind(outcome.unwrap_err());
+        std::panic::resume_unwind(panic);
     }
     eprintln!(
         "{test}: guest {} up after {:.1} s, whole scenario {:.1} s",

@@ -604,6 +604,9 @@ impl Vm {
     /// Waits for qemu to exit; returns the guest command's exit status.
     pub fn wait(&mut self) -> Result<i32> {
         let status = self.wait_qemu()?;
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted; the guest was stopped");
+        }
         let text = fs::read_to_string(self.share.join("status"))
             .map_err(|_| anyhow!("the guest ended without an exit status (qemu: {status}); see its console"))?;
         text.trim().parse().with_context(|| format!("guest status {text:?}"))
