@@ -64,6 +64,9 @@ pub mod global {
     pub const TRACE_ENABLED: &str = "SG_TRACE_ENABLED";
     /// `u64`: the length of a jiffy in ns (the flow cache's clock, `sg_common::flow_cache`).
     pub const NS_PER_JIFFY: &str = "SG_NS_PER_JIFFY";
+    /// `u8`: 1 when the kernel has `bpf_ktime_get_coarse_ns` (5.11+), else 0 and the
+    /// sessions' clock is `bpf_ktime_get_ns` (`sg-ebpf/src/clock.rs`).
+    pub const COARSE_CLOCK: &str = "SG_COARSE_CLOCK";
 }
 
 /// Interfaces with an ifindex below this can be enforced on (the ifindex indexes an

@@ -26,6 +26,8 @@ use sg_common::{PacketMeta, family, fragment, ip_proto, malformed};
 /// The furthest offset a header may start at. Bounds every variable offset for the
 /// verifier; a header chain reaching beyond it counts as truncated.
 pub const MAX_HEADER_OFFSET: usize = 1024;
+/// Covers every offset up to MAX_HEADER_OFFSET (see [`quoted`]).
+const L4_OFFSET_MASK: usize = 2 * MAX_HEADER_OFFSET - 1;
 /// IPv6 extension headers walked before the chain counts as too long.
 pub const MAX_IPV6_EXTENSIONS: usize = 6;
 
@@ -252,7 +254,12 @@ fn parse_transport(frame: &Frame, offset: usize, meta: &mut PacketMeta) -> Resul
 /// cut short or not IP of the outer packet's family.
 #[inline(never)]
 pub fn quoted(frame: &Frame, outer: &PacketMeta, inner: &mut PacketMeta) -> Option<()> {
-    let offset = usize::from(outer.l4_offset) + 8;
+    // The outer ICMP header was read at `l4_offset`, so it is at most MAX_HEADER_OFFSET and
+    // the mask changes nothing. It bounds the offset for verifiers before 6.10, which do
+    // not carry the bound `read` checks on the sum back to `l4_offset` (LLVM checks
+    // `l4_offset > MAX_HEADER_OFFSET - 8` and adds 8 in another register: 6.1 rejected it
+    // with "R3 offset is outside of the packet").
+    let offset = (usize::from(outer.l4_offset) & L4_OFFSET_MASK) + 8;
     inner.family = outer.family;
     let transport = if outer.family == family::IPV4 {
         let header: [u8; 20] = frame.read(offset)?;

@@ -3,7 +3,6 @@
 
 use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
-    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
@@ -92,11 +91,10 @@ static SG_TIMEOUTS: Array<Timeouts> = Array::with_max_entries(1, 0);
 
 /// CLOCK_MONOTONIC_COARSE: tick resolution (a few ms) is plenty for idle timeouts of
 /// seconds, and it costs a memory read instead of a clock-source read, which in a VM can
-/// be tens of nanoseconds on every packet.
+/// be tens of nanoseconds on every packet (`crate::clock`: CLOCK_MONOTONIC before 5.11).
 #[inline(always)]
 pub fn now() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    crate::clock::now()
 }
 
 /// The configured timeouts (userspace writes them with every rule set).

@@ -1,7 +1,9 @@
 //! `cargo xtask`: sets the machine up and orchestrates builds, tests, the demo and the
 //! benchmark. The work itself lives in the crates; this only runs them in order.
 
+mod dist;
 mod setup;
+mod vm_task;
 
 use std::process::{Command, ExitCode};
 
@@ -41,10 +43,26 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// A statically linked sgctl and a Debian package with a systemd unit, in target/dist/.
+    Dist,
+    /// Boot a throw-away guest (virtio-net NICs, native XDP) and run COMMAND in it, or a
+    /// shell with sgctl enforcing examples/vm.toml; exits with the guest command's status.
+    Vm {
+        /// Guest kernel: 6.12 (bookworm-backports), 6.1 (bookworm) or 5.10 (bullseye).
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// The command to run in the guest (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let task = Cli::parse().command;
+    if let Task::Vm { kernel, command } = &task {
+        return vm_task::main(kernel, command);
+    }
+    match run(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
@@ -60,6 +78,11 @@ fn run(task: Task) -> Result<()> {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Demo => demo(),
         Task::Bench { quick } => bench(quick),
+        Task::Dist => {
+            setup::run()?;
+            dist::run()
+        }
+        Task::Vm { .. } => unreachable!("handled in main"),
     }
 }
 
@@ -80,7 +103,7 @@ pub fn step(cmd: &mut Command) -> Result<()> {
 }
 
 /// Where cargo puts binaries: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
-fn target_dir() -> std::path::PathBuf {
+pub fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
 }
 
@@ -122,14 +145,22 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
                 .current_dir(workspace_root().join("sg-ebpf")),
         )?;
     }
-    // The netns tests run the real binary.
+    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
     cargo(&["build", "--package", "sg-userspace"])?;
+    dist::static_sgctl()?;
     let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "sg-ebpf"];
     if !extra.is_empty() {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
     cargo(&args)?;
+    // The kernel programs again with every fallback older kernels take (the sessions'
+    // clock without bpf_ktime_get_coarse_ns), on this kernel.
+    step(
+        Command::new("cargo")
+            .args(["test", "--package", "sg-tests", "--test", "session_sequences"])
+            .env("SGCTL_FALLBACKS", "1"),
+    )?;
     // The benchmark's smoke mode, so it cannot rot.
     bench(true)
 }

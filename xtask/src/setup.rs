@@ -20,6 +20,19 @@ fn packages() -> Vec<String> {
         "iputils-ping", // ping in scenario tests
         "bpftool",      // tests check what is attached
         "build-essential",
+        // The VM harness (`cargo xtask vm`, tests/tests/vm.rs): qemu, the guest's
+        // initramfs (busybox, cpio, depmod, module decompression), and in the guest
+        // the driver's counters and the scenario's servers and probes.
+        "qemu-system-x86",
+        "busybox-static",
+        "cpio",
+        "kmod",
+        "zstd",
+        "xz-utils",
+        "ethtool",
+        "socat",
+        "netcat-openbsd",
+        "file", // `cargo xtask dist` checks the binary is static
     ]
     .iter()
     .map(ToString::to_string)

@@ -90,6 +90,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         }
         paths::write_pid_file(name)?;
     }
+    if !dp.features.coarse_clock {
+        warn!("no bpf_ktime_get_coarse_ns (kernel before 5.11): sessions use bpf_ktime_get_ns");
+    }
     for a in &attachments {
         info!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
     }

@@ -27,6 +27,8 @@ pub struct LoadOptions {
 /// The loaded (verified, not yet attached) programs and their maps.
 pub struct Dataplane {
     pub ebpf: Ebpf,
+    /// What the kernel offered at load time (and so which fallbacks the programs took).
+    pub features: KernelFeatures,
 }
 
 impl Dataplane {
@@ -39,10 +41,13 @@ impl Dataplane {
         check_privileges()?;
         let trace = u8::from(options.trace);
         let ns_per_jiffy = clock::ns_per_jiffy();
+        let features = KernelFeatures::probe();
+        let coarse_clock = u8::from(features.coarse_clock);
         let c = &options.capacity;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TRACE_ENABLED, &trace, true)
             .override_global(global::NS_PER_JIFFY, &ns_per_jiffy, true)
+            .override_global(global::COARSE_CLOCK, &coarse_clock, true)
             .map_max_entries(map::SESSIONS, c.sessions)
             .map_max_entries(map::VECTORS, c.vectors)
             .map_max_entries(map::RULE_INFO, c.rule_info)
@@ -56,7 +61,7 @@ impl Dataplane {
         xdp.load().map_err(|e| verifier_error(program::INGRESS_XDP, e))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, program::EGRESS_TC)?;
         tc.load().map_err(|e| verifier_error(program::EGRESS_TC, e))?;
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, features })
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -103,4 +108,48 @@ fn verifier_error(name: &str, error: ProgramError) -> DataplaneError {
         }
         other => DataplaneError::Refused(format!("loading {name}: {other}")),
     }
+}
+
+/// What the running kernel offers that the programs may use, probed before loading
+/// (the programs take a fallback that keeps their semantics where a feature is missing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    /// `bpf_ktime_get_coarse_ns` (Linux 5.11+); without it the sessions' clock is
+    /// `bpf_ktime_get_ns`.
+    pub coarse_clock: bool,
+}
+
+impl KernelFeatures {
+    /// Probes the kernel; `SGCTL_FALLBACKS=1` takes every fallback (tests run the
+    /// programs both ways on one kernel).
+    pub fn probe() -> Self {
+        if std::env::var("SGCTL_FALLBACKS").is_ok_and(|v| v == "1") {
+            return Self { coarse_clock: false };
+        }
+        Self { coarse_clock: helper_exists(BPF_FUNC_KTIME_GET_COARSE_NS) }
+    }
+}
+
+/// `bpf_ktime_get_coarse_ns`'s helper id (include/uapi/linux/bpf.h).
+const BPF_FUNC_KTIME_GET_COARSE_NS: i32 = 160;
+
+/// Whether the kernel accepts an XDP program calling helper `id`: a three-instruction
+/// program (`call id; r0 = XDP_PASS; exit`) loaded and closed at once, as libbpf probes.
+fn helper_exists(id: i32) -> bool {
+    let insn = |code: u8, imm: i32| -> u64 { u64::from(code) | (u64::from(imm as u32) << 32) };
+    let insns: [u64; 3] = [insn(0x85, id), insn(0xb7, 2), insn(0x95, 0)];
+    let license = c"GPL";
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license; the rest 0.
+    let mut attr = [0u64; 16];
+    attr[0] = 6 | (insns.len() as u64) << 32; // BPF_PROG_TYPE_XDP
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // SAFETY: `attr` outlives the call and points at live buffers; BPF_PROG_LOAD is 5.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is the program fd just returned to us.
+    unsafe { libc::close(fd as i32) };
+    true
 }

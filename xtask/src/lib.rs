@@ -1,0 +1,3 @@
+//! What `cargo xtask` shares with the test suite: the VM harness.
+
+pub mod vm;
