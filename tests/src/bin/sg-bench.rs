@@ -175,6 +175,10 @@ fn main() -> Result<()> {
         Settings { quick, parts: vec![], sizes: vec![10, 100, 1000, 10_000, 16_384], repeat: 100_000, runs: 5, out }
     };
     let s = Settings { parts: only.unwrap_or_else(|| vec![1, 2, 3, 4]), ..s };
+    // Before any part runs: part 1 writes its plot data beside the report.
+    if let Some(dir) = s.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     if !sg_tests::kernel::kernel_tests_enabled("sg-bench") {
         return Ok(());
     }
@@ -418,9 +422,6 @@ fn main() -> Result<()> {
     }
     writeln!(report, "Total benchmark time: {:.0} s.", started.elapsed().as_secs_f64())?;
 
-    if let Some(dir) = s.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     std::fs::write(&s.out, &report)?;
     print!("{report}");
     println!("\nwritten to {}", s.out.display());
