@@ -27,10 +27,14 @@ pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
-/// ICMPv6 neighbour discovery (router and neighbour solicitation and advertisement).
+/// ICMPv6 neighbour discovery (router and neighbour solicitation and advertisement,
+/// 133-136) and multicast listener discovery (MLD queries, reports and done, 130-132,
+/// and MLDv2 reports, 143): IPv6 needs both whatever the rules say. Without MLD, a
+/// snooping switch stops forwarding the solicited-node multicast neighbour discovery
+/// relies on to an instance whose egress rules drop its reports.
 #[inline(always)]
 pub fn is_neighbour_discovery(protocol: u8, icmp_type: u8) -> bool {
-    protocol == ip_proto::ICMPV6 && matches!(icmp_type, 133..=136)
+    protocol == ip_proto::ICMPV6 && matches!(icmp_type, 130..=136 | 143)
 }
 
 /// Fragment position of a parsed packet (`PacketMeta::fragment`).

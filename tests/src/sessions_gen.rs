@@ -691,7 +691,8 @@ impl Writer<'_> {
             Direction::Egress => (local, remote),
             Direction::Ingress => (remote, local),
         };
-        let icmp_type = *self.rng.pick(&[135, 135, 136, 136, 133, 134]);
+        // Neighbour discovery, and multicast listener discovery now and then.
+        let icmp_type = *self.rng.pick(&[135, 135, 136, 136, 133, 134, 130, 131, 132, 143]);
         let tuple = PacketTuple { src, dst, protocol: ip_proto::ICMPV6, src_port: 0, dst_port: 0 };
         self.emit(SeqPacket::new(direction, tuple, 0, icmp_type, 0, "neighbour discovery"), false);
     }

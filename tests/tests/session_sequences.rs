@@ -199,7 +199,8 @@ fn neighbour_discovery_always_passes() {
         return;
     }
     let (mut dp, _e, _cfg) = setup("", "advanced");
-    for kind in 133..=136u8 {
+    // Neighbour discovery (133-136) and multicast listener discovery (130-132, 143).
+    for kind in [130, 131, 132, 133, 134, 135, 136, 143u8] {
         let frame = ether(ETHERTYPE_IPV6, &[], &ipv6(58, v6("fe80::1"), v6("ff02::1"), &icmp(kind, 0, 0, 0, &[0; 16])));
         for hook in [Hook::Xdp, Hook::Tc] {
             expect(run(&mut dp, hook, &frame).unwrap(), verdict::PASS, step::NEIGHBOUR_DISCOVERY, "ND");
@@ -207,6 +208,10 @@ fn neighbour_discovery_always_passes() {
     }
     let echo = ether(ETHERTYPE_IPV6, &[], &ipv6(58, v6("2001:db8::9"), v6("2001:db8::1:1"), &icmp(128, 0, 1, 1, &[])));
     expect(run(&mut dp, Hook::Xdp, &echo).unwrap(), verdict::DROP, step::DEFAULT, "other ICMPv6 is classified");
+    let redirect = ether(ETHERTYPE_IPV6, &[], &ipv6(58, v6("fe80::1"), v6("ff02::1"), &icmp(137, 0, 0, 0, &[0; 16])));
+    for hook in [Hook::Xdp, Hook::Tc] {
+        expect(run(&mut dp, hook, &redirect).unwrap(), verdict::DROP, step::DEFAULT, "a redirect is classified");
+    }
 }
 
 #[test]

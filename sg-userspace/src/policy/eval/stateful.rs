@@ -248,9 +248,10 @@ pub fn is_icmp_error(meta: &PacketMeta) -> bool {
     }
 }
 
-/// ICMPv6 router and neighbour solicitations and advertisements (types 133 to 136).
+/// ICMPv6 neighbour discovery (types 133 to 136) and multicast listener discovery (130
+/// to 132, 143): `sg_common::is_neighbour_discovery`, which says why.
 pub fn is_neighbour_discovery(meta: &PacketMeta) -> bool {
-    meta.protocol == ip_proto::ICMPV6 && matches!(meta.icmp_type, 133..=136)
+    sg_common::is_neighbour_discovery(meta.protocol, meta.icmp_type)
 }
 
 /// The fields of `meta` the rules look at; ports only for TCP and UDP.
@@ -679,13 +680,15 @@ mode = "audit"
 "#,
         );
         let mut t = Tracker::new(&cfg, Timeouts::default());
-        for icmp_type in 133..=136 {
+        for icmp_type in [130, 131, 132, 133, 134, 135, 136, 143] {
             for dir in [Ingress, Egress] {
                 let nd = icmp("fe80::1", "fe80::2", icmp_type, 0);
                 assert_eq!(run(&mut t, dir, &nd, 0), pass(step::NEIGHBOUR_DISCOVERY, 0), "type {icmp_type}");
             }
         }
-        // Redirects (137) and echo are classified: rule 1 on ingress, the default on egress.
+        // Redirects (137), home agent discovery (144, next to MLDv2's 143) and echo are
+        // classified: rule 1 on ingress, the default on egress.
+        assert_eq!(run(&mut t, Ingress, &icmp("fe80::1", "fe80::2", 144, 0), 0), drop(step::RULE, 1));
         assert_eq!(run(&mut t, Ingress, &icmp("fe80::1", "fe80::2", 137, 0), 0), drop(step::RULE, 1));
         assert_eq!(run(&mut t, Egress, &icmp("fe80::2", "fe80::1", 128, 3), 0), drop(step::DEFAULT, 0));
         // Audit mode reports the computed verdict, and computed drops open nothing.
