@@ -1,9 +1,12 @@
-//! `sgctl run`: enforce a rule file on the interfaces it names until stopped; reload it
-//! on SIGHUP (all or nothing: a file that fails validation changes nothing).
+//! `sgctl run`: enforce a rule file on the interfaces it names until stopped, serving the
+//! control socket ([`api`]) through which `sgctl apply` and `sgctl confirm` change the
+//! rules; reload the file on SIGHUP, or when it changes with `--watch` (all or nothing:
+//! a file that fails validation changes nothing).
 //!
 //! What it does is logged through `tracing` (the binary sets the subscriber up); the
 //! counter lines it was asked for (`--interval`, `--json`) are its output, on stdout.
 
+pub mod api;
 mod serve;
 
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ use crate::{
         sessions,
     },
     paths,
-    policy::config::{Config, InterfaceBinding, load_file},
+    policy::config::{Config, InterfaceBinding},
 };
 
 #[derive(Clone, Debug)]
@@ -31,6 +34,10 @@ pub struct RunOptions {
     /// Seconds between counter lines; 0 for none.
     pub interval: u64,
     pub json: bool,
+    /// Apply the rule file whenever it changes (debounced).
+    pub watch: bool,
+    /// The control socket (default: [`api::default_socket`]).
+    pub socket: Option<PathBuf>,
 }
 
 /// The interfaces of `cfg` to enforce on here, with their ifindex.
@@ -57,13 +64,21 @@ fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, &'c Interfa
     Ok(found)
 }
 
-pub(crate) fn load_config(path: &std::path::Path) -> Result<Config> {
-    load_file(path).map_err(|errors| anyhow::anyhow!("{errors}\n{}: invalid, nothing applied", path.display()))
-}
-
 pub fn run(opts: &RunOptions) -> Result<()> {
-    let cfg = load_config(&opts.config)?;
+    let text = std::fs::read_to_string(&opts.config)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read file: {e}", opts.config.display()))?;
+    let cfg = crate::policy::config::parse_str(&text, &opts.config.display().to_string())
+        .map_err(|errors| anyhow::anyhow!("{errors}\n{}: invalid, nothing applied", opts.config.display()))?;
     let here = targets(&cfg, &opts.only)?;
+    // The socket first: a second agent in this namespace stops here, before touching
+    // anything the first one runs.
+    let socket = opts.socket.clone().unwrap_or_else(api::default_socket);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = {
+        let _context = runtime.enter();
+        serve::bind_socket(&socket)?
+    };
+    let mut bound = SocketGuard(socket.clone());
     let names: Vec<String> = here.iter().map(|(_, b)| b.name.clone()).collect();
     let started = std::time::Instant::now();
     let compiled = compile_targets(&cfg, &here)?;
@@ -111,12 +126,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         report.compile_time.as_secs_f64() * 1e3,
         report.write_time.as_secs_f64() * 1e3,
     );
-    let result = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve::serve(
-        opts,
-        &dp,
-        &mut enforcer,
-        &names,
-    ));
+    info!("control socket {}", socket.display());
+    let result = runtime.block_on(serve::serve(opts, &dp, &mut enforcer, &names, (listener, (text, report.rules))));
+    bound.remove();
     detach_all(&mut dp, attachments);
     for name in &names {
         let _ = std::fs::remove_file(paths::pid_file(name));
@@ -125,6 +137,24 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     result?;
     info!("stopped; detached from {}", names.join(", "));
     Ok(())
+}
+
+/// Removes the control socket this agent bound when it stops, also on an early error.
+struct SocketGuard(PathBuf);
+
+impl SocketGuard {
+    fn remove(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+            self.0 = PathBuf::new();
+        }
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 fn detach_all(dp: &mut Dataplane, attachments: Vec<Attachment>) {

@@ -1,35 +1,321 @@
-//! The running agent: signals (SIGINT/SIGTERM stop, SIGHUP reloads), session garbage
+//! The running agent: signals (SIGINT/SIGTERM stop, SIGHUP reloads the rule file), the
+//! control socket ([`super::api`]: apply, confirm, status), the rollback of an apply
+//! nobody confirmed in time, an optional watch of the rule file, session garbage
 //! collection and counter lines, until stopped.
+//!
+//! Every way of changing the rules goes through [`Agent::apply_text`]: validated first
+//! (a file with any error changes nothing), then compiled and switched in atomically by
+//! the enforcer.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
 
-use anyhow::{Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info, warn};
 
-use super::{RunOptions, load_config};
+use super::{
+    RunOptions,
+    api::{API_VERSION, ApplyView, MAX_REQUEST_BYTES, Op, Reply, Request, StatusView},
+};
 use crate::{
     control::{Enforcer, gc::gc_period},
     dataplane::{Dataplane, attach, counters::counter_line},
+    policy::config::parse_str,
 };
 
-/// Waits for signals: SIGINT/SIGTERM stop, SIGHUP reloads; prints counters meanwhile.
-pub(super) async fn serve(opts: &RunOptions, dp: &Dataplane, enforcer: &mut Enforcer, names: &[String]) -> Result<()> {
+/// How long the rule file must stay unchanged before `--watch` applies it.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// How often `--watch` looks at the rule file.
+const WATCH_PERIOD: Duration = Duration::from_millis(200);
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The rules an unconfirmed apply replaced, and when they come back.
+struct Rollback {
+    deadline: Instant,
+    path: String,
+    text: String,
+}
+
+/// The agent's state between events.
+struct Agent<'a> {
+    opts: &'a RunOptions,
+    enforcer: &'a mut Enforcer,
+    names: &'a [String],
+    /// The rule file in force: where it came from, its text, its rule count.
+    path: String,
+    text: String,
+    rules: usize,
+    rollback: Option<Rollback>,
+}
+
+/// A rule file that failed validation, or an apply the enforcer refused.
+enum ApplyError {
+    Invalid(Vec<String>),
+    Refused(String),
+}
+
+impl ApplyError {
+    fn reply(self) -> Reply {
+        match self {
+            ApplyError::Invalid(errors) => Reply {
+                errors,
+                ..Reply::failed("invalid rule file, nothing applied; the previous rules stay in force")
+            },
+            ApplyError::Refused(e) => Reply::failed(format!("{e}; the previous rules stay in force")),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ApplyError::Invalid(errors) => format!("{}\ninvalid, nothing applied", errors.join("\n")),
+            ApplyError::Refused(e) => e.clone(),
+        }
+    }
+}
+
+impl Agent<'_> {
+    /// Validates `text` and applies it to the interfaces enforced since start.
+    fn apply_text(&mut self, path: &str, text: &str) -> Result<ApplyView, ApplyError> {
+        let cfg = parse_str(text, path)
+            .map_err(|errors| ApplyError::Invalid(errors.errors.iter().map(ToString::to_string).collect()))?;
+        let refused = |e: anyhow::Error| ApplyError::Refused(format!("{e:#}"));
+        let mut targets = Vec::new();
+        for name in self.names {
+            match cfg.interface(name) {
+                Some(binding) => targets.push((attach::ifindex(name).map_err(|e| refused(e.into()))?, binding)),
+                None => {
+                    return Err(ApplyError::Refused(format!(
+                        "the new file drops interface {name}; restart sgctl to change the interface set"
+                    )));
+                }
+            }
+        }
+        let report = self.enforcer.apply(&cfg, &targets).map_err(|e| refused(e.into()))?;
+        // The new rules are in force; now delete the ones they replaced.
+        let retire = self.enforcer.retire_pending();
+        let view = ApplyView {
+            config: path.to_string(),
+            generation: self.enforcer.generation(targets[0].0).unwrap_or(0),
+            interfaces: self.names.to_vec(),
+            rules_before: self.rules,
+            rules_after: report.rules,
+            rule_sets: report.rule_sets,
+            compile_ms: report.compile_time.as_secs_f64() * 1e3,
+            switch_ms: report.write_time.as_secs_f64() * 1e3,
+            retire_ms: retire.as_secs_f64() * 1e3,
+            confirm_within_s: None,
+        };
+        info!(
+            "applied {path}: generation {}, {} rules (was {}; compile {:.1} ms, write and switch {:.1} ms; old rules \
+             removed in {:.1} ms after the switch)",
+            view.generation, view.rules_after, view.rules_before, view.compile_ms, view.switch_ms, view.retire_ms
+        );
+        (self.path, self.text, self.rules) = (path.to_string(), text.to_string(), report.rules);
+        Ok(view)
+    }
+
+    /// Re-reads the rule file given to `sgctl run` and applies it (SIGHUP, `--watch`).
+    fn reload(&mut self, why: &str) {
+        let path = self.opts.config.display().to_string();
+        let outcome = std::fs::read_to_string(&self.opts.config)
+            .map_err(|e| ApplyError::Refused(format!("reading {path}: {e}")))
+            .and_then(|text| self.apply_text(&path, &text));
+        match outcome {
+            Ok(_) => {
+                if self.rollback.take().is_some() {
+                    info!("the unconfirmed apply is superseded by the {why}; nothing to roll back");
+                }
+            }
+            Err(e) => error!("{why} rejected, the previous rules stay in force: {}", e.describe()),
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Reply {
+        if request.version != API_VERSION {
+            return Reply::failed(format!(
+                "API version {} is not spoken here (this agent: {API_VERSION})",
+                request.version
+            ));
+        }
+        match request.op {
+            Op::Apply { path, text, confirm_s } => {
+                let (before_path, before_text) = (self.path.clone(), self.text.clone());
+                match self.apply_text(&path, &text) {
+                    Err(e) => e.reply(),
+                    Ok(mut view) => {
+                        match confirm_s.filter(|s| *s > 0.0) {
+                            Some(seconds) => {
+                                // An earlier unconfirmed apply keeps its own rollback target:
+                                // the rules that were in force before anything unconfirmed.
+                                let rollback = self.rollback.take().unwrap_or(Rollback {
+                                    deadline: Instant::now(),
+                                    path: before_path,
+                                    text: before_text,
+                                });
+                                let deadline = Instant::now() + Duration::from_secs_f64(seconds.min(86_400.0));
+                                self.rollback = Some(Rollback { deadline, ..rollback });
+                                view.confirm_within_s = Some(seconds);
+                                info!(
+                                    "{path} must be confirmed within {seconds} s (`sgctl confirm`), or it is rolled back"
+                                );
+                            }
+                            None => self.rollback = None,
+                        }
+                        Reply { applied: Some(view), ..Reply::ok() }
+                    }
+                }
+            }
+            Op::Confirm => match self.rollback.take() {
+                Some(_) => {
+                    info!("confirmed {}: its rules stay", self.path);
+                    Reply { message: Some(format!("confirmed {}", self.path)), ..Reply::ok() }
+                }
+                None => Reply::failed("nothing awaits confirmation"),
+            },
+            Op::Status => Reply { status: Some(self.status()), ..Reply::ok() },
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        let first = self.names.first().and_then(|n| attach::ifindex(n).ok());
+        StatusView {
+            config: self.path.clone(),
+            generation: first.and_then(|i| self.enforcer.generation(i)).unwrap_or(0),
+            interfaces: self.names.to_vec(),
+            rules: self.rules,
+            confirm_within_s: self
+                .rollback
+                .as_ref()
+                .map(|r| r.deadline.saturating_duration_since(Instant::now()).as_secs_f64()),
+        }
+    }
+
+    /// The confirmation window ran out: back to the rules before the unconfirmed apply.
+    fn roll_back(&mut self) {
+        let Some(Rollback { path, text, .. }) = self.rollback.take() else { return };
+        warn!("no `sgctl confirm` in time: rolling back to the rules of {path}");
+        if let Err(e) = self.apply_text(&path, &text) {
+            error!("rollback failed, the unconfirmed rules stay in force: {}", e.describe());
+        }
+    }
+}
+
+/// Binds the control socket: root's alone (mode 0600), replacing a stale one.
+pub(super) fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another sgctl agent serves {}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Reads one request (bounded in size and time) from a root client.
+async fn read_request(stream: &mut UnixStream) -> Result<Request, Reply> {
+    let uid = stream.peer_cred().map_err(|e| Reply::failed(format!("peer credentials: {e}")))?.uid();
+    if uid != 0 {
+        return Err(Reply::failed(format!("permission denied: the control socket is root's (uid {uid})")));
+    }
+    let mut line = Vec::new();
+    let limit = MAX_REQUEST_BYTES as u64 + 1;
+    let mut reader = BufReader::new(&mut *stream).take(limit);
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(Reply::failed("no complete request within 5 s")),
+        Ok(Err(e)) => return Err(Reply::failed(format!("reading the request: {e}"))),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(Reply::failed(format!("request larger than {MAX_REQUEST_BYTES} bytes")));
+    }
+    serde_json::from_slice(&line).map_err(|e| Reply::failed(format!("malformed request: {e}")))
+}
+
+async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
+    let mut text = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
+    text.push(b'\n');
+    let _ = stream.write_all(&text).await;
+}
+
+/// The rule file's identity for `--watch`: modification time and length.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Waits for events until SIGINT/SIGTERM.
+pub(super) async fn serve(
+    opts: &RunOptions,
+    dp: &Dataplane,
+    enforcer: &mut Enforcer,
+    names: &[String],
+    (listener, first): (UnixListener, (String, usize)),
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let period = Duration::from_secs(opts.interval.max(1));
     let mut gc = tokio::time::interval(gc_period(enforcer.timeouts()));
+    let mut watch = tokio::time::interval(WATCH_PERIOD);
+    let (text, rules) = first;
+    let mut agent =
+        Agent { opts, enforcer, names, path: opts.config.display().to_string(), text, rules, rollback: None };
+    let config: PathBuf = opts.config.clone();
+    let mut applied_stamp = stamp(&config);
+    // A change seen by `--watch`, and since when the file has looked like this.
+    let mut pending: Option<((SystemTime, u64), Instant)> = None;
     loop {
+        let rollback_at = agent.rollback.as_ref().map(|r| tokio::time::Instant::from_std(r.deadline));
         tokio::select! {
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
             _ = sighup.recv() => {
-                reload(opts, enforcer, names);
-                gc = tokio::time::interval(gc_period(enforcer.timeouts()));
+                agent.reload("reload on SIGHUP");
+                applied_stamp = stamp(&config);
+                gc = tokio::time::interval(gc_period(agent.enforcer.timeouts()));
+            }
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let reply = match read_request(&mut stream).await {
+                    Ok(request) => agent.handle(request),
+                    Err(reply) => reply,
+                };
+                write_reply(&mut stream, &reply).await;
+                gc = tokio::time::interval(gc_period(agent.enforcer.timeouts()));
+            }
+            _ = tokio::time::sleep_until(rollback_at.unwrap_or_else(tokio::time::Instant::now)), if rollback_at.is_some() => {
+                agent.roll_back();
+            }
+            _ = watch.tick(), if opts.watch => {
+                let now = stamp(&config);
+                match (now, pending) {
+                    (Some(s), _) if Some(s) == applied_stamp => pending = None,
+                    (Some(s), Some((seen, since))) if s == seen => {
+                        if since.elapsed() >= WATCH_DEBOUNCE {
+                            pending = None;
+                            applied_stamp = Some(s);
+                            agent.reload("change of the rule file");
+                        }
+                    }
+                    (Some(s), _) => pending = Some((s, Instant::now())),
+                    (None, _) => pending = None,
+                }
             }
             _ = gc.tick() => {
-                if let Err(e) = enforcer.collect_garbage() {
+                if let Err(e) = agent.enforcer.collect_garbage() {
                     error!("session garbage collection: {e:#}");
                 }
             }
@@ -37,34 +323,5 @@ pub(super) async fn serve(opts: &RunOptions, dp: &Dataplane, enforcer: &mut Enfo
                 println!("{}", counter_line(&dp.counters()?, opts.json));
             }
         }
-    }
-}
-
-/// Re-reads the rule file and applies it to the interfaces enforced since start.
-fn reload(opts: &RunOptions, enforcer: &mut Enforcer, names: &[String]) {
-    let outcome = load_config(&opts.config).and_then(|cfg| {
-        let mut targets = Vec::new();
-        for name in names {
-            match cfg.interface(name) {
-                Some(binding) => targets.push((attach::ifindex(name)?, binding)),
-                None => bail!("the new file drops interface {name}; restart sgctl to change the interface set"),
-            }
-        }
-        let report = enforcer.apply(&cfg, &targets)?;
-        // The new rules are in force; now delete the ones they replaced.
-        let retire_time = enforcer.retire_pending();
-        Ok((report, enforcer.generation(targets[0].0).unwrap_or(0), retire_time))
-    });
-    match outcome {
-        Ok((report, generation, retire_time)) => info!(
-            "reloaded {}: generation {generation}, {} rules (compile {:.1} ms, write {:.1} ms; old rules removed in \
-             {:.1} ms after the switch)",
-            opts.config.display(),
-            report.rules,
-            report.compile_time.as_secs_f64() * 1e3,
-            report.write_time.as_secs_f64() * 1e3,
-            retire_time.as_secs_f64() * 1e3
-        ),
-        Err(e) => error!("reload rejected, the previous rules stay in force: {e:#}"),
     }
 }

@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand, argument groups they share in [`args`].
 
+mod apply;
 mod args;
 mod attach;
 mod detach;
@@ -33,6 +34,11 @@ enum Command {
     /// Enforce a rule file on the interfaces it names (those present here) until
     /// SIGINT/SIGTERM; SIGHUP reloads the file atomically.
     Run(run::Args),
+    /// Validate a rule file and apply it through the running agent, waiting for the
+    /// result; with --confirm, it is rolled back unless `sgctl confirm` follows in time.
+    Apply(apply::Args),
+    /// Keep the rules of an `sgctl apply --confirm` that awaits confirmation.
+    Confirm(apply::ConfirmArgs),
     /// List the live sessions of the sgctl running in this network namespace.
     Sessions(sessions::Args),
     /// Check a rule file; exit 0 when valid, 1 with every error otherwise.
@@ -58,6 +64,8 @@ impl Cli {
             Command::Attach(args) => attach::run(&args),
             Command::Detach(args) => detach::run(&args),
             Command::Run(args) => run::run(args),
+            Command::Apply(args) => apply::run(&args),
+            Command::Confirm(args) => apply::confirm(&args),
             Command::Sessions(args) => sessions::run(&args),
             Command::Validate(args) => validate::run(&args),
             Command::Trace(args) => trace::run(&args),

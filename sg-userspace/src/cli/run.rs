@@ -15,12 +15,18 @@ pub struct Args {
     /// Only this interface of the file (repeatable).
     #[arg(long = "iface")]
     only: Vec<String>,
+    /// Apply the rule file again whenever it changes (debounced), as SIGHUP does.
+    #[arg(long)]
+    watch: bool,
+    /// The control socket (default: /run/sgctl/<netns>/control.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
     #[command(flatten)]
     options: AttachOptions,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { config, only, options: AttachOptions { xdp_mode, interval, json } } = args;
-    agent::run(&RunOptions { config, only, xdp_mode, interval, json })?;
+    let Args { config, only, watch, socket, options: AttachOptions { xdp_mode, interval, json } } = args;
+    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket })?;
     Ok(ExitCode::SUCCESS)
 }
