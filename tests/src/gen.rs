@@ -625,6 +625,8 @@ struct GroupText {
     owner: Option<String>,
     /// `type`, as written (omitted: basic).
     kind_text: Option<String>,
+    /// Advanced groups neither reference groups nor are referenced.
+    advanced: bool,
     inner_access_text: Option<String>,
     /// Members as written.
     members: Vec<String>,
@@ -824,6 +826,7 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
             id,
             owner,
             kind_text,
+            advanced: kind == GroupKind::Advanced,
             inner_access_text,
             members,
             member_addrs,
@@ -880,7 +883,10 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
         // The family the peer and local address must have, if the protocol decides it.
         let required_v6 = protocol.family().map(|f| f == Family::Ipv6);
 
-        let other_groups: Vec<usize> = (0..self.groups.len()).filter(|&g| g != group).collect();
+        // Advanced groups cannot reference groups, nor be referenced.
+        let other_groups: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| g != group && !self.groups[g].advanced && !self.groups[group].advanced)
+            .collect();
         let lists: Vec<usize> =
             (0..self.lists.len()).filter(|&l| required_v6.is_none_or(|v6| self.lists[l].v6 == v6)).collect();
         let (kind, value, peer_v6) = match rng.weighted(&[60, 20, 20]) {

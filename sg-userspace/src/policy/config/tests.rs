@@ -720,6 +720,36 @@ fn rejects_group_referencing_itself() {
 }
 
 #[test]
+fn rejects_advanced_group_referencing_a_group() {
+    let text = "[[security_group]]\nid = \"sg-b\"\nmembers = [\"198.18.0.1\"]\n\n\
+                [[security_group]]\nid = \"sg-a\"\ntype = \"advanced\"\n\
+                [[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"all\"\nsource_group = \"sg-b\"\n";
+    let error = rejected(
+        text,
+        "security_group[2].rule[1].source_group",
+        &["source_group = \"sg-b\"", "`sg-a` is an advanced group", "cannot reference security groups"],
+    );
+    assert_eq!((error.line, error.column), (11, 16), "{error:?}");
+    assert!(error.to_string().contains("test.toml:11:16"), "{error}");
+}
+
+#[test]
+fn rejects_referencing_an_advanced_group() {
+    let text = format!(
+        "{BASE}\n[[security_group]]\nid = \"sg-adv\"\ntype = \"advanced\"\n\n\
+         [[security_group]]\nid = \"sg-basic\"\n\
+         [[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"all\"\ndestination_group = \"sg-adv\"\n"
+    );
+    rejected(
+        &text,
+        "security_group[4].rule[1].destination_group",
+        &["destination_group = \"sg-adv\"", "`sg-adv` is an advanced group", "cannot be referenced"],
+    );
+    // Basic to basic stays valid.
+    parse(&with_rule("direction = \"ingress\"\nprotocol = \"all\"\nsource_group = \"sg-db\""));
+}
+
+#[test]
 fn rejects_more_than_one_peer_kind() {
     rule_rejected(
         "direction = \"ingress\"\nprotocol = \"all\"\nsource = \"0.0.0.0/0\"\n\

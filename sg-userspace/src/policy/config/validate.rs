@@ -512,6 +512,24 @@ impl<'d, 't> Builder<'d, 't> {
             };
             return Err(self.fail(field, message));
         }
+        // The provider's rule: advanced groups neither reference groups nor are referenced.
+        let key = field.path.rsplit('.').next().unwrap_or("source_group").to_string();
+        if self.group_kinds[group_index] == Some(GroupKind::Advanced) {
+            let message = format!(
+                "{key} = \"{}\": `{}` is an advanced group, and advanced groups cannot \
+                 reference security groups; use a CIDR or a prefix list of the peers' addresses",
+                field.value, self.groups[group_index].id
+            );
+            return Err(self.fail(field, message));
+        }
+        if self.group_kinds[target] == Some(GroupKind::Advanced) {
+            let message = format!(
+                "{key} = \"{}\": `{}` is an advanced group, and advanced groups cannot be \
+                 referenced; use a CIDR or a prefix list of its members' addresses",
+                field.value, self.groups[target].id
+            );
+            return Err(self.fail(field, message));
+        }
         if target == group_index {
             return Err(self.fail(
                 field,
