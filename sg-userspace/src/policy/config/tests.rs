@@ -153,6 +153,9 @@ fn spec_example_parses() {
     assert_eq!(eth0.groups, vec![0]);
     assert_eq!(eth0.mode, Mode::Enforce);
     assert_eq!(cfg.sessions, SessionSettings::default());
+    // The provider's documented connection-tracking defaults.
+    let d = SessionSettings::default();
+    assert_eq!((d.tcp_established, d.tcp_closing, d.udp_unreplied, d.udp_replied), (910, 3, 30, 30));
     assert!(cfg.interface("eth1").is_none());
 }
 
@@ -340,7 +343,7 @@ fn sessions_table_is_read() {
     assert_eq!(cfg.sessions.max_sessions, 1024);
     assert_eq!(cfg.sessions.tcp_established, 3600);
     assert_eq!(cfg.sessions.icmp, 5);
-    assert_eq!(cfg.sessions.udp_replied, 180, "unset fields keep their default");
+    assert_eq!(cfg.sessions.udp_replied, 30, "unset fields keep their default");
     // Dotted keys are plain TOML too.
     assert_eq!(parse("sessions.other = 60\n").sessions.other, 60);
 }
@@ -1059,9 +1062,21 @@ fn rejects_unknown_fields_anywhere() {
 
 #[test]
 fn rejects_zero_session_settings() {
-    rejected("[sessions]\nmax_sessions = 0\n", "sessions.max_sessions", &["positive number of entries"]);
-    rejected("[sessions]\ntcp_rst = 0\n", "sessions.tcp_rst", &["positive number of seconds"]);
-    rejected("[sessions]\nudp_replied = -3\n", "sessions.udp_replied", &["positive"]);
+    rejected(
+        "[sessions]\nmax_sessions = 0\n",
+        "sessions.max_sessions",
+        &["max_sessions = 0 is out of range", "entries"],
+    );
+    rejected("[sessions]\ntcp_rst = 0\n", "sessions.tcp_rst", &["1 to 3600 seconds"]);
+    rejected("[sessions]\nudp_replied = -3\n", "sessions.udp_replied", &["udp_replied = -3 is out of range"]);
+    rejected("[sessions]\ntcp_closing = 3601\n", "sessions.tcp_closing", &["tcp_closing = 3601", "1 to 3600 seconds"]);
+    rejected(
+        "[sessions]\ntcp_established = 432001\n",
+        "sessions.tcp_established",
+        &["tcp_established = 432001 is out of range", "1 to 432000 seconds"],
+    );
+    let edges = parse("[sessions]\ntcp_established = 432000\ntcp_closing = 3600\nudp_replied = 1\n");
+    assert_eq!((edges.sessions.tcp_established, edges.sessions.tcp_closing), (432_000, 3_600));
     rejected("[sessions]\nicmp = \"30s\"\n", "sessions.icmp", &["expected an integer"]);
 }
 

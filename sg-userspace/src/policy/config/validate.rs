@@ -15,8 +15,8 @@ use super::tree::{self, Field, Located, Span, Table};
 use super::values::{self, PortSpec};
 use super::{
     Action, Config, Direction, Family, GroupKind, InterfaceBinding, MAX_DESCRIPTION_CHARS, MAX_GROUPS_PER_INTERFACE,
-    MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol, Rule, SecurityGroup,
-    SessionSettings,
+    MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol, Rule, SESSION_RANGES,
+    SecurityGroup, SessionSettings,
 };
 
 const ROOT_FIELDS: &[&str] = &["security_group", "prefix_list", "interface", "sessions"];
@@ -788,11 +788,13 @@ impl<'d, 't> Builder<'d, 't> {
                 result = Err(Reported);
                 continue;
             };
-            match u32::try_from(value.value).ok().filter(|&v| v > 0) {
+            let (_, low, high) =
+                SESSION_RANGES.iter().copied().find(|(k, _, _)| *k == key).unwrap_or((key, 1, u32::MAX));
+            match u32::try_from(value.value).ok().filter(|v| (low..=high).contains(v)) {
                 Some(v) => *session_slot(&mut settings, key) = v,
                 None => {
                     let unit = if key == "max_sessions" { "entries" } else { "seconds" };
-                    let message = format!("must be a positive number of {unit} (at most {})", u32::MAX);
+                    let message = format!("{key} = {} is out of range: it takes {low} to {high} {unit}", value.value);
                     result = Err(self.fail(&value, message));
                 }
             }
