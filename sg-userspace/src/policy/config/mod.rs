@@ -153,8 +153,8 @@ pub struct Rule {
     pub source_port_range: Option<PortRange>,
     /// Source for ingress rules, destination for egress rules.
     pub peer: Peer,
-    /// Ingress only: the `destination` CIDR narrowing which local address the rule
-    /// protects.
+    /// The CIDR narrowing which local address the rule applies to: `destination` on
+    /// ingress, `source` on egress.
     pub local: Option<IpNet>,
     pub description: String,
     /// 1-based line of the rule's `[[security_group.rule]]` header.

@@ -803,17 +803,34 @@ fn rejects_group_or_prefix_list_as_ingress_destination() {
 }
 
 #[test]
-fn rejects_source_fields_on_egress() {
-    for (key, value) in [("source", "198.18.0.10"), ("source_group", "sg-db"), ("source_prefix_list", "pl-v4")] {
+fn rejects_source_group_and_prefix_list_on_egress() {
+    for (key, value) in [("source_group", "sg-db"), ("source_prefix_list", "pl-v4")] {
         rule_rejected(
             &format!(
                 "direction = \"egress\"\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n\
                  {key} = \"{value}\""
             ),
             key,
-            &["not allowed on egress"],
+            &["egress rules take only `source`", &format!("not `{key}`")],
         );
     }
+}
+
+#[test]
+fn egress_source_narrows_the_local_address() {
+    let cfg = parse(&with_rule(
+        "direction = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\n\
+         destination = \"0.0.0.0/0\"\nsource = \"198.18.0.10\"",
+    ));
+    let rule = only_rule(&cfg);
+    assert_eq!((rule.direction, rule.local), (Direction::Egress, Some(net("198.18.0.10/32"))));
+    assert_eq!(rule.peer, Peer::Cidr(net("0.0.0.0/0")));
+    // Families are checked as on ingress.
+    rule_rejected(
+        "direction = \"egress\"\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\nsource = \"2001:db8::10\"",
+        "source",
+        &["the local address is ipv6 but the peer is ipv4"],
+    );
 }
 
 #[test]

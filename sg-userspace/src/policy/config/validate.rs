@@ -50,7 +50,8 @@ const SESSION_FIELDS: &[&str] = &[
     "other",
 ];
 
-/// The fields naming the peer of an ingress rule; on egress they are not allowed.
+/// The fields naming the peer of an ingress rule; on egress only `source` (the local
+/// address) is allowed.
 const SOURCE_FIELDS: [&str; 3] = ["source", "source_group", "source_prefix_list"];
 /// The fields naming the peer of an egress rule; on ingress only `destination` (the local
 /// address) is allowed.
@@ -437,8 +438,8 @@ impl<'d, 't> Builder<'d, 't> {
 
     // ----- peers -----
 
-    /// The rule's peer (exactly one of the peer-side fields) and, on ingress, the optional
-    /// `destination` narrowing the local address.
+    /// The rule's peer (exactly one of the peer-side fields) and the optional local-address
+    /// narrowing (`destination` on ingress, `source` on egress).
     fn peer_and_local(
         &mut self,
         t: &Table,
@@ -581,8 +582,8 @@ impl<'d, 't> Builder<'d, 't> {
         result
     }
 
-    /// On ingress, `destination` (a CIDR) narrows the local address; the other fields of
-    /// the non-peer side are errors.
+    /// On ingress `destination`, on egress `source` (a CIDR) narrows the local address; the
+    /// other fields of the non-peer side are errors.
     fn local(
         &mut self,
         direction: Direction,
@@ -601,6 +602,11 @@ impl<'d, 't> Builder<'d, 't> {
                         local = Ok(Some(field.clone().map(|_| *net)));
                     }
                 }
+                (Direction::Egress, Peer::Cidr(net)) if *key == "source" => {
+                    if local.is_ok() {
+                        local = Ok(Some(field.clone().map(|_| *net)));
+                    }
+                }
                 (Direction::Ingress, _) => {
                     let message = format!(
                         "ingress rules take only `destination` (a CIDR narrowing the local \
@@ -610,8 +616,8 @@ impl<'d, 't> Builder<'d, 't> {
                 }
                 (Direction::Egress, _) => {
                     let message = format!(
-                        "egress rules match their peer by destination; `{key}` is not allowed \
-                         on egress"
+                        "egress rules take only `source` (a CIDR narrowing the local address) \
+                         on the source side, not `{key}`"
                     );
                     local = Err(self.fail(field, message));
                 }

@@ -124,10 +124,11 @@ fn random_rule(rng: &mut Rng, own: usize, groups: usize, advanced: bool) -> Stri
         rule.push_str(&format!("  {side} = \"{}\"\n", rng.pick(nets)));
         true
     };
-    if ingress && rng.chance(20) {
+    if rng.chance(20) {
         let v6 = if cidr_peer { family_v6 } else { rng.chance(35) };
         let nets = if v6 { V6_NETS } else { V4_NETS };
-        rule.push_str(&format!("  destination = \"{}\"\n", rng.pick(&nets[1..])));
+        let local_key = if ingress { "destination" } else { "source" };
+        rule.push_str(&format!("  {local_key} = \"{}\"\n", rng.pick(&nets[1..])));
     }
     rule
 }

@@ -99,11 +99,38 @@ fn alibaba_responses_import_with_pages_precedence_and_placeholders() {
 fn alibaba_refuses_what_the_model_cannot_express_naming_the_field() {
     let options = Options { kind: GroupKind::Basic, kinds: BTreeMap::new(), members: BTreeMap::new(), interface: None };
     let problems = refused(alibaba::import(&inputs(&["alibaba-unsupported.json"]), &options));
-    assert!(has(&problems, ProblemKind::Error, "Permission[1].SourceCidrIp", "egress"), "{problems:#?}");
-    assert!(has(&problems, ProblemKind::Error, "Permission[2].PortRangeListId", "port lists"));
-    assert!(has(&problems, ProblemKind::Error, "Permission[3].Priority", "1 to 100"));
-    assert!(has(&problems, ProblemKind::Error, "Permission[3].IpProtocol", "sctp"));
-    assert!(has(&problems, ProblemKind::Error, "Permission[4].Ipv6SourceCidrIp", "ipv4 only"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[1].PortRangeListId", "port lists"), "{problems:#?}");
+    assert!(has(&problems, ProblemKind::Error, "Permission[2].Priority", "1 to 100"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[2].IpProtocol", "sctp"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[3].Ipv6SourceCidrIp", "ipv4 only"));
+}
+
+#[test]
+fn alibaba_egress_source_cidr_narrows_the_local_address_exactly() {
+    let options = Options {
+        kind: GroupKind::Basic,
+        kinds: BTreeMap::new(),
+        members: members(&[("sg-out", &["198.18.0.10", "2001:db8::10"])]),
+        interface: Some("eth0".into()),
+    };
+    let (text, problems) = alibaba::import(&inputs(&["alibaba-egress-local.json"]), &options).expect("imports");
+    assert!(!problems.iter().any(|p| p.severity == ProblemKind::Error), "{problems:#?}");
+    assert!(text.contains("source = \"198.18.0.10\""), "{text}");
+    let cfg = parse_str(&text, "imported.toml").expect("validates");
+    let out = cfg.group("sg-out").expect("sg-out");
+    let locals: Vec<_> = out.rules.iter().map(|r| (r.direction, r.local.map(|n| n.to_string()))).collect();
+    assert_eq!(
+        locals,
+        [
+            (Direction::Egress, Some("198.18.0.10/32".to_string())),
+            (Direction::Egress, Some("2001:db8::10/128".to_string()))
+        ]
+    );
+    // And back: the export writes SourceCidrIp / Ipv6SourceCidrIp again.
+    let exported = export::alibaba(&cfg, "imported.toml").expect("exports");
+    let json = serde_json::to_string(&exported.document).expect("json");
+    assert!(json.contains("\"SourceCidrIp\":\"198.18.0.10/32\""), "{json}");
+    assert!(json.contains("\"Ipv6SourceCidrIp\":\"2001:db8::10/128\""), "{json}");
 }
 
 #[test]

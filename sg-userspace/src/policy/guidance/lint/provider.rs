@@ -221,8 +221,9 @@ pub(super) fn check(cfg: &Config, file: &str, provider: Provider) -> Vec<Finding
                             Some(&group.id),
                             label.clone(),
                             None,
-                            "aws: rules cannot narrow the local address (destination on ingress)".to_string(),
-                            "remove destination, or move the instances it selects to their own group",
+                            "aws: rules cannot narrow the local address (destination on ingress, source on egress)"
+                                .to_string(),
+                            "remove the local narrowing, or move the instances it selects to their own group",
                         );
                     }
                 }
