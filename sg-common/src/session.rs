@@ -78,15 +78,16 @@ pub struct Timeouts {
 const SECOND: u64 = 1_000_000_000;
 
 impl Default for Timeouts {
-    /// The documented defaults (docs/rule-model.md#sessions; TCP established: 910 s).
+    /// The documented defaults (docs/rule-model.md#sessions; the provider's figures: TCP
+    /// established 910 s, TCP closing 3 s, UDP 30 s).
     fn default() -> Self {
         Self {
             tcp_established: 910 * SECOND,
             tcp_opening: 120 * SECOND,
-            tcp_closing: 120 * SECOND,
+            tcp_closing: 3 * SECOND,
             tcp_rst: 10 * SECOND,
             udp_unreplied: 30 * SECOND,
-            udp_replied: 180 * SECOND,
+            udp_replied: 30 * SECOND,
             icmp: 30 * SECOND,
             other: 600 * SECOND,
         }

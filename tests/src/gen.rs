@@ -8,7 +8,7 @@
 //! [`case`] writes a small rule file exercising every feature of docs/rule-file.md (both
 //! families, CIDRs of every length, group references with and without the account, prefix
 //! lists, port ranges, source ports, priority ties, both policies, basic and advanced
-//! groups, intra-group accept and isolation, `destination` narrowing, exact duplicates)
+//! groups, intra-group accept and isolation, local narrowing both ways, exact duplicates)
 //! and packets biased to land on the edges of its rules. [`realistic_ruleset`] writes one
 //! large interface's worth of rules for benchmarks.
 //!
@@ -565,8 +565,8 @@ struct RuleText {
     source_port_range: Option<String>,
     peer_key: &'static str,
     peer_value: String,
-    /// Ingress only: the local-address narrowing.
-    destination: Option<String>,
+    /// The local-address narrowing (`destination` on ingress, `source` on egress).
+    local: Option<String>,
     description: Option<String>,
 }
 
@@ -589,8 +589,9 @@ impl RuleText {
             field("source_port_range", quote(range));
         }
         field(self.peer_key, quote(&self.peer_value));
-        if let Some(local) = &self.destination {
-            field("destination", quote(local));
+        if let Some(local) = &self.local {
+            let key = if self.direction.eq_ignore_ascii_case("ingress") { "destination" } else { "source" };
+            field(key, quote(local));
         }
         if let Some(description) = &self.description {
             field("description", quote(description));
@@ -615,7 +616,7 @@ impl RuleText {
             self.source_port_range,
             self.peer_key,
             peer,
-            self.destination
+            self.local
         )
     }
 }
@@ -625,6 +626,8 @@ struct GroupText {
     owner: Option<String>,
     /// `type`, as written (omitted: basic).
     kind_text: Option<String>,
+    /// Advanced groups neither reference groups nor are referenced.
+    advanced: bool,
     inner_access_text: Option<String>,
     /// Members as written.
     members: Vec<String>,
@@ -824,6 +827,7 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
             id,
             owner,
             kind_text,
+            advanced: kind == GroupKind::Advanced,
             inner_access_text,
             members,
             member_addrs,
@@ -880,7 +884,10 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
         // The family the peer and local address must have, if the protocol decides it.
         let required_v6 = protocol.family().map(|f| f == Family::Ipv6);
 
-        let other_groups: Vec<usize> = (0..self.groups.len()).filter(|&g| g != group).collect();
+        // Advanced groups cannot reference groups, nor be referenced.
+        let other_groups: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| g != group && !self.groups[g].advanced && !self.groups[group].advanced)
+            .collect();
         let lists: Vec<usize> =
             (0..self.lists.len()).filter(|&l| required_v6.is_none_or(|v6| self.lists[l].v6 == v6)).collect();
         let (kind, value, peer_v6) = match rng.weighted(&[60, 20, 20]) {
@@ -910,7 +917,7 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
             (false, "prefix_list") => "destination_prefix_list",
             (false, _) => "destination",
         };
-        let destination = (ingress && rng.chance(0.2)).then(|| {
+        let local = rng.chance(0.2).then(|| {
             let v6 = peer_v6.or(required_v6).unwrap_or_else(|| rng.chance(0.45));
             let own: Vec<IpAddr> =
                 self.groups[group].member_addrs.iter().copied().filter(|a| a.is_ipv6() == v6).collect();
@@ -937,7 +944,7 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
             source_port_range,
             peer_key,
             peer_value: value,
-            destination,
+            local,
             description,
         }
     }
@@ -1033,7 +1040,7 @@ pub fn realistic_ruleset_with(seed: u64, n: usize, opts: &RealisticOptions) -> S
         source_port_range: None,
         peer_key: "source",
         peer_value: net.to_string(),
-        destination: None,
+        local: None,
         description: Some("drop everything from the load generator".to_string()),
     });
     let max_priority = if drop_rule.is_some() { 99 } else { 100 };
@@ -1177,7 +1184,7 @@ fn realistic_rule(
         source_port_range,
         peer_key,
         peer_value,
-        destination: None,
+        local: None,
         description: Some(format!("rule {number}")),
     }
 }

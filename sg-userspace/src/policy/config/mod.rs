@@ -153,8 +153,8 @@ pub struct Rule {
     pub source_port_range: Option<PortRange>,
     /// Source for ingress rules, destination for egress rules.
     pub peer: Peer,
-    /// Ingress only: the `destination` CIDR narrowing which local address the rule
-    /// protects.
+    /// The CIDR narrowing which local address the rule applies to: `destination` on
+    /// ingress, `source` on egress.
     pub local: Option<IpNet>,
     pub description: String,
     /// 1-based line of the rule's `[[security_group.rule]]` header.
@@ -208,18 +208,32 @@ pub struct SessionSettings {
     pub other: u32,
 }
 
+/// The accepted range of each `[sessions]` key (entries for `max_sessions`, seconds for
+/// the timeouts), as docs/rule-file.md#sessions states.
+pub const SESSION_RANGES: &[(&str, u32, u32)] = &[
+    ("max_sessions", 1, u32::MAX),
+    ("tcp_established", 1, 432_000),
+    ("tcp_opening", 1, 3_600),
+    ("tcp_closing", 1, 3_600),
+    ("tcp_rst", 1, 3_600),
+    ("udp_unreplied", 1, 3_600),
+    ("udp_replied", 1, 3_600),
+    ("icmp", 1, 3_600),
+    ("other", 1, 432_000),
+];
+
 impl Default for SessionSettings {
-    /// The defaults of docs/rule-model.md#sessions; 910 s for established TCP is the
-    /// provider's figure.
+    /// The defaults of docs/rule-model.md#sessions; established TCP 910 s, closing TCP
+    /// 3 s and UDP 30 s are the provider's documented connection-tracking figures.
     fn default() -> Self {
         SessionSettings {
             max_sessions: 262_144,
             tcp_established: 910,
             tcp_opening: 120,
-            tcp_closing: 120,
+            tcp_closing: 3,
             tcp_rst: 10,
             udp_unreplied: 30,
-            udp_replied: 180,
+            udp_replied: 30,
             icmp: 30,
             other: 600,
         }

@@ -153,6 +153,9 @@ fn spec_example_parses() {
     assert_eq!(eth0.groups, vec![0]);
     assert_eq!(eth0.mode, Mode::Enforce);
     assert_eq!(cfg.sessions, SessionSettings::default());
+    // The provider's documented connection-tracking defaults.
+    let d = SessionSettings::default();
+    assert_eq!((d.tcp_established, d.tcp_closing, d.udp_unreplied, d.udp_replied), (910, 3, 30, 30));
     assert!(cfg.interface("eth1").is_none());
 }
 
@@ -340,7 +343,7 @@ fn sessions_table_is_read() {
     assert_eq!(cfg.sessions.max_sessions, 1024);
     assert_eq!(cfg.sessions.tcp_established, 3600);
     assert_eq!(cfg.sessions.icmp, 5);
-    assert_eq!(cfg.sessions.udp_replied, 180, "unset fields keep their default");
+    assert_eq!(cfg.sessions.udp_replied, 30, "unset fields keep their default");
     // Dotted keys are plain TOML too.
     assert_eq!(parse("sessions.other = 60\n").sessions.other, 60);
 }
@@ -720,6 +723,36 @@ fn rejects_group_referencing_itself() {
 }
 
 #[test]
+fn rejects_advanced_group_referencing_a_group() {
+    let text = "[[security_group]]\nid = \"sg-b\"\nmembers = [\"198.18.0.1\"]\n\n\
+                [[security_group]]\nid = \"sg-a\"\ntype = \"advanced\"\n\
+                [[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"all\"\nsource_group = \"sg-b\"\n";
+    let error = rejected(
+        text,
+        "security_group[2].rule[1].source_group",
+        &["source_group = \"sg-b\"", "`sg-a` is an advanced group", "cannot reference security groups"],
+    );
+    assert_eq!((error.line, error.column), (11, 16), "{error:?}");
+    assert!(error.to_string().contains("test.toml:11:16"), "{error}");
+}
+
+#[test]
+fn rejects_referencing_an_advanced_group() {
+    let text = format!(
+        "{BASE}\n[[security_group]]\nid = \"sg-adv\"\ntype = \"advanced\"\n\n\
+         [[security_group]]\nid = \"sg-basic\"\n\
+         [[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"all\"\ndestination_group = \"sg-adv\"\n"
+    );
+    rejected(
+        &text,
+        "security_group[4].rule[1].destination_group",
+        &["destination_group = \"sg-adv\"", "`sg-adv` is an advanced group", "cannot be referenced"],
+    );
+    // Basic to basic stays valid.
+    parse(&with_rule("direction = \"ingress\"\nprotocol = \"all\"\nsource_group = \"sg-db\""));
+}
+
+#[test]
 fn rejects_more_than_one_peer_kind() {
     rule_rejected(
         "direction = \"ingress\"\nprotocol = \"all\"\nsource = \"0.0.0.0/0\"\n\
@@ -770,17 +803,34 @@ fn rejects_group_or_prefix_list_as_ingress_destination() {
 }
 
 #[test]
-fn rejects_source_fields_on_egress() {
-    for (key, value) in [("source", "198.18.0.10"), ("source_group", "sg-db"), ("source_prefix_list", "pl-v4")] {
+fn rejects_source_group_and_prefix_list_on_egress() {
+    for (key, value) in [("source_group", "sg-db"), ("source_prefix_list", "pl-v4")] {
         rule_rejected(
             &format!(
                 "direction = \"egress\"\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n\
                  {key} = \"{value}\""
             ),
             key,
-            &["not allowed on egress"],
+            &["egress rules take only `source`", &format!("not `{key}`")],
         );
     }
+}
+
+#[test]
+fn egress_source_narrows_the_local_address() {
+    let cfg = parse(&with_rule(
+        "direction = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\n\
+         destination = \"0.0.0.0/0\"\nsource = \"198.18.0.10\"",
+    ));
+    let rule = only_rule(&cfg);
+    assert_eq!((rule.direction, rule.local), (Direction::Egress, Some(net("198.18.0.10/32"))));
+    assert_eq!(rule.peer, Peer::Cidr(net("0.0.0.0/0")));
+    // Families are checked as on ingress.
+    rule_rejected(
+        "direction = \"egress\"\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\nsource = \"2001:db8::10\"",
+        "source",
+        &["the local address is ipv6 but the peer is ipv4"],
+    );
 }
 
 #[test]
@@ -1029,9 +1079,21 @@ fn rejects_unknown_fields_anywhere() {
 
 #[test]
 fn rejects_zero_session_settings() {
-    rejected("[sessions]\nmax_sessions = 0\n", "sessions.max_sessions", &["positive number of entries"]);
-    rejected("[sessions]\ntcp_rst = 0\n", "sessions.tcp_rst", &["positive number of seconds"]);
-    rejected("[sessions]\nudp_replied = -3\n", "sessions.udp_replied", &["positive"]);
+    rejected(
+        "[sessions]\nmax_sessions = 0\n",
+        "sessions.max_sessions",
+        &["max_sessions = 0 is out of range", "entries"],
+    );
+    rejected("[sessions]\ntcp_rst = 0\n", "sessions.tcp_rst", &["1 to 3600 seconds"]);
+    rejected("[sessions]\nudp_replied = -3\n", "sessions.udp_replied", &["udp_replied = -3 is out of range"]);
+    rejected("[sessions]\ntcp_closing = 3601\n", "sessions.tcp_closing", &["tcp_closing = 3601", "1 to 3600 seconds"]);
+    rejected(
+        "[sessions]\ntcp_established = 432001\n",
+        "sessions.tcp_established",
+        &["tcp_established = 432001 is out of range", "1 to 432000 seconds"],
+    );
+    let edges = parse("[sessions]\ntcp_established = 432000\ntcp_closing = 3600\nudp_replied = 1\n");
+    assert_eq!((edges.sessions.tcp_established, edges.sessions.tcp_closing), (432_000, 3_600));
     rejected("[sessions]\nicmp = \"30s\"\n", "sessions.icmp", &["expected an integer"]);
 }
 

@@ -15,8 +15,8 @@ use super::tree::{self, Field, Located, Span, Table};
 use super::values::{self, PortSpec};
 use super::{
     Action, Config, Direction, Family, GroupKind, InterfaceBinding, MAX_DESCRIPTION_CHARS, MAX_GROUPS_PER_INTERFACE,
-    MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol, Rule, SecurityGroup,
-    SessionSettings,
+    MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol, Rule, SESSION_RANGES,
+    SecurityGroup, SessionSettings,
 };
 
 const ROOT_FIELDS: &[&str] = &["security_group", "prefix_list", "interface", "sessions"];
@@ -50,7 +50,8 @@ const SESSION_FIELDS: &[&str] = &[
     "other",
 ];
 
-/// The fields naming the peer of an ingress rule; on egress they are not allowed.
+/// The fields naming the peer of an ingress rule; on egress only `source` (the local
+/// address) is allowed.
 const SOURCE_FIELDS: [&str; 3] = ["source", "source_group", "source_prefix_list"];
 /// The fields naming the peer of an egress rule; on ingress only `destination` (the local
 /// address) is allowed.
@@ -437,8 +438,8 @@ impl<'d, 't> Builder<'d, 't> {
 
     // ----- peers -----
 
-    /// The rule's peer (exactly one of the peer-side fields) and, on ingress, the optional
-    /// `destination` narrowing the local address.
+    /// The rule's peer (exactly one of the peer-side fields) and the optional local-address
+    /// narrowing (`destination` on ingress, `source` on egress).
     fn peer_and_local(
         &mut self,
         t: &Table,
@@ -512,6 +513,24 @@ impl<'d, 't> Builder<'d, 't> {
             };
             return Err(self.fail(field, message));
         }
+        // The provider's rule: advanced groups neither reference groups nor are referenced.
+        let key = field.path.rsplit('.').next().unwrap_or("source_group").to_string();
+        if self.group_kinds[group_index] == Some(GroupKind::Advanced) {
+            let message = format!(
+                "{key} = \"{}\": `{}` is an advanced group, and advanced groups cannot \
+                 reference security groups; use a CIDR or a prefix list of the peers' addresses",
+                field.value, self.groups[group_index].id
+            );
+            return Err(self.fail(field, message));
+        }
+        if self.group_kinds[target] == Some(GroupKind::Advanced) {
+            let message = format!(
+                "{key} = \"{}\": `{}` is an advanced group, and advanced groups cannot be \
+                 referenced; use a CIDR or a prefix list of its members' addresses",
+                field.value, self.groups[target].id
+            );
+            return Err(self.fail(field, message));
+        }
         if target == group_index {
             return Err(self.fail(
                 field,
@@ -563,8 +582,8 @@ impl<'d, 't> Builder<'d, 't> {
         result
     }
 
-    /// On ingress, `destination` (a CIDR) narrows the local address; the other fields of
-    /// the non-peer side are errors.
+    /// On ingress `destination`, on egress `source` (a CIDR) narrows the local address; the
+    /// other fields of the non-peer side are errors.
     fn local(
         &mut self,
         direction: Direction,
@@ -583,6 +602,11 @@ impl<'d, 't> Builder<'d, 't> {
                         local = Ok(Some(field.clone().map(|_| *net)));
                     }
                 }
+                (Direction::Egress, Peer::Cidr(net)) if *key == "source" => {
+                    if local.is_ok() {
+                        local = Ok(Some(field.clone().map(|_| *net)));
+                    }
+                }
                 (Direction::Ingress, _) => {
                     let message = format!(
                         "ingress rules take only `destination` (a CIDR narrowing the local \
@@ -592,8 +616,8 @@ impl<'d, 't> Builder<'d, 't> {
                 }
                 (Direction::Egress, _) => {
                     let message = format!(
-                        "egress rules match their peer by destination; `{key}` is not allowed \
-                         on egress"
+                        "egress rules take only `source` (a CIDR narrowing the local address) \
+                         on the source side, not `{key}`"
                     );
                     local = Err(self.fail(field, message));
                 }
@@ -770,11 +794,13 @@ impl<'d, 't> Builder<'d, 't> {
                 result = Err(Reported);
                 continue;
             };
-            match u32::try_from(value.value).ok().filter(|&v| v > 0) {
+            let (_, low, high) =
+                SESSION_RANGES.iter().copied().find(|(k, _, _)| *k == key).unwrap_or((key, 1, u32::MAX));
+            match u32::try_from(value.value).ok().filter(|v| (low..=high).contains(v)) {
                 Some(v) => *session_slot(&mut settings, key) = v,
                 None => {
                     let unit = if key == "max_sessions" { "entries" } else { "seconds" };
-                    let message = format!("must be a positive number of {unit} (at most {})", u32::MAX);
+                    let message = format!("{key} = {} is out of range: it takes {low} to {high} {unit}", value.value);
                     result = Err(self.fail(&value, message));
                 }
             }

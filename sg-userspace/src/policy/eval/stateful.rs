@@ -403,6 +403,13 @@ security_groups = ["sg-web"]
         assert_eq!(run(&mut t, Egress, &tcp(HOST, 40000, SERVER, 443, FIN | ACK), 3), pass(step::SESSION, 0));
         assert_eq!(session_of(&t, &syn).expect("kept").state, state::TCP_CLOSING);
         assert_eq!(t.sessions().len(), 1);
+        // Closing: 3 s (the provider's default). The last ACK at exactly 3 s still belongs;
+        // a packet one nanosecond after 3 s more is classified afresh (ingress default: drop).
+        assert_eq!(run(&mut t, Ingress, &tcp(SERVER, 443, HOST, 40000, ACK), 6), pass(step::SESSION, 0));
+        let iface = cfg.interface("eth0").expect("eth0");
+        let late = tcp(SERVER, 443, HOST, 40000, ACK);
+        assert_eq!(t.packet(iface, IFINDEX, Ingress, &late, 9 * SECOND + 1), drop(step::DEFAULT, 0));
+        assert!(t.sessions().is_empty(), "the closed session is gone");
     }
 
     #[test]
@@ -582,9 +589,10 @@ security_groups = ["sg-web"]
         // Exactly at the unreplied timeout (30 s) the session still stands.
         assert_eq!(run(&mut t, Ingress, &answer, 130), pass(step::SESSION, 0));
         assert_eq!(session_of(&t, &query).expect("kept").state, state::UDP_REPLIED);
-        // Replied: 180 s. One nanosecond later than that it is gone.
+        // Replied: 30 s. One nanosecond later than that it is gone.
         let iface = cfg.interface("eth0").expect("eth0");
-        let late = 310 * SECOND + 1;
+        assert_eq!(run(&mut t, Ingress, &answer, 160), pass(step::SESSION, 0), "exactly 30 s: kept");
+        let late = 190 * SECOND + 1;
         assert_eq!(t.packet(iface, IFINDEX, Ingress, &answer, late), drop(step::DEFAULT, 0));
         assert!(t.sessions().is_empty(), "the expired session is deleted");
         // The host's next query opens a fresh one.

@@ -395,6 +395,29 @@ security_groups = ["sg-web"]
 }
 
 #[test]
+fn egress_local_address_narrowing_matches_the_source() {
+    let text = r#"
+[[security_group]]
+id = "sg-web"
+type = "advanced"
+  [[security_group.rule]]
+  direction = "egress"
+  protocol = "tcp"
+  port_range = "443/443"
+  destination = "0.0.0.0/0"
+  source = "198.18.0.10"
+[[interface]]
+name = "eth0"
+security_groups = ["sg-web"]
+"#;
+    let cfg = config(text);
+    expect(&cfg, "eth0", Egress, tcp("198.18.0.10", "203.0.113.1", 443), Action::Accept, "sg-web#1");
+    let decision = decide(&cfg, "eth0", Egress, &tcp("198.18.1.10", "203.0.113.1", 443));
+    assert_eq!(decision.action, Action::Drop);
+    assert_eq!(decision.skipped[0].reasons, vec!["local 198.18.1.10 not in 198.18.0.10/32"]);
+}
+
+#[test]
 fn prefix_list_peers() {
     let text = r#"
 [[prefix_list]]

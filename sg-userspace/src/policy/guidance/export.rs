@@ -207,7 +207,12 @@ pub fn aws(cfg: &Config, file: &str) -> Result<Exported, ExportError> {
                 continue;
             }
             if rule.local.is_some() {
-                refused.push(refusal(cfg, file, rule, "AWS rules cannot narrow the local address (destination)"));
+                refused.push(refusal(
+                    cfg,
+                    file,
+                    rule,
+                    "AWS rules cannot narrow the local address (destination on ingress, source on egress)",
+                ));
                 continue;
             }
             let permission = aws_permission(cfg, group, rule);

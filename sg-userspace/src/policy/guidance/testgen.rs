@@ -70,7 +70,7 @@ pub fn random_file(rng: &mut Rng) -> String {
         let members: Vec<String> = MEMBERS.iter().filter(|_| rng.chance(30)).map(|m| format!("\"{m}\"")).collect();
         out.push_str(&format!("members = [{}]\n", members.join(", ")));
         for _ in 0..rng.below(6) {
-            out.push_str(&random_rule(rng, g, groups));
+            out.push_str(&random_rule(rng, g, groups, advanced));
         }
     }
     out.push_str("[[prefix_list]]\nid = \"pl-4\"\nfamily = \"ipv4\"\n");
@@ -88,7 +88,7 @@ pub fn random_file(rng: &mut Rng) -> String {
     out
 }
 
-fn random_rule(rng: &mut Rng, own: usize, groups: usize) -> String {
+fn random_rule(rng: &mut Rng, own: usize, groups: usize, advanced: bool) -> String {
     let ingress = rng.chance(60);
     let protocol = *rng.pick(PROTOCOLS);
     let mut rule = String::from("  [[security_group.rule]]\n");
@@ -110,7 +110,8 @@ fn random_rule(rng: &mut Rng, own: usize, groups: usize) -> String {
         _ => rng.chance(35),
     };
     let side = if ingress { "source" } else { "destination" };
-    let other_groups: Vec<usize> = (0..groups).filter(|&g| g != own).collect();
+    // Advanced groups neither reference groups nor are referenced.
+    let other_groups: Vec<usize> = (0..groups).filter(|&g| g != own && !advanced).collect();
     let kind = rng.below(10);
     let cidr_peer = if kind < 2 && !other_groups.is_empty() && protocol != "icmp" && protocol != "icmpv6" {
         rule.push_str(&format!("  {side}_group = \"sg-{}\"\n", rng.pick(&other_groups)));
@@ -123,10 +124,11 @@ fn random_rule(rng: &mut Rng, own: usize, groups: usize) -> String {
         rule.push_str(&format!("  {side} = \"{}\"\n", rng.pick(nets)));
         true
     };
-    if ingress && rng.chance(20) {
+    if rng.chance(20) {
         let v6 = if cidr_peer { family_v6 } else { rng.chance(35) };
         let nets = if v6 { V6_NETS } else { V4_NETS };
-        rule.push_str(&format!("  destination = \"{}\"\n", rng.pick(&nets[1..])));
+        let local_key = if ingress { "destination" } else { "source" };
+        rule.push_str(&format!("  {local_key} = \"{}\"\n", rng.pick(&nets[1..])));
     }
     rule
 }

@@ -372,26 +372,16 @@ fn permission_rule(
         problems.error(location.to_string(), format!("no peer: none of {peer_side}CidrIp, Ipv6{peer_side}CidrIp, {peer_side}GroupId, {peer_side}PrefixListId is set"));
         None
     };
-    // The local address: ingress DestCidrIp narrows it; egress SourceCidrIp would too, but
-    // the rule model has no local narrowing on egress yet.
+    // The local address: ingress DestCidrIp and egress SourceCidrIp narrow it.
     let local_v4 = text(p, &format!("{local_side}CidrIp"));
     let local_v6 = text(p, &format!("Ipv6{local_side}CidrIp"));
     let mut local = None;
     for (value, name) in [(local_v4, format!("{local_side}CidrIp")), (local_v6, format!("Ipv6{local_side}CidrIp"))] {
         let Some(value) = value else { continue };
-        match direction {
-            Direction::Egress => problems.error(
-                at(&name),
-                format!(
-                    "`{value}`: narrowing the local (source) address of an egress rule is not supported by the rule \
-                     model yet; the rule would be wider without it"
-                ),
-            ),
-            Direction::Ingress => match cidr_value(&value) {
-                Ok(_) if local.is_some() => problems.error(at(&name), "both an IPv4 and an IPv6 local address are set"),
-                Ok(_) => local = Some(value),
-                Err(message) => problems.error(at(&name), format!("`{value}`: {message}")),
-            },
+        match cidr_value(&value) {
+            Ok(_) if local.is_some() => problems.error(at(&name), "both an IPv4 and an IPv6 local address are set"),
+            Ok(_) => local = Some(value),
+            Err(message) => problems.error(at(&name), format!("`{value}`: {message}")),
         }
     }
     for (name, other_side) in [("GroupId", local_side), ("PrefixListId", local_side)] {

@@ -115,7 +115,7 @@ pub struct DraftRule {
     pub source_port_range: Option<String>,
     /// `(key, value)`: `("source", "0.0.0.0/0")`, `("destination_group", "1234/sg-a")`.
     pub peer: (&'static str, String),
-    /// Ingress only: `destination` narrowing the local address.
+    /// The local-address narrowing: `destination` on ingress, `source` on egress.
     pub local: Option<String>,
     pub description: String,
 }
@@ -232,7 +232,11 @@ impl Draft {
                 }
                 out.push_str(&format!("  {} = {}\n", rule.peer.0, quote(&rule.peer.1)));
                 if let Some(local) = &rule.local {
-                    out.push_str(&format!("  destination = {}\n", quote(local)));
+                    let key = match rule.direction {
+                        Direction::Ingress => "destination",
+                        Direction::Egress => "source",
+                    };
+                    out.push_str(&format!("  {key} = {}\n", quote(local)));
                 }
                 if !rule.description.is_empty() {
                     out.push_str(&format!("  description = {}\n", quote(&rule.description)));

@@ -99,11 +99,38 @@ fn alibaba_responses_import_with_pages_precedence_and_placeholders() {
 fn alibaba_refuses_what_the_model_cannot_express_naming_the_field() {
     let options = Options { kind: GroupKind::Basic, kinds: BTreeMap::new(), members: BTreeMap::new(), interface: None };
     let problems = refused(alibaba::import(&inputs(&["alibaba-unsupported.json"]), &options));
-    assert!(has(&problems, ProblemKind::Error, "Permission[1].SourceCidrIp", "egress"), "{problems:#?}");
-    assert!(has(&problems, ProblemKind::Error, "Permission[2].PortRangeListId", "port lists"));
-    assert!(has(&problems, ProblemKind::Error, "Permission[3].Priority", "1 to 100"));
-    assert!(has(&problems, ProblemKind::Error, "Permission[3].IpProtocol", "sctp"));
-    assert!(has(&problems, ProblemKind::Error, "Permission[4].Ipv6SourceCidrIp", "ipv4 only"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[1].PortRangeListId", "port lists"), "{problems:#?}");
+    assert!(has(&problems, ProblemKind::Error, "Permission[2].Priority", "1 to 100"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[2].IpProtocol", "sctp"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[3].Ipv6SourceCidrIp", "ipv4 only"));
+}
+
+#[test]
+fn alibaba_egress_source_cidr_narrows_the_local_address_exactly() {
+    let options = Options {
+        kind: GroupKind::Basic,
+        kinds: BTreeMap::new(),
+        members: members(&[("sg-out", &["198.18.0.10", "2001:db8::10"])]),
+        interface: Some("eth0".into()),
+    };
+    let (text, problems) = alibaba::import(&inputs(&["alibaba-egress-local.json"]), &options).expect("imports");
+    assert!(!problems.iter().any(|p| p.severity == ProblemKind::Error), "{problems:#?}");
+    assert!(text.contains("source = \"198.18.0.10\""), "{text}");
+    let cfg = parse_str(&text, "imported.toml").expect("validates");
+    let out = cfg.group("sg-out").expect("sg-out");
+    let locals: Vec<_> = out.rules.iter().map(|r| (r.direction, r.local.map(|n| n.to_string()))).collect();
+    assert_eq!(
+        locals,
+        [
+            (Direction::Egress, Some("198.18.0.10/32".to_string())),
+            (Direction::Egress, Some("2001:db8::10/128".to_string()))
+        ]
+    );
+    // And back: the export writes SourceCidrIp / Ipv6SourceCidrIp again.
+    let exported = export::alibaba(&cfg, "imported.toml").expect("exports");
+    let json = serde_json::to_string(&exported.document).expect("json");
+    assert!(json.contains("\"SourceCidrIp\":\"198.18.0.10/32\""), "{json}");
+    assert!(json.contains("\"Ipv6SourceCidrIp\":\"2001:db8::10/128\""), "{json}");
 }
 
 #[test]
@@ -277,10 +304,11 @@ fn export_refuses_what_the_provider_cannot_express() {
     let Err(export::ExportError::Refused(refusals)) = export::aws(&cfg, &path) else { panic!("drops exported to AWS") };
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(refusals[0].contains(":62: rule sg-database#2") && refusals[0].contains("no drop rules"), "{refusals:?}");
-    let advanced = r#"
+    // The validator refuses group references in or to advanced groups; a Config built
+    // another way is still refused by the exporter.
+    let referencing = r#"
 [[security_group]]
 id = "sg-a"
-type = "advanced"
   [[security_group.rule]]
   direction = "ingress"
   protocol = "tcp"
@@ -288,10 +316,13 @@ type = "advanced"
   source_group = "sg-b"
 [[security_group]]
 id = "sg-b"
-type = "advanced"
 members = ["198.18.0.1"]
 "#;
-    let cfg = parse_str(advanced, "adv.toml").expect("valid");
+    let mut cfg = parse_str(referencing, "adv.toml").expect("valid");
+    for group in &mut cfg.groups {
+        group.kind = crate::policy::config::GroupKind::Advanced;
+        group.inner_access = crate::policy::config::Action::Drop;
+    }
     let Err(export::ExportError::Refused(refusals)) = export::alibaba(&cfg, "adv.toml") else { panic!("exported") };
     assert!(refusals[0].contains("advanced groups cannot reference"), "{refusals:?}");
     let isolating = "[[security_group]]\nid = \"sg-i\"\ninner_access_policy = \"drop\"\nmembers = [\"198.18.0.1\"]\n";

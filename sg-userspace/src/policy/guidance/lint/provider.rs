@@ -1,8 +1,9 @@
 //! `sgctl lint --provider`: what a cloud provider would refuse or limit in a rule file.
 //!
 //! Alibaba Cloud ECS: at most 1,000 rules over all groups of one NIC; at most 20 rules
-//! referencing groups in one basic group; at most 200 entries in a prefix list; advanced
-//! groups neither reference groups nor can be referenced. AWS EC2: security groups only
+//! referencing groups in one basic group; at most 200 entries in a prefix list. (That
+//! advanced groups neither reference groups nor can be referenced is the validator's
+//! error, for every file.) AWS EC2: security groups only
 //! allow (no drop rules) and have no priorities; rules match destination ports and the
 //! peer only (no source ports, no local address); by default at most 60 inbound and 60
 //! outbound rules per group and 5 groups per network interface (quotas that can be raised).
@@ -87,27 +88,6 @@ pub(super) fn check(cfg: &Config, file: &str, provider: Provider) -> Vec<Finding
                         ),
                         "reference fewer groups (merge the peers into one group, or use prefix lists of their addresses)",
                     );
-                }
-                for rule in &group.rules {
-                    let Peer::Group { group_index } = rule.peer else { continue };
-                    let target = &cfg.groups[group_index];
-                    if group.kind == GroupKind::Advanced || target.kind == GroupKind::Advanced {
-                        let which = if group.kind == GroupKind::Advanced {
-                            format!("advanced group {} cannot reference groups", group.id)
-                        } else {
-                            format!("advanced group {} cannot be referenced", target.id)
-                        };
-                        push(
-                            Severity::Error,
-                            "provider-refuses",
-                            rule.line,
-                            Some(&group.id),
-                            Some(rule.label(cfg)),
-                            None,
-                            format!("alibaba: {which}"),
-                            "use the members' addresses (a CIDR or a prefix list) instead of the group reference",
-                        );
-                    }
                 }
             }
             for list in &cfg.prefix_lists {
@@ -241,8 +221,9 @@ pub(super) fn check(cfg: &Config, file: &str, provider: Provider) -> Vec<Finding
                             Some(&group.id),
                             label.clone(),
                             None,
-                            "aws: rules cannot narrow the local address (destination on ingress)".to_string(),
-                            "remove destination, or move the instances it selects to their own group",
+                            "aws: rules cannot narrow the local address (destination on ingress, source on egress)"
+                                .to_string(),
+                            "remove the local narrowing, or move the instances it selects to their own group",
                         );
                     }
                 }

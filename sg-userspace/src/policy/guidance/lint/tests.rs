@@ -41,7 +41,6 @@ const CHECKS: &[(&str, &str, Option<Provider>)] = &[
     ("drop-all-above-allows", "drop-all-above-allows", None),
     ("over-large-group", "over-large-group", None),
     ("provider-limit", "provider-alibaba", Some(Provider::Alibaba)),
-    ("provider-refuses", "provider-alibaba", Some(Provider::Alibaba)),
     ("provider-refuses", "provider-aws", Some(Provider::Aws)),
 ];
 
