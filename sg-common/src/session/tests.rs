@@ -347,18 +347,19 @@ fn opening_state_for_udp_icmp_and_other_protocols() {
 // ----- timeouts -----
 
 #[test]
-fn default_timeouts_are_the_spec_figures() {
+fn default_timeouts_are_the_documented_figures() {
     let t = Timeouts::default();
     let s = 1_000_000_000;
     assert_eq!(t.for_state(TCP_ESTABLISHED), 910 * s);
     assert_eq!(t.for_state(TCP_SYN_SENT), 120 * s);
     assert_eq!(t.for_state(TCP_SYN_RECEIVED), 120 * s);
+    // The provider's connection-tracking defaults: closing and time-wait 3 s.
     for closing in [TCP_FIN_FROM_OPENER, TCP_FIN_FROM_RESPONDER, TCP_CLOSING] {
-        assert_eq!(t.for_state(closing), 120 * s);
+        assert_eq!(t.for_state(closing), 3 * s);
     }
     assert_eq!(t.for_state(TCP_CLOSED), 10 * s);
     assert_eq!(t.for_state(UDP_UNREPLIED), 30 * s);
-    assert_eq!(t.for_state(UDP_REPLIED), 180 * s);
+    assert_eq!(t.for_state(UDP_REPLIED), 30 * s);
     assert_eq!(t.for_state(ICMP), 30 * s);
     assert_eq!(t.for_state(OTHER), 600 * s);
 }
@@ -425,11 +426,14 @@ fn expiry_is_strictly_after_the_timeout() {
 fn expiry_follows_the_current_state() {
     let t = Timeouts::default();
     let s = 1_000_000_000;
-    // 60 s idle: an established connection lives, a reset one and unreplied UDP are gone.
+    // 60 s idle: an established connection lives, a reset one and UDP are gone; 5 s idle:
+    // a closing connection is gone, replied UDP lives.
     assert!(!expired(TCP_ESTABLISHED, 0, 60 * s, &t));
     assert!(expired(TCP_CLOSED, 0, 60 * s, &t));
     assert!(expired(UDP_UNREPLIED, 0, 60 * s, &t));
-    assert!(!expired(UDP_REPLIED, 0, 60 * s, &t));
+    assert!(expired(UDP_REPLIED, 0, 60 * s, &t));
+    assert!(expired(TCP_CLOSING, 0, 5 * s, &t));
+    assert!(!expired(UDP_REPLIED, 0, 5 * s, &t));
     assert!(expired(ICMP, 0, 60 * s, &t));
     assert!(!expired(OTHER, 0, 60 * s, &t));
 }
