@@ -183,3 +183,14 @@ fn remove_stale_namespaces() {
         }
     }
 }
+
+/// The two-host lab most session tests use: an instance `inst` (NIC `inst0`,
+/// 198.18.1.1 and 2001:db8::1:1) and an outside host `out` (198.18.0.1, 2001:db8::1),
+/// neighbours resolved.
+pub fn instance_and_outside(tag: &str) -> Result<(Lab, Host, Host)> {
+    let mut lab = Lab::new(tag)?;
+    let inst = lab.add_host_on("inst", "inst0", Ipv4Addr::new(198, 18, 1, 1), "2001:db8::1:1".parse()?)?;
+    let out = lab.add_host("out", Ipv4Addr::new(198, 18, 0, 1), "2001:db8::1".parse()?)?;
+    lab.resolve_neighbours()?;
+    Ok((lab, inst, out))
+}

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use sg_tests::{
     agent::sgctl,
     deploy::enforce,
     kernel::{kernel_tests_enabled, sgctl_bin},
-    netns::{Host, Lab},
+    netns::{Host, Lab, instance_and_outside},
     traffic::Proto,
 };
 
@@ -54,13 +54,7 @@ fn write(name: &str, text: &str) -> PathBuf {
 }
 
 fn pair(tag: &str) -> (Lab, Host, Host) {
-    let mut lab = Lab::new(tag).unwrap();
-    let inst = lab
-        .add_host_on("inst", "inst0", Ipv4Addr::new(198, 18, 1, 1), "2001:db8::1:1".parse::<Ipv6Addr>().unwrap())
-        .unwrap();
-    let out = lab.add_host("out", Ipv4Addr::new(198, 18, 0, 1), "2001:db8::1".parse::<Ipv6Addr>().unwrap()).unwrap();
-    lab.resolve_neighbours().unwrap();
-    (lab, inst, out)
+    instance_and_outside(tag).unwrap()
 }
 
 /// Which of ports 8080 and 9090 `out` reaches on the instance (a refused connection

@@ -2,17 +2,13 @@
 //! other direction's rules say; unsolicited traffic does not; a long-lived stream
 //! survives reloads and is cut when its rule goes; idle timeouts; fragmented datagrams.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use sg_tests::{
     agent::{Agent, sgctl},
     deploy::enforce,
     kernel::kernel_tests_enabled,
-    netns::{Host, Lab},
+    netns::{Host, Lab, instance_and_outside},
     traffic::{Proto, echo_over},
 };
 
@@ -26,15 +22,8 @@ fn write_config(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// An instance `inst` (NIC inst0, 198.18.1.1) and an outside host `out` (198.18.0.1).
 fn pair(tag: &str) -> (Lab, Host, Host) {
-    let mut lab = Lab::new(tag).unwrap();
-    let inst = lab
-        .add_host_on("inst", "inst0", Ipv4Addr::new(198, 18, 1, 1), "2001:db8::1:1".parse::<Ipv6Addr>().unwrap())
-        .unwrap();
-    let out = lab.add_host("out", Ipv4Addr::new(198, 18, 0, 1), "2001:db8::1".parse::<Ipv6Addr>().unwrap()).unwrap();
-    lab.resolve_neighbours().unwrap();
-    (lab, inst, out)
+    instance_and_outside(tag).unwrap()
 }
 
 fn config(kind: &str, rules: &str, sessions: &str) -> String {
