@@ -67,6 +67,26 @@ pub struct ApplyView {
     pub retire_ms: f64,
     /// Seconds left to `sgctl confirm` before the agent rolls back, for a confirmed apply.
     pub confirm_within_s: Option<f64>,
+    /// The pinned generation of programs and maps in force.
+    #[serde(default)]
+    pub programs_generation: u32,
+    /// The rule file outgrew the maps: a new generation with larger ones took over.
+    #[serde(default)]
+    pub regenerated: bool,
+    /// Interfaces this apply attached to, and detached from.
+    #[serde(default)]
+    pub attached: Vec<String>,
+    #[serde(default)]
+    pub detached: Vec<String>,
+}
+
+/// One held interface, for `Op::Status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HeldView {
+    pub iface: String,
+    pub ifindex: u32,
+    pub xdp_mode: String,
+    pub tc: String,
 }
 
 /// The agent's state, for `Op::Status`.
@@ -78,6 +98,19 @@ pub struct StatusView {
     pub rules: usize,
     /// Seconds left before an unconfirmed apply is rolled back.
     pub confirm_within_s: Option<f64>,
+    /// The pinned generation in force, where it is pinned, and its object.
+    #[serde(default)]
+    pub programs_generation: u32,
+    #[serde(default)]
+    pub pin_dir: String,
+    #[serde(default)]
+    pub object: String,
+    #[serde(default)]
+    pub held: Vec<HeldView>,
+    #[serde(default)]
+    pub session_capacity: u32,
+    #[serde(default)]
+    pub vector_capacity: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -7,23 +7,24 @@
 //! counter lines it was asked for (`--interval`, `--json`) are its output, on stdout.
 
 pub mod api;
+pub mod live;
 mod serve;
+pub mod state;
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    control::{ApplyReport, Enforcer, compile_targets},
     dataplane::{
-        Capacity, Dataplane, LoadOptions,
-        attach::{self, Attachment, XdpModeChoice},
+        attach::{self, XdpModeChoice},
         sessions,
     },
     paths,
     policy::config::{Config, InterfaceBinding},
 };
+use live::{Live, Start};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -38,10 +39,14 @@ pub struct RunOptions {
     pub watch: bool,
     /// The control socket (default: [`api::default_socket`]).
     pub socket: Option<PathBuf>,
+    /// The pin directory (default: [`paths::pin_dir`]).
+    pub pin_dir: Option<PathBuf>,
+    /// Switch to this build's programs even when the sessions cannot be carried over.
+    pub replace: bool,
 }
 
 /// The interfaces of `cfg` to enforce on here, with their ifindex.
-fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, &'c InterfaceBinding)>> {
+pub(crate) fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, &'c InterfaceBinding)>> {
     for name in only {
         if cfg.interface(name).is_none() {
             bail!("--iface {name}: the rule file has no [[interface]] of that name");
@@ -67,9 +72,9 @@ fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, &'c Interfa
 pub fn run(opts: &RunOptions) -> Result<()> {
     let text = std::fs::read_to_string(&opts.config)
         .map_err(|e| anyhow::anyhow!("{}: cannot read file: {e}", opts.config.display()))?;
-    let cfg = crate::policy::config::parse_str(&text, &opts.config.display().to_string())
-        .map_err(|errors| anyhow::anyhow!("{errors}\n{}: invalid, nothing applied", opts.config.display()))?;
-    let here = targets(&cfg, &opts.only)?;
+    let path = opts.config.display().to_string();
+    let cfg = crate::policy::config::parse_str(&text, &path)
+        .map_err(|errors| anyhow::anyhow!("{errors}\n{path}: invalid, nothing applied"))?;
     // The socket first: a second agent in this namespace stops here, before touching
     // anything the first one runs.
     let socket = opts.socket.clone().unwrap_or_else(api::default_socket);
@@ -79,63 +84,56 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         serve::bind_socket(&socket)?
     };
     let mut bound = SocketGuard(socket.clone());
-    let names: Vec<String> = here.iter().map(|(_, b)| b.name.clone()).collect();
-    let started = std::time::Instant::now();
-    let compiled = compile_targets(&cfg, &here)?;
-    let compile_time = started.elapsed();
-    let rule_sets = compiled.iter().flat_map(|c| [&c.ingress, &c.egress]);
-    let capacity = Capacity { sessions: cfg.sessions.max_sessions, ..Capacity::for_rule_sets(rule_sets) };
-    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
-    let mut enforcer = Enforcer::new(&mut dp, &capacity)?;
-    let id_file = paths::map_id_file();
-    if let Some(dir) = id_file.parent() {
-        std::fs::create_dir_all(dir)?;
+    let (mut live, start) = Live::start(opts, &cfg, &path, &text)?;
+    paths::write_pid_file_at(&paths::agent_pid_file())?;
+    for name in live.names() {
+        paths::write_pid_file(&name)?;
     }
-    std::fs::write(&id_file, enforcer.sessions().ids()?)?;
-    // Rules go in before the programs attach: there is no moment without them.
-    let report = ApplyReport { compile_time, ..enforcer.apply_compiled(&cfg, &compiled)? };
-    let mut attachments = Vec::new();
-    for name in &names {
-        match Attachment::attach(&mut dp, name, opts.xdp_mode) {
-            Ok(a) => attachments.push(a),
-            Err(e) => {
-                detach_all(&mut dp, attachments);
-                return Err(e.into());
-            }
+    match &start {
+        Start::Fresh => info!("loaded generation {} under {}", live.now.generation.id, live.pin_dir().display()),
+        Start::Adopted { generation, applied: false } => {
+            info!("adopted generation {generation} as it was: same programs, same rules, nothing rewritten")
         }
-        paths::write_pid_file(name)?;
+        Start::Adopted { generation, applied: true } => {
+            info!("adopted generation {generation}, then applied the new rule file like any apply")
+        }
+        Start::Regenerated { from, to, why } => {
+            info!("moved from generation {from} to {to} ({why}); sessions carried over")
+        }
     }
-    if !dp.features.coarse_clock {
+    if !live.now.features.coarse_clock {
         warn!("no bpf_ktime_get_coarse_ns (kernel before 5.11): sessions use bpf_ktime_get_ns");
     }
-    for a in &attachments {
-        info!("enforcing on {} (ingress XDP {}, egress TC {:?})", a.iface, a.xdp_mode, a.tc_hook);
+    for h in &live.now.held {
+        info!("enforcing on {} (ingress XDP {}, egress TC {:?})", h.iface, h.xdp_mode, h.tc);
     }
+    let capacity = live.now.capacity;
     info!(
         "session table: {} entries, {:.1} MiB",
         capacity.sessions,
         f64::from(capacity.sessions) * sessions::BYTES_PER_SESSION as f64 / (1024.0 * 1024.0)
     );
     info!(
-        "applied {}: {} rule sets, {} rules, {} vectors, {} trie entries (compile {:.1} ms, write {:.1} ms)",
-        opts.config.display(),
-        report.rule_sets,
-        report.rules,
-        report.vectors,
-        report.trie_entries,
-        report.compile_time.as_secs_f64() * 1e3,
-        report.write_time.as_secs_f64() * 1e3,
+        "applied {path}: {} rules in force on {} (generation {}); control socket {}",
+        live.now.rules,
+        live.names().join(", "),
+        live.now.generation.id,
+        socket.display()
     );
-    info!("control socket {}", socket.display());
-    let result = runtime.block_on(serve::serve(opts, &dp, &mut enforcer, &names, (listener, (text, report.rules))));
+    let result = runtime.block_on(serve::serve(opts, &mut live, listener));
     bound.remove();
-    detach_all(&mut dp, attachments);
-    for name in &names {
-        let _ = std::fs::remove_file(paths::pid_file(name));
+    let saved = live.save();
+    for name in live.names() {
+        let _ = std::fs::remove_file(paths::pid_file(&name));
     }
-    let _ = std::fs::remove_file(&id_file);
+    let _ = std::fs::remove_file(paths::agent_pid_file());
     result?;
-    info!("stopped; detached from {}", names.join(", "));
+    saved?;
+    info!(
+        "stopped; enforcement stays on {} (pinned under {}): `sgctl down` removes it",
+        live.names().join(", "),
+        live.pin_dir().display()
+    );
     Ok(())
 }
 
@@ -154,14 +152,5 @@ impl SocketGuard {
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         self.remove();
-    }
-}
-
-fn detach_all(dp: &mut Dataplane, attachments: Vec<Attachment>) {
-    for a in attachments {
-        let iface = a.iface.clone();
-        if let Err(e) = a.detach(dp) {
-            error!("detaching {iface}: {e:#}");
-        }
     }
 }

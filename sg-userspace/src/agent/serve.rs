@@ -21,12 +21,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
-    RunOptions,
+    RunOptions, api,
     api::{API_VERSION, ApplyView, MAX_REQUEST_BYTES, Op, Reply, Request, StatusView},
+    live::Live,
 };
 use crate::{
-    control::{Enforcer, gc::gc_period},
-    dataplane::{Dataplane, attach, counters::counter_line},
+    control::gc::gc_period,
+    dataplane::counters::{counter_line, counters_of},
     policy::config::parse_str,
 };
 
@@ -47,12 +48,7 @@ struct Rollback {
 /// The agent's state between events.
 struct Agent<'a> {
     opts: &'a RunOptions,
-    enforcer: &'a mut Enforcer,
-    names: &'a [String],
-    /// The rule file in force: where it came from, its text, its rule count.
-    path: String,
-    text: String,
-    rules: usize,
+    live: &'a mut Live,
     rollback: Option<Rollback>,
 }
 
@@ -82,44 +78,49 @@ impl ApplyError {
 }
 
 impl Agent<'_> {
-    /// Validates `text` and applies it to the interfaces enforced since start.
+    /// Validates `text` and applies it: the rules, and the interfaces it names.
     fn apply_text(&mut self, path: &str, text: &str) -> Result<ApplyView, ApplyError> {
         let cfg = parse_str(text, path)
             .map_err(|errors| ApplyError::Invalid(errors.errors.iter().map(ToString::to_string).collect()))?;
-        let refused = |e: anyhow::Error| ApplyError::Refused(format!("{e:#}"));
-        let mut targets = Vec::new();
-        for name in self.names {
-            match cfg.interface(name) {
-                Some(binding) => targets.push((attach::ifindex(name).map_err(|e| refused(e.into()))?, binding)),
-                None => {
-                    return Err(ApplyError::Refused(format!(
-                        "the new file drops interface {name}; restart sgctl to change the interface set"
-                    )));
-                }
-            }
-        }
-        let report = self.enforcer.apply(&cfg, &targets).map_err(|e| refused(e.into()))?;
-        // The new rules are in force; now delete the ones they replaced.
-        let retire = self.enforcer.retire_pending();
+        let rules_before = self.live.now.rules;
+        let applied = self.live.apply(&cfg, path, text).map_err(|e| ApplyError::Refused(format!("{e:#}")))?;
+        let report = &applied.report;
         let view = ApplyView {
             config: path.to_string(),
-            generation: self.enforcer.generation(targets[0].0).unwrap_or(0),
-            interfaces: self.names.to_vec(),
-            rules_before: self.rules,
+            generation: self.generation(),
+            interfaces: self.live.names(),
+            rules_before,
             rules_after: report.rules,
             rule_sets: report.rule_sets,
             compile_ms: report.compile_time.as_secs_f64() * 1e3,
             switch_ms: report.write_time.as_secs_f64() * 1e3,
-            retire_ms: retire.as_secs_f64() * 1e3,
+            retire_ms: applied.retire.as_secs_f64() * 1e3,
             confirm_within_s: None,
+            programs_generation: self.live.now.generation.id,
+            regenerated: applied.regenerated.is_some(),
+            attached: applied.attached.clone(),
+            detached: applied.detached.clone(),
         };
         info!(
             "applied {path}: generation {}, {} rules (was {}; compile {:.1} ms, write and switch {:.1} ms; old rules \
              removed in {:.1} ms after the switch)",
             view.generation, view.rules_after, view.rules_before, view.compile_ms, view.switch_ms, view.retire_ms
         );
-        (self.path, self.text, self.rules) = (path.to_string(), text.to_string(), report.rules);
+        for name in &applied.attached {
+            info!("attached to {name}");
+            let _ = crate::paths::write_pid_file(name);
+        }
+        for name in &applied.detached {
+            info!("detached from {name}");
+            let _ = std::fs::remove_file(crate::paths::pid_file(name));
+        }
         Ok(view)
+    }
+
+    /// The rule-set generation of the first interface.
+    fn generation(&self) -> u32 {
+        let first = self.live.now.held.first().map(|h| h.ifindex);
+        first.and_then(|i| self.live.now.enforcer.generation(i)).unwrap_or(0)
     }
 
     /// Re-reads the rule file given to `sgctl run` and applies it (SIGHUP, `--watch`).
@@ -147,7 +148,7 @@ impl Agent<'_> {
         }
         match request.op {
             Op::Apply { path, text, confirm_s } => {
-                let (before_path, before_text) = (self.path.clone(), self.text.clone());
+                let (before_path, before_text) = (self.live.config_path.clone(), self.live.config_text.clone());
                 match self.apply_text(&path, &text) {
                     Err(e) => e.reply(),
                     Ok(mut view) => {
@@ -175,8 +176,8 @@ impl Agent<'_> {
             }
             Op::Confirm => match self.rollback.take() {
                 Some(_) => {
-                    info!("confirmed {}: its rules stay", self.path);
-                    Reply { message: Some(format!("confirmed {}", self.path)), ..Reply::ok() }
+                    info!("confirmed {}: its rules stay", self.live.config_path);
+                    Reply { message: Some(format!("confirmed {}", self.live.config_path)), ..Reply::ok() }
                 }
                 None => Reply::failed("nothing awaits confirmation"),
             },
@@ -185,16 +186,31 @@ impl Agent<'_> {
     }
 
     fn status(&self) -> StatusView {
-        let first = self.names.first().and_then(|n| attach::ifindex(n).ok());
+        let now = &self.live.now;
         StatusView {
-            config: self.path.clone(),
-            generation: first.and_then(|i| self.enforcer.generation(i)).unwrap_or(0),
-            interfaces: self.names.to_vec(),
-            rules: self.rules,
+            config: self.live.config_path.clone(),
+            generation: self.generation(),
+            interfaces: self.live.names(),
+            rules: now.rules,
             confirm_within_s: self
                 .rollback
                 .as_ref()
                 .map(|r| r.deadline.saturating_duration_since(Instant::now()).as_secs_f64()),
+            programs_generation: now.generation.id,
+            pin_dir: self.live.pin_dir().display().to_string(),
+            object: now.object.clone(),
+            held: now
+                .held
+                .iter()
+                .map(|h| api::HeldView {
+                    iface: h.iface.clone(),
+                    ifindex: h.ifindex,
+                    xdp_mode: h.xdp_mode.clone(),
+                    tc: format!("{:?}", h.tc),
+                })
+                .collect(),
+            session_capacity: now.capacity.sessions,
+            vector_capacity: now.capacity.vectors,
         }
     }
 
@@ -257,22 +273,14 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 /// Waits for events until SIGINT/SIGTERM.
-pub(super) async fn serve(
-    opts: &RunOptions,
-    dp: &Dataplane,
-    enforcer: &mut Enforcer,
-    names: &[String],
-    (listener, first): (UnixListener, (String, usize)),
-) -> Result<()> {
+pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixListener) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let period = Duration::from_secs(opts.interval.max(1));
-    let mut gc = tokio::time::interval(gc_period(enforcer.timeouts()));
+    let mut gc = tokio::time::interval(gc_period(live.now.enforcer.timeouts()));
     let mut watch = tokio::time::interval(WATCH_PERIOD);
-    let (text, rules) = first;
-    let mut agent =
-        Agent { opts, enforcer, names, path: opts.config.display().to_string(), text, rules, rollback: None };
+    let mut agent = Agent { opts, live, rollback: None };
     let config: PathBuf = opts.config.clone();
     let mut applied_stamp = stamp(&config);
     // A change seen by `--watch`, and since when the file has looked like this.
@@ -285,7 +293,7 @@ pub(super) async fn serve(
             _ = sighup.recv() => {
                 agent.reload("reload on SIGHUP");
                 applied_stamp = stamp(&config);
-                gc = tokio::time::interval(gc_period(agent.enforcer.timeouts()));
+                gc = tokio::time::interval(gc_period(agent.live.now.enforcer.timeouts()));
             }
             accepted = listener.accept() => {
                 let Ok((mut stream, _)) = accepted else { continue };
@@ -294,7 +302,7 @@ pub(super) async fn serve(
                     Err(reply) => reply,
                 };
                 write_reply(&mut stream, &reply).await;
-                gc = tokio::time::interval(gc_period(agent.enforcer.timeouts()));
+                gc = tokio::time::interval(gc_period(agent.live.now.enforcer.timeouts()));
             }
             _ = tokio::time::sleep_until(rollback_at.unwrap_or_else(tokio::time::Instant::now)), if rollback_at.is_some() => {
                 agent.roll_back();
@@ -315,12 +323,12 @@ pub(super) async fn serve(
                 }
             }
             _ = gc.tick() => {
-                if let Err(e) = agent.enforcer.collect_garbage() {
+                if let Err(e) = agent.live.now.enforcer.collect_garbage() {
                     error!("session garbage collection: {e:#}");
                 }
             }
             _ = tokio::time::sleep(period), if opts.interval > 0 => {
-                println!("{}", counter_line(&dp.counters()?, opts.json));
+                println!("{}", counter_line(&counters_of(&mut agent.live.now.generation)?, opts.json));
             }
         }
     }

@@ -4,6 +4,7 @@ mod apply;
 mod args;
 mod attach;
 mod detach;
+mod down;
 mod guidance;
 mod run;
 mod sessions;
@@ -19,6 +20,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "sgctl", version, about = "Cloud-style security groups for Linux NICs, in eBPF")]
 pub struct Cli {
+    /// Run in network namespace NAME (/run/netns/NAME, or a path), keeping this mount
+    /// namespace: unlike `ip netns exec`, the pins on the BPF filesystem stay shared.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,9 +36,13 @@ enum Command {
     /// Remove sgctl from an interface: stop the sgctl holding it and clean up anything
     /// a killed one left behind.
     Detach(detach::Args),
-    /// Enforce a rule file on the interfaces it names (those present here) until
-    /// SIGINT/SIGTERM; SIGHUP reloads the file atomically.
+    /// Enforce a rule file on the interfaces it names (those present here), serving the
+    /// control socket; SIGHUP reloads the file atomically. Enforcement is pinned and
+    /// outlives the agent: a new one adopts it (`sgctl down` removes it).
     Run(run::Args),
+    /// Remove everything sgctl holds in this network namespace: stop the agent, detach
+    /// the programs, delete the qdiscs it created, the pins and the state.
+    Down(down::Args),
     /// Validate a rule file and apply it through the running agent, waiting for the
     /// result; with --confirm, it is rolled back unless `sgctl confirm` follows in time.
     Apply(apply::Args),
@@ -60,10 +69,14 @@ enum Command {
 impl Cli {
     /// Runs the subcommand.
     pub fn run(self) -> Result<ExitCode> {
+        if let Some(name) = &self.netns {
+            sgctl::paths::enter_netns(name)?;
+        }
         match self.command {
             Command::Attach(args) => attach::run(&args),
             Command::Detach(args) => detach::run(&args),
             Command::Run(args) => run::run(args),
+            Command::Down(args) => down::run(&args),
             Command::Apply(args) => apply::run(&args),
             Command::Confirm(args) => apply::confirm(&args),
             Command::Sessions(args) => sessions::run(&args),

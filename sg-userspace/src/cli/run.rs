@@ -21,12 +21,21 @@ pub struct Args {
     /// The control socket (default: /run/sgctl/<netns>/control.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Where the programs, maps and links are pinned (default:
+    /// /sys/fs/bpf/sgctl/<netns>/).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Take over pinned programs of another build even when their sessions cannot be
+    /// carried over (connections then depend on the rules alone).
+    #[arg(long)]
+    replace: bool,
     #[command(flatten)]
     options: AttachOptions,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { config, only, watch, socket, options: AttachOptions { xdp_mode, interval, json } } = args;
-    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket })?;
+    let Args { config, only, watch, socket, pin_dir, replace, options: AttachOptions { xdp_mode, interval, json } } =
+        args;
+    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket, pin_dir, replace })?;
     Ok(ExitCode::SUCCESS)
 }

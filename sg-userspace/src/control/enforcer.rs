@@ -19,8 +19,8 @@ use super::{
 };
 use crate::{
     dataplane::{
-        Capacity, Dataplane,
-        rulesets::{Installed, RuleSetMaps},
+        Capacity, MapSource,
+        rulesets::{Installed, RuleSetMaps, trie_keys},
         sessions::{self, SessionTable},
     },
     policy::{
@@ -55,6 +55,24 @@ impl Ranges {
         Some(start..start + n)
     }
 
+    /// Marks `range` as used (an adopted rule set's place); false when it is not free.
+    fn reserve(&mut self, range: &Range<u32>) -> bool {
+        if range.is_empty() {
+            return true;
+        }
+        let Some(i) = self.free.iter().position(|r| r.start <= range.start && range.end <= r.end) else {
+            return false;
+        };
+        let whole = self.free.remove(i);
+        let (before, after) = (whole.start..range.start, range.end..whole.end);
+        for part in [after, before] {
+            if !part.is_empty() {
+                self.free.insert(i, part);
+            }
+        }
+        true
+    }
+
     fn give(&mut self, range: Range<u32>) {
         if range.is_empty() {
             return;
@@ -78,7 +96,43 @@ struct InterfaceState {
     generation: u32,
     /// The published version of its configuration (0: none yet).
     version: u32,
+    /// The configuration id published for it (version and serial).
+    published: u32,
 }
+
+/// Where an installed rule set lives in the maps, as the agent's state file records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlacedSet {
+    pub slot: u32,
+    pub vectors: Range<u32>,
+    pub rules: Range<u32>,
+    pub tables: Range<u32>,
+    pub blocks: Range<u32>,
+}
+
+/// One enforced interface in the state file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlacedInterface {
+    pub ifindex: u32,
+    pub generation: u32,
+    pub version: u32,
+    pub published: u32,
+    pub ingress: PlacedSet,
+    pub egress: PlacedSet,
+}
+
+/// What an [`Enforcer`] has put where: enough for another process to adopt the maps
+/// ([`Enforcer::adopt`]) without rewriting anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EnforcerState {
+    pub config_serial: u32,
+    pub interfaces: Vec<PlacedInterface>,
+}
+
+/// Why pinned maps cannot be adopted as the state file describes them.
+#[derive(Debug, thiserror::Error)]
+#[error("the pinned maps do not match the recorded state: {0}")]
+pub struct NotAdoptable(pub String);
 
 /// Figures from one apply.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -121,6 +175,17 @@ pub fn compile_targets(cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Re
         .collect()
 }
 
+/// An adoption that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(transparent)]
+    Stale(NotAdoptable),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+}
+
 /// Owns the classification maps and what is installed in them.
 pub struct Enforcer {
     maps: RuleSetMaps,
@@ -141,7 +206,7 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Takes the classification maps out of `dp` (loaded with `capacity`).
-    pub fn new(dp: &mut Dataplane, capacity: &Capacity) -> Result<Self> {
+    pub fn new(dp: &mut impl MapSource, capacity: &Capacity) -> Result<Self> {
         Ok(Self {
             maps: RuleSetMaps::take(dp)?,
             // Version 0 means "not enforced".
@@ -231,6 +296,7 @@ impl Enforcer {
             self.maps.switch(ifindex, id)?;
             retired_versions.extend((state.version != 0).then_some(state.version));
             state.version = version;
+            state.published = id;
             retired.extend(state.ingress.replace(ingress));
             retired.extend(state.egress.replace(egress));
         }
@@ -239,6 +305,122 @@ impl Enforcer {
         // for `retire_pending` (the agent calls it right after reporting the apply).
         self.retiring.push(Retiring { switched: Instant::now(), sets: retired, versions: retired_versions });
         Ok(report)
+    }
+
+    /// Takes over maps an earlier process filled, as `state` records them, for the rule
+    /// sets `compiled` (the same rule file compiled again: it gives the trie keys to
+    /// delete later). Nothing is written, except that trie entries of slots no interface
+    /// uses (an apply cut short) are deleted. Fails when the maps or the rule file do not
+    /// match the record.
+    pub fn adopt(
+        dp: &mut impl MapSource,
+        capacity: &Capacity,
+        state: &EnforcerState,
+        compiled: &[CompiledInterface],
+        timeouts: Timeouts,
+    ) -> std::result::Result<Self, AdoptError> {
+        let mut this = Self::new(dp, capacity)?;
+        this.config_serial = state.config_serial;
+        this.current_timeouts = timeouts;
+        let stale = |why: String| AdoptError::Stale(NotAdoptable(why));
+        let mut slots = Vec::new();
+        for placed in &state.interfaces {
+            let c = compiled
+                .iter()
+                .find(|c| c.ifindex == placed.ifindex)
+                .ok_or_else(|| stale(format!("ifindex {} is not in the rule file", placed.ifindex)))?;
+            let live = this.maps.published(placed.ifindex)?;
+            if live != placed.published {
+                return Err(stale(format!(
+                    "ifindex {} publishes configuration {live}, the record says {}",
+                    placed.ifindex, placed.published
+                )));
+            }
+            let mut place = |p: &PlacedSet, rules: &Compiled| -> std::result::Result<Installed, AdoptError> {
+                let fits = p.vectors.len() == rules.vectors.len()
+                    && p.rules.len() == rules.rules.len()
+                    && p.tables.len() == rules.port_tables.len()
+                    && p.blocks.len() == rules.port_blocks.len();
+                let free = this.vector_ranges.reserve(&p.vectors)
+                    && this.rule_ranges.reserve(&p.rules)
+                    && this.table_ranges.reserve(&p.tables)
+                    && this.block_ranges.reserve(&p.blocks)
+                    && this.free_slots.contains(&p.slot);
+                if !fits || !free {
+                    return Err(stale(format!("rule set in slot {} does not match the rule file", p.slot)));
+                }
+                this.free_slots.retain(|s| *s != p.slot);
+                let (addr_keys, port_keys) = trie_keys(rules, p.slot);
+                Ok(Installed {
+                    slot: p.slot,
+                    vectors: p.vectors.clone(),
+                    rules: p.rules.clone(),
+                    tables: p.tables.clone(),
+                    blocks: p.blocks.clone(),
+                    addr_keys,
+                    port_keys,
+                })
+            };
+            let ingress = place(&placed.ingress, &c.ingress)?;
+            let egress = place(&placed.egress, &c.egress)?;
+            slots.extend([ingress.slot, egress.slot]);
+            this.free_versions.retain(|v| *v != placed.version);
+            this.installed.insert(
+                placed.ifindex,
+                InterfaceState {
+                    ingress: Some(ingress),
+                    egress: Some(egress),
+                    generation: placed.generation,
+                    version: placed.version,
+                    published: placed.published,
+                },
+            );
+        }
+        let orphans = this.maps.delete_orphans(&slots)?;
+        if orphans > 0 {
+            tracing::info!("deleted {orphans} trie entries of rule sets no interface uses");
+        }
+        Ok(this)
+    }
+
+    /// What is installed where, for the state file.
+    pub fn state(&self) -> EnforcerState {
+        let place = |i: &Installed| PlacedSet {
+            slot: i.slot,
+            vectors: i.vectors.clone(),
+            rules: i.rules.clone(),
+            tables: i.tables.clone(),
+            blocks: i.blocks.clone(),
+        };
+        let mut interfaces: Vec<PlacedInterface> = self
+            .installed
+            .iter()
+            .filter_map(|(ifindex, s)| {
+                Some(PlacedInterface {
+                    ifindex: *ifindex,
+                    generation: s.generation,
+                    version: s.version,
+                    published: s.published,
+                    ingress: place(s.ingress.as_ref()?),
+                    egress: place(s.egress.as_ref()?),
+                })
+            })
+            .collect();
+        interfaces.sort_by_key(|i| i.ifindex);
+        EnforcerState { config_serial: self.config_serial, interfaces }
+    }
+
+    /// Starts `ifindex`'s generation count at `generation` (a successor generation of the
+    /// programs continues the count, so sessions re-check after the first apply).
+    pub fn continue_generation(&mut self, ifindex: u32, generation: u32) {
+        self.installed.entry(ifindex).or_default().generation = generation;
+    }
+
+    /// The interfaces rules are installed for.
+    pub fn interfaces(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self.installed.iter().filter(|(_, s)| s.ingress.is_some()).map(|(i, _)| *i).collect();
+        all.sort_unstable();
+        all
     }
 
     /// Stops enforcing on `ifindex` (its packets pass as unconfigured).

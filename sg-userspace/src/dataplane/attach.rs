@@ -94,28 +94,7 @@ impl Attachment {
     /// Attaches `sg_ingress` (XDP) and `sg_egress` (TC egress) to `iface`.
     pub fn attach(dp: &mut Dataplane, iface: &str, mode: XdpModeChoice) -> Result<Self> {
         let ifindex = ifindex(iface)?;
-        let xdp = dp.xdp()?;
-        let attach_xdp = |xdp: &mut aya::programs::Xdp, mode: XdpMode| {
-            xdp.attach_to_if_index(ifindex, mode).map_err(|e| {
-                if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) {
-                    occupied(iface)
-                } else {
-                    DataplaneError::Refused(format!("attaching XDP to {iface}: {e}"))
-                }
-            })
-        };
-        let (xdp_link, xdp_mode) = match mode {
-            XdpModeChoice::Native => (attach_xdp(xdp, XdpMode::Driver)?, "native"),
-            XdpModeChoice::Generic => (attach_xdp(xdp, XdpMode::Skb)?, "generic"),
-            XdpModeChoice::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(link) => (link, "native"),
-                Err(e) if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) => return Err(occupied(iface)),
-                Err(e) => {
-                    tracing::warn!("native XDP unavailable on {iface} ({e}); falling back to generic XDP");
-                    (attach_xdp(xdp, XdpMode::Skb)?, "generic")
-                }
-            },
-        };
+        let (xdp_link, xdp_mode) = attach_xdp(dp.xdp()?, ifindex, iface, mode)?;
         let tc = dp.tc()?;
         let (tc_link, tc_hook) = match attach_tc(tc, iface) {
             Ok(attached) => attached,
@@ -139,8 +118,39 @@ impl Attachment {
     }
 }
 
+/// Attaches `xdp` to `iface` in `mode` (auto: native, else generic with a warning);
+/// returns the link and the mode taken.
+pub(super) fn attach_xdp(
+    xdp: &mut aya::programs::Xdp,
+    ifindex: u32,
+    iface: &str,
+    mode: XdpModeChoice,
+) -> Result<(XdpLinkId, &'static str)> {
+    let attach = |xdp: &mut aya::programs::Xdp, mode: XdpMode| {
+        xdp.attach_to_if_index(ifindex, mode).map_err(|e| {
+            if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) {
+                occupied(iface)
+            } else {
+                DataplaneError::Refused(format!("attaching XDP to {iface}: {e}"))
+            }
+        })
+    };
+    Ok(match mode {
+        XdpModeChoice::Native => (attach(xdp, XdpMode::Driver)?, "native"),
+        XdpModeChoice::Generic => (attach(xdp, XdpMode::Skb)?, "generic"),
+        XdpModeChoice::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(link) => (link, "native"),
+            Err(e) if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) => return Err(occupied(iface)),
+            Err(e) => {
+                tracing::warn!("native XDP unavailable on {iface} ({e}); falling back to generic XDP");
+                (attach(xdp, XdpMode::Skb)?, "generic")
+            }
+        },
+    })
+}
+
 /// TCX where the kernel has it, a clsact filter otherwise.
-fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLinkId, TcHook)> {
+pub(super) fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLinkId, TcHook)> {
     let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
     match tc.attach_with_options(iface, TcAttachType::Egress, tcx) {
         Ok(link) => Ok((link, TcHook::Tcx)),
@@ -168,7 +178,7 @@ fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLi
     }
 }
 
-fn remove_clsact(iface: &str) {
+pub(super) fn remove_clsact(iface: &str) {
     let _ = Command::new("tc").args(["qdisc", "del", "dev", iface, "clsact"]).status();
 }
 

@@ -5,7 +5,7 @@ use sg_common::{MAX_RULESETS, PortBlock, RuleInfo, RuleVector};
 use crate::policy::compile::Compiled;
 
 /// Map sizes, fixed when the programs are loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {
     /// Session table entries (`max_sessions`).
     pub sessions: u32,
@@ -64,6 +64,17 @@ impl Capacity {
             port_tables: d.port_tables,
             port_blocks: (need.port_blocks * 2 + 64).max(d.port_blocks),
         }
+    }
+
+    /// Whether maps of this size hold everything maps of size `need` hold.
+    pub fn holds(&self, need: &Capacity) -> bool {
+        self.sessions >= need.sessions
+            && self.vectors >= need.vectors
+            && self.rule_info >= need.rule_info
+            && self.addr_entries >= need.addr_entries
+            && self.port_entries >= need.port_entries
+            && self.port_tables >= need.port_tables
+            && self.port_blocks >= need.port_blocks
     }
 
     /// Bytes of map memory the vectors, rule-info and port-table arrays take (the tries

@@ -6,6 +6,7 @@ use serde::Serialize;
 use sg_common::{malformed, map, stats, step, verdict};
 
 use super::{
+    MapSource,
     error::{DataplaneError, Result},
     object::Dataplane,
 };
@@ -17,6 +18,30 @@ impl Dataplane {
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
     }
+}
+
+/// Counter values of a pinned generation, summed over CPUs.
+pub fn counters_of(source: &mut impl MapSource) -> Result<Vec<u64>> {
+    let array: PerCpuArray<MapData, u64> = source.take_map(map::STATS)?;
+    (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
+}
+
+/// Adds the counters of generation `from` into generation `to`'s, CPU by CPU, so the
+/// totals go on across an upgrade (a packet counted by `to`'s programs while the sum is
+/// written may be lost from the count: counters, not accounting).
+pub fn carry_counters(from: &mut impl MapSource, to: &mut impl MapSource) -> Result<()> {
+    let old: PerCpuArray<MapData, u64> = from.take_map(map::STATS)?;
+    let mut new: PerCpuArray<MapData, u64> = to.take_map(map::STATS)?;
+    for slot in 0..stats::SLOTS {
+        let before = old.get(&slot, 0)?;
+        if before.iter().all(|v| *v == 0) {
+            continue;
+        }
+        let now = new.get(&slot, 0)?;
+        let sum: Vec<u64> = before.iter().zip(now.iter()).map(|(a, b)| a + b).collect();
+        new.set(slot, aya::maps::PerCpuValues::try_from(sum)?, 0)?;
+    }
+    Ok(())
 }
 
 /// Totals of one hook.

@@ -11,10 +11,28 @@ pub mod capacity;
 pub mod counters;
 pub mod error;
 pub mod events;
+pub mod links;
 pub mod object;
+pub mod pins;
 pub mod rulesets;
 pub mod sessions;
 
 pub use capacity::Capacity;
 pub use error::DataplaneError;
 pub use object::{Dataplane, LoadOptions};
+
+/// Where typed map handles come from: a freshly loaded object ([`Dataplane`]) or a
+/// pinned generation ([`pins::Generation`]).
+pub trait MapSource {
+    /// Map `name` as it is.
+    fn take_raw_map(&mut self, name: &str) -> error::Result<aya::maps::Map>;
+
+    /// Map `name` as a typed handle.
+    fn take_map<T>(&mut self, name: &str) -> error::Result<T>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        use error::Doing as _;
+        T::try_from(self.take_raw_map(name)?).doing_with(|| format!("map {name}"))
+    }
+}

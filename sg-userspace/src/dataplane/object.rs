@@ -7,6 +7,7 @@ use aya::{
 use sg_common::{global, map, program};
 
 use super::{
+    MapSource,
     capacity::Capacity,
     error::{DataplaneError, Doing as _, Result},
 };
@@ -14,6 +15,20 @@ use crate::{clock, privilege::check_privileges};
 
 /// The kernel-side object, built by `build.rs` from the `sg-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
+
+/// A stable fingerprint of the embedded object and what the programs were specialised
+/// with at load time: two agents with the same identity run the same programs, so one can
+/// adopt the other's pinned generation as it is; otherwise it loads its own (an upgrade).
+pub fn identity(options: &LoadOptions, features: &KernelFeatures) -> String {
+    // FNV-1a: stable across builds and Rust versions, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let flags = [u8::from(options.trace), u8::from(features.coarse_clock)];
+    for byte in OBJECT.iter().chain(&flags) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}-{}", OBJECT.len())
+}
 
 /// What to set before the programs are verified.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +42,8 @@ pub struct LoadOptions {
 /// The loaded (verified, not yet attached) programs and their maps.
 pub struct Dataplane {
     pub ebpf: Ebpf,
+    /// [`identity`] of what was loaded.
+    pub identity: String,
     /// What the kernel offered at load time (and so which fallbacks the programs took).
     pub features: KernelFeatures,
 }
@@ -61,7 +78,7 @@ impl Dataplane {
         xdp.load().map_err(|e| verifier_error(program::INGRESS_XDP, e))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, program::EGRESS_TC)?;
         tc.load().map_err(|e| verifier_error(program::EGRESS_TC, e))?;
-        Ok(Self { ebpf, features })
+        Ok(Self { ebpf, identity: identity(options, &features), features })
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -71,17 +88,11 @@ impl Dataplane {
     pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
         program_mut(&mut self.ebpf, program::EGRESS_TC)
     }
+}
 
-    /// Takes map `name` out of the object as a typed handle; each map can be taken once.
-    pub fn take_map<T>(&mut self, name: &str) -> Result<T>
-    where
-        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        T::try_from(self.take_raw_map(name)?).doing_with(|| format!("map {name}"))
-    }
-
-    /// Takes map `name` out of the object as it is.
-    pub fn take_raw_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+impl MapSource for Dataplane {
+    /// Takes map `name` out of the object; each map can be taken once.
+    fn take_raw_map(&mut self, name: &str) -> Result<aya::maps::Map> {
         self.ebpf.take_map(name).ok_or_else(|| DataplaneError::MissingMap(name.to_string()))
     }
 }
@@ -112,7 +123,7 @@ fn verifier_error(name: &str, error: ProgramError) -> DataplaneError {
 
 /// What the running kernel offers that the programs may use, probed before loading
 /// (the programs take a fallback that keeps their semantics where a feature is missing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelFeatures {
     /// `bpf_ktime_get_coarse_ns` (Linux 5.11+); without it the sessions' clock is
     /// `bpf_ktime_get_ns`.

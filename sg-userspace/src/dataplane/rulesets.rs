@@ -14,9 +14,8 @@ use sg_common::{
 };
 
 use super::{
-    batch,
+    MapSource, batch,
     error::{Doing as _, Result},
-    object::Dataplane,
 };
 use crate::policy::compile::Compiled;
 
@@ -46,9 +45,80 @@ pub struct RuleSetMaps {
     timeouts: Array<MapData, Timeouts>,
 }
 
+/// The trie keys compiled rule set `c` has in `slot`: what [`RuleSetMaps::write`] writes
+/// and a deletion must remove (an agent adopting pinned maps recomputes them).
+pub fn trie_keys(c: &Compiled, slot: u32) -> (Vec<Key<AddrKey>>, Vec<Key<PortKey>>) {
+    let ruleset = slot.to_be_bytes();
+    let addr = c
+        .addr_entries
+        .iter()
+        .map(|e| {
+            let (family, addr, bits) = match e.net.network() {
+                std::net::IpAddr::V4(a) => {
+                    let mut addr = [0u8; 16];
+                    addr[..4].copy_from_slice(&a.octets());
+                    (4, addr, e.net.prefix_len())
+                }
+                std::net::IpAddr::V6(a) => (6, a.octets(), e.net.prefix_len()),
+            };
+            Key::new(
+                ADDR_KEY_FIXED_BITS + u32::from(bits),
+                AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
+            )
+        })
+        .collect();
+    let port = c
+        .port_entries
+        .iter()
+        .map(|e| {
+            // The protocol matched in full (8 bits), any port; or nothing: any protocol.
+            let (protocol, bits) = e.protocol.map_or((0, 0), |p| (p, 8));
+            Key::new(
+                PORT_KEY_FIXED_BITS + bits,
+                PortKey { ruleset, field: field::DESTINATION_PORT, protocol, port: [0; 2] },
+            )
+        })
+        .collect();
+    (addr, port)
+}
+
 impl RuleSetMaps {
+    /// The configuration id `ifindex` has published (0: not enforced).
+    pub fn published(&self, ifindex: u32) -> Result<u32> {
+        self.iface_index.get(&ifindex, 0).doing_with(|| format!("reading ifindex {ifindex}"))
+    }
+
+    /// Deletes trie entries of rule-set slots not in `live` (left by an agent that died
+    /// between writing a rule set and recording it); returns how many.
+    pub fn delete_orphans(&mut self, live: &[u32]) -> Result<usize> {
+        let slot_of = |ruleset: [u8; 4]| u32::from_be_bytes(ruleset);
+        let addr: Vec<Key<AddrKey>> = self
+            .addr_trie
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .doing("listing address entries")?
+            .into_iter()
+            .filter(|k| !live.contains(&slot_of(k.data().ruleset)))
+            .collect();
+        let port: Vec<Key<PortKey>> = self
+            .port_trie
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .doing("listing port entries")?
+            .into_iter()
+            .filter(|k| !live.contains(&slot_of(k.data().ruleset)))
+            .collect();
+        for k in &addr {
+            let _ = self.addr_trie.remove(k);
+        }
+        for k in &port {
+            let _ = self.port_trie.remove(k);
+        }
+        Ok(addr.len() + port.len())
+    }
+
     /// Takes the maps out of `dp`.
-    pub fn take(dp: &mut Dataplane) -> Result<Self> {
+    pub fn take(dp: &mut impl MapSource) -> Result<Self> {
         Ok(Self {
             iface_index: dp.take_map(map::IFACE_INDEX)?,
             iface_configs: dp.take_map(map::IFACE_CONFIGS)?,
@@ -133,35 +203,11 @@ impl RuleSetMaps {
         }
         let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
         batch::update(self.rule_info.map(), &rule_indices, &c.rules).doing("writing rule info")?;
-        let ruleset = at.slot.to_be_bytes();
-        let mut addr_values = Vec::with_capacity(c.addr_entries.len());
-        for e in &c.addr_entries {
-            let (family, addr, bits) = match e.net.network() {
-                std::net::IpAddr::V4(a) => {
-                    let mut addr = [0u8; 16];
-                    addr[..4].copy_from_slice(&a.octets());
-                    (4, addr, e.net.prefix_len())
-                }
-                std::net::IpAddr::V6(a) => (6, a.octets(), e.net.prefix_len()),
-            };
-            at.addr_keys.push(Key::new(
-                ADDR_KEY_FIXED_BITS + u32::from(bits),
-                AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
-            ));
-            addr_values.push(at.vectors.start + e.vector);
-        }
         // Recorded before writing, so a failed batch is undone in full by `remove`.
+        (at.addr_keys, at.port_keys) = trie_keys(c, at.slot);
+        let addr_values: Vec<u32> = c.addr_entries.iter().map(|e| at.vectors.start + e.vector).collect();
         batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).doing("writing address entries")?;
-        let mut port_values = Vec::with_capacity(c.port_entries.len());
-        for e in &c.port_entries {
-            // The protocol matched in full (8 bits), any port; or nothing: any protocol.
-            let (protocol, bits) = e.protocol.map_or((0, 0), |p| (p, 8));
-            at.port_keys.push(Key::new(
-                PORT_KEY_FIXED_BITS + bits,
-                PortKey { ruleset, field: field::DESTINATION_PORT, protocol, port: [0; 2] },
-            ));
-            port_values.push(at.vectors.start + e.vector);
-        }
+        let port_values: Vec<u32> = c.port_entries.iter().map(|e| at.vectors.start + e.vector).collect();
         batch::update(self.port_trie.map(), &at.port_keys, &port_values).doing("writing port entries")?;
         // Port and IPv4 peer tables: vector indices move to this set's vector range, block
         // references to its block range.

@@ -17,8 +17,8 @@ use sg_common::{
 };
 
 use super::{
+    MapSource,
     error::{DataplaneError, Doing as _, Result},
-    object::Dataplane,
 };
 use crate::{
     clock::ns_per_jiffy,
@@ -187,7 +187,7 @@ impl SessionView {
 
 impl SessionTable {
     /// Takes the session maps out of `dp`, with the hints: this process owns the data plane.
-    pub fn take(dp: &mut Dataplane) -> Result<Self> {
+    pub fn take(dp: &mut impl MapSource) -> Result<Self> {
         Self::from_maps(
             dp.take_raw_map(map::SESSIONS)?,
             dp.take_raw_map(map::FLOW_CACHE)?,
