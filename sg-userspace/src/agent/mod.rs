@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Capacity, Dataplane, LoadOptions,
         attach::{self, Attachment, XdpModeChoice},
-        sessions,
+        established, sessions,
     },
     paths,
     policy::config::{Config, InterfaceBinding},
@@ -94,6 +94,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     std::fs::write(&id_file, enforcer.sessions().ids()?)?;
     // Rules go in before the programs attach: there is no moment without them.
     let report = ApplyReport { compile_time, ..enforcer.apply_compiled(&cfg, &compiled)? };
+    import_established(&mut dp, &mut enforcer, &here)?;
     let mut attachments = Vec::new();
     for name in &names {
         match Attachment::attach(&mut dp, name, opts.xdp_mode) {
@@ -136,6 +137,19 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let _ = std::fs::remove_file(&id_file);
     result?;
     info!("stopped; detached from {}", names.join(", "));
+    Ok(())
+}
+
+/// Enters the TCP connections already established on each interface as sessions where
+/// the rules admit them (`dataplane::established`), so attaching does not cut the
+/// session of whoever started the agent. Between applying the rules and attaching: the
+/// programs then judge the connections with the rules in force, and no packet of theirs
+/// meets the programs before their session exists.
+fn import_established(dp: &mut Dataplane, enforcer: &mut Enforcer, here: &[(u32, &InterfaceBinding)]) -> Result<()> {
+    for (ifindex, binding) in here {
+        let counts = established::import_established(dp, enforcer.sessions(), *ifindex, &binding.name)?;
+        info!("{}: {counts}", binding.name);
+    }
     Ok(())
 }
 
