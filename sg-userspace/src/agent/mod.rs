@@ -94,7 +94,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     std::fs::write(&id_file, enforcer.sessions().ids()?)?;
     // Rules go in before the programs attach: there is no moment without them.
     let report = ApplyReport { compile_time, ..enforcer.apply_compiled(&cfg, &compiled)? };
-    import_established(&mut dp, &mut enforcer, &here)?;
+    import_established(&mut dp, &mut enforcer, &here);
     let mut attachments = Vec::new();
     for name in &names {
         match Attachment::attach(&mut dp, name, opts.xdp_mode) {
@@ -144,13 +144,17 @@ pub fn run(opts: &RunOptions) -> Result<()> {
 /// the rules admit them (`dataplane::established`), so attaching does not cut the
 /// session of whoever started the agent. Between applying the rules and attaching: the
 /// programs then judge the connections with the rules in force, and no packet of theirs
-/// meets the programs before their session exists.
-fn import_established(dp: &mut Dataplane, enforcer: &mut Enforcer, here: &[(u32, &InterfaceBinding)]) -> Result<()> {
+/// meets the programs before their session exists. A failure only warns: enforcing
+/// matters more than sparing the connections, which are then left to the rules.
+fn import_established(dp: &mut Dataplane, enforcer: &mut Enforcer, here: &[(u32, &InterfaceBinding)]) {
     for (ifindex, binding) in here {
-        let counts = established::import_established(dp, enforcer.sessions(), *ifindex, &binding.name)?;
-        info!("{}: {counts}", binding.name);
+        match established::import_established(dp, enforcer.sessions(), *ifindex, &binding.name) {
+            Ok(counts) => info!("{}: {counts}", binding.name),
+            Err(e) => {
+                warn!("{}: established TCP connections left to the rules: {:#}", binding.name, anyhow::Error::from(e))
+            }
+        }
     }
-    Ok(())
 }
 
 /// Removes the control socket this agent bound when it stops, also on an early error.

@@ -25,7 +25,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::{
+    programs::{ProgramError, TestRun as _, TestRunOptions},
+    sys::SyscallError,
+};
 use sg_common::{SessionKey, family, ip_proto, session::state, stats};
 
 use super::{
@@ -141,13 +144,23 @@ pub fn import_established(
     let addresses = diag::interface_addresses(iface).doing_with(|| format!("reading the addresses of {iface}"))?;
     let sockets = diag::tcp_sockets().doing("listing TCP sockets through sock_diag")?;
     let mut counts = ImportCounts::default();
+    let mut warned = false;
     for connection in connections(&sockets, &addresses) {
-        let entered = enter(dp, sessions, ifindex, &connection)?;
         let who = match connection.opener {
             Opener::Peer => "accepted",
             Opener::Instance => "opened",
         };
-        tracing::debug!("{iface}: {} {who} with {}: {entered:?}", connection.local, connection.remote);
+        let (local, remote) = (connection.local, connection.remote);
+        let entered = enter(dp, sessions, ifindex, &connection).unwrap_or_else(|e| {
+            // One connection that cannot be judged is left to the rules; the rest still
+            // get their chance. Said once: the cause is the same for all (an old kernel).
+            if !warned {
+                tracing::warn!("{iface}: {local} {who} with {remote} left to the rules: {}", with_causes(&e));
+                warned = true;
+            }
+            Entered::LeftToRules
+        });
+        tracing::debug!("{iface}: {local} {who} with {remote}: {entered:?}");
         match entered {
             Entered::Admitted => counts.admitted += 1,
             Entered::LeftToRules => counts.left_to_rules += 1,
@@ -155,6 +168,17 @@ pub fn import_established(
         }
     }
     Ok(counts)
+}
+
+/// `error: cause: cause ...`, as `anyhow`'s `{:#}` shows a chain.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    text
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,10 +235,19 @@ fn passes(dp: &mut Dataplane, hook: u32, frame: &[u8], ifindex: u32) -> Result<b
     let ctx = if ingress { xdp_md(frame.len(), ifindex) } else { sk_buff(ifindex) };
     let opts = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::default() };
     let doing = || format!("running an opening SYN through the {} program", if ingress { "XDP" } else { "TC" });
-    let ret = if ingress {
-        dp.xdp()?.test_run(opts).doing_with(doing)?.return_value
-    } else {
-        dp.tc()?.test_run(opts).doing_with(doing)?.return_value
+    let run = if ingress { dp.xdp()?.test_run(opts) } else { dp.tc()?.test_run(opts) };
+    let ret = match run {
+        Ok(result) => result.return_value,
+        Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+            if ingress && io_error.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            return Err(DataplaneError::Refused(format!(
+                "{}: the kernel refused the interface's xdp_md ({io_error}); \
+                 BPF_PROG_TEST_RUN takes one from Linux 5.13 on",
+                doing()
+            )));
+        }
+        Err(e) => return Err(e).doing_with(doing),
     };
     match (ingress, ret) {
         (true, XDP_PASS) | (false, TC_ACT_OK) => Ok(true),
@@ -333,6 +366,12 @@ mod tests {
         assert_eq!(skb.len(), 44, "offsetofend(struct __sk_buff, ifindex)");
         assert_eq!(&skb[40..44], &7u32.to_ne_bytes());
         assert!(skb[..40].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn warnings_name_the_cause() {
+        let e = Err::<(), _>(std::io::Error::from_raw_os_error(libc::EINVAL)).doing("running a SYN").unwrap_err();
+        assert_eq!(with_causes(&e), format!("running a SYN: {}", std::io::Error::from_raw_os_error(libc::EINVAL)));
     }
 
     #[test]
