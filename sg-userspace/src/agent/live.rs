@@ -34,6 +34,7 @@ use crate::{
         Capacity, Dataplane, LoadOptions,
         attach::{XdpModeChoice, presence},
         counters::carry_counters,
+        established,
         links::{self, HeldInterface, TcRecord},
         object::{KernelFeatures, identity},
         pins::{Generation, Pins},
@@ -151,6 +152,23 @@ fn session_layout(generation: &Generation) -> Result<(u32, u32)> {
     Ok((k, v))
 }
 
+/// Enters the TCP connections already established on each interface as sessions where
+/// the rules admit them (`dataplane::established`), so attaching does not cut the
+/// session of whoever started the agent. Between applying the rules and attaching: the
+/// programs then judge the connections with the rules in force, and no packet of theirs
+/// meets the programs before their session exists. A failure only warns: enforcing
+/// matters more than sparing the connections, which are then left to the rules.
+fn import_established(generation: &mut Generation, enforcer: &mut Enforcer, here: &[(u32, &InterfaceBinding)]) {
+    for (ifindex, binding) in here {
+        match established::import_established(generation, enforcer.sessions(), *ifindex, &binding.name) {
+            Ok(counts) => info!("{}: {counts}", binding.name),
+            Err(e) => {
+                warn!("{}: established TCP connections left to the rules: {:#}", binding.name, anyhow::Error::from(e))
+            }
+        }
+    }
+}
+
 impl Context {
     /// Removes every generation and link pinned here (nothing records them).
     fn clean_pins(&self) {
@@ -180,13 +198,14 @@ impl Context {
             record_session_ids(&mut enforcer)?;
             Ok((enforcer, report))
         })();
-        let (enforcer, report) = match filled {
+        let (mut enforcer, report) = match filled {
             Ok(done) => done,
             Err(e) => {
                 let _ = self.pins.remove_generation(id);
                 return Err(e);
             }
         };
+        import_established(&mut generation, &mut enforcer, here);
         // Rules go in before the programs attach: there is no moment without them.
         let mut held = Vec::new();
         for (_, binding) in here {
@@ -470,6 +489,7 @@ impl Live {
                     if self.now.held.iter().any(|h| h.ifindex == *ifindex) {
                         continue;
                     }
+                    import_established(&mut self.now.generation, &mut self.now.enforcer, &[(*ifindex, *binding)]);
                     match links::attach(&mut self.now.generation, &self.ctx.pins, &binding.name, self.ctx.xdp_mode) {
                         Ok(h) => {
                             self.now.held.push(h);

@@ -1,8 +1,9 @@
 //! The data plane: everything that touches the kernel through aya. The embedded object
 //! and loading it ([`object`]), map sizes ([`capacity`]), attaching to interfaces
 //! ([`attach`]), typed map handles: the classification maps ([`rulesets`]), sessions
-//! ([`sessions`]), counters ([`counters`]), the trace records ([`events`]), and batched
-//! writes ([`batch`]). It says how to change the kernel's state, not when: that is
+//! ([`sessions`]), counters ([`counters`]), the trace records ([`events`]), batched
+//! writes ([`batch`]), and entering the connections already open at attach as sessions
+//! ([`established`]). It says how to change the kernel's state, not when: that is
 //! `control`'s. It uses `policy` for what it writes, nothing above.
 
 pub mod attach;
@@ -10,6 +11,7 @@ pub mod batch;
 pub mod capacity;
 pub mod counters;
 pub mod error;
+pub mod established;
 pub mod events;
 pub mod links;
 pub mod object;
