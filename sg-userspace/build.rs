@@ -25,8 +25,18 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("{EBPF_PACKAGE} package not found"))?;
     let root_dir =
         ebpf_package.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf_package.manifest_path))?;
+    // `SGCTL_EBPF_FEATURES=a,b`: features of the kernel crate (the upgrade test builds a
+    // second sgctl with `upgrade-variant`).
+    println!("cargo:rerun-if-env-changed=SGCTL_EBPF_FEATURES");
+    let features = env::var("SGCTL_EBPF_FEATURES").unwrap_or_default();
+    let features: Vec<&str> = features.split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
     aya_build::build_ebpf(
-        [aya_build::Package { name: ebpf_package.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() }],
+        [aya_build::Package {
+            name: ebpf_package.name.as_str(),
+            root_dir: root_dir.as_str(),
+            features: &features,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

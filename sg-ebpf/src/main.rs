@@ -57,7 +57,9 @@ pub fn sg_egress(ctx: TcContext) -> i32 {
         // A failed pull leaves the frame as it was; the parser then sees it as short.
         let _ = ctx.pull_data(wanted);
     }
-    let frame = Frame::new(ctx.data(), ctx.data_end());
+    // The IP length fields are checked against the whole packet, most of which may
+    // stay outside the pulled bytes.
+    let frame = Frame::with_wire_len(ctx.data(), ctx.data_end(), len as usize);
     // SAFETY: `skb` is the context the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if passes(&evaluate(&frame, slots::HOOK_EGRESS, ifindex)) { TC_ACT_OK } else { TC_ACT_SHOT }

@@ -4,8 +4,10 @@
 //! Contract:
 //! - Every byte is read through [`Frame::read`], the one bounds-checked cursor: it clamps
 //!   the offset to [`MAX_HEADER_OFFSET`] (so the verifier can bound it) and checks
-//!   `offset + size_of::<T>() <= frame length` before dereferencing. Nothing else touches
-//!   packet memory. Reads are at least two bytes wide: LLVM rewrites a one-byte check
+//!   `offset + size_of::<T>() <=` the bytes the packet pointers cover before
+//!   dereferencing. Nothing else touches packet memory. The IP length fields are checked
+//!   against the packet's length on the wire ([`Frame::len`]), which on TC exceeds what
+//!   the pointers cover when the skb is not linear. Reads are at least two bytes wide: LLVM rewrites a one-byte check
 //!   `p + 1 > end` into `p >= end`, from which the verifier learns no range.
 //! - Header fields are network byte order in the frame. [`Frame::be16`] and the
 //!   `from_be_bytes` conversions return host-order integers; addresses are copied as bytes, still in network order.
@@ -43,21 +45,35 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTIONS: u8 = 60;
 
-/// A frame between two packet pointers.
+/// A frame between two packet pointers, and the length of the packet on the wire: on
+/// TC only the first bytes are pulled into the linear area the pointers cover (the rest
+/// stays in fragments), so the IP length fields are checked against the wire length and
+/// headers are read from the pointers.
 pub struct Frame {
     start: usize,
     end: usize,
+    wire_len: usize,
 }
 
 impl Frame {
+    /// A frame whose pointers cover the whole packet (XDP, whose buffer is linear).
     #[inline(always)]
     pub fn new(start: usize, end: usize) -> Self {
-        Self { start, end }
+        Self { start, end, wire_len: end - start }
     }
 
+    /// A frame whose pointers cover the first bytes of a `wire_len`-byte packet (a TC
+    /// skb; `wire_len` is `skb->len`, never less than what the pointers cover).
+    #[inline(always)]
+    pub fn with_wire_len(start: usize, end: usize, wire_len: usize) -> Self {
+        let covered = end - start;
+        Self { start, end, wire_len: if wire_len < covered { covered } else { wire_len } }
+    }
+
+    /// The packet's length on the wire (what the IP length fields must fit in).
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.wire_len
     }
 
     /// Reads a `T` at `offset`, or `None` when it does not fit in the frame.

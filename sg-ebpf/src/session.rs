@@ -44,8 +44,12 @@ fn note_session(flag: u32) {
     }
 }
 
+/// Fragment verdicts kept. The `upgrade-variant` feature changes only this, so the
+/// upgrade test has a second build whose object differs.
+const FRAGMENT_ENTRIES: u32 = if cfg!(feature = "upgrade-variant") { 16_383 } else { 16_384 };
+
 #[map(name = "SG_FRAGMENTS")]
-static SG_FRAGMENTS: LruHashMap<FragmentKey, FragmentVerdict> = LruHashMap::with_max_entries(16_384, 0);
+static SG_FRAGMENTS: LruHashMap<FragmentKey, FragmentVerdict> = LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
 
 /// Per-CPU room for the session step's larger temporaries: BPF gives a call chain only
 /// 512 bytes of stack. Programs do not nest on one CPU, so one slot per CPU suffices.

@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
@@ -24,17 +25,46 @@ pub fn sgctl(host: &Host, args: &[&str]) -> std::process::Output {
     Command::new("ip").args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args).output().expect("spawning sgctl")
 }
 
+/// `BIN --netns NS ARGS`: sgctl enters `host`'s network namespace itself and keeps the
+/// test's mount namespace, so its pins on the host's BPF filesystem outlive it (under
+/// `ip netns exec` they die with the command).
+pub fn pinned_command(bin: &Path, host: &Host, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--netns", &host.ns]).args(args);
+    cmd
+}
+
+/// Runs `sgctl --netns NS ARGS` to completion.
+pub fn sgctl_pinned(host: &Host, args: &[&str]) -> std::process::Output {
+    pinned_command(&sgctl_bin(), host, args).output().expect("spawning sgctl")
+}
+
+/// Runs `sgctl down` in a namespace when dropped (also while a test panics), so pinned
+/// state never outlives the test.
+pub struct DownOnDrop(pub Host);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = sgctl_pinned(&self.0, &["down"]);
+    }
+}
+
 impl Agent {
     /// Starts `sgctl ARGS` in `host`'s namespace and waits until it prints a line
     /// containing `ready` (or fails if it exits first).
     pub fn start(host: &Host, args: &[&str], ready: &str) -> Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &host.ns])
-            .arg(sgctl_bin())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args);
+        Self::spawn(cmd, ready)
+    }
+
+    /// Starts `BIN --netns NS ARGS` (see [`pinned_command`]) and waits for `ready`.
+    pub fn start_pinned(bin: &Path, host: &Host, args: &[&str], ready: &str) -> Result<Self> {
+        Self::spawn(pinned_command(bin, host, args), ready)
+    }
+
+    fn spawn(mut cmd: Command, ready: &str) -> Result<Self> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let (tx, lines) = mpsc::channel();
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),

@@ -37,3 +37,24 @@ pub fn sgctl_bin() -> PathBuf {
     );
     path
 }
+
+/// Path of a second `sgctl` build whose kernel object differs (the `upgrade-variant`
+/// feature of `sg-ebpf`), for the upgrade test: `$SGCTL_VARIANT_BIN`, else where
+/// `cargo xtask test` builds it. `None` (with a loud message) when absent outside CI.
+pub fn variant_bin(test: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("SGCTL_VARIANT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/upgrade-variant/debug/sgctl"));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: {} missing under CI (cargo xtask test builds it)", path.display());
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: no variant build at {} (SGCTL_EBPF_FEATURES=upgrade-variant cargo build -p \
+         sg-userspace --target-dir target/upgrade-variant) ***\n",
+        path.display()
+    );
+    None
+}

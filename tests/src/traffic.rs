@@ -425,3 +425,114 @@ fn raw_ping(dst: IpAddr, id: u16, timeout: Duration) -> Result<bool> {
     }
     Ok(false)
 }
+
+/// Numbered UDP datagrams sent at a steady rate from a host to an echo server, with
+/// every echo counted: what a change must neither lose nor delay past the end.
+pub struct EchoStream {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<StreamCount>>>,
+}
+
+/// What an [`EchoStream`] or a [`Flood`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCount {
+    pub sent: u64,
+    pub echoed: u64,
+}
+
+impl EchoStream {
+    /// Stops sending, waits a moment for the last echoes, and returns the counts.
+    pub fn finish(mut self) -> Result<StreamCount> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("joined once").join().map_err(|_| anyhow!("stream thread panicked"))?
+    }
+}
+
+impl Drop for EchoStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One-way datagrams at a steady rate (what a receiver's sink must never count when
+/// the rules drop them).
+pub struct Flood(EchoStream);
+
+impl Flood {
+    pub fn finish(self) -> Result<u64> {
+        Ok(self.0.finish()?.sent)
+    }
+}
+
+impl Host {
+    /// Starts sending numbered datagrams to the echo server at `to`, `rate` a second.
+    pub fn echo_stream(&self, to: SocketAddr, rate: u32) -> Result<EchoStream> {
+        self.udp_stream(to, rate, true)
+    }
+
+    /// Starts sending datagrams to `to`, `rate` a second, expecting nothing back.
+    pub fn flood(&self, to: SocketAddr, rate: u32) -> Result<Flood> {
+        self.udp_stream(to, rate, false).map(Flood)
+    }
+
+    fn udp_stream(&self, to: SocketAddr, rate: u32, echoes: bool) -> Result<EchoStream> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = format!("/run/netns/{}", self.ns);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let thread = thread::spawn(move || -> Result<StreamCount> {
+            let socket = enter_netns(&path).and_then(|()| {
+                let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+                Ok(UdpSocket::bind(bind)?)
+            });
+            let socket = match socket {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            socket.set_nonblocking(true)?;
+            let period = Duration::from_secs(1) / rate.max(1);
+            let mut seen = std::collections::HashSet::new();
+            let mut sent = 0u64;
+            let mut buf = [0u8; 128];
+            let mut next = std::time::Instant::now();
+            let mut drain = |seen: &mut std::collections::HashSet<u64>| {
+                while let Ok((n, _)) = socket.recv_from(&mut buf) {
+                    if n >= 8 {
+                        seen.insert(u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")));
+                    }
+                }
+            };
+            while !flag.load(Ordering::Relaxed) {
+                let mut payload = [0u8; 64];
+                payload[..8].copy_from_slice(&sent.to_le_bytes());
+                // A full socket buffer is the sender's loss, not the network's: retry.
+                while socket.send_to(&payload, to).is_err() && !flag.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                sent += 1;
+                if echoes {
+                    drain(&mut seen);
+                }
+                next += period;
+                thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            }
+            let end = std::time::Instant::now() + Duration::from_millis(if echoes { 800 } else { 0 });
+            while echoes && std::time::Instant::now() < end {
+                drain(&mut seen);
+                thread::sleep(Duration::from_millis(5));
+            }
+            Ok(StreamCount { sent, echoed: seen.len() as u64 })
+        });
+        ready_rx.recv().map_err(|_| anyhow!("stream thread died"))??;
+        Ok(EchoStream { stop, thread: Some(thread) })
+    }
+}

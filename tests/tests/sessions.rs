@@ -103,6 +103,35 @@ fn advanced_group_server_replies_leave_and_nothing_else_does() {
     assert!(!inst.ping(out.ipv4.into()), "and its pings");
 }
 
+/// Bulk data both ways, in segments far larger than the bytes the TC program pulls into
+/// the linear area: the IP length fields are checked against the whole packet, so a full
+/// segment leaving the instance is not taken for a truncated one (it was, before: every
+/// egress packet over 512 bytes was dropped as `ipv4-bad-total-length`).
+#[test]
+fn bulk_tcp_in_full_segments_passes_both_hooks() {
+    if !kernel_tests_enabled("bulk_tcp_in_full_segments") {
+        return;
+    }
+    let (_lab, inst, out) = pair("bulk");
+    let rules = [rule("ingress", "tcp", "80/80", "0.0.0.0/0"), rule("ingress", "tcp", "80/80", "::/0")].concat();
+    let cfg = write_config("bulk.toml", &config("advanced", &rules, ""));
+    let agent = enforce(&inst, &cfg, &["--interval", "1"]).unwrap();
+    let _web = inst.serve(Proto::Tcp, 80).unwrap();
+    for v6 in [false, true] {
+        let mut stream = out.connect(inst.addr(v6), 80, Duration::from_secs(5)).unwrap();
+        for size in [600, 1400, 9000, 64 * 1024] {
+            let message: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            for round in 0..4 {
+                assert!(
+                    echo_over(&mut stream, &message),
+                    "{size}-byte message, round {round} (v6 {v6}): the echo did not come back"
+                );
+            }
+        }
+    }
+    drop(agent);
+}
+
 #[test]
 fn idle_timeouts_expire_sessions() {
     if !kernel_tests_enabled("idle_timeouts_expire_sessions") {

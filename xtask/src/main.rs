@@ -147,13 +147,21 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     }
     // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
     cargo(&["build", "--package", "sg-userspace"])?;
+    // A second build whose kernel object differs, for the upgrade test.
+    let variant_dir = target_dir().join("upgrade-variant");
+    step(
+        Command::new("cargo")
+            .args(["build", "--package", "sg-userspace", "--target-dir"])
+            .arg(&variant_dir)
+            .env("SGCTL_EBPF_FEATURES", "upgrade-variant"),
+    )?;
     dist::static_sgctl()?;
     let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "sg-ebpf"];
     if !extra.is_empty() {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
-    cargo(&args)?;
+    step(Command::new("cargo").args(&args).env("SGCTL_VARIANT_BIN", variant_dir.join("debug/sgctl")))?;
     // The kernel programs again with every fallback older kernels take (the sessions'
     // clock without bpf_ktime_get_coarse_ns), on this kernel.
     step(

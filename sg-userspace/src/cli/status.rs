@@ -1,21 +1,29 @@
-//! `sgctl status IFACE`: whether our programs are on an interface.
+//! `sgctl status [IFACE]`: the running agent's view (rules, generation, pins, held
+//! interfaces, map sizes), or with IFACE whether our programs are on that interface.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
-use sgctl::dataplane::attach;
+use anyhow::{Result, bail};
+use sgctl::{
+    agent::api::{self, Op},
+    dataplane::attach,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
-    iface: String,
+    /// Only look at this interface's hooks (no agent needed).
+    iface: Option<String>,
     #[arg(long)]
     json: bool,
+    /// The agent's control socket (default: this network namespace's).
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let Args { iface, json } = args;
+    let Some(iface) = &args.iface else { return agent_status(args) };
     let found = attach::presence(iface)?;
-    if *json {
+    if args.json {
         println!(
             "{}",
             serde_json::json!({
@@ -30,6 +38,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         println!("{iface}: not attached");
     } else {
         println!("{iface}: {found:?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn agent_status(args: &Args) -> Result<ExitCode> {
+    let socket = args.socket.clone().unwrap_or_else(api::default_socket);
+    let reply = api::call(&socket, Op::Status, Duration::from_secs(10))?;
+    let Some(s) = reply.status else { bail!("{}", reply.error.unwrap_or_else(|| "no status in the reply".into())) };
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("rules:       {} ({} rules, rule-set generation {})", s.config, s.rules, s.generation);
+    println!("programs:    generation {} pinned under {} (object {})", s.programs_generation, s.pin_dir, s.object);
+    for h in &s.held {
+        println!("interface:   {} (ifindex {}): XDP {}, egress {}", h.iface, h.ifindex, h.xdp_mode, h.tc);
+    }
+    println!("maps:        {} sessions, {} rule vectors", s.session_capacity, s.vector_capacity);
+    if let Some(left) = s.confirm_within_s {
+        println!("pending:     rolled back in {left:.0} s unless `sgctl confirm`");
     }
     Ok(ExitCode::SUCCESS)
 }
