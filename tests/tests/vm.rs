@@ -5,7 +5,8 @@
 //! Each boot runs one scenario (`GUEST`): sgctl enforces `examples/vm.toml`; the guest
 //! records how the programs are attached, probes its egress whitelist, then waits while
 //! the host probes the guest's services from several source addresses; then it reads
-//! sgctl's counters against the driver's own XDP drop count, stops sgctl and records what
+//! sgctl's counters against the driver's own XDP drop count, stops sgctl (enforcement
+//! stays), lets a second agent adopt it, removes it all with `sgctl down` and records what
 //! is left on the NICs. The host checks every flow's verdict, the attach modes (driver
 //! XDP; TCX on 6.12, clsact before 6.6), the drop counts and the clean detach.
 //!
@@ -121,15 +122,29 @@ done
 echo "$e1 $e2" > $S/ethtool-xdp-drops
 echo "$line" > $S/counters.json
 for n in vm0 vm1; do ethtool -S $n > $S/ethtool-$n.txt; done
+# SIGTERM: the agent goes, enforcement stays; a new agent adopts it; `sgctl down` removes it.
 kill -TERM $pid
 wait $pid
 echo $? > $S/sgctl-exit
+for n in vm0 vm1; do $SGCTL status $n --json > $S/term-status-$n.json; done
+$SGCTL run --config examples/vm.toml --xdp-mode native --interval 0 > $S/sgctl-again.log 2>&1 &
+pid=$!
+i=0
+while ! grep -q 'applied examples/vm.toml' $S/sgctl-again.log; do
+    i=$((i + 1)); [ $i -lt 600 ] || { echo "sgvm: the second agent never got ready"; cat $S/sgctl-again.log; exit 12; }
+    kill -0 $pid 2>/dev/null || { echo "sgvm: the second agent exited"; cat $S/sgctl-again.log; exit 12; }
+    sleep 0.1
+done
+$SGCTL down > $S/down.txt 2>&1
+echo $? > $S/down-exit
+wait $pid
 sleep 0.5
 for n in vm0 vm1; do
     { ip -d link show dev $n; tc qdisc show dev $n; tc filter show dev $n egress; tc filter show dev $n ingress; } > $S/after-$n.txt
     $SGCTL status $n --json > $S/after-status-$n.json
 done
 bpftool prog show > $S/after-progs.txt 2>&1
+ls -R /sys/fs/bpf > $S/after-bpffs.txt 2>&1
 exit 0
 "#;
 
@@ -323,8 +338,17 @@ fn drive(guest: &mut Vm, egress: Egress, sgctl: &Path) {
     assert_eq!(sgctl_drops, driver, "sgctl's XDP drop count differs from the driver's");
     assert!(counters["egress"]["dropped"].as_u64().unwrap_or(0) >= 2, "no egress drops counted: {counters}");
 
-    // Detach leaves nothing behind.
+    // SIGTERM leaves enforcement; a second agent adopts it untouched; `sgctl down`
+    // leaves nothing behind.
     assert_eq!(read(&share, "sgctl-exit").trim(), "0", "sgctl did not stop cleanly:\n{}", read(&share, "sgctl.log"));
+    for nic in ["vm0", "vm1"] {
+        let status = json(&share, &format!("term-status-{nic}.json"));
+        assert_eq!(status["attached"], Value::Bool(true), "{nic}: enforcement stays after SIGTERM: {status}");
+    }
+    let again = read(&share, "sgctl-again.log");
+    assert!(again.contains("adopted generation 1 as it was"), "the second agent adopts the first's state: {again}");
+    assert_eq!(read(&share, "down-exit").trim(), "0", "sgctl down failed: {}", read(&share, "down.txt"));
+    assert!(!read(&share, "after-bpffs.txt").contains("gen-"), "pins left: {}", read(&share, "after-bpffs.txt"));
     for nic in ["vm0", "vm1"] {
         let after = read(&share, &format!("after-{nic}.txt"));
         assert!(!after.contains("prog/xdp") && !after.contains("xdpgeneric"), "{nic}: XDP left: {after}");

@@ -238,6 +238,17 @@ pub fn detach_interface(iface: &str) -> Result<Vec<String>> {
         }
         let _ = std::fs::remove_file(&pid_path);
     }
+    // Links an agent pinned hold the programs with no process: unpinning releases them.
+    let index = ifindex(iface)?;
+    if let Some(pins) = super::pins::Pins::existing(&crate::paths::pin_dir()) {
+        for hook in ["xdp", "tcx"] {
+            let link = pins.link(index, hook);
+            if link.exists() {
+                std::fs::remove_file(&link).doing_with(|| format!("unpinning {}", link.display()))?;
+                done.push(format!("unpinned {}", link.display()));
+            }
+        }
+    }
     let left = presence(iface)?;
     if let Some(id) = left.xdp_program {
         for kind in ["xdp", "xdpgeneric", "xdpdrv"] {
