@@ -16,7 +16,7 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::space::{Bounds, Decider, Matcher, Pool, PortSpan, ProtoClass, partition};
+use super::space::{Bounds, Decider, Matcher, Pool, PortSpan, partition};
 use crate::policy::config::{Action, Config, Direction, Family, GroupKind, Peer, Protocol, Rule};
 use ports::{Category, SENSITIVE_PORTS, SensitivePort};
 
@@ -111,9 +111,9 @@ pub fn lint(cfg: &Config, text: &str, file: &str, options: &LintOptions) -> Vec<
 /// What the exact partition of one pool says about its rules.
 pub(crate) struct PoolAnalysis<'c> {
     pub(crate) pool: Pool<'c>,
-    /// For each rule that decides some packet: the protocol classes and destination-port
-    /// pieces it decides.
-    pub(crate) decided: HashMap<u32, Vec<(ProtoClass, Option<PortSpan>)>>,
+    /// For each rule that decides some packet: the protocol numbers (a cell's
+    /// representative) and destination-port pieces it decides.
+    pub(crate) decided: HashMap<u32, Vec<(u8, Option<PortSpan>)>>,
     /// For each rule: the deciders of the packets it matches but does not decide.
     pub(crate) shadowers: HashMap<u32, BTreeSet<Decider>>,
 }
@@ -124,7 +124,7 @@ impl PoolAnalysis<'_> {
     }
 
     /// Whether the rule decides some packet of `class` to a port in `first..=last`.
-    fn decides_port(&self, rule_id: u32, class: ProtoClass, first: u16, last: u16) -> bool {
+    fn decides_port(&self, rule_id: u32, class: u8, first: u16, last: u16) -> bool {
         self.decided.get(&rule_id).is_some_and(|cells| {
             cells.iter().any(|(c, dport)| *c == class && dport.is_none_or(|(a, b)| a <= last && first <= b))
         })
@@ -149,7 +149,7 @@ pub(crate) fn analyse_pools(cfg: &Config) -> Vec<PoolAnalysis<'_>> {
 }
 
 fn analyse(pool: Pool<'_>) -> PoolAnalysis<'_> {
-    let mut decided: HashMap<u32, Vec<(ProtoClass, Option<PortSpan>)>> = HashMap::new();
+    let mut decided: HashMap<u32, Vec<(u8, Option<PortSpan>)>> = HashMap::new();
     let mut shadowers: HashMap<u32, BTreeSet<Decider>> = HashMap::new();
     for family in [Family::Ipv4, Family::Ipv6] {
         let matchers = pool.matchers(family);
@@ -198,12 +198,9 @@ fn is_drop_all(rule: &Rule) -> Option<Family> {
     }
 }
 
-fn class_of(protocol: Protocol) -> Option<ProtoClass> {
-    match protocol {
-        Protocol::Tcp => Some(ProtoClass::Tcp),
-        Protocol::Udp => Some(ProtoClass::Udp),
-        _ => None,
-    }
+/// The protocol number of a tcp or udp rule (the only ones with sensitive ports).
+fn class_of(protocol: Protocol) -> Option<u8> {
+    protocol.has_ports().then(|| protocol.ip_proto()).flatten()
 }
 
 impl<'c> Linter<'c> {

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::policy::config::parse_str;
 use crate::policy::eval::{DecidedBy, PacketTuple, evaluate};
-use crate::policy::guidance::space::{ProtoClass, addr_to_u128};
+use crate::policy::guidance::space::{addr_to_u128, has_key, has_ports};
 use crate::policy::guidance::testgen::{Rng, random_config, random_file, random_packet};
 
 /// The verdict of a file for a packet, as the reference evaluator gives it.
@@ -32,7 +32,7 @@ fn contains(region: &Region<Change>, direction: Direction, packet: &PacketTuple)
     let peer = packet.peer(direction);
     let local = packet.local(direction);
     Family::of_addr(&peer) == region.family
-        && region.protos.contains(&ProtoClass::of_number(packet.protocol))
+        && region.protos.contains(packet.protocol)
         && (region.peer.0..=region.peer.1).contains(&addr_to_u128(peer))
         && (region.local.0..=region.local.1).contains(&addr_to_u128(local))
         && region.dport.is_none_or(|(a, b)| (a..=b).contains(&packet.dst_port))
@@ -138,17 +138,15 @@ fn point_in(region: &Region<Change>, direction: Direction, rng: &mut Rng) -> Pac
     let port = |rng: &mut Rng, span: Option<(u16, u16)>| {
         span.map_or(0, |(a, b)| u16::try_from(pick(rng, (u128::from(a), u128::from(b)))).unwrap_or(a))
     };
-    let proto = *rng.pick(&region.protos);
+    let numbers: Vec<u8> = region.protos.numbers().collect();
+    let proto = *rng.pick(&numbers);
     let cell = crate::policy::guidance::space::Cell {
         family: region.family,
         proto,
         peer: (pick(rng, region.peer), 0),
         local: (pick(rng, region.local), 0),
-        dport: proto
-            .has_ports()
-            .then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
-        sport: proto
-            .has_ports()
+        dport: has_key(proto).then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
+        sport: has_ports(proto)
             .then(|| (port(rng, region.sport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
     };
     cell.packet(direction)
@@ -207,7 +205,7 @@ security_groups = ["sg-office"]
     let regions: Vec<&Region<Change>> = report.sections.iter().flat_map(|s| &s.regions).collect();
     assert_eq!(regions.len(), 1, "{regions:?}");
     let region = regions[0];
-    assert_eq!(region.protos, vec![ProtoClass::Tcp]);
+    assert_eq!(region.protos, crate::policy::guidance::space::ProtoSet::one(6));
     assert_eq!(format_range(Family::Ipv4, region.peer), "198.19.199.1");
     assert_eq!(region.dport, Some((443, 443)));
     assert_eq!(region.sport, None);

@@ -397,6 +397,7 @@ fn permission_rule(
         return None;
     }
     Some(DraftRule {
+        icmp: None,
         direction,
         action,
         priority,
