@@ -102,6 +102,7 @@ fn alibaba_refuses_what_the_model_cannot_express_naming_the_field() {
     assert!(has(&problems, ProblemKind::Error, "Permission[1].PortRangeListId", "port lists"), "{problems:#?}");
     assert!(has(&problems, ProblemKind::Error, "Permission[2].Priority", "1 to 100"));
     assert!(has(&problems, ProblemKind::Error, "Permission[2].IpProtocol", "sctp"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[2].IpProtocol", "would widen it"));
     assert!(has(&problems, ProblemKind::Error, "Permission[3].Ipv6SourceCidrIp", "ipv4 only"));
 }
 
