@@ -99,6 +99,7 @@ pub fn lint(cfg: &Config, text: &str, file: &str, options: &LintOptions) -> Vec<
     linter.database_and_internet(&analyses);
     linter.egress_whitelists(&analyses);
     linter.over_large_groups(options.max_rules);
+    linter.unreachable_protocols();
     if let Some(provider) = options.provider {
         linter.findings.extend(provider::check(cfg, file, provider));
     }
@@ -680,6 +681,51 @@ impl<'c> Linter<'c> {
     }
 
     // ----- size -----
+
+    /// Rules naming packets that never reach the rules: ICMPv6 neighbour discovery and
+    /// MLD types (they pass at step 3, docs/rule-model.md#evaluation-order), and, for
+    /// IPv6-only peers, protocol numbers of IPv6 extension headers (the data plane
+    /// matches the transport header behind them).
+    fn unreachable_protocols(&mut self) {
+        for rule in self.cfg.rules() {
+            let (message, fix) = match (rule.protocol, rule.icmp()) {
+                (Protocol::Icmpv6, Some(icmp))
+                    if sg_common::is_neighbour_discovery(sg_common::ip_proto::ICMPV6, icmp.icmp_type) =>
+                {
+                    (
+                        format!(
+                            "ICMPv6 {icmp} is neighbour discovery or MLD, which always passes before any rule is \
+                             consulted: the rule never decides a packet"
+                        ),
+                        "remove the rule: IPv6 does not work without neighbour discovery and MLD",
+                    )
+                }
+                (Protocol::Number(number @ (0 | 43 | 44 | 51 | 60)), _) if self.ipv6_only(rule) => (
+                    format!(
+                        "protocol {number} is an IPv6 extension header, which the data plane steps over to the \
+                         transport header: with an IPv6 peer the rule never matches"
+                    ),
+                    "match the transport protocol behind the extension header, or give the rule an IPv4 peer",
+                ),
+                _ => continue,
+            };
+            self.push(
+                Severity::Warning,
+                "rule-matches-nothing",
+                Some(rule),
+                None,
+                None,
+                message,
+                fix.to_string(),
+                Vec::new(),
+            );
+        }
+    }
+
+    /// Whether every peer address the rule can match is IPv6.
+    fn ipv6_only(&self, rule: &Rule) -> bool {
+        super::space::peer_ranges(self.cfg, &rule.peer, Family::Ipv4).is_empty()
+    }
 
     fn over_large_groups(&mut self, max_rules: usize) {
         for (group_index, group) in self.cfg.groups.iter().enumerate() {

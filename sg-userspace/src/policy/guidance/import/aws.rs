@@ -247,8 +247,12 @@ fn permission_rules(
                     );
                     return Vec::new();
                 }
-                (Err(v), _) | (_, Err(v)) => {
-                    problems.error(at("FromPort"), format!("ICMP type/code {v}: expected 0 to 255, or -1 for all"));
+                (Err(v), _) => {
+                    problems.error(at("FromPort"), format!("ICMP type {v}: expected 0 to 255, or -1 for all"));
+                    return Vec::new();
+                }
+                (_, Err(v)) => {
+                    problems.error(at("ToPort"), format!("ICMP code {v}: expected 0 to 255, or -1 for all"));
                     return Vec::new();
                 }
             }

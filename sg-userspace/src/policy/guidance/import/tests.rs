@@ -251,7 +251,7 @@ fn aws_icmp_types_and_protocol_numbers_import_exactly() {
 #[test]
 fn aws_icmp_types_and_protocols_out_of_range_are_refused_not_widened() {
     let problems = refused(aws::import(&inputs(&["aws-unsupported.json"]), &aws::Options::default()));
-    assert!(has(&problems, ProblemKind::Error, "IpPermissions[1].FromPort", "300"), "{problems:#?}");
+    assert!(has(&problems, ProblemKind::Error, "IpPermissions[1].FromPort", "ICMP type 300"), "{problems:#?}");
     assert!(has(&problems, ProblemKind::Error, "IpPermissions[2].IpProtocol", "`256`"), "{problems:#?}");
     assert!(has(&problems, ProblemKind::Error, "IpPermissions[3].IpProtocol", "`esp`"), "{problems:#?}");
     assert!(has(&problems, ProblemKind::Error, "IpPermissions[4].ToPort", "needs a type"), "{problems:#?}");
