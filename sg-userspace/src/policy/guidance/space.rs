@@ -108,11 +108,16 @@ impl ProtoSet {
         if self.contains(132) { Some(132) } else { self.numbers().next() }
     }
 
-    /// The protocols in words: `any protocol`, `tcp,udp`, `icmp,50`, or, for a set of
-    /// most numbers, `protocols other than tcp,udp,50`.
+    /// The protocols in words: `any protocol`, `tcp,udp`, `protocol 50`, `icmp,50`, or,
+    /// for a set of most numbers, `protocols other than tcp,udp,50`.
     pub fn describe(self) -> String {
         if self == ProtoSet::ALL {
             return "any protocol".to_string();
+        }
+        if let (1, Some(number)) = (self.len(), self.representative())
+            && !NAMED.contains(&number)
+        {
+            return format!("protocol {number}");
         }
         let list = |set: ProtoSet| -> String {
             let mut names: Vec<String> =

@@ -55,6 +55,8 @@ fn new_text(old: &str, rng: &mut Rng) -> String {
                 || l.starts_with("policy")
                 || l.starts_with("members")
                 || l.starts_with("inner_access_policy")
+                || l.starts_with("icmp_type")
+                || l.starts_with("icmp_code")
         })
         .collect();
     if editable.is_empty() {
@@ -68,6 +70,8 @@ fn new_text(old: &str, rng: &mut Rng) -> String {
             "priority" => format!("  priority = {}", 1 + rng.below(3)),
             "port_range" => format!("  port_range = \"{}\"", rng.pick(&["20/30", "25/26", "1/65535", "443/443"])),
             "policy" => "  policy = \"accept\"".to_string(),
+            "icmp_type" => format!("  icmp_type = {}", rng.pick(&[0, 3, 8, 128, 129])),
+            "icmp_code" => format!("  icmp_code = {}", rng.pick(&[0, 1, 4])),
             "inner_access_policy" => "inner_access_policy = \"accept\"".to_string(),
             "members" => format!("members = [\"{}\"]", rng.pick(crate::policy::guidance::testgen::MEMBERS)),
             "source" | "destination" => {

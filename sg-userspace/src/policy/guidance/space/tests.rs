@@ -128,3 +128,35 @@ fn ranges_print_as_networks_when_they_are_one() {
     assert_eq!(format_range(Family::Ipv4, (a, a)), "198.18.0.5");
     assert_eq!(format_range(Family::Ipv4, (a, a + 3)), "198.18.0.5-198.18.0.8");
 }
+
+#[test]
+fn protocol_sets_and_icmp_keys_read_as_rules_write_them() {
+    let tcp_udp = ProtoSet::one(6).union(ProtoSet::one(17));
+    assert_eq!(ProtoSet::ALL.describe(), "any protocol");
+    assert_eq!(tcp_udp.describe(), "tcp,udp");
+    assert_eq!(ProtoSet::one(50).describe(), "protocol 50");
+    assert_eq!(ProtoSet::one(1).union(ProtoSet::one(50)).describe(), "icmp,50");
+    assert_eq!(ProtoSet::ALL.minus(tcp_udp.union(ProtoSet::one(50))).describe(), "protocols other than tcp,udp,50");
+    assert_eq!(ProtoSet::one(50).words(), vec!["50"]);
+    assert_eq!(format_icmp((0x0800, 0x0800)), "type 8 code 0");
+    assert_eq!(format_icmp((0x0300, 0x03ff)), "type 3");
+    assert_eq!(format_icmp((0x0300, 0x05ff)), "types 3-5");
+    assert_eq!(format_icmp(ALL_PORTS), "any type");
+}
+
+/// Each number a rule names is a class of its own; the rest is one class, probed with a
+/// number no rule names.
+#[test]
+fn protocol_classes_split_by_the_numbers_rules_name() {
+    let text = "[[security_group]]\nid = \"sg\"\n[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = 132\n\
+                source = \"0.0.0.0/0\"\n[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg\"]\n";
+    let cfg = crate::policy::config::parse_str(text, "c.toml").expect("valid");
+    let pool = Pool::of_interface(&cfg, &cfg.interfaces[0], Direction::Ingress);
+    let matchers = pool.matchers(Family::Ipv4);
+    let classes = protocol_classes(&matchers, ProtoSet::ALL);
+    assert_eq!(classes.len(), 7);
+    assert_eq!(classes[5], ProtoSet::one(132));
+    let rest = classes[6];
+    assert_eq!(rest.len(), 256 - 6);
+    assert!(!rest.contains(132) && rest.representative() != Some(132));
+}
