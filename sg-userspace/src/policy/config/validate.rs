@@ -391,7 +391,8 @@ impl<'d, 't> Builder<'d, 't> {
             (None, None) => Ok(None),
             (None, Some(code)) => Err(self.fail(
                 &code,
-                "icmp_code needs an icmp_type (a code means something only within its type);                  add icmp_type, or omit both to match every message",
+                "icmp_code needs an icmp_type (a code means something only within its type); \
+                 add icmp_type, or omit both to match every message",
             )),
             (Some(icmp_type), code) => {
                 Ok(Some(IcmpMatch { icmp_type: icmp_type.value, code: code.map(|code| code.value) }))
