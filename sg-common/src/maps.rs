@@ -141,11 +141,12 @@ pub struct RulesetHeader {
 }
 
 /// Port tables of one rule set, in `SG_PORT_TABLES` from `RulesetHeader::port_tables`:
-/// TCP destination ports, UDP destination ports, source ports. A two-level direct table
-/// replaces the LPM trie for these fields: at 16,384 rules the port trie's lookup cost
-/// ~150 ns of a ~350 ns packet, the table's two array lookups a few ns. Other protocols
-/// (one entry each, no ports) stay in the port trie.
-pub const PORT_TABLES: u32 = 4;
+/// TCP destination ports, UDP destination ports, source ports, and the ICMP and ICMPv6
+/// keys (`crate::icmp_key`: type and code as one 16-bit "port"). A two-level direct
+/// table replaces the LPM trie for these fields: at 16,384 rules the port trie's lookup
+/// cost ~150 ns of a ~350 ns packet, the table's two array lookups a few ns. Other
+/// protocols (one entry each, no ports) stay in the port trie.
+pub const PORT_TABLES: u32 = 6;
 pub mod port_table {
     pub const TCP_DESTINATION: u32 = 0;
     pub const UDP_DESTINATION: u32 = 1;
@@ -155,6 +156,11 @@ pub mod port_table {
     /// where the LPM trie walks a node per branching bit). Its entries and those of
     /// the blocks below are vector indices or [`super::PORT_BLOCK_REF`] | a block.
     pub const PEER_V4: u32 = 3;
+    /// ICMP messages by key (`crate::icmp_key`), so rules naming a type and code match
+    /// exactly those messages.
+    pub const ICMP: u32 = 4;
+    /// ICMPv6 messages by key.
+    pub const ICMPV6: u32 = 5;
 }
 
 /// A 256-entry block of a port table. First level (indexed by `port >> 8`): a vector

@@ -27,6 +27,24 @@ pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
+/// The ICMP key of an ICMP or ICMPv6 message, `type << 8 | code`: rules naming an ICMP
+/// type (and code) are compiled into the port tables as a range of these keys, the way
+/// TCP and UDP rules are compiled as ranges of destination ports, so one lookup of the
+/// packet's key answers them (a type alone is the range `type << 8 ..= type << 8 | 0xff`).
+#[inline(always)]
+pub fn icmp_key(icmp_type: u8, icmp_code: u8) -> u16 {
+    (u16::from(icmp_type) << 8) | u16::from(icmp_code)
+}
+
+/// The echo request type of `protocol` (8 for ICMP, 128 for ICMPv6). An ICMP session is
+/// only ever opened by an echo request, so a re-check of one after the rules changed
+/// rebuilds its opening packet as this type with code 0 (the reply is not what the
+/// rules admitted).
+#[inline(always)]
+pub fn echo_request_type(protocol: u8) -> u8 {
+    if protocol == ip_proto::ICMPV6 { 128 } else { 8 }
+}
+
 /// ICMPv6 neighbour discovery (router and neighbour solicitation and advertisement,
 /// 133-136) and multicast listener discovery (MLD queries, reports and done, 130-132,
 /// and MLDv2 reports, 143): IPv6 needs both whatever the rules say. Without MLD, a
@@ -109,6 +127,14 @@ unsafe impl aya::Pod for PacketMeta {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icmp_keys_order_by_type_then_code() {
+        assert_eq!(icmp_key(8, 0), 0x0800);
+        assert_eq!(icmp_key(3, 4), 0x0304);
+        assert_eq!(icmp_key(255, 255), u16::MAX);
+        assert_eq!((echo_request_type(ip_proto::ICMP), echo_request_type(ip_proto::ICMPV6)), (8, 128));
+    }
 
     #[test]
     fn packet_meta_has_no_implicit_padding() {

@@ -17,7 +17,7 @@ use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
     PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PortBlock, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
     RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, config_version,
-    family, field, ip_proto, lowest_bit, port_table, step, verdict,
+    family, field, icmp_key, ip_proto, lowest_bit, port_table, step, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -102,15 +102,19 @@ fn peer_v4_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static Ru
     SG_VECTORS.get(entry)
 }
 
-/// The destination-port vector: TCP and UDP from their tables, other protocols (no
-/// ports) from the port trie.
+/// The destination-port vector: TCP and UDP from their tables, ICMP and ICMPv6 from
+/// theirs by the message's key (type and code, `sg_common::icmp_key`), other protocols
+/// (no ports) from the port trie.
 #[inline(always)]
 fn destination_vector(slot: u32, header: &RulesetHeader, meta: &PacketMeta) -> Option<&'static RuleVector> {
-    match meta.protocol {
-        ip_proto::TCP => table_vector(header, port_table::TCP_DESTINATION, meta.dst_port),
-        ip_proto::UDP => table_vector(header, port_table::UDP_DESTINATION, meta.dst_port),
-        _ => port_vector(slot, field::DESTINATION_PORT, meta.protocol, meta.dst_port),
-    }
+    let (table, key) = match meta.protocol {
+        ip_proto::TCP => (port_table::TCP_DESTINATION, meta.dst_port),
+        ip_proto::UDP => (port_table::UDP_DESTINATION, meta.dst_port),
+        ip_proto::ICMP => (port_table::ICMP, icmp_key(meta.icmp_type, meta.icmp_code)),
+        ip_proto::ICMPV6 => (port_table::ICMPV6, icmp_key(meta.icmp_type, meta.icmp_code)),
+        _ => return port_vector(slot, field::DESTINATION_PORT, meta.protocol, meta.dst_port),
+    };
+    table_vector(header, table, key)
 }
 
 /// The lowest bit set in all four vectors, if any.

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use sg_common::{
     DECISION_AUDIT, Decision, FlowCacheEntry, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta,
-    Session, SessionKey, Timeouts, family,
+    Session, SessionKey, Timeouts, echo_request_type, family,
     flow_cache::{
         Tuple, direction, packet_hash as flow_cache_hash, packet_may_hit, position, slot_of_hash, state_is_stable,
         validity_jiffies,
@@ -449,6 +449,10 @@ fn opening_packet(key: &SessionKey, s: &Session, iface: &IfaceConfig, opening: &
         PacketMeta { family: key.family, protocol: key.protocol, src: opener.0, dst: other.0, ..PacketMeta::default() };
     opening.src_port = opener.1;
     opening.dst_port = other.1;
+    // Only an echo request opens an ICMP session: that is what the rules admitted, and
+    // what they must still admit (an echo-request-only rule must not revoke it). Other
+    // protocols' classification never reads the type.
+    opening.icmp_type = echo_request_type(key.protocol);
     if u32::from(s.opened_on) == slots::HOOK_INGRESS { iface.ingress } else { iface.egress }
 }
 

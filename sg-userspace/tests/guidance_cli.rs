@@ -165,7 +165,13 @@ fn import_refusals_and_json_report() {
     let problems = value["problems"].as_array().expect("problems");
     assert!(problems.iter().any(|p| p["severity"] == "error"
         && p["location"].as_str().unwrap_or("").ends_with("IpPermissions[1].FromPort")
-        && p["message"].as_str().unwrap_or("").contains("ICMP type 8 code 0")));
+        && p["message"].as_str().unwrap_or("").contains("ICMP type 300")));
+    // ICMP types and codes and protocol numbers import exactly.
+    let icmp = sgctl(&["import", "aws", &fixture("import/aws-icmp-numbers.json"), "--json"]);
+    assert_eq!(icmp.status.code(), Some(0), "{}", String::from_utf8_lossy(&icmp.stderr));
+    let text = json(&icmp)["rule_file"].as_str().unwrap_or("").to_string();
+    assert!(text.contains("protocol = \"icmp\"\n  icmp_type = 8\n  icmp_code = 0\n"), "{text}");
+    assert!(text.contains("protocol = \"50\""), "{text}");
     let ok =
         sgctl(&["import", "aws", &fixture("import/aws-groups.json"), "--members", "sg-0web=198.18.0.10", "--json"]);
     assert_eq!(ok.status.code(), Some(0));

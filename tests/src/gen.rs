@@ -241,8 +241,9 @@ pub fn probes(cfg: &Config, rng: &mut Rng, n: usize) -> Vec<Probe> {
 /// entries; locals from members and `destination`s; ports at range edges.
 ///
 /// Source and destination are of one family; protocol 1 only with IPv4, 58 only with
-/// IPv6, 0 only with IPv4 (in IPv6 it is the hop-by-hop header); ports are 0 unless the
-/// protocol is tcp or udp.
+/// IPv6, 0, 43, 44, 51 and 60 only with IPv4 (in IPv6 they are extension headers); ports
+/// are 0 unless the protocol is tcp or udp; ICMP messages carry their key (type and
+/// code) in `dst_port`, near the types and codes of the rules.
 pub fn packet(cfg: &Config, iface: &InterfaceBinding, dir: Direction, rng: &mut Rng) -> PacketTuple {
     let rules = pooled_rules(cfg, iface, dir);
     let iface_members: Vec<IpAddr> = iface.groups.iter().flat_map(|&g| cfg.groups[g].members.iter().copied()).collect();
@@ -282,14 +283,31 @@ pub fn packet(cfg: &Config, iface: &InterfaceBinding, dir: Direction, rng: &mut 
         Some(rule) if rng.chance(0.6) => rule.protocol.ip_proto().unwrap_or_else(|| random_protocol(rng)),
         _ => random_protocol(rng),
     };
-    // In IPv6, 0 (hop-by-hop) names an extension header, never a transport protocol.
+    // In IPv6, 0 (hop-by-hop), 43, 44, 51 (AH) and 60 name extension headers the parser
+    // walks, never the transport protocol.
     let protocol = match (protocol, v6) {
         (1, true) => 58,
         (58, false) => 1,
-        (0, true) => 255,
+        (0 | 43 | 44 | 51 | 60, true) => 255,
         (p, _) => p,
     };
-    let (src_port, dst_port) = if protocol == 6 || protocol == 17 {
+    let (src_port, dst_port) = if protocol == 1 || protocol == 58 {
+        // The ICMP key (`PacketTuple`): a rule's type and code, one beside them, or another.
+        let named: Vec<(u8, Option<u8>)> =
+            rules.iter().filter_map(|r| r.icmp()).map(|m| (m.icmp_type, m.code)).collect();
+        let (icmp_type, code) = match rng.pick_opt(&named) {
+            Some(&(t, code)) if rng.chance(0.6) => match rng.index(4) {
+                0 => (t, code.unwrap_or_else(|| icmp_code_of(rng))),
+                1 => (t, code.map_or_else(|| icmp_code_of(rng), |c| c.wrapping_add(1))),
+                2 => (t.wrapping_add(1), code.unwrap_or(0)),
+                _ => (t.wrapping_sub(1), 255),
+            },
+            _ => (icmp_type_of(rng, v6), icmp_code_of(rng)),
+        };
+        // Neighbour discovery and MLD pass before the rules: not a classification probe.
+        let icmp_type = if v6 && ((130..=136).contains(&icmp_type) || icmp_type == 143) { 137 } else { icmp_type };
+        (0, sg_common::icmp_key(icmp_type, code))
+    } else if protocol == 6 || protocol == 17 {
         let destination_ranges: Vec<(u16, u16)> =
             rules.iter().filter(|r| r.protocol.has_ports()).map(|r| (r.port_range.first, r.port_range.last)).collect();
         let source_ranges: Vec<(u16, u16)> =
@@ -316,7 +334,25 @@ fn sample_peer(cfg: &Config, peer: &Peer, rng: &mut Rng) -> Option<IpAddr> {
 }
 
 fn random_protocol(rng: &mut Rng) -> u8 {
-    *rng.pick(&[6, 6, 17, 17, 1, 58, 47, 47, 132, 0, 255, 4])
+    *rng.pick(&[6, 6, 17, 17, 1, 1, 58, 58, 47, 47, 132, 0, 255, 4, 50, 51, 41, 89, 2, 254])
+}
+
+/// The protocol numbers generated rules name (common ones and rare ones, IPv4-only
+/// extension-header numbers included: 0 and 51).
+const RULE_PROTOCOL_NUMBERS: [u8; 9] = [50, 51, 132, 4, 41, 89, 0, 255, 2];
+
+/// An ICMP (or, with `v6`, ICMPv6) type: echo request and reply, errors, and others;
+/// never neighbour discovery or MLD, which pass before rules are consulted.
+fn icmp_type_of(rng: &mut Rng, v6: bool) -> u8 {
+    if rng.chance(0.1) {
+        let t = rng.below(256) as u8;
+        return if v6 && ((130..=136).contains(&t) || t == 143) { 137 } else { t };
+    }
+    if v6 { *rng.pick(&[128, 129, 128, 1, 2, 3, 4, 137, 0, 255]) } else { *rng.pick(&[8, 0, 8, 3, 11, 12, 5, 13, 255]) }
+}
+
+fn icmp_code_of(rng: &mut Rng) -> u8 {
+    if rng.chance(0.1) { rng.below(256) as u8 } else { *rng.pick(&[0, 0, 1, 3, 4, 255]) }
 }
 
 /// A port near the edges of `ranges` (one below, first, last, one above, inside), or 0,
@@ -561,8 +597,13 @@ struct RuleText {
     policy: Option<String>,
     priority: Option<u8>,
     protocol: String,
+    /// Write the protocol as a bare integer (`protocol = 50`) rather than a string.
+    protocol_bare: bool,
     port_range: Option<String>,
     source_port_range: Option<String>,
+    /// `icmp_type` and `icmp_code` of an icmp or icmpv6 rule.
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
     peer_key: &'static str,
     peer_value: String,
     /// The local-address narrowing (`destination` on ingress, `source` on egress).
@@ -581,12 +622,18 @@ impl RuleText {
         if let Some(priority) = self.priority {
             field("priority", priority.to_string());
         }
-        field("protocol", quote(&self.protocol));
+        field("protocol", if self.protocol_bare { self.protocol.clone() } else { quote(&self.protocol) });
         if let Some(range) = &self.port_range {
             field("port_range", quote(range));
         }
         if let Some(range) = &self.source_port_range {
             field("source_port_range", quote(range));
+        }
+        if let Some(icmp_type) = self.icmp_type {
+            field("icmp_type", icmp_type.to_string());
+        }
+        if let Some(code) = self.icmp_code {
+            field("icmp_code", code.to_string());
         }
         field(self.peer_key, quote(&self.peer_value));
         if let Some(local) = &self.local {
@@ -606,14 +653,18 @@ impl RuleText {
             Some((_, id)) if self.peer_key.ends_with("_group") => id,
             _ => &self.peer_value,
         };
+        // `6` is `tcp`: the protocol as the validator reads it.
+        let protocol = self.protocol.parse::<Protocol>().map_or_else(|_| self.protocol.clone(), |p| p.to_string());
         format!(
-            "{} {:?} {:?} {} {:?} {:?} {} {} {:?}",
+            "{} {:?} {:?} {} {:?} {:?} {:?} {:?} {} {} {:?}",
             self.direction,
             self.policy,
             self.priority,
-            self.protocol,
+            protocol,
             self.port_range,
             self.source_port_range,
+            self.icmp_type,
+            self.icmp_code,
             self.peer_key,
             peer,
             self.local
@@ -853,11 +904,22 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
             Protocol::Udp,
             Protocol::Udp,
             Protocol::Icmp,
+            Protocol::Icmp,
+            Protocol::Icmpv6,
             Protocol::Icmpv6,
             Protocol::Gre,
             Protocol::All,
             Protocol::All,
-        ][rng.index(10)];
+            Protocol::Number(*rng.pick(&RULE_PROTOCOL_NUMBERS)),
+        ][rng.index(13)];
+        // icmp and icmpv6 rules name a type (and a code) more often than not.
+        let (icmp_type, icmp_code) = match protocol {
+            Protocol::Icmp | Protocol::Icmpv6 if rng.chance(0.6) => {
+                let icmp_type = icmp_type_of(rng, protocol == Protocol::Icmpv6);
+                (Some(icmp_type), rng.chance(0.5).then(|| icmp_code_of(rng)))
+            }
+            _ => (None, None),
+        };
         let policy = match rng.weighted(&[25, 30, 30, 5, 5, 5]) {
             0 => None,
             1 => Some(keyword(rng, "accept")),
@@ -935,13 +997,23 @@ impl<'r, 'o> CaseWriter<'r, 'o> {
             0 => None,
             _ => Some(rng.pick(DESCRIPTIONS).to_string()),
         };
+        // Named protocols are sometimes written by number (`6` is tcp), numbered ones
+        // sometimes as a bare integer.
+        let (protocol_text, protocol_bare) = match protocol.ip_proto() {
+            Some(number) if rng.chance(0.15) => (number.to_string(), rng.chance(0.5)),
+            _ if matches!(protocol, Protocol::Number(_)) => (protocol.to_string(), rng.chance(0.5)),
+            _ => (keyword(rng, &protocol.to_string()), false),
+        };
         RuleText {
             direction: keyword(rng, if ingress { "ingress" } else { "egress" }),
             policy,
             priority,
-            protocol: keyword(rng, &protocol.to_string()),
+            protocol: protocol_text,
+            protocol_bare,
             port_range,
             source_port_range,
+            icmp_type,
+            icmp_code,
             peer_key,
             peer_value: value,
             local,
@@ -1036,8 +1108,11 @@ pub fn realistic_ruleset_with(seed: u64, n: usize, opts: &RealisticOptions) -> S
         policy: Some("drop".to_string()),
         priority: Some(100),
         protocol: "all".to_string(),
+        protocol_bare: false,
         port_range: None,
         source_port_range: None,
+        icmp_type: None,
+        icmp_code: None,
         peer_key: "source",
         peer_value: net.to_string(),
         local: None,
@@ -1180,8 +1255,11 @@ fn realistic_rule(
         policy: Some(if rng.chance(0.85) { "accept" } else { "drop" }.to_string()),
         priority: Some(if rng.chance(0.4) { 1 } else { rng.between(1, u64::from(max_priority)) as u8 }),
         protocol: protocol.to_string(),
+        protocol_bare: false,
         port_range,
         source_port_range,
+        icmp_type: None,
+        icmp_code: None,
         peer_key,
         peer_value,
         local: None,

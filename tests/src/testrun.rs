@@ -74,20 +74,27 @@ pub fn time_ns(dp: &mut Dataplane, hook: Hook, frame: &[u8], repeat: u32) -> Res
     Ok(result.duration.as_nanos() as f64)
 }
 
-/// A frame carrying `packet` (TCP SYN, UDP, ICMP echo request or a bare header).
+/// A frame carrying `packet` (TCP SYN, UDP, ICMP of the type and code its key holds, or
+/// a bare header).
 pub fn frame_for(packet: &PacketTuple) -> Vec<u8> {
-    let echo_request = if packet.protocol == ip_proto::ICMP { 8 } else { 128 };
-    frame_with(packet, crate::frames::TCP_SYN, echo_request, 0x4242)
+    // An ICMP packet's type and code are its key (`PacketTuple::dst_port`).
+    let [icmp_type, icmp_code] = packet.dst_port.to_be_bytes();
+    frame_full(packet, crate::frames::TCP_SYN, (icmp_type, icmp_code), 0x4242)
 }
 
 /// A frame carrying `packet` with the given TCP flags (TCP), or ICMP/ICMPv6 type and
 /// echo identifier (ICMP); other protocols get UDP, GRE or a bare 8-byte header.
 pub fn frame_with(packet: &PacketTuple, tcp_flags: u8, icmp_type: u8, icmp_id: u16) -> Vec<u8> {
+    frame_full(packet, tcp_flags, (icmp_type, 0), icmp_id)
+}
+
+/// [`frame_with`] with an ICMP code.
+pub fn frame_full(packet: &PacketTuple, tcp_flags: u8, (icmp_type, icmp_code): (u8, u8), icmp_id: u16) -> Vec<u8> {
     use crate::frames::*;
     let transport = match packet.protocol {
         ip_proto::TCP => tcp(packet.src_port, packet.dst_port, tcp_flags, &[]),
         ip_proto::UDP => udp(packet.src_port, packet.dst_port, b"probe"),
-        ip_proto::ICMP | ip_proto::ICMPV6 => icmp(icmp_type, 0, icmp_id, 1, b"probe"),
+        ip_proto::ICMP | ip_proto::ICMPV6 => icmp(icmp_type, icmp_code, icmp_id, 1, b"probe"),
         ip_proto::GRE => gre(0x0800, &[]),
         _ => vec![0; 8],
     };

@@ -598,3 +598,71 @@ fn a_syn_the_session_does_not_carry_is_judged_by_the_rules() {
     assert_eq!(u32::from(s.opened_on), sg_common::stats::HOOK_EGRESS, "opened by the instance");
     assert_eq!(key.ends(s.opener_is_low != 0).0.1, 80, "the instance's port 80 is the opener's end");
 }
+
+/// An "echo request only" rule admits pings and nothing else, and after an apply the
+/// re-check rebuilds a ping session's opening packet as its echo request, whichever
+/// side's packet triggers it: the session survives while the rule stays, and is revoked
+/// when only another type is allowed.
+#[test]
+fn echo_request_only_rules_admit_pings_and_survive_a_recheck() {
+    if !kernel_tests_enabled("echo_request_only_rules_admit_pings_and_survive_a_recheck") {
+        return;
+    }
+    const ID: u16 = 0x0707;
+    for family in [4u8, 6] {
+        let (protocol, peer, request, other) =
+            if family == 4 { ("icmp", "0.0.0.0/0", 8, 13) } else { ("icmpv6", "::/0", 128, 137) };
+        let only = |icmp_type: u8| {
+            format!(
+                "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"{protocol}\"\nicmp_type = {icmp_type}\n\
+                 icmp_code = 0\nsource = \"{peer}\"\n"
+            )
+        };
+        let file = |rules: String| {
+            let text = format!(
+                "[[security_group]]\nid = \"sg-i\"\ntype = \"advanced\"\nmembers = [\"198.18.1.1\"]\n{rules}\n\
+                 [[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-i\"]\n"
+            );
+            parse_str(&text, "echo.toml").expect("config")
+        };
+        let (mut dp, mut e, _) = setup(&only(request), "advanced");
+        let what = format!("IPv{family}");
+        let run_echo = |dp: &mut Dataplane, outbound: bool, is_request: bool, id: u16| {
+            let (hook, frame) = echo(family, outbound, is_request, id);
+            run(dp, hook, &frame).unwrap()
+        };
+        // An inbound reply is no request: dropped (no session, the rule names type 8/128).
+        expect(run_echo(&mut dp, false, false, ID + 1), verdict::DROP, step::DEFAULT, &format!("{what}: stray reply"));
+        // Another type, and the request type with another code, are not admitted.
+        let icmp_frame = |icmp_type: u8, code: u8| {
+            if family == 4 {
+                ether(
+                    ETHERTYPE_IPV4,
+                    &[],
+                    &ipv4(1, CLIENT, INST, &[], Frag4::default(), &icmp(icmp_type, code, 1, 1, b"x")),
+                )
+            } else {
+                let (inst, client) = (v6("2001:db8::1:1"), v6("2001:db8::9"));
+                ether(ETHERTYPE_IPV6, &[], &ipv6(58, client, inst, &icmp(icmp_type, code, 1, 1, b"x")))
+            }
+        };
+        let got = run(&mut dp, Hook::Xdp, &icmp_frame(other, 0)).unwrap();
+        expect(got, verdict::DROP, step::DEFAULT, &format!("{what}: type {other}"));
+        let got = run(&mut dp, Hook::Xdp, &icmp_frame(request, 1)).unwrap();
+        expect(got, verdict::DROP, step::DEFAULT, &format!("{what}: request with code 1"));
+        // The ping: request admitted by the rule, reply by the session.
+        expect(run_echo(&mut dp, false, true, ID), verdict::PASS, step::RULE, &format!("{what}: request"));
+        expect(run_echo(&mut dp, true, false, ID), verdict::PASS, step::SESSION, &format!("{what}: reply"));
+        // Re-applying the same rules bumps the generation: the reply that triggers the
+        // re-check must not be judged as the opening packet.
+        let same = file(only(request));
+        e.apply(&same, &[(TEST_RUN_IFINDEX, &same.interfaces[0])]).unwrap();
+        expect(run_echo(&mut dp, true, false, ID), verdict::PASS, step::SESSION, &format!("{what}: reply after apply"));
+        expect(run_echo(&mut dp, false, true, ID), verdict::PASS, step::SESSION, &format!("{what}: next request"));
+        // Only another type allowed now: the ping's session is revoked.
+        let narrower = file(only(other));
+        e.apply(&narrower, &[(TEST_RUN_IFINDEX, &narrower.interfaces[0])]).unwrap();
+        expect(run_echo(&mut dp, true, false, ID), verdict::DROP, step::REVOKED, &format!("{what}: revoked"));
+        assert!(e.sessions().entries().unwrap().is_empty(), "{what}: the session is gone");
+    }
+}

@@ -29,6 +29,12 @@ pub struct Args {
     sport: u16,
     #[arg(long, default_value_t = 0)]
     dport: u16,
+    /// ICMP or ICMPv6 type (icmp and icmpv6 only; default: echo request, 8 or 128).
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// ICMP or ICMPv6 code (default 0).
+    #[arg(long)]
+    icmp_code: Option<u8>,
     #[arg(long)]
     json: bool,
 }
@@ -58,13 +64,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     if args.src.is_ipv4() != args.dst.is_ipv4() {
         anyhow::bail!("--src and --dst must be of one address family");
     }
-    let packet = PacketTuple {
-        src: args.src,
-        dst: args.dst,
-        protocol: protocol_number(&args.proto)?,
-        src_port: args.sport,
-        dst_port: args.dport,
+    let protocol = protocol_number(&args.proto)?;
+    let icmp = matches!(protocol, sg_common::ip_proto::ICMP | sg_common::ip_proto::ICMPV6);
+    if !icmp && (args.icmp_type.is_some() || args.icmp_code.is_some()) {
+        anyhow::bail!("--icmp-type and --icmp-code are only for --proto icmp or icmpv6");
+    }
+    // An ICMP message's type and code are what rules match, as its key (`PacketTuple`).
+    let (src_port, dst_port) = if icmp {
+        let icmp_type = args.icmp_type.unwrap_or_else(|| sg_common::echo_request_type(protocol));
+        (0, sg_common::icmp_key(icmp_type, args.icmp_code.unwrap_or(0)))
+    } else {
+        (args.sport, args.dport)
     };
+    let packet = PacketTuple { src: args.src, dst: args.dst, protocol, src_port, dst_port };
     let decision = evaluate(&cfg, iface, args.direction, &packet);
     if args.json {
         println!("{}", decision.to_json(&cfg));

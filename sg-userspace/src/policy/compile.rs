@@ -140,7 +140,12 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
             info: RuleInfo { fields, ..info(rule.id, rule.action, step::RULE) },
             peers,
             protocol: rule.protocol.ip_proto(),
-            destination_ports: if rule.protocol.has_ports() { rule.port_range } else { PortRange::ANY },
+            // TCP/UDP ports, or the ICMP key range of an icmp rule's type and code.
+            destination_ports: if rule.protocol.has_ports() || rule.protocol.is_icmp() {
+                rule.port_range
+            } else {
+                PortRange::ANY
+            },
             source_ports: rule.source_port_range,
             local: rule.local.map(|n| n.trunc()),
         });
@@ -428,10 +433,11 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
     }
     compiled.port_entries.push(PortEntry { protocol: None, vector: table.intern(any_protocol.clone()) });
     let protocols: BTreeSet<u8> = matchers.iter().filter_map(|m| m.protocol).collect();
-    // TCP and UDP destination ports go in tables (a protocol no rule names gets the
-    // any-protocol vector throughout); other protocols have no ports: one trie entry.
+    // TCP and UDP destination ports, and ICMP and ICMPv6 keys, go in tables (a protocol
+    // no rule names gets the any-protocol vector throughout); other protocols have no
+    // ports: one trie entry.
     let any_vector = compiled.port_entries[0].vector;
-    let mut tables = [uniform_table(any_vector), uniform_table(any_vector), uniform_table(any_vector)];
+    let mut tables = vec![uniform_table(any_vector); port_table::ICMPV6 as usize + 1];
     for protocol in protocols {
         let ranges: Vec<(usize, PortRange)> = matchers
             .iter()
@@ -442,6 +448,8 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         let which = match protocol {
             ip_proto::TCP => Some(port_table::TCP_DESTINATION),
             ip_proto::UDP => Some(port_table::UDP_DESTINATION),
+            ip_proto::ICMP => Some(port_table::ICMP),
+            ip_proto::ICMPV6 => Some(port_table::ICMPV6),
             _ => None,
         };
         if let Some(which) = which {
@@ -470,8 +478,8 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         let intervals = port_intervals(&unconstrained, &ranges);
         tables[port_table::SOURCE as usize] = port_table(intervals, &mut table, &mut compiled.port_blocks);
     }
-    compiled.port_tables = tables.to_vec();
-    compiled.port_tables.push(peer_v4);
+    tables[port_table::PEER_V4 as usize] = peer_v4;
+    compiled.port_tables = tables;
     compiled.vectors = table.vectors;
     Ok(compiled)
 }
@@ -514,6 +522,8 @@ impl Compiled {
             (field::SOURCE_PORT, _) => Some(port_table::SOURCE),
             (_, ip_proto::TCP) => Some(port_table::TCP_DESTINATION),
             (_, ip_proto::UDP) => Some(port_table::UDP_DESTINATION),
+            (_, ip_proto::ICMP) => Some(port_table::ICMP),
+            (_, ip_proto::ICMPV6) => Some(port_table::ICMPV6),
             _ => None,
         };
         if let Some(table) = table {

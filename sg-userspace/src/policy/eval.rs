@@ -31,7 +31,9 @@ pub struct PacketTuple {
     pub protocol: u8,
     /// 0 (and ignored) for protocols without ports.
     pub src_port: u16,
-    /// 0 (and ignored) for protocols without ports.
+    /// The destination port of TCP and UDP; for ICMP and ICMPv6 the message's key
+    /// `type << 8 | code` ([`sg_common::icmp_key`]), which rules naming an ICMP type and
+    /// code match as TCP rules match ports; 0 (and ignored) for other protocols.
     pub dst_port: u16,
 }
 
@@ -54,6 +56,12 @@ impl PacketTuple {
 
     fn has_ports(&self) -> bool {
         Protocol::from_ip_proto(self.protocol).is_some_and(|p| p.has_ports())
+    }
+
+    /// An ICMP or ICMPv6 message of `icmp_type` and `icmp_code` (no ports).
+    pub fn icmp(src: IpAddr, dst: IpAddr, icmp_type: u8, icmp_code: u8) -> Self {
+        let protocol = if src.is_ipv6() { sg_common::ip_proto::ICMPV6 } else { sg_common::ip_proto::ICMP };
+        PacketTuple { src, dst, protocol, src_port: 0, dst_port: sg_common::icmp_key(icmp_type, icmp_code) }
     }
 }
 
@@ -146,7 +154,16 @@ fn first_group_with_member(
 pub fn miss_reasons(cfg: &Config, rule: &Rule, dir: Direction, pkt: &PacketTuple) -> Vec<String> {
     let mut reasons = Vec::new();
     if !rule.protocol.matches(pkt.protocol) {
-        reasons.push(format!("protocol {} does not match {}", protocol_name(pkt.protocol), rule.protocol));
+        reasons.push(format!("protocol {} does not match {}", protocol_name(pkt.protocol), rule.protocol.name()));
+    }
+    // An icmp rule's type and code are a range of ICMP keys, which the packet carries
+    // in `dst_port` (the protocol check above makes it an ICMP message of the family).
+    if let Some(icmp) = rule.icmp()
+        && rule.protocol.matches(pkt.protocol)
+        && !rule.port_range.contains(pkt.dst_port)
+    {
+        let [icmp_type, code] = pkt.dst_port.to_be_bytes();
+        reasons.push(format!("ICMP type {icmp_type} code {code} is not {icmp}"));
     }
     // Ports mean something only when both the rule and the packet have them.
     if rule.protocol.has_ports() && pkt.has_ports() {

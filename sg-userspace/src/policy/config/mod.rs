@@ -93,8 +93,7 @@ pub enum Direction {
     Egress,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -105,6 +104,10 @@ pub enum Protocol {
     Gre,
     /// Any protocol.
     All,
+    /// An IP protocol written by number (AWS and Neutron accept 0 to 255) that has no
+    /// name above: never 1, 6, 17, 47 or 58, which [`Protocol::from_number`] turns into
+    /// their names so that ports, ICMP types and family checks apply to them as well.
+    Number(u8),
 }
 
 /// An inclusive range of ports.
@@ -147,7 +150,10 @@ pub struct Rule {
     /// 1..=100, smaller is higher priority.
     pub priority: u8,
     pub protocol: Protocol,
-    /// Destination port range; [`PortRange::ANY`] for protocols without ports.
+    /// Destination port range; for icmp and icmpv6 the range of ICMP keys
+    /// (`type << 8 | code`, [`sg_common::icmp_key`]) the rule's `icmp_type` and `icmp_code`
+    /// stand for, so the compiler and the evaluators treat both the same way;
+    /// [`PortRange::ANY`] for protocols without ports and ICMP rules without a type.
     pub port_range: PortRange,
     /// Source port range (tcp/udp only).
     pub source_port_range: Option<PortRange>,
@@ -299,9 +305,12 @@ impl Rule {
 
     /// One line: `ingress accept tcp 80/80 from 0.0.0.0/0, priority 1`.
     pub fn summary(&self, cfg: &Config) -> String {
-        let mut out = format!("{} {} {}", self.direction, self.action, self.protocol);
+        let mut out = format!("{} {} {}", self.direction, self.action, self.protocol.name());
         if self.protocol.has_ports() {
             out.push_str(&format!(" {}", self.port_range));
+        }
+        if let Some(icmp) = self.icmp() {
+            out.push_str(&format!(" {icmp}"));
         }
         if let Some(sport) = self.source_port_range {
             out.push_str(&format!(" source port {sport}"));
@@ -316,6 +325,64 @@ impl Rule {
         }
         out.push_str(&format!(", priority {}", self.priority));
         out
+    }
+}
+
+/// An ICMP or ICMPv6 rule's type and optional code (the rule file's `icmp_type` and
+/// `icmp_code`), as AWS and Neutron write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IcmpMatch {
+    pub icmp_type: u8,
+    /// `None`: every code of the type.
+    pub code: Option<u8>,
+}
+
+impl IcmpMatch {
+    /// The range of ICMP keys (`type << 8 | code`) the match stands for: one key with a
+    /// code, the type's 256 keys without.
+    pub fn key_range(&self) -> PortRange {
+        match self.code {
+            Some(code) => {
+                let key = sg_common::icmp_key(self.icmp_type, code);
+                PortRange { first: key, last: key }
+            }
+            None => PortRange {
+                first: sg_common::icmp_key(self.icmp_type, 0),
+                last: sg_common::icmp_key(self.icmp_type, u8::MAX),
+            },
+        }
+    }
+
+    /// The match a key range stands for, if it is one ([`IcmpMatch::key_range`]'s inverse).
+    pub fn of_key_range(range: PortRange) -> Option<IcmpMatch> {
+        let ([t1, c1], [t2, c2]) = (range.first.to_be_bytes(), range.last.to_be_bytes());
+        match (t1 == t2, c1, c2) {
+            (true, _, _) if c1 == c2 => Some(IcmpMatch { icmp_type: t1, code: Some(c1) }),
+            (true, 0, 255) => Some(IcmpMatch { icmp_type: t1, code: None }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for IcmpMatch {
+    /// `type 8` or `type 3 code 4`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "type {}", self.icmp_type)?;
+        if let Some(code) = self.code {
+            write!(f, " code {code}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    /// The ICMP type and code an icmp or icmpv6 rule is narrowed to (`None`: every ICMP
+    /// message, and for every other protocol).
+    pub fn icmp(&self) -> Option<IcmpMatch> {
+        if !self.protocol.is_icmp() || self.port_range.is_any() {
+            return None;
+        }
+        IcmpMatch::of_key_range(self.port_range)
     }
 }
 
@@ -373,6 +440,7 @@ impl Protocol {
             Protocol::Icmpv6 => Some(58),
             Protocol::Gre => Some(47),
             Protocol::All => None,
+            Protocol::Number(number) => Some(*number),
         }
     }
 
@@ -383,9 +451,29 @@ impl Protocol {
             .find(|p| p.ip_proto() == Some(number))
     }
 
+    /// The protocol of IP protocol `number`: its name when it has one (so `6` is `tcp`,
+    /// with ports), else [`Protocol::Number`].
+    pub fn from_number(number: u8) -> Protocol {
+        Protocol::from_ip_proto(number).unwrap_or(Protocol::Number(number))
+    }
+
     /// Whether rules of this protocol carry port ranges (tcp and udp).
     pub fn has_ports(&self) -> bool {
         matches!(self, Protocol::Tcp | Protocol::Udp)
+    }
+
+    /// icmp and icmpv6, whose rules may name an ICMP type and code.
+    pub fn is_icmp(&self) -> bool {
+        matches!(self, Protocol::Icmp | Protocol::Icmpv6)
+    }
+
+    /// `tcp`, ..., `all`, or `protocol 50` for one written by number (for messages; the
+    /// `Display` form is what a rule file takes).
+    pub fn name(&self) -> String {
+        match self {
+            Protocol::Number(number) => format!("protocol {number}"),
+            named => named.to_string(),
+        }
     }
 
     /// Whether a packet with IP protocol `number` is of this protocol.
@@ -460,9 +548,56 @@ macro_rules! keywords {
 keywords!(Action, "policy", { "accept" => Accept, "drop" => Drop },
     aliases { "allow" => Accept, "deny" => Drop });
 keywords!(Direction, "direction", { "ingress" => Ingress, "egress" => Egress });
-keywords!(Protocol, "protocol", {
-    "tcp" => Tcp, "udp" => Udp, "icmp" => Icmp, "icmpv6" => Icmpv6, "gre" => Gre, "all" => All,
-});
+
+impl Protocol {
+    /// The names a rule file accepts (lowercase).
+    pub const KEYWORDS: &'static [(&'static str, Protocol)] = &[
+        ("tcp", Protocol::Tcp),
+        ("udp", Protocol::Udp),
+        ("icmp", Protocol::Icmp),
+        ("icmpv6", Protocol::Icmpv6),
+        ("gre", Protocol::Gre),
+        ("all", Protocol::All),
+    ];
+}
+
+impl fmt::Display for Protocol {
+    /// As a rule file writes it: the name, or the number of a [`Protocol::Number`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protocol::Number(number) => write!(f, "{number}"),
+            named => {
+                let name = Protocol::KEYWORDS.iter().find(|(_, p)| p == named).map_or("?", |(name, _)| name);
+                f.write_str(name)
+            }
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    /// A name (case-insensitive) or an IP protocol number 0 to 255, named protocols'
+    /// numbers normalised to their names.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            return match trimmed.parse::<u8>() {
+                Ok(number) => Ok(Protocol::from_number(number)),
+                Err(_) => Err(format!("protocol number {trimmed} is out of range; IP protocols are 0 to 255")),
+            };
+        }
+        values::keyword(text, "protocol", Protocol::KEYWORDS)
+            .map_err(|message| format!("{message}, or an IP protocol number 0 to 255"))
+    }
+}
+
+impl Serialize for Protocol {
+    /// The rule-file form: `"tcp"`, ..., or `"50"`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 keywords!(GroupKind, "type", { "basic" => Basic, "advanced" => Advanced });
 keywords!(Family, "family", { "ipv4" => Ipv4, "ipv6" => Ipv6 });
 keywords!(Mode, "mode", { "enforce" => Enforce, "audit" => Audit });

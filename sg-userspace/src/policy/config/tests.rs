@@ -1124,3 +1124,112 @@ proptest! {
         prop_assert!(!range.is_any());
     }
 }
+
+// ----- protocols by number, ICMP types and codes -----
+
+#[test]
+fn protocols_by_number_are_accepted_and_named_numbers_normalised() {
+    for (written, expected) in [
+        ("50", Protocol::Number(50)),
+        ("\"132\"", Protocol::Number(132)),
+        ("0", Protocol::Number(0)),
+        ("255", Protocol::Number(255)),
+        ("\"47\"", Protocol::Gre),
+        ("1", Protocol::Icmp),
+    ] {
+        let cfg = parse(&with_rule(&format!("direction = \"ingress\"\nprotocol = {written}\nsource = \"0.0.0.0/0\"")));
+        let rule = only_rule(&cfg);
+        assert_eq!((rule.protocol, rule.port_range), (expected, PortRange::ANY), "{written}");
+    }
+    // 6 is tcp: its port range is required and kept.
+    let cfg =
+        parse(&with_rule("direction = \"ingress\"\nprotocol = 6\nport_range = \"22/22\"\nsource = \"0.0.0.0/0\""));
+    assert_eq!(only_rule(&cfg).protocol, Protocol::Tcp);
+    assert_eq!(only_rule(&cfg).port_range, PortRange { first: 22, last: 22 });
+    rule_rejected("direction = \"ingress\"\nprotocol = \"17\"\nsource = \"0.0.0.0/0\"", "port_range", &["udp"]);
+    // 58 is icmpv6: IPv6 only.
+    rule_rejected("direction = \"ingress\"\nprotocol = 58\nsource = \"0.0.0.0/0\"", "source", &["icmpv6 is ipv6 only"]);
+    // A numbered protocol has no ports.
+    rule_rejected(
+        "direction = \"ingress\"\nprotocol = 50\nport_range = \"1/2\"\nsource = \"0.0.0.0/0\"",
+        "port_range",
+        &["50 has no ports"],
+    );
+    let text = with_rule("direction = \"ingress\"\nprotocol = 50\nsource = \"0.0.0.0/0\"");
+    let cfg = parse(&text);
+    assert!(only_rule(&cfg).summary(&cfg).contains("accept protocol 50 from"), "{}", only_rule(&cfg).summary(&cfg));
+}
+
+#[test]
+fn rejects_protocol_numbers_out_of_range() {
+    let e = rule_rejected("direction = \"ingress\"\nprotocol = 256\nsource = \"0.0.0.0/0\"", "protocol", &["0 to 255"]);
+    assert_eq!(e.value, "256");
+    rule_rejected("direction = \"ingress\"\nprotocol = -1\nsource = \"0.0.0.0/0\"", "protocol", &["out of range"]);
+    rule_rejected("direction = \"ingress\"\nprotocol = \"300\"\nsource = \"0.0.0.0/0\"", "protocol", &["0 to 255"]);
+    rule_rejected("direction = \"ingress\"\nprotocol = \"esp\"\nsource = \"0.0.0.0/0\"", "protocol", &["number"]);
+}
+
+#[test]
+fn icmp_type_and_code_become_a_range_of_icmp_keys() {
+    let rule = |extra: &str| {
+        let cfg =
+            parse(&with_rule(&format!("direction = \"ingress\"\nprotocol = \"icmp\"\n{extra}source = \"0.0.0.0/0\"")));
+        let rule = only_rule(&cfg).clone();
+        (rule.port_range, rule.icmp(), rule.summary(&cfg))
+    };
+    let (range, icmp, summary) = rule("icmp_type = 8\nicmp_code = 0\n");
+    assert_eq!(range, PortRange { first: 0x0800, last: 0x0800 });
+    assert_eq!(icmp, Some(IcmpMatch { icmp_type: 8, code: Some(0) }));
+    assert!(summary.contains("icmp type 8 code 0 from"), "{summary}");
+    let (range, icmp, _) = rule("icmp_type = 3\n");
+    assert_eq!(range, PortRange { first: 0x0300, last: 0x03ff });
+    assert_eq!(icmp, Some(IcmpMatch { icmp_type: 3, code: None }));
+    let (range, icmp, _) = rule("icmp_type = 0\nicmp_code = 255\n");
+    assert_eq!(
+        (range, icmp),
+        (PortRange { first: 0x00ff, last: 0x00ff }, Some(IcmpMatch { icmp_type: 0, code: Some(255) }))
+    );
+    let (range, icmp, _) = rule("port_range = \"-1/-1\"\n");
+    assert_eq!((range, icmp), (PortRange::ANY, None));
+    // icmpv6 too; two rules differing only in their type are two rules.
+    let text = with_rule(
+        "direction = \"ingress\"\nprotocol = \"icmpv6\"\nicmp_type = 128\nsource = \"::/0\"\n\
+         [[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"icmpv6\"\nicmp_type = 129\nsource = \"::/0\"",
+    );
+    let cfg = parse(&text);
+    let types: Vec<Option<IcmpMatch>> = cfg.rules().map(Rule::icmp).collect();
+    assert_eq!(
+        types,
+        vec![Some(IcmpMatch { icmp_type: 128, code: None }), Some(IcmpMatch { icmp_type: 129, code: None })]
+    );
+}
+
+#[test]
+fn rejects_icmp_code_without_type_and_values_out_of_range() {
+    let icmp = |extra: &str| format!("direction = \"ingress\"\nprotocol = \"icmp\"\n{extra}\nsource = \"0.0.0.0/0\"");
+    let e = rule_rejected(&icmp("icmp_code = 4"), "icmp_code", &["needs an icmp_type"]);
+    assert_eq!(e.value, "4");
+    let e = rule_rejected(&icmp("icmp_type = 256"), "icmp_type", &["icmp_type 256 is out of range", "0 to 255"]);
+    assert_eq!(e.value, "256");
+    rule_rejected(&icmp("icmp_type = -1"), "icmp_type", &["out of range"]);
+    rule_rejected(&icmp("icmp_type = 3\nicmp_code = 300"), "icmp_code", &["icmp_code 300", "codes are 0 to 255"]);
+    rule_rejected(&icmp("icmp_type = \"8\""), "icmp_type", &["expected an integer"]);
+    // Only icmp and icmpv6 rules have types; a port range is still refused on icmp.
+    rule_rejected(
+        "direction = \"ingress\"\nprotocol = \"tcp\"\nport_range = \"22/22\"\nicmp_type = 8\nsource = \"0.0.0.0/0\"",
+        "icmp_type",
+        &["only allowed for icmp and icmpv6 rules, not tcp"],
+    );
+    rule_rejected(
+        "direction = \"ingress\"\nprotocol = 50\nicmp_code = 0\nsource = \"0.0.0.0/0\"",
+        "icmp_code",
+        &["not protocol 50"],
+    );
+    rule_rejected(&icmp("icmp_type = 8\nport_range = \"8/8\""), "port_range", &["icmp has no ports"]);
+    // The error names the file, line and field.
+    let text = with_rule(&icmp("icmp_type = 999"));
+    let line = text.lines().position(|l| l.starts_with("icmp_type")).expect("line") + 1;
+    let shown = errors(&text)[0].to_string();
+    assert!(shown.starts_with(&format!("{FILE}:{line}:")), "{shown}");
+    assert!(shown.contains("security_group[2].rule[1].icmp_type = 999"), "{shown}");
+}

@@ -11,12 +11,12 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use super::error::{Checked, ConfigErrors, Diagnostics, Reported};
-use super::tree::{self, Field, Located, Span, Table};
+use super::tree::{self, Field, Located, Node, Span, Table};
 use super::values::{self, PortSpec};
 use super::{
-    Action, Config, Direction, Family, GroupKind, InterfaceBinding, MAX_DESCRIPTION_CHARS, MAX_GROUPS_PER_INTERFACE,
-    MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol, Rule, SESSION_RANGES,
-    SecurityGroup, SessionSettings,
+    Action, Config, Direction, Family, GroupKind, IcmpMatch, InterfaceBinding, MAX_DESCRIPTION_CHARS,
+    MAX_GROUPS_PER_INTERFACE, MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol,
+    Rule, SESSION_RANGES, SecurityGroup, SessionSettings,
 };
 
 const ROOT_FIELDS: &[&str] = &["security_group", "prefix_list", "interface", "sessions"];
@@ -28,6 +28,8 @@ const RULE_FIELDS: &[&str] = &[
     "protocol",
     "port_range",
     "source_port_range",
+    "icmp_type",
+    "icmp_code",
     "source",
     "source_group",
     "source_prefix_list",
@@ -301,9 +303,10 @@ impl<'d, 't> Builder<'d, 't> {
         let direction = self.required_keyword::<Direction>(t, "direction", "ingress or egress");
         let action = self.keyword::<Action>(t, "policy");
         let priority = self.priority(t);
-        let protocol = self.required_keyword::<Protocol>(t, "protocol", "tcp, udp, icmp, icmpv6, gre or all");
+        let protocol = self.protocol(t);
         let port_range = self.port_range(t, protocol);
         let source_port_range = self.source_port_range(t, protocol);
+        let icmp = self.icmp_match(t, protocol);
         let (peer, local) = self.peer_and_local(t, group_index, direction, protocol);
         let description = self.description(t);
         let (
@@ -313,10 +316,11 @@ impl<'d, 't> Builder<'d, 't> {
             Ok(protocol),
             Ok(port_range),
             Ok(source_port_range),
+            Ok(icmp),
             Ok(peer),
             Ok(local),
             Ok(description),
-        ) = (direction, action, priority, protocol, port_range, source_port_range, peer, local, description)
+        ) = (direction, action, priority, protocol, port_range, source_port_range, icmp, peer, local, description)
         else {
             return Err(Reported);
         };
@@ -328,7 +332,9 @@ impl<'d, 't> Builder<'d, 't> {
             action: action.unwrap_or(Action::Accept),
             priority,
             protocol,
-            port_range,
+            // An icmp rule's type and code are kept as the range of ICMP keys they
+            // stand for (`Rule::port_range`, read back by `Rule::icmp`).
+            port_range: icmp.map_or(port_range, |icmp| icmp.key_range()),
             source_port_range,
             peer,
             local,
@@ -350,6 +356,66 @@ impl<'d, 't> Builder<'d, 't> {
             );
             self.fail(&field, message)
         })
+    }
+
+    /// The protocol: a name, or an IP protocol number 0 to 255 written as an integer or
+    /// a string (`50`, `"50"`); a number with a name (`6`) is that protocol.
+    fn protocol(&mut self, t: &Table) -> Checked<Protocol> {
+        if let Some(field) = t.get("protocol")
+            && let Node::Integer(number) = field.value.node
+        {
+            return u8::try_from(number).map(Protocol::from_number).map_err(|_| {
+                let message = format!("protocol number {number} is out of range; IP protocols are 0 to 255");
+                self.fail(&field, message)
+            });
+        }
+        self.required_keyword::<Protocol>(t, "protocol", "tcp, udp, icmp, icmpv6, gre, all or a number 0 to 255")
+    }
+
+    /// The optional `icmp_type` and `icmp_code` of an icmp or icmpv6 rule: integers 0 to
+    /// 255, a code only with a type.
+    fn icmp_match(&mut self, t: &Table, protocol: Checked<Protocol>) -> Checked<Option<IcmpMatch>> {
+        let icmp_type = self.icmp_number(t, "icmp_type", "types");
+        let code = self.icmp_number(t, "icmp_code", "codes");
+        let (icmp_type, code, protocol) = (icmp_type?, code?, protocol?);
+        if !protocol.is_icmp() {
+            let mut failed = None;
+            for field in [&icmp_type, &code].into_iter().flatten() {
+                let name = field.path.rsplit('.').next().unwrap_or("icmp_type").to_string();
+                let message = format!("{name} is only allowed for icmp and icmpv6 rules, not {}", protocol.name());
+                failed = Some(self.fail(field, message));
+            }
+            return failed.map_or(Ok(None), Err);
+        }
+        match (icmp_type, code) {
+            (None, None) => Ok(None),
+            (None, Some(code)) => Err(self.fail(
+                &code,
+                "icmp_code needs an icmp_type (a code means something only within its type); \
+                 add icmp_type, or omit both to match every message",
+            )),
+            (Some(icmp_type), code) => {
+                Ok(Some(IcmpMatch { icmp_type: icmp_type.value, code: code.map(|code| code.value) }))
+            }
+        }
+    }
+
+    /// An `icmp_type` or `icmp_code`: absent, or an integer 0 to 255.
+    fn icmp_number(&mut self, t: &Table, key: &str, what: &str) -> Checked<Option<Field<u8>>> {
+        if !t.has(key) {
+            return Ok(None);
+        }
+        let field = t.integer(self.diag, key).ok_or(Reported)?;
+        match u8::try_from(field.value) {
+            Ok(number) => Ok(Some(field.map(|_| number))),
+            Err(_) => {
+                let message = format!(
+                    "{key} {} is out of range; ICMP {what} are 0 to 255 (omit {key} to match every one)",
+                    field.value
+                );
+                Err(self.fail(&field, message))
+            }
+        }
     }
 
     /// A port-range field's syntax, before it is checked against the protocol.

@@ -31,7 +31,9 @@
 use std::collections::HashMap;
 
 use sg_common::session::{continues_session, expired, next_state, opening_state};
-use sg_common::{PacketMeta, Session, SessionKey, Timeouts, ip_proto, stats, step, verdict};
+use sg_common::{
+    PacketMeta, Session, SessionKey, Timeouts, echo_request_type, icmp_key, ip_proto, stats, step, verdict,
+};
 
 use super::{DecidedBy, Decision, PacketTuple, evaluate};
 use crate::policy::addr::addr_from_bytes;
@@ -225,15 +227,21 @@ fn decided_rule(decision: &Decision) -> u32 {
 }
 
 /// The packet that opened the session's flow: from the opener's end to the other one.
+/// An ICMP session is opened only by an echo request, so that is its opening packet
+/// (type 8 or 128, code 0), as the kernel rebuilds it (`opening_packet` in sg-ebpf).
 fn opening_tuple(key: &SessionKey, session: &Session) -> PacketTuple {
     let ((src, src_port), (dst, dst_port)) = key.ends(session.opener_is_low == 1);
-    let ports = matches!(key.protocol, ip_proto::TCP | ip_proto::UDP);
+    let (src_port, dst_port) = match key.protocol {
+        ip_proto::TCP | ip_proto::UDP => (src_port, dst_port),
+        ip_proto::ICMP | ip_proto::ICMPV6 => (0, icmp_key(echo_request_type(key.protocol), 0)),
+        _ => (0, 0),
+    };
     PacketTuple {
         src: addr_from_bytes(key.family, &src),
         dst: addr_from_bytes(key.family, &dst),
         protocol: key.protocol,
-        src_port: if ports { src_port } else { 0 },
-        dst_port: if ports { dst_port } else { 0 },
+        src_port,
+        dst_port,
     }
 }
 
@@ -254,15 +262,20 @@ pub fn is_neighbour_discovery(meta: &PacketMeta) -> bool {
     sg_common::is_neighbour_discovery(meta.protocol, meta.icmp_type)
 }
 
-/// The fields of `meta` the rules look at; ports only for TCP and UDP.
+/// The fields of `meta` the rules look at: ports for TCP and UDP, the ICMP key (type
+/// and code) for ICMP and ICMPv6.
 pub fn tuple_of(meta: &PacketMeta) -> PacketTuple {
-    let ports = matches!(meta.protocol, ip_proto::TCP | ip_proto::UDP);
+    let (src_port, dst_port) = match meta.protocol {
+        ip_proto::TCP | ip_proto::UDP => (meta.src_port, meta.dst_port),
+        ip_proto::ICMP | ip_proto::ICMPV6 => (0, icmp_key(meta.icmp_type, meta.icmp_code)),
+        _ => (0, 0),
+    };
     PacketTuple {
         src: addr_from_bytes(meta.family, &meta.src),
         dst: addr_from_bytes(meta.family, &meta.dst),
         protocol: meta.protocol,
-        src_port: if ports { meta.src_port } else { 0 },
-        dst_port: if ports { meta.dst_port } else { 0 },
+        src_port,
+        dst_port,
     }
 }
 

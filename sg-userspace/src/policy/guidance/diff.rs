@@ -13,7 +13,9 @@ use std::fmt;
 
 use serde_json::{Value, json};
 
-use super::space::{Bounds, Decider, Matcher, Pool, ProtoClass, Region, format_ports, format_range, partition};
+use super::space::{
+    Bounds, Decider, Matcher, Pool, ProtoSet, Region, format_icmp, format_ports, format_range, partition,
+};
 use crate::policy::config::{Action, Config, Direction, Family, InterfaceBinding};
 
 /// One side's verdict for a range of flows.
@@ -238,14 +240,15 @@ impl fmt::Display for FlowRange<'_> {
     /// `tcp,udp port 22 from 0.0.0.0/0 to local 198.18.0.0/24`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.region;
-        let protos: Vec<String> = if r.protos.len() == ProtoClass::ALL.len() {
-            vec!["any protocol".to_string()]
-        } else {
-            r.protos.iter().map(ToString::to_string).collect()
-        };
-        write!(f, "{}", protos.join(","))?;
+        write!(f, "{}", r.protos.describe())?;
+        // Regions of icmp and icmpv6 carry ICMP keys where tcp and udp carry ports.
+        let icmp = ProtoSet::one(1).union(ProtoSet::one(58));
         if let Some(dport) = r.dport {
-            write!(f, " port {}", format_ports(dport))?;
+            if r.protos.minus(icmp).is_empty() {
+                write!(f, " {}", format_icmp(dport))?;
+            } else {
+                write!(f, " port {}", format_ports(dport))?;
+            }
         }
         if let Some(sport) = r.sport
             && sport != super::space::ALL_PORTS

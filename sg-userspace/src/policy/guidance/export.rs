@@ -35,14 +35,17 @@ fn refusal(cfg: &Config, file: &str, rule: &Rule, message: &str) -> String {
     format!("{file}:{}: rule {}: {message}", rule.line, rule.label(cfg))
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
+/// Alibaba's `IpProtocol` for `protocol`; `None` for a protocol by number, which
+/// Alibaba's documented values (TCP, UDP, ICMP, ICMPv6, GRE, ALL) cannot express.
+fn protocol_name(protocol: Protocol) -> Option<&'static str> {
     match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Icmp => "ICMP",
-        Protocol::Icmpv6 => "ICMPv6",
-        Protocol::Gre => "GRE",
-        Protocol::All => "ALL",
+        Protocol::Tcp => Some("TCP"),
+        Protocol::Udp => Some("UDP"),
+        Protocol::Icmp => Some("ICMP"),
+        Protocol::Icmpv6 => Some("ICMPv6"),
+        Protocol::Gre => Some("GRE"),
+        Protocol::All => Some("ALL"),
+        Protocol::Number(_) => None,
     }
 }
 
@@ -65,8 +68,36 @@ pub fn alibaba(cfg: &Config, file: &str) -> Result<Exported, ExportError> {
             p.insert("Direction".into(), json!(rule.direction.to_string()));
             p.insert("Policy".into(), json!(if rule.action == Action::Accept { "Accept" } else { "Drop" }));
             p.insert("Priority".into(), json!(rule.priority));
-            p.insert("IpProtocol".into(), json!(protocol_name(rule.protocol)));
-            p.insert("PortRange".into(), json!(ports(rule.port_range)));
+            match protocol_name(rule.protocol) {
+                Some(name) => {
+                    p.insert("IpProtocol".into(), json!(name));
+                }
+                None => refused.push(refusal(
+                    cfg,
+                    file,
+                    rule,
+                    &format!(
+                        "Alibaba Cloud: IpProtocol takes only TCP, UDP, ICMP, ICMPv6, GRE and ALL, not {}; \
+                         exporting it as ALL would widen it",
+                        rule.protocol.name()
+                    ),
+                )),
+            }
+            if let Some(icmp) = rule.icmp() {
+                refused.push(refusal(
+                    cfg,
+                    file,
+                    rule,
+                    &format!(
+                        "Alibaba Cloud: rules cannot match an ICMP type or code ({icmp}); exporting it for \
+                         every {} message would widen it",
+                        rule.protocol
+                    ),
+                ));
+            }
+            // An icmp rule's port range holds its ICMP keys, which Alibaba has no field for.
+            let port_range = if rule.protocol.is_icmp() { PortRange::ANY } else { rule.port_range };
+            p.insert("PortRange".into(), json!(ports(port_range)));
             if let Some(sport) = rule.source_port_range {
                 p.insert("SourcePortRange".into(), json!(ports(sport)));
             }
@@ -342,12 +373,13 @@ fn self_pair(group: &SecurityGroup, description: &str) -> Value {
 
 fn aws_permission(cfg: &Config, group: &SecurityGroup, rule: &Rule) -> Value {
     let protocol = match rule.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Icmp => "icmp",
-        Protocol::Icmpv6 => "icmpv6",
-        Protocol::Gre => "47",
-        Protocol::All => "-1",
+        Protocol::Tcp => "tcp".to_string(),
+        Protocol::Udp => "udp".to_string(),
+        Protocol::Icmp => "icmp".to_string(),
+        Protocol::Icmpv6 => "icmpv6".to_string(),
+        Protocol::Gre => "47".to_string(),
+        Protocol::All => "-1".to_string(),
+        Protocol::Number(number) => number.to_string(),
     };
     let mut p = serde_json::Map::new();
     p.insert("IpProtocol".into(), json!(protocol));
@@ -357,8 +389,12 @@ fn aws_permission(cfg: &Config, group: &SecurityGroup, rule: &Rule) -> Value {
             p.insert("ToPort".into(), json!(rule.port_range.last));
         }
         Protocol::Icmp | Protocol::Icmpv6 => {
-            p.insert("FromPort".into(), json!(-1));
-            p.insert("ToPort".into(), json!(-1));
+            // AWS: FromPort is the ICMP type, ToPort the code, -1 for all.
+            let icmp = rule.icmp();
+            let icmp_type = icmp.map_or(-1, |m| i32::from(m.icmp_type));
+            let code = icmp.and_then(|m| m.code).map_or(-1, i32::from);
+            p.insert("FromPort".into(), json!(icmp_type));
+            p.insert("ToPort".into(), json!(code));
         }
         _ => {}
     }

@@ -16,7 +16,7 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::space::{Bounds, Decider, Matcher, Pool, PortSpan, ProtoClass, partition};
+use super::space::{Bounds, Decider, Matcher, Pool, PortSpan, partition};
 use crate::policy::config::{Action, Config, Direction, Family, GroupKind, Peer, Protocol, Rule};
 use ports::{Category, SENSITIVE_PORTS, SensitivePort};
 
@@ -99,6 +99,7 @@ pub fn lint(cfg: &Config, text: &str, file: &str, options: &LintOptions) -> Vec<
     linter.database_and_internet(&analyses);
     linter.egress_whitelists(&analyses);
     linter.over_large_groups(options.max_rules);
+    linter.unreachable_protocols();
     if let Some(provider) = options.provider {
         linter.findings.extend(provider::check(cfg, file, provider));
     }
@@ -111,9 +112,9 @@ pub fn lint(cfg: &Config, text: &str, file: &str, options: &LintOptions) -> Vec<
 /// What the exact partition of one pool says about its rules.
 pub(crate) struct PoolAnalysis<'c> {
     pub(crate) pool: Pool<'c>,
-    /// For each rule that decides some packet: the protocol classes and destination-port
-    /// pieces it decides.
-    pub(crate) decided: HashMap<u32, Vec<(ProtoClass, Option<PortSpan>)>>,
+    /// For each rule that decides some packet: the protocol numbers (a cell's
+    /// representative) and destination-port pieces it decides.
+    pub(crate) decided: HashMap<u32, Vec<(u8, Option<PortSpan>)>>,
     /// For each rule: the deciders of the packets it matches but does not decide.
     pub(crate) shadowers: HashMap<u32, BTreeSet<Decider>>,
 }
@@ -124,7 +125,7 @@ impl PoolAnalysis<'_> {
     }
 
     /// Whether the rule decides some packet of `class` to a port in `first..=last`.
-    fn decides_port(&self, rule_id: u32, class: ProtoClass, first: u16, last: u16) -> bool {
+    fn decides_port(&self, rule_id: u32, class: u8, first: u16, last: u16) -> bool {
         self.decided.get(&rule_id).is_some_and(|cells| {
             cells.iter().any(|(c, dport)| *c == class && dport.is_none_or(|(a, b)| a <= last && first <= b))
         })
@@ -149,7 +150,7 @@ pub(crate) fn analyse_pools(cfg: &Config) -> Vec<PoolAnalysis<'_>> {
 }
 
 fn analyse(pool: Pool<'_>) -> PoolAnalysis<'_> {
-    let mut decided: HashMap<u32, Vec<(ProtoClass, Option<PortSpan>)>> = HashMap::new();
+    let mut decided: HashMap<u32, Vec<(u8, Option<PortSpan>)>> = HashMap::new();
     let mut shadowers: HashMap<u32, BTreeSet<Decider>> = HashMap::new();
     for family in [Family::Ipv4, Family::Ipv6] {
         let matchers = pool.matchers(family);
@@ -198,12 +199,9 @@ fn is_drop_all(rule: &Rule) -> Option<Family> {
     }
 }
 
-fn class_of(protocol: Protocol) -> Option<ProtoClass> {
-    match protocol {
-        Protocol::Tcp => Some(ProtoClass::Tcp),
-        Protocol::Udp => Some(ProtoClass::Udp),
-        _ => None,
-    }
+/// The protocol number of a tcp or udp rule (the only ones with sensitive ports).
+fn class_of(protocol: Protocol) -> Option<u8> {
+    protocol.has_ports().then(|| protocol.ip_proto()).flatten()
 }
 
 impl<'c> Linter<'c> {
@@ -683,6 +681,51 @@ impl<'c> Linter<'c> {
     }
 
     // ----- size -----
+
+    /// Rules naming packets that never reach the rules: ICMPv6 neighbour discovery and
+    /// MLD types (they pass at step 3, docs/rule-model.md#evaluation-order), and, for
+    /// IPv6-only peers, protocol numbers of IPv6 extension headers (the data plane
+    /// matches the transport header behind them).
+    fn unreachable_protocols(&mut self) {
+        for rule in self.cfg.rules() {
+            let (message, fix) = match (rule.protocol, rule.icmp()) {
+                (Protocol::Icmpv6, Some(icmp))
+                    if sg_common::is_neighbour_discovery(sg_common::ip_proto::ICMPV6, icmp.icmp_type) =>
+                {
+                    (
+                        format!(
+                            "ICMPv6 {icmp} is neighbour discovery or MLD, which always passes before any rule is \
+                             consulted: the rule never decides a packet"
+                        ),
+                        "remove the rule: IPv6 does not work without neighbour discovery and MLD",
+                    )
+                }
+                (Protocol::Number(number @ (0 | 43 | 44 | 51 | 60)), _) if self.ipv6_only(rule) => (
+                    format!(
+                        "protocol {number} is an IPv6 extension header, which the data plane steps over to the \
+                         transport header: with an IPv6 peer the rule never matches"
+                    ),
+                    "match the transport protocol behind the extension header, or give the rule an IPv4 peer",
+                ),
+                _ => continue,
+            };
+            self.push(
+                Severity::Warning,
+                "rule-matches-nothing",
+                Some(rule),
+                None,
+                None,
+                message,
+                fix.to_string(),
+                Vec::new(),
+            );
+        }
+    }
+
+    /// Whether every peer address the rule can match is IPv6.
+    fn ipv6_only(&self, rule: &Rule) -> bool {
+        super::space::peer_ranges(self.cfg, &rule.peer, Family::Ipv4).is_empty()
+    }
 
     fn over_large_groups(&mut self, max_rules: usize) {
         for (group_index, group) in self.cfg.groups.iter().enumerate() {

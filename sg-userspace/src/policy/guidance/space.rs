@@ -5,7 +5,9 @@
 //! family (an interface and a direction pick the rules). Every rule matches a union of boxes
 //! in that space: a set of protocols, a union of peer intervals (a CIDR is one interval, a
 //! group's members are points, a prefix list is a union), one local interval and, for tcp
-//! and udp, two port intervals.
+//! and udp, two port intervals, for icmp and icmpv6 one interval of ICMP keys (`type << 8
+//! | code`). Protocols are told apart by number: every number a rule names is its own
+//! class, and the numbers no rule names form one more.
 //!
 //! [`partition`] splits the space exactly: dimension by dimension it cuts the current
 //! range at every boundary of the matchers still alive there into elementary intervals,
@@ -16,7 +18,6 @@
 //! way back up, so the answer is a small set of ranges rather than a grid. Nothing is
 //! sampled.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -35,97 +36,160 @@ pub type PortSpan = (u16, u16);
 
 pub const ALL_PORTS: PortSpan = (0, u16::MAX);
 
-/// Packets are told apart by protocol only as far as rules can name protocols: the five
-/// named ones, and everything else (one class: no rule names another number).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProtoClass {
-    Tcp,
-    Udp,
-    Icmp,
-    Icmpv6,
-    Gre,
-    /// Any protocol number other than 6, 17, 1, 58 and 47.
-    Other,
+/// The protocols named in rule files, in the order regions list them.
+const NAMED: [u8; 5] = [6, 17, 1, 58, 47];
+
+/// Whether packets of IP protocol `number` carry ports rules look at (tcp and udp).
+pub fn has_ports(number: u8) -> bool {
+    matches!(number, 6 | 17)
 }
 
-impl ProtoClass {
-    pub const ALL: [ProtoClass; 6] =
-        [ProtoClass::Tcp, ProtoClass::Udp, ProtoClass::Icmp, ProtoClass::Icmpv6, ProtoClass::Gre, ProtoClass::Other];
-
-    /// A protocol number of the class (132, SCTP, stands for "other").
-    pub fn number(self) -> u8 {
-        match self {
-            ProtoClass::Tcp => 6,
-            ProtoClass::Udp => 17,
-            ProtoClass::Icmp => 1,
-            ProtoClass::Icmpv6 => 58,
-            ProtoClass::Gre => 47,
-            ProtoClass::Other => 132,
-        }
-    }
-
-    pub fn of_number(number: u8) -> ProtoClass {
-        ProtoClass::ALL
-            .into_iter()
-            .find(|c| c.number() == number && *c != ProtoClass::Other)
-            .unwrap_or(ProtoClass::Other)
-    }
-
-    pub fn has_ports(self) -> bool {
-        matches!(self, ProtoClass::Tcp | ProtoClass::Udp)
-    }
-
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
+/// Whether packets of IP protocol `number` have a destination "port" rules look at: the
+/// ports of tcp and udp, the ICMP key (`type << 8 | code`) of icmp and icmpv6.
+pub fn has_key(number: u8) -> bool {
+    matches!(number, 6 | 17 | 1 | 58)
 }
 
-impl fmt::Display for ProtoClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProtoClass::Tcp => "tcp",
-            ProtoClass::Udp => "udp",
-            ProtoClass::Icmp => "icmp",
-            ProtoClass::Icmpv6 => "icmpv6",
-            ProtoClass::Gre => "gre",
-            ProtoClass::Other => "other",
-        })
-    }
-}
-
-/// A set of protocol classes.
+/// A set of IP protocol numbers (0 to 255). Rules match one number or all of them
+/// (`protocol = "all"`), and a rule naming a protocol by number (`50`) tells it apart
+/// from every other, so the space is split by number, not by a handful of classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct ProtoSet(u8);
+pub struct ProtoSet([u64; 4]);
 
 impl ProtoSet {
-    pub const ALL: ProtoSet = ProtoSet(0b11_1111);
+    pub const ALL: ProtoSet = ProtoSet([u64::MAX; 4]);
 
     pub fn of_protocol(protocol: Protocol) -> ProtoSet {
-        match protocol {
-            Protocol::All => ProtoSet::ALL,
-            Protocol::Tcp => ProtoSet::one(ProtoClass::Tcp),
-            Protocol::Udp => ProtoSet::one(ProtoClass::Udp),
-            Protocol::Icmp => ProtoSet::one(ProtoClass::Icmp),
-            Protocol::Icmpv6 => ProtoSet::one(ProtoClass::Icmpv6),
-            Protocol::Gre => ProtoSet::one(ProtoClass::Gre),
-        }
+        protocol.ip_proto().map_or(ProtoSet::ALL, ProtoSet::one)
     }
 
-    pub fn one(class: ProtoClass) -> ProtoSet {
-        ProtoSet(class.bit())
+    pub fn one(number: u8) -> ProtoSet {
+        let mut set = ProtoSet::default();
+        set.0[usize::from(number / 64)] |= 1 << (number % 64);
+        set
     }
 
-    pub fn contains(self, class: ProtoClass) -> bool {
-        self.0 & class.bit() != 0
+    pub fn contains(self, number: u8) -> bool {
+        self.0[usize::from(number / 64)] & (1 << (number % 64)) != 0
     }
 
     pub fn intersects(self, other: ProtoSet) -> bool {
-        self.0 & other.0 != 0
+        !self.intersection(other).is_empty()
     }
 
-    pub fn classes(self) -> impl Iterator<Item = ProtoClass> {
-        ProtoClass::ALL.into_iter().filter(move |c| self.contains(*c))
+    pub fn intersection(self, other: ProtoSet) -> ProtoSet {
+        ProtoSet(std::array::from_fn(|i| self.0[i] & other.0[i]))
+    }
+
+    pub fn union(self, other: ProtoSet) -> ProtoSet {
+        ProtoSet(std::array::from_fn(|i| self.0[i] | other.0[i]))
+    }
+
+    pub fn minus(self, other: ProtoSet) -> ProtoSet {
+        ProtoSet(std::array::from_fn(|i| self.0[i] & !other.0[i]))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == [0; 4]
+    }
+
+    pub fn len(self) -> u32 {
+        self.0.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// The numbers in the set, ascending.
+    pub fn numbers(self) -> impl Iterator<Item = u8> {
+        (0..=u8::MAX).filter(move |&n| self.contains(n))
+    }
+
+    /// The number a cell of this set is probed with: 132 (SCTP) when it is in the set,
+    /// else the smallest. `None` for the empty set.
+    pub fn representative(self) -> Option<u8> {
+        if self.contains(132) { Some(132) } else { self.numbers().next() }
+    }
+
+    /// The protocols in words: `any protocol`, `tcp,udp`, `protocol 50`, `icmp,50`, or,
+    /// for a set of most numbers, `protocols other than tcp,udp,50`.
+    pub fn describe(self) -> String {
+        if self == ProtoSet::ALL {
+            return "any protocol".to_string();
+        }
+        if let (1, Some(number)) = (self.len(), self.representative())
+            && !NAMED.contains(&number)
+        {
+            return format!("protocol {number}");
+        }
+        let list = |set: ProtoSet| -> String {
+            let mut names: Vec<String> =
+                NAMED.iter().filter(|&&n| set.contains(n)).map(|&n| protocol_word(n)).collect();
+            names.extend(set.numbers().filter(|n| !NAMED.contains(n)).map(|n| n.to_string()));
+            names.join(",")
+        };
+        if self.len() > 128 { format!("protocols other than {}", list(ProtoSet::ALL.minus(self))) } else { list(self) }
+    }
+
+    /// The protocols as a list for JSON: names for the named ones, numbers otherwise, or
+    /// `["all"]`.
+    pub fn words(self) -> Vec<String> {
+        if self == ProtoSet::ALL {
+            return vec!["all".to_string()];
+        }
+        let mut out: Vec<String> = NAMED.iter().filter(|&&n| self.contains(n)).map(|&n| protocol_word(n)).collect();
+        out.extend(self.numbers().filter(|n| !NAMED.contains(n)).map(|n| n.to_string()));
+        out
+    }
+}
+
+impl Serialize for ProtoSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.words().serialize(serializer)
+    }
+}
+
+fn protocol_word(number: u8) -> String {
+    Protocol::from_number(number).to_string()
+}
+
+/// The protocol classes to partition `bounds` by: one per number some matcher names
+/// (tcp, udp, icmp, icmpv6 and gre always), and one for every other number, which no
+/// matcher tells apart. Exact because a matcher's protocols are one number or all.
+pub fn protocol_classes(matchers: &[Matcher], bounds: ProtoSet) -> Vec<ProtoSet> {
+    let mut named: Vec<u8> = NAMED.to_vec();
+    let mut extra: Vec<u8> = matchers
+        .iter()
+        .filter(|m| m.protos != ProtoSet::ALL)
+        .flat_map(|m| m.protos.numbers())
+        .filter(|n| !NAMED.contains(n))
+        .collect();
+    extra.sort_unstable();
+    extra.dedup();
+    named.extend(extra);
+    let mut classes = Vec::new();
+    let mut rest = bounds;
+    for number in named {
+        let one = ProtoSet::one(number);
+        if bounds.intersects(one) {
+            classes.push(one);
+        }
+        rest = rest.minus(one);
+    }
+    if !rest.is_empty() {
+        classes.push(rest);
+    }
+    classes
+}
+
+/// `type 8`, `type 3 code 4`, `types 3-5`, `type 3 code 1-3`, or `any` for an ICMP key
+/// span (`type << 8 | code`).
+pub fn format_icmp(span: PortSpan) -> String {
+    let ([t1, c1], [t2, c2]) = (span.0.to_be_bytes(), span.1.to_be_bytes());
+    match (t1 == t2, c1, c2) {
+        _ if span == ALL_PORTS => "any type".to_string(),
+        (true, 0, 255) => format!("type {t1}"),
+        (true, a, b) if a == b => format!("type {t1} code {a}"),
+        (true, a, b) => format!("type {t1} code {a}-{b}"),
+        (false, 0, 255) => format!("types {t1}-{t2}"),
+        _ => format!("type {t1} code {c1} to type {t2} code {c2}"),
     }
 }
 
@@ -215,7 +279,7 @@ pub struct Matcher {
     /// Sorted, disjoint, non-adjacent intervals; empty: matches nothing in this family.
     pub peer: Vec<AddrRange>,
     pub local: AddrRange,
-    /// Only for the classes with ports.
+    /// Only for the protocols with a key ([`has_key`]): ports, or ICMP keys.
     pub dport: PortSpan,
     pub sport: PortSpan,
 }
@@ -303,6 +367,9 @@ impl Matcher {
                 (rule.port_range.first, rule.port_range.last),
                 rule.source_port_range.map_or(ALL_PORTS, |r| (r.first, r.last)),
             )
+        } else if rule.protocol.is_icmp() {
+            // The ICMP key range of the rule's type and code.
+            ((rule.port_range.first, rule.port_range.last), ALL_PORTS)
         } else {
             (ALL_PORTS, ALL_PORTS)
         };
@@ -341,11 +408,14 @@ impl Matcher {
         {
             return false;
         }
-        let shared = ProtoSet(self.protos.0 & other.protos.0);
-        // A class without ports needs nothing more; one with ports needs both port spans.
-        shared.classes().any(|c| {
-            !c.has_ports() || (spans_intersect(self.dport, other.dport) && spans_intersect(self.sport, other.sport))
-        })
+        let shared = self.protos.intersection(other.protos);
+        // A protocol without a key needs nothing more; one with a key needs the
+        // destination spans to meet, and one with ports the source spans too.
+        let keyed = ProtoSet::one(6).union(ProtoSet::one(17)).union(ProtoSet::one(1)).union(ProtoSet::one(58));
+        !shared.minus(keyed).is_empty()
+            || shared.numbers().filter(|&n| has_key(n)).any(|n| {
+                spans_intersect(self.dport, other.dport) && (!has_ports(n) || spans_intersect(self.sport, other.sport))
+            })
     }
 
     fn boundaries(&self, level: Level, out: &mut Vec<AddrRange>) {
@@ -384,11 +454,14 @@ impl Bounds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell {
     pub family: Family,
-    pub proto: ProtoClass,
+    /// The protocol number the cell is probed with (a cell of the "every other number"
+    /// class stands for all of them: no matcher tells them apart).
+    pub proto: u8,
     pub peer: AddrRange,
     pub local: AddrRange,
-    /// `None` for protocols without ports.
+    /// `None` for protocols without a key ([`has_key`]); ICMP keys for icmp and icmpv6.
     pub dport: Option<PortSpan>,
+    /// `None` for protocols without ports.
     pub sport: Option<PortSpan>,
 }
 
@@ -404,7 +477,7 @@ impl Cell {
         crate::policy::eval::PacketTuple {
             src,
             dst,
-            protocol: self.proto.number(),
+            protocol: self.proto,
             src_port: self.sport.map_or(0, |s| s.0),
             dst_port: self.dport.map_or(0, |d| d.0),
         }
@@ -415,8 +488,8 @@ impl Cell {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region<O> {
     pub family: Family,
-    /// In [`ProtoClass`] order.
-    pub protos: Vec<ProtoClass>,
+    /// The protocol numbers of the region.
+    pub protos: ProtoSet,
     pub peer: AddrRange,
     pub local: AddrRange,
     pub dport: Option<PortSpan>,
@@ -443,23 +516,26 @@ pub fn partition<O: Clone + PartialEq>(
 ) -> Vec<Region<O>> {
     let mut out: Vec<Region<O>> = Vec::new();
     // Protocol classes with equal sub-results are merged into one region list.
-    let mut per_class: Vec<(ProtoClass, Vec<Region<O>>)> = Vec::new();
-    for class in bounds.protos.classes() {
+    let mut per_class: Vec<(ProtoSet, Vec<Region<O>>)> = Vec::new();
+    for class in protocol_classes(matchers, bounds.protos) {
+        let Some(number) = class.representative() else { continue };
+        // Every matcher holds all of a class or none of it.
         let alive: Vec<usize> = (0..matchers.len())
-            .filter(|&i| matchers[i].protos.contains(class) && !matchers[i].peer.is_empty())
+            .filter(|&i| matchers[i].protos.intersects(class) && !matchers[i].peer.is_empty())
             .collect();
         let cell = Cell {
             family,
-            proto: class,
+            proto: number,
             peer: bounds.peer,
             local: bounds.local,
-            dport: class.has_ports().then_some(bounds.dport),
-            sport: class.has_ports().then_some(bounds.sport),
+            dport: has_key(number).then_some(bounds.dport),
+            sport: has_ports(number).then_some(bounds.sport),
         };
         let mut sub = split(matchers, &alive, &[Level::Peer, Level::Local, Level::Dport, Level::Sport], cell, leaf);
         // A port range spanning every port is no constraint: say so with `None`, so that
         // tcp and udp ranges can merge with the port-less protocols.
         for region in &mut sub {
+            region.protos = class;
             if region.sport == Some(ALL_PORTS) {
                 region.sport = None;
             }
@@ -474,15 +550,15 @@ pub fn partition<O: Clone + PartialEq>(
         if used[i] || per_class[i].1.is_empty() {
             continue;
         }
-        let mut classes = vec![per_class[i].0];
+        let mut classes = per_class[i].0;
         for j in i + 1..per_class.len() {
             if !used[j] && same_shape(&per_class[i].1, &per_class[j].1) {
                 used[j] = true;
-                classes.push(per_class[j].0);
+                classes = classes.union(per_class[j].0);
             }
         }
         for mut region in per_class[i].1.clone() {
-            region.protos.clone_from(&classes);
+            region.protos = classes;
             out.push(region);
         }
     }
@@ -603,7 +679,7 @@ fn leaf_regions<O: Clone + PartialEq>(
     match leaf(&cell, alive) {
         Some(outcome) => vec![Region {
             family: cell.family,
-            protos: vec![cell.proto],
+            protos: ProtoSet::one(cell.proto),
             peer: cell.peer,
             local: cell.local,
             dport: cell.dport,

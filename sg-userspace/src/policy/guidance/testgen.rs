@@ -53,7 +53,10 @@ pub const MEMBERS: &[&str] =
     &["198.18.0.5", "198.18.0.70", "198.18.0.129", "198.18.1.1", "198.18.0.7", "2001:db8::5", "2001:db8::81"];
 const PORTS: &[&str] = &["1/65535", "20/30", "25/25", "28/40", "100/200", "443/443"];
 const SOURCE_PORTS: &[&str] = &["1/1024", "1000/2000", "25/25"];
-const PROTOCOLS: &[&str] = &["tcp", "udp", "icmp", "icmpv6", "gre", "all", "tcp", "udp"];
+const PROTOCOLS: &[&str] = &["tcp", "udp", "icmp", "icmpv6", "gre", "all", "tcp", "udp", "icmp", "50", "132", "0"];
+/// ICMP and ICMPv6 types and codes rules and packets pick from, so that they meet often.
+const ICMP_TYPES: &[u8] = &[0, 3, 8, 11, 128, 129, 1, 255];
+const ICMP_CODES: &[u8] = &[0, 1, 3, 4, 255];
 
 /// A random valid rule file with interfaces `eth0` (and sometimes `eth1`).
 pub fn random_file(rng: &mut Rng) -> String {
@@ -97,7 +100,17 @@ fn random_rule(rng: &mut Rng, own: usize, groups: usize, advanced: bool) -> Stri
         rule.push_str("  policy = \"drop\"\n");
     }
     rule.push_str(&format!("  priority = {}\n", 1 + rng.below(3)));
-    rule.push_str(&format!("  protocol = \"{protocol}\"\n"));
+    if protocol.starts_with(|c: char| c.is_ascii_digit()) && rng.chance(50) {
+        rule.push_str(&format!("  protocol = {protocol}\n"));
+    } else {
+        rule.push_str(&format!("  protocol = \"{protocol}\"\n"));
+    }
+    if (protocol == "icmp" || protocol == "icmpv6") && rng.chance(60) {
+        rule.push_str(&format!("  icmp_type = {}\n", rng.pick(ICMP_TYPES)));
+        if rng.chance(50) {
+            rule.push_str(&format!("  icmp_code = {}\n", rng.pick(ICMP_CODES)));
+        }
+    }
     if protocol == "tcp" || protocol == "udp" {
         rule.push_str(&format!("  port_range = \"{}\"\n", rng.pick(PORTS)));
         if rng.chance(20) {
@@ -184,15 +197,24 @@ pub fn random_port(rng: &mut Rng) -> u16 {
 }
 
 pub fn random_packet(rng: &mut Rng) -> (Direction, PacketTuple) {
-    const PROTOS: &[u8] = &[6, 17, 1, 58, 47, 132, 0, 6, 17];
+    const PROTOS: &[u8] = &[6, 17, 1, 58, 47, 132, 0, 6, 17, 50, 51, 4, 255, 1, 58];
     let v6 = rng.chance(40);
     let direction = if rng.chance(50) { Direction::Ingress } else { Direction::Egress };
+    let protocol = *rng.pick(PROTOS);
+    // ICMP messages carry their type and code as the key rules match (`PacketTuple`).
+    let dst_port = if matches!(protocol, 1 | 58) && rng.chance(85) {
+        crate::policy::config::IcmpMatch { icmp_type: *rng.pick(ICMP_TYPES), code: Some(*rng.pick(ICMP_CODES)) }
+            .key_range()
+            .first
+    } else {
+        random_port(rng)
+    };
     let packet = PacketTuple {
         src: random_addr(rng, v6),
         dst: random_addr(rng, v6),
-        protocol: *rng.pick(PROTOS),
+        protocol,
         src_port: random_port(rng),
-        dst_port: random_port(rng),
+        dst_port,
     };
     (direction, packet)
 }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::policy::config::parse_str;
 use crate::policy::eval::{DecidedBy, PacketTuple, evaluate};
-use crate::policy::guidance::space::{ProtoClass, addr_to_u128};
+use crate::policy::guidance::space::{addr_to_u128, has_key, has_ports};
 use crate::policy::guidance::testgen::{Rng, random_config, random_file, random_packet};
 
 /// The verdict of a file for a packet, as the reference evaluator gives it.
@@ -32,7 +32,7 @@ fn contains(region: &Region<Change>, direction: Direction, packet: &PacketTuple)
     let peer = packet.peer(direction);
     let local = packet.local(direction);
     Family::of_addr(&peer) == region.family
-        && region.protos.contains(&ProtoClass::of_number(packet.protocol))
+        && region.protos.contains(packet.protocol)
         && (region.peer.0..=region.peer.1).contains(&addr_to_u128(peer))
         && (region.local.0..=region.local.1).contains(&addr_to_u128(local))
         && region.dport.is_none_or(|(a, b)| (a..=b).contains(&packet.dst_port))
@@ -55,6 +55,8 @@ fn new_text(old: &str, rng: &mut Rng) -> String {
                 || l.starts_with("policy")
                 || l.starts_with("members")
                 || l.starts_with("inner_access_policy")
+                || l.starts_with("icmp_type")
+                || l.starts_with("icmp_code")
         })
         .collect();
     if editable.is_empty() {
@@ -68,6 +70,8 @@ fn new_text(old: &str, rng: &mut Rng) -> String {
             "priority" => format!("  priority = {}", 1 + rng.below(3)),
             "port_range" => format!("  port_range = \"{}\"", rng.pick(&["20/30", "25/26", "1/65535", "443/443"])),
             "policy" => "  policy = \"accept\"".to_string(),
+            "icmp_type" => format!("  icmp_type = {}", rng.pick(&[0, 3, 8, 128, 129])),
+            "icmp_code" => format!("  icmp_code = {}", rng.pick(&[0, 1, 4])),
             "inner_access_policy" => "inner_access_policy = \"accept\"".to_string(),
             "members" => format!("members = [\"{}\"]", rng.pick(crate::policy::guidance::testgen::MEMBERS)),
             "source" | "destination" => {
@@ -138,17 +142,15 @@ fn point_in(region: &Region<Change>, direction: Direction, rng: &mut Rng) -> Pac
     let port = |rng: &mut Rng, span: Option<(u16, u16)>| {
         span.map_or(0, |(a, b)| u16::try_from(pick(rng, (u128::from(a), u128::from(b)))).unwrap_or(a))
     };
-    let proto = *rng.pick(&region.protos);
+    let numbers: Vec<u8> = region.protos.numbers().collect();
+    let proto = *rng.pick(&numbers);
     let cell = crate::policy::guidance::space::Cell {
         family: region.family,
         proto,
         peer: (pick(rng, region.peer), 0),
         local: (pick(rng, region.local), 0),
-        dport: proto
-            .has_ports()
-            .then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
-        sport: proto
-            .has_ports()
+        dport: has_key(proto).then(|| (port(rng, region.dport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
+        sport: has_ports(proto)
             .then(|| (port(rng, region.sport.or(Some(crate::policy::guidance::space::ALL_PORTS))), 0)),
     };
     cell.packet(direction)
@@ -207,7 +209,7 @@ security_groups = ["sg-office"]
     let regions: Vec<&Region<Change>> = report.sections.iter().flat_map(|s| &s.regions).collect();
     assert_eq!(regions.len(), 1, "{regions:?}");
     let region = regions[0];
-    assert_eq!(region.protos, vec![ProtoClass::Tcp]);
+    assert_eq!(region.protos, crate::policy::guidance::space::ProtoSet::one(6));
     assert_eq!(format_range(Family::Ipv4, region.peer), "198.19.199.1");
     assert_eq!(region.dport, Some((443, 443)));
     assert_eq!(region.sport, None);

@@ -275,8 +275,13 @@ fn permission_rule(
         Some("gre") => Some(Protocol::Gre),
         Some("all") => Some(Protocol::All),
         Some(other) => {
-            problems
-                .error(at("IpProtocol"), format!("`{other}`: the rule model has tcp, udp, icmp, icmpv6, gre and all"));
+            problems.error(
+                at("IpProtocol"),
+                format!(
+                    "`{other}`: Alibaba Cloud's documented IpProtocol values are TCP, UDP, ICMP, ICMPv6, GRE \
+                     and ALL; importing it as ALL would widen it"
+                ),
+            );
             None
         }
         None => {
@@ -397,6 +402,7 @@ fn permission_rule(
         return None;
     }
     Some(DraftRule {
+        icmp: None,
         direction,
         action,
         priority,

@@ -7,8 +7,10 @@
 //! family its egress rules do not already allow entirely (no egress rules: no egress).
 //! Since every accept ranks above every drop, pooling groups keeps AWS's union semantics.
 //! A group referencing itself (legal in AWS, refused by the validator) references a
-//! companion group holding the same members. ICMP type/code rules and protocol numbers
-//! other than 6, 17, 1, 58, 47 and -1 cannot be expressed by the rule model yet: errors.
+//! companion group holding the same members. Protocols by number (`"50"`) import as
+//! numbered protocols (the named ones' numbers as their names), and ICMP rules' FromPort
+//! (type) and ToPort (code) as `icmp_type` and `icmp_code`, -1 meaning all: nothing is
+//! widened.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::alibaba::group_reference;
 use super::{Draft, DraftGroup, DraftRule, ImportError, Problem, Problems, ensure_placeholder_list, render};
-use crate::policy::config::{Action, Direction, Family, Protocol};
+use crate::policy::config::{Action, Direction, Family, IcmpMatch, Protocol};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -148,6 +150,7 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
             });
             if !allowed_all {
                 rules.push(DraftRule {
+                    icmp: None,
                     direction: Direction::Egress,
                     action: Action::Drop,
                     priority: 100,
@@ -187,26 +190,31 @@ fn permission_rules(
     let to = integer(p, "ToPort");
     let protocol = match protocol_text.as_deref() {
         Some("-1" | "all") => Protocol::All,
-        Some("tcp" | "6") => Protocol::Tcp,
-        Some("udp" | "17") => Protocol::Udp,
-        Some("icmp" | "1") => Protocol::Icmp,
-        Some("icmpv6" | "58") => Protocol::Icmpv6,
-        Some("gre" | "47") => Protocol::Gre,
-        Some(other) => {
-            problems.error(
-                at("IpProtocol"),
-                format!(
-                    "protocol `{other}`: the rule model matches only tcp, udp, icmp, icmpv6, gre and all so far \
-                     (protocol numbers are not supported yet); importing it as `all` would widen it"
-                ),
-            );
-            return Vec::new();
-        }
+        Some("tcp") => Protocol::Tcp,
+        Some("udp") => Protocol::Udp,
+        Some("icmp") => Protocol::Icmp,
+        Some("icmpv6") => Protocol::Icmpv6,
+        Some("gre") => Protocol::Gre,
+        Some(other) => match other.parse::<u8>() {
+            // AWS accepts any protocol number; one with a name is that protocol.
+            Ok(number) => Protocol::from_number(number),
+            Err(_) => {
+                problems.error(
+                    at("IpProtocol"),
+                    format!(
+                        "protocol `{other}`: expected tcp, udp, icmp, icmpv6, gre, -1 or a protocol number 0 to \
+                         255; importing it as `all` would widen it"
+                    ),
+                );
+                return Vec::new();
+            }
+        },
         None => {
             problems.error(at("IpProtocol"), "missing");
             return Vec::new();
         }
     };
+    let mut icmp = None;
     let port_range = match protocol {
         Protocol::Tcp | Protocol::Udp => match (from, to) {
             (Some(0), Some(65535)) | (Some(-1), Some(-1)) | (None, None) => {
@@ -224,18 +232,29 @@ fn permission_rules(
             }
         },
         Protocol::Icmp | Protocol::Icmpv6 => {
-            let any = |v: Option<i64>| v.is_none_or(|v| v == -1);
-            if !(any(from) && any(to)) {
-                problems.error(
-                    at("FromPort"),
-                    format!(
-                        "ICMP type {} code {}: the rule model cannot match ICMP types and codes yet; importing it as \
-                         every {protocol} message would widen it",
-                        from.unwrap_or(-1),
-                        to.unwrap_or(-1)
-                    ),
-                );
-                return Vec::new();
+            // AWS: FromPort is the ICMP type and ToPort the code, -1 (or absent) for all.
+            let value = |v: Option<i64>| match v {
+                None | Some(-1) => Ok(None),
+                Some(v) => u8::try_from(v).map(Some).map_err(|_| v),
+            };
+            match (value(from), value(to)) {
+                (Ok(None), Ok(None)) => {}
+                (Ok(Some(icmp_type)), Ok(code)) => icmp = Some(IcmpMatch { icmp_type, code }),
+                (Ok(None), Ok(Some(code))) => {
+                    problems.error(
+                        at("ToPort"),
+                        format!("ICMP code {code} with every type (FromPort -1): a code needs a type"),
+                    );
+                    return Vec::new();
+                }
+                (Err(v), _) => {
+                    problems.error(at("FromPort"), format!("ICMP type {v}: expected 0 to 255, or -1 for all"));
+                    return Vec::new();
+                }
+                (_, Err(v)) => {
+                    problems.error(at("ToPort"), format!("ICMP code {v}: expected 0 to 255, or -1 for all"));
+                    return Vec::new();
+                }
             }
             None
         }
@@ -251,6 +270,7 @@ fn permission_rules(
             protocol,
             port_range: port_range.clone(),
             source_port_range: None,
+            icmp,
             peer,
             local: None,
             description,

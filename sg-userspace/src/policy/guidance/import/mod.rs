@@ -113,6 +113,8 @@ pub struct DraftRule {
     /// `a/b`, or `None` for `-1/-1`.
     pub port_range: Option<String>,
     pub source_port_range: Option<String>,
+    /// An icmp or icmpv6 rule's `icmp_type` and optional `icmp_code`.
+    pub icmp: Option<config::IcmpMatch>,
     /// `(key, value)`: `("source", "0.0.0.0/0")`, `("destination_group", "1234/sg-a")`.
     pub peer: (&'static str, String),
     /// The local-address narrowing: `destination` on ingress, `source` on egress.
@@ -229,6 +231,12 @@ impl Draft {
                 }
                 if let Some(ports) = &rule.source_port_range {
                     out.push_str(&format!("  source_port_range = {}\n", quote(ports)));
+                }
+                if let Some(icmp) = rule.icmp {
+                    out.push_str(&format!("  icmp_type = {}\n", icmp.icmp_type));
+                    if let Some(code) = icmp.code {
+                        out.push_str(&format!("  icmp_code = {code}\n"));
+                    }
                 }
                 out.push_str(&format!("  {} = {}\n", rule.peer.0, quote(&rule.peer.1)));
                 if let Some(local) = &rule.local {

@@ -102,6 +102,7 @@ fn alibaba_refuses_what_the_model_cannot_express_naming_the_field() {
     assert!(has(&problems, ProblemKind::Error, "Permission[1].PortRangeListId", "port lists"), "{problems:#?}");
     assert!(has(&problems, ProblemKind::Error, "Permission[2].Priority", "1 to 100"));
     assert!(has(&problems, ProblemKind::Error, "Permission[2].IpProtocol", "sctp"));
+    assert!(has(&problems, ProblemKind::Error, "Permission[2].IpProtocol", "would widen it"));
     assert!(has(&problems, ProblemKind::Error, "Permission[3].Ipv6SourceCidrIp", "ipv4 only"));
 }
 
@@ -172,12 +173,115 @@ fn aws_output_imports_with_union_semantics_and_self_references() {
 }
 
 #[test]
-fn aws_icmp_types_and_protocol_numbers_are_refused_not_widened() {
+fn aws_icmp_types_and_protocol_numbers_import_exactly() {
+    use crate::policy::config::{Direction, IcmpMatch, Protocol};
+    use crate::policy::eval::{PacketTuple, evaluate};
+    let input = inputs(&["aws-icmp-numbers.json"]);
+    let options = aws::Options { members: members(&[("sg-0odd", &["198.18.0.10", "2001:db8::10"])]), interface: None };
+    let (text, problems) = aws::import(&input, &options).expect("imports");
+    assert!(has(&problems, ProblemKind::Warning, "sg-0odd.FutureField", "unknown field"), "{problems:#?}");
+    let cfg = parse_str(&text, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let ingress: Vec<(Protocol, Option<IcmpMatch>)> =
+        cfg.rules().filter(|r| r.direction == Direction::Ingress).map(|r| (r.protocol, r.icmp())).collect();
+    let icmp = |icmp_type, code| Some(IcmpMatch { icmp_type, code });
+    assert_eq!(
+        ingress,
+        vec![
+            (Protocol::Icmp, icmp(8, Some(0))),
+            (Protocol::Number(50), None),
+            (Protocol::Icmpv6, icmp(128, None)),
+            (Protocol::Tcp, None),
+            (Protocol::Icmp, icmp(3, None)),
+            (Protocol::Number(132), None),
+            (Protocol::Icmp, None),
+        ],
+        "{text}"
+    );
+    // "Echo request only" stays that: the reply, and any other type, is not admitted.
+    let text = text + "\n[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-0odd\"]\n";
+    let cfg = parse_str(&text, "bound.toml").expect("validates");
+    let iface = &cfg.interfaces[0];
+    let verdict = |src: &str, icmp_type, code| {
+        let packet =
+            PacketTuple::icmp(src.parse().expect("addr"), "198.18.0.10".parse().expect("addr"), icmp_type, code);
+        evaluate(&cfg, iface, Direction::Ingress, &packet).action
+    };
+    assert_eq!(verdict("198.19.7.1", 8, 0), Action::Accept);
+    assert_eq!(verdict("198.19.7.1", 0, 0), Action::Drop);
+    assert_eq!(verdict("198.19.7.1", 8, 1), Action::Drop);
+    assert_eq!(verdict("198.19.11.1", 0, 0), Action::Accept);
+    assert_eq!(verdict("203.0.113.1", 3, 4), Action::Accept);
+    assert_eq!(verdict("203.0.113.1", 11, 0), Action::Drop);
+    let esp = PacketTuple {
+        src: "198.19.8.1".parse().expect("addr"),
+        dst: "198.18.0.10".parse().expect("addr"),
+        protocol: 50,
+        src_port: 0,
+        dst_port: 0,
+    };
+    assert_eq!(evaluate(&cfg, iface, Direction::Ingress, &esp).action, Action::Accept);
+    assert_eq!(evaluate(&cfg, iface, Direction::Ingress, &PacketTuple { protocol: 51, ..esp }).action, Action::Drop);
+    // Exported back, every permission is the one imported (the protocol names and
+    // numbers as AWS reports them normalised: "6" is "tcp").
+    let exported = export::aws(&cfg, "bound.toml").expect("exports");
+    let permissions: Vec<String> = exported.document["SecurityGroups"][0]["IpPermissions"]
+        .as_array()
+        .expect("permissions")
+        .iter()
+        .map(|p| format!("{} {} {}", p["IpProtocol"], p["FromPort"], p["ToPort"]))
+        .collect();
+    assert_eq!(
+        permissions,
+        [
+            "\"icmp\" 8 0",
+            "\"50\" null null",
+            "\"icmpv6\" 128 -1",
+            "\"tcp\" 22 22",
+            "\"icmp\" 3 -1",
+            "\"132\" null null",
+            "\"icmp\" -1 -1"
+        ]
+    );
+    let (again, _) = aws::import(&[("exported.json".into(), vec![exported.document])], &options).expect("re-imports");
+    let again = parse_str(&(again + &interfaces_text(&cfg)), "again.toml").expect("validates");
+    let report = diff(&cfg, &again, None).expect("diff");
+    assert!(!report.changed(), "{}", crate::policy::guidance::diff::to_text(&report, &cfg, &again));
+}
+
+#[test]
+fn aws_icmp_types_and_protocols_out_of_range_are_refused_not_widened() {
     let problems = refused(aws::import(&inputs(&["aws-unsupported.json"]), &aws::Options::default()));
-    assert!(has(&problems, ProblemKind::Error, "IpPermissions[1].FromPort", "ICMP type 8 code 0"), "{problems:#?}");
-    assert!(has(&problems, ProblemKind::Error, "IpPermissions[2].IpProtocol", "`50`"));
-    assert!(has(&problems, ProblemKind::Error, "IpPermissions[3].FromPort", "icmpv6"));
-    assert!(has(&problems, ProblemKind::Warning, "sg-0odd.FutureField", "unknown field"));
+    assert!(has(&problems, ProblemKind::Error, "IpPermissions[1].FromPort", "ICMP type 300"), "{problems:#?}");
+    assert!(has(&problems, ProblemKind::Error, "IpPermissions[2].IpProtocol", "`256`"), "{problems:#?}");
+    assert!(has(&problems, ProblemKind::Error, "IpPermissions[3].IpProtocol", "`esp`"), "{problems:#?}");
+    assert!(has(&problems, ProblemKind::Error, "IpPermissions[4].ToPort", "needs a type"), "{problems:#?}");
+}
+
+#[test]
+fn alibaba_export_refuses_protocol_numbers_and_icmp_types() {
+    let text = r#"
+[[security_group]]
+id = "sg-x"
+members = ["198.18.0.10"]
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = 50
+  source = "198.19.8.0/24"
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "icmp"
+  icmp_type = 8
+  source = "0.0.0.0/0"
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "icmp"
+  source = "0.0.0.0/0"
+"#;
+    let cfg = parse_str(text, "x.toml").expect("valid");
+    let Err(export::ExportError::Refused(refusals)) = export::alibaba(&cfg, "x.toml") else { panic!("exported") };
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals[0].contains("x.toml:5: rule sg-x#1") && refusals[0].contains("not protocol 50"), "{refusals:?}");
+    assert!(refusals[1].contains("x.toml:9: rule sg-x#2") && refusals[1].contains("ICMP type or code (type 8)"));
 }
 
 /// The original's interfaces, written after an imported file so both bind the same groups.

@@ -1,6 +1,7 @@
 //! `sgctl lint --provider`: what a cloud provider would refuse or limit in a rule file.
 //!
-//! Alibaba Cloud ECS: at most 1,000 rules over all groups of one NIC; at most 20 rules
+//! Alibaba Cloud ECS: protocols TCP, UDP, ICMP, ICMPv6, GRE and ALL only, no ICMP types
+//! or codes; at most 1,000 rules over all groups of one NIC; at most 20 rules
 //! referencing groups in one basic group; at most 200 entries in a prefix list. (That
 //! advanced groups neither reference groups nor can be referenced is the validator's
 //! error, for every file.) AWS EC2: security groups only
@@ -11,7 +12,7 @@
 use serde::Serialize;
 
 use super::{Finding, Severity};
-use crate::policy::config::{Action, Config, Direction, GroupKind, Peer};
+use crate::policy::config::{Action, Config, Direction, GroupKind, Peer, Protocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +90,28 @@ pub(super) fn check(cfg: &Config, file: &str, provider: Provider) -> Vec<Finding
                         "reference fewer groups (merge the peers into one group, or use prefix lists of their addresses)",
                     );
                 }
+            }
+            // Alibaba's IpProtocol is TCP, UDP, ICMP, ICMPv6, GRE or ALL, and its rules
+            // match no ICMP type or code: `sgctl export alibaba` refuses these rules.
+            for rule in cfg.rules() {
+                let what = match (rule.protocol, rule.icmp()) {
+                    (Protocol::Number(number), _) => format!("protocol {number}"),
+                    (_, Some(icmp)) => format!("ICMP {icmp}"),
+                    _ => continue,
+                };
+                push(
+                    Severity::Error,
+                    "provider-refuses",
+                    rule.line,
+                    cfg.groups.get(rule.group_index).map(|g| g.id.as_str()),
+                    Some(rule.label(cfg)),
+                    None,
+                    format!(
+                        "alibaba: rules take only the protocols TCP, UDP, ICMP, ICMPv6, GRE and ALL, and match no \
+                         ICMP type or code; this rule matches {what}"
+                    ),
+                    "keep the rule off Alibaba Cloud, or widen it knowingly (protocol all, or every ICMP message)",
+                );
             }
             for list in &cfg.prefix_lists {
                 if list.entries.len() > ALIBABA_PREFIX_LIST_ENTRIES {

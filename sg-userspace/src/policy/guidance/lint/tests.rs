@@ -160,3 +160,43 @@ fn the_table_of_sensitive_ports_is_ordered_and_well_formed() {
         assert!(services.contains(&wanted), "{wanted} missing from the table");
     }
 }
+
+#[test]
+fn rules_for_packets_that_never_reach_the_rules_match_nothing() {
+    let text = r#"
+[[security_group]]
+id = "sg-v6"
+members = ["2001:db8::10"]
+  [[security_group.rule]]
+  direction = "ingress"
+  policy = "drop"
+  protocol = "icmpv6"
+  icmp_type = 135
+  source = "::/0"
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = 51
+  source = "2001:db8::/32"
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = 51
+  source = "198.18.0.0/16"
+  [[security_group.rule]]
+  direction = "ingress"
+  protocol = "icmpv6"
+  icmp_type = 128
+  source = "::/0"
+"#;
+    let cfg = crate::policy::config::parse_str(text, "v6.toml").expect("valid");
+    let findings = lint(&cfg, text, "v6.toml", &LintOptions::default());
+    let nothing = of_check(&findings, "rule-matches-nothing");
+    let lines: Vec<usize> = nothing.iter().map(|f| f.line).collect();
+    assert_eq!(lines, vec![5, 11], "{}", dump(&findings));
+    assert!(nothing[0].message.contains("neighbour discovery"), "{}", dump(&findings));
+    assert!(nothing[1].message.contains("extension header"), "{}", dump(&findings));
+    // Alibaba refuses numbered protocols and ICMP types.
+    let findings =
+        lint(&cfg, text, "v6.toml", &LintOptions { provider: Some(Provider::Alibaba), ..LintOptions::default() });
+    let refused: Vec<usize> = of_check(&findings, "provider-refuses").iter().map(|f| f.line).collect();
+    assert_eq!(refused, vec![5, 11, 15, 19], "{}", dump(&findings));
+}
