@@ -13,6 +13,11 @@ use anyhow::{Result, anyhow, bail};
 use crate::{kernel::sgctl_bin, netns::Host};
 
 /// A long-running `sgctl` (attach or run) in a namespace; stopped with SIGTERM on drop.
+///
+/// Started with [`Agent::start`] it runs under `ip netns exec`, whose fresh /sys carries
+/// no BPF filesystem: the agent mounts a private one and its pins die with it. Started
+/// with [`Agent::start_pinned`] (`sgctl --netns NS`) it keeps the host's mount namespace,
+/// so what it pins outlives it and the next agent of that namespace can adopt it.
 pub struct Agent {
     child: Option<Child>,
     lines: Receiver<String>,
@@ -24,17 +29,30 @@ pub fn sgctl(host: &Host, args: &[&str]) -> std::process::Output {
     Command::new("ip").args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args).output().expect("spawning sgctl")
 }
 
+/// Runs `sgctl --netns NS ARGS` to completion: in `host`'s network namespace but this
+/// mount namespace, so it sees the pins and state that pinned agents left there.
+pub fn sgctl_pinned(host: &Host, args: &[&str]) -> std::process::Output {
+    Command::new(sgctl_bin()).args(["--netns", &host.ns]).args(args).output().expect("spawning sgctl")
+}
+
 impl Agent {
-    /// Starts `sgctl ARGS` in `host`'s namespace and waits until it prints a line
-    /// containing `ready` (or fails if it exits first).
+    /// Starts `sgctl ARGS` under `ip netns exec` in `host`'s namespace and waits until it
+    /// prints a line containing `ready` (or fails if it exits first).
     pub fn start(host: &Host, args: &[&str], ready: &str) -> Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &host.ns])
-            .arg(sgctl_bin())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args);
+        Self::spawn(cmd, ready)
+    }
+
+    /// Starts `sgctl --netns NS ARGS`: the same, but its pins outlive it.
+    pub fn start_pinned(host: &Host, args: &[&str], ready: &str) -> Result<Self> {
+        let mut cmd = Command::new(sgctl_bin());
+        cmd.args(["--netns", &host.ns]).args(args);
+        Self::spawn(cmd, ready)
+    }
+
+    fn spawn(mut cmd: Command, ready: &str) -> Result<Self> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let (tx, lines) = mpsc::channel();
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
@@ -114,7 +132,7 @@ impl Agent {
     /// Sends `signal` and waits for the process to exit; returns its output lines.
     pub fn stop_with(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
-        // `ip netns exec` execs sgctl, so the child pid is sgctl's.
+        // `ip netns exec` execs sgctl, so the child pid is sgctl's either way.
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(15);
