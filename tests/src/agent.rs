@@ -14,6 +14,11 @@ use anyhow::{Result, anyhow, bail};
 use crate::{kernel::sgctl_bin, netns::Host};
 
 /// A long-running `sgctl` (attach or run) in a namespace; stopped with SIGTERM on drop.
+///
+/// Started with [`Agent::start`] it runs under `ip netns exec`, whose fresh /sys carries
+/// no BPF filesystem: the agent mounts a private one and its pins die with it. Started
+/// with [`Agent::start_pinned`] (`sgctl --netns NS`) it keeps the host's mount namespace,
+/// so what it pins outlives it and the next agent of that namespace can adopt it.
 pub struct Agent {
     child: Option<Child>,
     lines: Receiver<String>,
@@ -39,19 +44,9 @@ pub fn sgctl_pinned(host: &Host, args: &[&str]) -> std::process::Output {
     pinned_command(&sgctl_bin(), host, args).output().expect("spawning sgctl")
 }
 
-/// Runs `sgctl down` in a namespace when dropped (also while a test panics), so pinned
-/// state never outlives the test.
-pub struct DownOnDrop(pub Host);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        let _ = sgctl_pinned(&self.0, &["down"]);
-    }
-}
-
 impl Agent {
-    /// Starts `sgctl ARGS` in `host`'s namespace and waits until it prints a line
-    /// containing `ready` (or fails if it exits first).
+    /// Starts `sgctl ARGS` under `ip netns exec` in `host`'s namespace and waits until it
+    /// prints a line containing `ready` (or fails if it exits first).
     pub fn start(host: &Host, args: &[&str], ready: &str) -> Result<Self> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args);
@@ -144,7 +139,7 @@ impl Agent {
     /// Sends `signal` and waits for the process to exit; returns its output lines.
     pub fn stop_with(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
-        // `ip netns exec` execs sgctl, so the child pid is sgctl's.
+        // `ip netns exec` execs sgctl, so the child pid is sgctl's either way.
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(15);

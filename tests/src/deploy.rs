@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    agent::{Agent, sgctl},
+    agent::{Agent, sgctl, sgctl_pinned},
     netns::{Host, Lab},
     traffic::{Proto, Server},
 };
@@ -72,10 +72,88 @@ impl Demo {
 /// Starts `sgctl run --config CONFIG` in `host`'s namespace (generic XDP: the fast mode
 /// on veth) and waits until the rules are applied.
 pub fn enforce(host: &Host, config: &Path, extra: &[&str]) -> Result<Agent> {
+    Agent::start(host, &run_args(config, extra)?, "applied")
+}
+
+/// The same through `sgctl --netns`: the agent pins what it attaches, so enforcement
+/// outlives it and the next agent adopts it. [`DownOnDrop`] removes it again.
+pub fn enforce_pinned(host: &Host, config: &Path, extra: &[&str]) -> Result<Agent> {
+    Agent::start_pinned(&sgctl_bin(), host, &run_args(config, extra)?, "applied")
+}
+
+fn run_args<'a>(config: &'a Path, extra: &[&'a str]) -> Result<Vec<&'a str>> {
     let config = config.to_str().context("config path is not UTF-8")?;
     let mut args = vec!["run", "--config", config, "--xdp-mode", "generic"];
     args.extend_from_slice(extra);
-    Agent::start(host, &args, "applied")
+    Ok(args)
+}
+
+/// Runs `sgctl --netns NS down` in every namespace it was given when dropped, also while
+/// an early error or a panic unwinds. Pinned enforcement outlives its agent by design, so
+/// without this a failed demo would leave programs and maps (tens of MiB of kernel
+/// memory for the session tables) pinned for a namespace that no longer exists. Declare
+/// it after the [`Demo`] (dropped first, while the namespaces still exist) and before
+/// the agents (dropped before it: `down` then finds no live child to wait for).
+pub struct DownOnDrop(pub Vec<Host>);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        for host in &self.0 {
+            let _ = sgctl_pinned(host, &["down"]);
+        }
+    }
+}
+
+/// Removes everything this process set up, for a SIGINT/SIGTERM that would otherwise end
+/// it without running any destructor: in each of its namespaces, stops the pinned agent
+/// (and reaps it, so `sgctl down` does not wait on a zombie), runs `sgctl --netns NS
+/// down`, then deletes the namespace.
+pub fn tear_down_own_namespaces() {
+    use std::os::unix::fs::MetadataExt as _;
+    let namespaces = crate::netns::own_namespaces();
+    for ns in &namespaces {
+        let Ok(meta) = std::fs::metadata(format!("/run/netns/{ns}")) else { continue };
+        let pid_file = format!("/run/sgctl/{}/agent.pid", meta.ino());
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+            // SAFETY: kill and waitpid have no memory preconditions; a pid that is not
+            // our child makes waitpid fail at once, and `sgctl down` waits for it.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::process::Command::new(crate::kernel::sgctl_bin()).args(["--netns", ns, "down"]).output();
+    }
+    for ns in namespaces.iter().rev() {
+        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
+    }
+}
+
+/// Runs `sgctl --netns NS down`, returning its output lines; fails when it fails.
+pub fn down(host: &Host) -> Result<Vec<String>> {
+    let out = sgctl_pinned(host, &["down"]);
+    anyhow::ensure!(out.status.success(), "sgctl down failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
+
+/// What of sgctl's is left for `host`'s namespace after `sgctl down`: programs on its
+/// NIC (`sgctl status`), a pin directory, a state directory. Empty when nothing is.
+pub fn leftovers(host: &Host) -> Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut left = Vec::new();
+    let out = sgctl_pinned(host, &["status", &host.iface, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("sgctl status --json")?;
+    if status["attached"] != false {
+        left.push(format!("{}: {status}", host.iface));
+    }
+    // The inode of the namespace names its directories (`sgctl::paths`).
+    let inode = std::fs::metadata(format!("/run/netns/{}", host.ns))?.ino();
+    for dir in [format!("/sys/fs/bpf/sgctl/{inode}"), format!("/run/sgctl/{inode}")] {
+        if Path::new(&dir).exists() {
+            left.push(dir);
+        }
+    }
+    Ok(left)
 }
 
 /// What a flow sends.

@@ -166,6 +166,19 @@ impl Drop for Lab {
     }
 }
 
+/// The namespaces this process's labs created (`sgt-<own pid>-...`), for cleaning up
+/// from a signal handler that holds no [`Lab`].
+pub fn own_namespaces() -> Vec<String> {
+    let mine = format!("{PREFIX}-{}-", std::process::id());
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(&mine))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Deletes `sgt-<pid>-...` namespaces whose process no longer exists.
 fn remove_stale_namespaces() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };

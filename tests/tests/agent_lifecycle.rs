@@ -14,7 +14,8 @@ use std::{
 };
 
 use sg_tests::{
-    agent::{Agent, DownOnDrop, sgctl_pinned},
+    agent::{Agent, sgctl_pinned},
+    deploy::DownOnDrop,
     kernel::{kernel_tests_enabled, sgctl_bin, variant_bin},
     netns::{Host, instance_and_outside},
     traffic::{EchoStream, Flood, Proto, Server, Sink, echo_over},
@@ -176,7 +177,7 @@ fn enforcement_outlives_the_agent_and_the_next_one_adopts_it_untouched() {
         return;
     }
     let (_lab, inst, out) = instance_and_outside("life").unwrap();
-    let _down = DownOnDrop(inst.clone());
+    let _down = DownOnDrop(vec![inst.clone()]);
     let first = write("first", &config(None, INST0));
     let mut agent = start(&sgctl_bin(), &inst, &first, "applied");
     let s = status(&inst);
@@ -232,7 +233,7 @@ fn an_upgrade_under_traffic_moves_to_the_new_programs_losing_and_leaking_nothing
     }
     let Some(variant) = variant_bin("an_upgrade_under_traffic") else { return };
     let (_lab, inst, out) = instance_and_outside("upgr").unwrap();
-    let _down = DownOnDrop(inst.clone());
+    let _down = DownOnDrop(vec![inst.clone()]);
     let rules = write("upgrade", &config(None, INST0));
     let mut agent = start(&sgctl_bin(), &inst, &rules, "applied");
     let s = status(&inst);
@@ -270,7 +271,7 @@ fn an_apply_that_outgrows_the_maps_moves_generation_under_traffic() {
         return;
     }
     let (_lab, inst, out) = instance_and_outside("grow").unwrap();
-    let _down = DownOnDrop(inst.clone());
+    let _down = DownOnDrop(vec![inst.clone()]);
     let small = write("small", &config(None, INST0));
     let agent = start(&sgctl_bin(), &inst, &small, "applied");
     let vectors = status(&inst)["vector_capacity"].as_u64().unwrap();
@@ -311,7 +312,7 @@ fn applies_attach_and_detach_interfaces() {
     let second =
         lab.add_interface(&inst, "inst1", "198.18.1.2".parse().unwrap(), "2001:db8::1:2".parse().unwrap()).unwrap();
     lab.resolve_neighbours().unwrap();
-    let _down = DownOnDrop(inst.clone());
+    let _down = DownOnDrop(vec![inst.clone()]);
     let sink = inst.sink(PROBE + 2).unwrap();
     let delivered = |addr: IpAddr| out.delivers(&sink, addr, PROBE + 2);
     let one = write("one", &config(None, INST0));
@@ -343,7 +344,7 @@ fn a_hundred_applies_under_load_stall_nothing_and_let_no_probe_through() {
         return;
     }
     let (_lab, inst, out) = instance_and_outside("reload").unwrap();
-    let _down = DownOnDrop(inst.clone());
+    let _down = DownOnDrop(vec![inst.clone()]);
     let icmp = "  [[security_group.rule]]\n  direction = \"ingress\"\n  protocol = \"icmp\"\n  port_range = \"-1/-1\"\n  \
                 source = \"198.18.0.1\"\n";
     let a = write("reload-a", &config(None, &format!("{icmp}{INST0}")));

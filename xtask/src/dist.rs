@@ -60,9 +60,11 @@ pub fn run() -> Result<()> {
     let version = version()?;
     let root = dist_dir().join("deb-root");
     let _ = fs::remove_dir_all(&root);
-    let files: [(&str, PathBuf, u32); 4] = [
+    // The unit is the documented example itself, so the two cannot drift apart.
+    let files: [(&str, PathBuf, u32); 5] = [
         ("usr/sbin/sgctl", sgctl.clone(), 0o755),
-        ("lib/systemd/system/sgctl.service", workspace_root().join("dist/sgctl.service"), 0o644),
+        ("lib/systemd/system/sgctl.service", workspace_root().join("examples/sgctl.service"), 0o644),
+        ("usr/share/doc/sgctl/agent.md", workspace_root().join("docs/agent.md"), 0o644),
         ("etc/sgctl/rules.toml", workspace_root().join("dist/rules.toml"), 0o644),
         ("usr/share/doc/sgctl/demo.toml", workspace_root().join("examples/demo.toml"), 0o644),
     ];

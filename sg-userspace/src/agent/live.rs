@@ -65,6 +65,9 @@ struct Context {
     only: Vec<String>,
     replace: bool,
     state_file: PathBuf,
+    /// The BPF filesystem was mounted by this agent (under `ip netns exec`): its pins
+    /// go when this process's mount namespace does.
+    private_bpffs: bool,
 }
 
 /// One generation in force: its programs and maps, what is installed in them, and the
@@ -368,6 +371,7 @@ impl Live {
             only: opts.only.clone(),
             replace: opts.replace,
             state_file: paths::state_file(),
+            private_bpffs: mounted,
         };
         let previous = match AgentState::load(&ctx.state_file) {
             Ok(state) => state.filter(|s| s.pin_dir == pin_dir),
@@ -575,6 +579,34 @@ impl Live {
     pub fn pin_dir(&self) -> &Path {
         self.ctx.pins.dir()
     }
+
+    /// Whether the pins are on a BPF filesystem this agent mounted, which ends with it.
+    pub fn pins_die_with_agent(&self) -> bool {
+        self.ctx.private_bpffs
+    }
+}
+
+/// The state at `state_file`, or `None` when there is none or it cannot be read.
+pub fn recorded_state(state_file: &Path) -> Option<AgentState> {
+    AgentState::load(state_file).ok().flatten()
+}
+
+/// Fails when the state records pins this mount namespace cannot see: under `ip netns
+/// exec` (a fresh /sys with no BPF filesystem) the pins are there, just not reachable, and
+/// removing the state then would orphan them. `sgctl down` checks this before it even
+/// stops the agent.
+pub fn ensure_reachable(state: Option<&AgentState>, pin_dir: &Path) -> Result<()> {
+    let pin_dir = state.map_or(pin_dir, |s| s.pin_dir.as_path());
+    let bpffs = Path::new(paths::BPFFS);
+    if state.is_some() && pin_dir.starts_with(bpffs) && !crate::dataplane::pins::is_bpffs(bpffs) {
+        bail!(
+            "no BPF filesystem at {} here, so the pins under {} cannot be reached (under `ip netns exec`?); nothing \
+             done: run `sgctl --netns NAME down` instead",
+            bpffs.display(),
+            pin_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Removes everything of sgctl's in this namespace that `state_file` and `pin_dir`
@@ -587,6 +619,7 @@ pub fn down(state_file: &Path, pin_dir: &Path) -> Result<Vec<String>> {
         None
     });
     let pin_dir = state.as_ref().map_or_else(|| pin_dir.to_path_buf(), |s| s.pin_dir.clone());
+    ensure_reachable(state.as_ref(), &pin_dir)?;
     if let Some(pins) = Pins::existing(&pin_dir) {
         for held in state.iter().flat_map(|s| &s.interfaces) {
             links::detach(&pins, held)?;

@@ -129,11 +129,20 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let _ = std::fs::remove_file(paths::agent_pid_file());
     result?;
     saved?;
-    info!(
-        "stopped; enforcement stays on {} (pinned under {}): `sgctl down` removes it",
-        live.names().join(", "),
-        live.pin_dir().display()
-    );
+    if live.pins_die_with_agent() {
+        // The mount namespace of `ip netns exec` goes with this process, and its BPF
+        // filesystem with it: the links lose their last reference and detach.
+        info!(
+            "stopped; the pins were on this command's own BPF filesystem, so enforcement on {} ends now",
+            live.names().join(", ")
+        );
+    } else {
+        info!(
+            "stopped; enforcement stays on {} (pinned under {}): `sgctl down` removes it",
+            live.names().join(", "),
+            live.pin_dir().display()
+        );
+    }
     Ok(())
 }
 
