@@ -78,7 +78,7 @@ pub fn enforce(host: &Host, config: &Path, extra: &[&str]) -> Result<Agent> {
 /// The same through `sgctl --netns`: the agent pins what it attaches, so enforcement
 /// outlives it and the next agent adopts it. [`DownOnDrop`] removes it again.
 pub fn enforce_pinned(host: &Host, config: &Path, extra: &[&str]) -> Result<Agent> {
-    Agent::start_pinned(&sgctl_bin(), host, &run_args(config, extra)?, "applied")
+    Agent::start_pinned(&crate::kernel::sgctl_bin(), host, &run_args(config, extra)?, "applied")
 }
 
 fn run_args<'a>(config: &'a Path, extra: &[&'a str]) -> Result<Vec<&'a str>> {

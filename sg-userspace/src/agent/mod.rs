@@ -131,11 +131,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     saved?;
     if live.pins_die_with_agent() {
         // The mount namespace of `ip netns exec` goes with this process, and its BPF
-        // filesystem with it: the links lose their last reference and detach.
-        info!(
-            "stopped; the pins were on this command's own BPF filesystem, so enforcement on {} ends now",
-            live.names().join(", ")
-        );
+        // filesystem with it: nothing could adopt the pins. Remove everything now, so no
+        // half of it lingers (a clsact filter outlives the BPF filesystem).
+        let names = live.names().join(", ");
+        let pin_dir = live.pin_dir().to_path_buf();
+        drop(live);
+        live::down(&paths::state_file(), &pin_dir)?;
+        info!("stopped and detached from {names}: the pins were on this command's own BPF filesystem");
     } else {
         info!(
             "stopped; enforcement stays on {} (pinned under {}): `sgctl down` removes it",
