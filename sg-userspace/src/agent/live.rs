@@ -278,20 +278,27 @@ impl Context {
         here: &[(u32, &InterfaceBinding)],
         compiled: &[CompiledInterface],
     ) -> Result<Holding> {
-        let old_sessions = SessionTable::take(old)?;
         let dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
         let (object, features) = (dp.identity.clone(), dp.features);
         let id = next_generation(&self.pins);
         let mut generation = Generation::pin(dp, &self.pins, id)?;
         let carry_sessions = session_layout(old)? == session_layout(&generation)?;
+        // The old sessions are read with this build's types: only when the layouts agree.
+        let old_sessions = match carry_sessions.then(|| SessionTable::take(old)).transpose() {
+            Ok(table) => table,
+            Err(e) => {
+                let _ = self.pins.remove_generation(id);
+                return Err(e.into());
+            }
+        };
         let outcome = (|| -> Result<(Enforcer, ApplyReport)> {
             let mut enforcer = Enforcer::new(&mut generation, &capacity)?;
             for (ifindex, count) in generations {
                 enforcer.continue_generation(*ifindex, *count);
             }
             let report = enforcer.apply_compiled(cfg, compiled)?;
-            if carry_sessions {
-                let copied = copy_sessions(&old_sessions, enforcer.sessions())?;
+            if let Some(old_sessions) = &old_sessions {
+                let copied = copy_sessions(old_sessions, enforcer.sessions())?;
                 info!("copied {copied} sessions into generation {id}");
             } else if self.replace {
                 warn!("--replace: the old programs' sessions are not carried over (their layout differs)");
@@ -328,8 +335,8 @@ impl Context {
             switched.push(h);
         }
         // Sessions the old programs opened between the copy and the switch.
-        if carry_sessions {
-            let late = copy_sessions(&old_sessions, enforcer.sessions())?;
+        if let Some(old_sessions) = &old_sessions {
+            let late = copy_sessions(old_sessions, enforcer.sessions())?;
             if late > 0 {
                 info!("copied {late} sessions the old programs opened during the switch");
             }
