@@ -277,7 +277,10 @@ fn main() -> Result<()> {
                 est[i] = e;
                 ratio[i] = r;
             }
+            // Flushed and the hints rebuilt: the next size's SYN must meet no stale hint of
+            // this flow's session (it would cost a session lookup a new flow never makes).
             enforcer.sessions().flush()?;
+            enforcer.sessions().rebuild_hints(Duration::ZERO)?;
             established.push((n, est));
             established_ratios.push((n, ratio));
             rows.push((format!("sgctl, {n} rules, established flow"), est));
