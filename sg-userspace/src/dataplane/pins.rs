@@ -144,6 +144,34 @@ impl Pins {
     }
 }
 
+/// Pins every map and both programs of `dp` as generation `id` (its directory must not
+/// exist yet); `dp` stays usable, so tests can run packets through it while a second
+/// handle works through the pins. Maps must not have been taken out of `dp` yet.
+pub fn pin_objects(dp: &mut Dataplane, pins: &Pins, id: u32) -> Result<()> {
+    let dir = pins.generation_dir(id);
+    if dir.exists() {
+        return Err(DataplaneError::Refused(format!("{} exists already", dir.display())));
+    }
+    std::fs::create_dir_all(&dir).doing_with(|| format!("creating {}", dir.display()))?;
+    let pinned = (|| {
+        for (name, map) in dp.ebpf.maps() {
+            // `.rodata` and friends: held by the programs, never opened by name.
+            if name.starts_with('.') {
+                continue;
+            }
+            map.pin(dir.join(name)).doing_with(|| format!("pinning map {name}"))?;
+        }
+        dp.xdp()?.pin(dir.join(INGRESS_PIN)).doing("pinning the XDP program")?;
+        dp.tc()?.pin(dir.join(EGRESS_PIN)).doing("pinning the TC program")?;
+        Ok::<_, DataplaneError>(())
+    })();
+    if let Err(e) = pinned {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Pin names of the two programs inside a generation directory.
 const INGRESS_PIN: &str = "prog-ingress";
 const EGRESS_PIN: &str = "prog-egress";
@@ -161,27 +189,7 @@ impl Generation {
     /// Pins every map and both programs of a freshly loaded `dp` as generation `id`,
     /// and reopens it through the pins. Maps must not have been taken out of `dp` yet.
     pub fn pin(mut dp: Dataplane, pins: &Pins, id: u32) -> Result<Self> {
-        let dir = pins.generation_dir(id);
-        if dir.exists() {
-            return Err(DataplaneError::Refused(format!("{} exists already", dir.display())));
-        }
-        std::fs::create_dir_all(&dir).doing_with(|| format!("creating {}", dir.display()))?;
-        let pinned = (|| {
-            for (name, map) in dp.ebpf.maps() {
-                // `.rodata` and friends: held by the programs, never opened by name.
-                if name.starts_with('.') {
-                    continue;
-                }
-                map.pin(dir.join(name)).doing_with(|| format!("pinning map {name}"))?;
-            }
-            dp.xdp()?.pin(dir.join(INGRESS_PIN)).doing("pinning the XDP program")?;
-            dp.tc()?.pin(dir.join(EGRESS_PIN)).doing("pinning the TC program")?;
-            Ok::<_, DataplaneError>(())
-        })();
-        if let Err(e) = pinned {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        pin_objects(&mut dp, pins, id)?;
         drop(dp);
         Self::open(pins, id)
     }
