@@ -406,3 +406,52 @@ fn a_hundred_applies_under_load_stall_nothing_and_let_no_probe_through() {
     assert_eq!(status(&inst)["generation"], 101, "every apply took effect");
     drop(agent);
 }
+
+#[test]
+fn an_upgrade_whose_sessions_cannot_be_carried_keeps_the_old_programs_unless_replace() {
+    if !kernel_tests_enabled("an_upgrade_whose_sessions_cannot_be_carried") {
+        return;
+    }
+    let Some(variant) = variant_bin("an_upgrade_whose_sessions_cannot_be_carried") else { return };
+    let (_lab, inst, out) = instance_and_outside("layout").unwrap();
+    let _down = DownOnDrop(vec![inst.clone()]);
+    let rules = write("layout", &config(None, INST0));
+    let mut agent = start(&sgctl_bin(), &inst, &rules, "applied");
+    let pin_dir = status(&inst)["pin_dir"].as_str().unwrap().to_string();
+    let program = xdp_program(&inst, "inst0").unwrap();
+    agent.stop_with(libc::SIGTERM).unwrap();
+    // What an older build with another session layout leaves: its pinned session map has
+    // other sizes than this build's (a real map, created with bpftool under the name the
+    // new agent reads; the old programs keep their own).
+    let sessions = format!("{pin_dir}/gen-1/SG_SESSIONS");
+    std::fs::remove_file(&sessions).unwrap();
+    let made = Command::new("bpftool")
+        .args(["map", "create", &sessions, "type", "lru_hash", "key", "44", "value", "48", "entries", "1024"])
+        .args(["name", "SG_SESSIONS"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "bpftool map create: {}", text(&made.stderr));
+
+    // The new build refuses, and the old programs stay attached and enforcing.
+    let args = run_args(&rules);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = sg_tests::agent::pinned_command(&variant, &inst, &args).output().unwrap();
+    let said = text(&refused.stderr);
+    assert!(!refused.status.success(), "the new build must refuse: {said}");
+    assert!(said.contains("cannot hold the old ones") && said.contains("--replace"), "{said}");
+    assert_eq!(xdp_program(&inst, "inst0"), Some(program), "the old programs keep running");
+    assert!(out.probe(Proto::Tcp, inst.ipv4.into(), EXTRA_TCP, T).is_err(), "still enforced");
+    assert!(Path::new(&format!("{pin_dir}/gen-1")).exists() && !Path::new(&format!("{pin_dir}/gen-2")).exists());
+
+    // Told --replace, it switches without the sessions.
+    let mut replace = args.clone();
+    replace.push("--replace");
+    let agent = Agent::start_pinned(&variant, &inst, &replace, "applied").unwrap();
+    assert!(agent.seen.iter().any(|l| l.contains("moved from generation 1 to 2")), "{:#?}", agent.seen);
+    assert!(agent.seen.iter().any(|l| l.contains("are not carried over")), "{:#?}", agent.seen);
+    assert_ne!(xdp_program(&inst, "inst0"), Some(program), "the new programs are attached");
+    let _server = inst.serve(Proto::Tcp, ECHO_TCP).unwrap();
+    assert!(out.probe(Proto::Tcp, inst.ipv4.into(), ECHO_TCP, T).is_ok(), "the new programs enforce the rules");
+    assert!(out.probe(Proto::Tcp, inst.ipv4.into(), EXTRA_TCP, T).is_err(), "and drop the rest");
+    drop(agent);
+}

@@ -452,6 +452,12 @@ impl Live {
         } else {
             match ctx.adopt(&prev) {
                 Ok(holding) => {
+                    // A generation an agent loaded but never switched to (it died during
+                    // an upgrade or a regeneration) holds no interface: free it.
+                    for id in ctx.pins.generations().into_iter().filter(|g| *g != prev.generation) {
+                        info!("unpinning generation {id}, which no interface uses");
+                        let _ = ctx.pins.remove_generation(id);
+                    }
                     let start = Start::Adopted { generation: prev.generation, applied: false };
                     return Ok((holding, start, Some((prev.config_path, prev.config_text))));
                 }

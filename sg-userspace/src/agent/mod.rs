@@ -98,7 +98,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             info!("adopted generation {generation}, then applied the new rule file like any apply")
         }
         Start::Regenerated { from, to, why } => {
-            info!("moved from generation {from} to {to} ({why}); sessions carried over")
+            info!("moved from generation {from} to {to} ({why})")
         }
     }
     if !live.now.features.coarse_clock {
