@@ -113,38 +113,147 @@ pub mod malformed {
     ];
 }
 
-/// Slots of the per-CPU `STATS` array: one block per hook.
+/// Slots of the per-CPU `STATS` array: one block per interface and hook.
 ///
-/// A block holds one counter per (step, verdict) pair, so a packet costs a single
-/// increment, followed by one counter per malformed reason. Pass and drop totals are
-/// sums over the steps.
+/// Each enforced interface has a small counter slot (`IfaceConfig::counters`, 1 to
+/// [`stats::IFACES`] - 1; 0 gathers packets not yet tied to an interface). A block holds
+/// one counter per (step, verdict column) pair, so a packet costs a single increment,
+/// then one counter per malformed reason, the verdict events' accounting and the
+/// sessions the kernel opened and expired.
 pub mod stats {
     use super::{malformed, step};
 
     pub const HOOK_INGRESS: u32 = 0;
     pub const HOOK_EGRESS: u32 = 1;
     pub const HOOKS: u32 = 2;
+    /// Interface counter slots, slot 0 included.
+    pub const IFACES: u32 = 64;
 
-    pub const MALFORMED_BASE: u32 = step::COUNT as u32 * 2;
-    pub const PER_HOOK: u32 = MALFORMED_BASE + malformed::COUNT as u32;
-    pub const SLOTS: u32 = PER_HOOK * HOOKS;
+    /// Verdict columns of the decision counters: the verdict, or `AUDIT_DROP` for a drop
+    /// computed in audit mode (the packet passed; never counted as an accept).
+    pub const PASS: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const AUDIT_DROP: u32 = 2;
+    pub const COLUMNS: u32 = 3;
+    pub const COLUMN_NAMES: [&str; COLUMNS as usize] = ["pass", "drop", "audit-drop"];
 
-    /// Slot counting packets that `step` decided with `verdict`.
-    pub const fn decision_slot(hook: u32, step: u8, verdict: u8) -> u32 {
-        hook * PER_HOOK + step as u32 * 2 + verdict as u32
+    pub const MALFORMED_BASE: u32 = step::COUNT as u32 * COLUMNS;
+    /// Events: per kind ([`crate::event_kind`]) emitted, suppressed by the rate limit,
+    /// and lost to a full ring.
+    pub const EVENTS_BASE: u32 = MALFORMED_BASE + malformed::COUNT as u32;
+    pub const EVENT_EMITTED: u32 = 0;
+    pub const EVENT_SUPPRESSED: u32 = 1;
+    pub const EVENT_LOST: u32 = 2;
+    /// Sessions the programs opened, and expired ones they deleted on the flow's next packet.
+    pub const SESSIONS_OPENED: u32 = EVENTS_BASE + 2 * 3;
+    pub const SESSIONS_EXPIRED: u32 = SESSIONS_OPENED + 1;
+    pub const PER_HOOK: u32 = SESSIONS_EXPIRED + 1;
+    pub const PER_IFACE: u32 = PER_HOOK * HOOKS;
+    pub const SLOTS: u32 = PER_IFACE * IFACES;
+
+    /// The first slot of interface slot `iface`'s block for `hook`.
+    #[inline(always)]
+    pub const fn block(iface: u32, hook: u32) -> u32 {
+        (iface % IFACES) * PER_IFACE + (hook % HOOKS) * PER_HOOK
+    }
+
+    /// Slot counting packets that `step` decided into verdict column `column`.
+    #[inline(always)]
+    pub const fn decision_slot(iface: u32, hook: u32, step: u8, column: u32) -> u32 {
+        block(iface, hook) + (step as u32 % step::COUNT as u32) * COLUMNS + column % COLUMNS
     }
 
     /// Slot counting malformed packets by reason.
-    pub const fn malformed_slot(hook: u32, reason: u8) -> u32 {
-        hook * PER_HOOK + MALFORMED_BASE + reason as u32
+    #[inline(always)]
+    pub const fn malformed_slot(iface: u32, hook: u32, reason: u8) -> u32 {
+        block(iface, hook) + MALFORMED_BASE + reason as u32 % malformed::COUNT as u32
     }
+
+    /// Slot of one event count (`what`: `EVENT_EMITTED`, ...) of `kind`.
+    #[inline(always)]
+    pub const fn event_slot(iface: u32, hook: u32, kind: u8, what: u32) -> u32 {
+        block(iface, hook) + EVENTS_BASE + (kind as u32 % 2) * 3 + what % 3
+    }
+}
+
+/// What a verdict event reports ([`Event::kind`]); each kind has its own rate limit.
+pub mod event_kind {
+    /// A drop, or a drop computed in audit mode.
+    pub const DROP: u8 = 0;
+    /// A new flow accepted, opening a session.
+    pub const ACCEPT: u8 = 1;
+    pub const NAMES: [&str; 2] = ["drop", "accept"];
+}
+
+/// One verdict event, written to the `SG_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns.
+    pub time_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ifindex: u32,
+    /// The deciding rule's handle ([`Decision::rule_id`]), 0 when no rule decided.
+    pub rule: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub hook: u8,
+    /// A [`stats`] verdict column: pass, drop or audit-drop.
+    pub column: u8,
+    pub step: u8,
+    /// [`malformed`] reason when `step` is malformed.
+    pub reason: u8,
+    /// [`event_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 11],
+}
+
+/// The verdict events' rate limit, per CPU: userspace divides the configured rate and
+/// burst by the CPUs. A rate of 0 turns that kind off (nothing emitted or counted);
+/// [`EVENTS_UNLIMITED`] skips the bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventConfig {
+    /// Events per second, per kind ([`event_kind`]).
+    pub rate: [u32; 2],
+    /// Bucket depth, per kind.
+    pub burst: [u32; 2],
+}
+
+pub const EVENTS_UNLIMITED: u32 = u32::MAX;
+
+/// One CPU's token bucket for one interface slot, hook and kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Tokens, in billionths (so a refill is `elapsed_ns * rate`).
+    pub nano_tokens: u64,
+    pub refilled_ns: u64,
+}
+
+/// Per rule handle and CPU: what the rule decided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    /// Packets it decided as a new flow, plus the packets of the sessions it admitted.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Sessions it opened.
+    pub sessions: u64,
 }
 
 /// The outcome of evaluating one packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Decision {
-    /// Id of the deciding user rule when `step == RULE`, else 0.
+    /// The handle of the deciding rule or pseudo-rule (userspace assigns one to each
+    /// rule of an interface and direction, stable while the rule is unchanged, and maps
+    /// it back to the rule's id), else 0.
     pub rule_id: u32,
     /// One of [`verdict`].
     pub verdict: u8,
@@ -159,6 +268,8 @@ pub struct Decision {
 
 /// `Decision::flags`: computed in audit mode; the packet passed.
 pub const DECISION_AUDIT: u8 = 1;
+/// `Decision::flags`: the packet opened a session.
+pub const DECISION_OPENED: u8 = 2;
 
 impl Decision {
     pub const fn new(verdict: u8, step: u8) -> Self {
@@ -187,6 +298,14 @@ unsafe impl aya::Pod for Decision {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for TraceRecord {}
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), integer fields only, no implicit padding (asserted in tests).
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::EventConfig {}
+    unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::RuleCounters {}
+}
 
 #[cfg(test)]
 mod tests {
@@ -196,6 +315,10 @@ mod tests {
     fn sizes_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Decision>(), 8);
         assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 56 + 8);
+        assert_eq!(core::mem::size_of::<Event>(), 8 + 32 + 4 + 4 + 4 + 9 + 11);
+        assert_eq!(core::mem::size_of::<EventConfig>(), 16);
+        assert_eq!(core::mem::size_of::<TokenBucket>(), 16);
+        assert_eq!(core::mem::size_of::<RuleCounters>(), 24);
     }
 
     #[test]
@@ -210,14 +333,23 @@ mod tests {
     fn stats_slots_do_not_overlap() {
         use stats::*;
         let mut seen = std::collections::HashSet::new();
-        for hook in 0..HOOKS {
-            for s in 0..step::COUNT as u8 {
-                for v in [verdict::PASS, verdict::DROP] {
-                    assert!(seen.insert(decision_slot(hook, s, v)));
+        for iface in 0..IFACES {
+            for hook in 0..HOOKS {
+                for s in 0..step::COUNT as u8 {
+                    for c in 0..COLUMNS {
+                        assert!(seen.insert(decision_slot(iface, hook, s, c)));
+                    }
                 }
-            }
-            for r in 0..malformed::COUNT as u8 {
-                assert!(seen.insert(malformed_slot(hook, r)));
+                for r in 0..malformed::COUNT as u8 {
+                    assert!(seen.insert(malformed_slot(iface, hook, r)));
+                }
+                for k in 0..2 {
+                    for w in [EVENT_EMITTED, EVENT_SUPPRESSED, EVENT_LOST] {
+                        assert!(seen.insert(event_slot(iface, hook, k, w)));
+                    }
+                }
+                assert!(seen.insert(block(iface, hook) + SESSIONS_OPENED));
+                assert!(seen.insert(block(iface, hook) + SESSIONS_EXPIRED));
             }
         }
         assert_eq!(seen.len() as u32, SLOTS);

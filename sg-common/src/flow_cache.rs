@@ -32,7 +32,7 @@ use crate::{
     session::{belongs_to_session, flow_ports, state, tcp_flag},
 };
 
-/// Slots per CPU (a power of two). Two entries each, 88 bytes an entry: 1.4 MiB a CPU.
+/// Slots per CPU (a power of two). Two entries each, 104 bytes an entry: 1.6 MiB a CPU.
 pub const FLOW_CACHE_SLOTS: u32 = 8192;
 const SLOT_BITS: u32 = FLOW_CACHE_SLOTS.trailing_zeros();
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
@@ -56,7 +56,8 @@ pub struct FlowCacheEntry {
     pub config: u32,
     /// `DECISION_AUDIT` when the interface is in audit mode, for the hit's decision.
     pub decision_flags: u32,
-    pub _pad: u32,
+    /// The interface's counter slot (`IfaceConfig::counters`), for the hit's counters.
+    pub counters: u32,
     /// The session's `created_ns`: which incarnation of the flow this is.
     pub created_ns: u64,
     /// When the slow-path packet that made the entry went by: coarse ns and jiffies.
@@ -68,6 +69,11 @@ pub struct FlowCacheEntry {
     pub last_hit_jiffies: u64,
     /// Hits not yet folded into the session.
     pub packets: u64,
+    /// Hits, and their bytes, not yet added to the rule's counters (`SG_RULE_STATS`):
+    /// the kernel adds them when it folds or replaces the entry, userspace when it
+    /// reads the counters ([`FlowCacheEntry::drain`]).
+    pub uncounted: u64,
+    pub bytes: u64,
     pub epoch: u32,
     /// The session's rule, reported with every hit.
     pub rule_id: u32,
@@ -251,9 +257,20 @@ impl FlowCacheEntry {
 
     /// Records a hit.
     #[inline(always)]
-    pub fn hit(&mut self, jiffies: u64) {
+    pub fn hit(&mut self, jiffies: u64, len: u64) {
         self.last_hit_jiffies = jiffies;
         self.packets += 1;
+        self.uncounted += 1;
+        self.bytes += len;
+    }
+
+    /// Takes the hits (packets, bytes) not yet in the rule's counters.
+    #[inline(always)]
+    pub fn drain(&mut self) -> (u64, u64) {
+        let taken = (self.uncounted, self.bytes);
+        self.uncounted = 0;
+        self.bytes = 0;
+        taken
     }
 
     /// The latest hit on the sessions' clock (coarse ns).
@@ -270,7 +287,7 @@ impl FlowCacheEntry {
         meta: &PacketMeta,
         tuple: &Tuple,
         session: &Session,
-        (config, decision_flags): (u32, u32),
+        (config, decision_flags, counters): (u32, u32, u32),
         (epoch, now): (u32, (u64, u64)),
         validity: u64,
     ) -> Self {
@@ -283,13 +300,15 @@ impl FlowCacheEntry {
             kind: tuple.kind,
             config,
             decision_flags,
-            _pad: 0,
+            counters,
             created_ns: session.created_ns,
             made_ns: now.0,
             made_jiffies: now.1,
             valid_until_jiffies: now.1 + validity,
             last_hit_jiffies: now.1,
             packets: 0,
+            uncounted: 0,
+            bytes: 0,
             epoch,
             rule_id: session.rule_id,
         }

@@ -56,6 +56,14 @@ pub mod map {
     pub const SESSION_HINTS: &str = "SG_SESSION_HINTS";
     /// Array with one `u32`: the flow cache's epoch.
     pub const CACHE_EPOCH: &str = "SG_CACHE_EPOCH";
+    /// Per-CPU array: rule handle -> [`crate::RuleCounters`].
+    pub const RULE_STATS: &str = "SG_RULE_STATS";
+    /// Ring buffer of [`crate::Event`]s.
+    pub const EVENTS: &str = "SG_EVENTS";
+    /// Array with one [`crate::EventConfig`].
+    pub const EVENT_CONFIG: &str = "SG_EVENT_CONFIG";
+    /// Per-CPU array: (interface slot, hook, kind) -> [`crate::TokenBucket`].
+    pub const EVENT_BUCKETS: &str = "SG_EVENT_BUCKETS";
 }
 
 /// Names of the read-only globals userspace sets at load time.
@@ -120,6 +128,9 @@ pub struct IfaceConfig {
     pub generation: u32,
     /// [`IFACE_AUDIT`].
     pub flags: u32,
+    /// The interface's counter slot in `SG_STATS` (`crate::stats::block`).
+    pub counters: u32,
+    pub _pad: u32,
 }
 
 /// `RulesetHeader::flags`: some rule narrows the local address.
@@ -297,7 +308,7 @@ mod tests {
 
     #[test]
     fn map_types_have_no_implicit_padding() {
-        assert_eq!(size_of::<IfaceConfig>(), 16);
+        assert_eq!(size_of::<IfaceConfig>(), 24);
         assert_eq!(size_of::<RulesetHeader>(), 16);
         assert_eq!(size_of::<AddrKey>(), 4 + 1 + 1 + 2 + 16);
         assert_eq!(size_of::<PortKey>(), 8);

@@ -8,6 +8,7 @@
 
 mod classify;
 mod clock;
+mod events;
 mod flow_cache;
 mod parse;
 mod session;
@@ -19,8 +20,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sg_common::{
-    DECISION_AUDIT, Decision, FlowCacheEntry, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig, PacketMeta,
-    Session, SessionKey, Timeouts, echo_request_type, family,
+    DECISION_AUDIT, DECISION_OPENED, Decision, FlowCacheEntry, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig,
+    PacketMeta, Session, SessionKey, Timeouts, echo_request_type, family,
     flow_cache::{
         Tuple, direction, packet_hash as flow_cache_hash, packet_may_hit, position, slot_of_hash, state_is_stable,
         validity_jiffies,
@@ -33,6 +34,7 @@ use sg_common::{
 use crate::{
     parse::{Frame, parse},
     session::{CacheWork, Scratch, Work},
+    stats::Counted,
 };
 
 /// How much of a TC packet is made linear before parsing, so headers that sit in
@@ -91,7 +93,8 @@ fn baseline(frame: &Frame, hook: u32) -> Decision {
         Err(reason) => Decision::malformed(reason),
         Ok(()) => Decision::new(verdict::PASS, step::UNCONFIGURED),
     };
-    stats::record(hook, &scratch.meta, &decision);
+    scratch.at = Counted { ifindex: 0, iface: 0, len: frame.len() as u64, cached: 0, _pad: 0 };
+    stats::record(hook, &scratch.meta, &decision, &scratch.at);
     decision
 }
 
@@ -109,20 +112,36 @@ fn passes(decision: &Decision) -> bool {
     decision.verdict == verdict::PASS || decision.flags & DECISION_AUDIT != 0
 }
 
-/// Parses and decides one frame crossing `ifindex`, then counts (and, if enabled,
-/// traces) the decision.
+/// Parses and decides one frame crossing `ifindex`, then counts it (and, if enabled,
+/// emits its event and traces it).
 #[inline(always)]
 fn evaluate(frame: &Frame, hook: u32, ifindex: u32) -> Decision {
     let Some(scratch) = session::scratch() else {
         return Decision::new(verdict::DROP, step::DEFAULT);
     };
+    scratch.at = Counted { ifindex, iface: 0, len: frame.len() as u64, cached: 0, _pad: 0 };
     let decision = match parse_packet(frame, scratch) {
-        Err(reason) => Decision::malformed(reason),
-        Ok(()) if scratch.meta.family == family::NONE => Decision::new(verdict::PASS, step::NOT_IP),
-        Ok(()) => decide(frame, &scratch.meta, hook, ifindex, &mut scratch.work),
+        Err(reason) => {
+            scratch.at.iface = counter_slot(ifindex);
+            Decision::malformed(reason)
+        }
+        Ok(()) if scratch.meta.family == family::NONE => {
+            scratch.at.iface = counter_slot(ifindex);
+            Decision::new(verdict::PASS, step::NOT_IP)
+        }
+        Ok(()) => decide(frame, &scratch.meta, hook, &mut scratch.at, &mut scratch.work),
     };
-    stats::record(hook, &scratch.meta, &decision);
+    stats::record(hook, &scratch.meta, &decision, &scratch.at);
     decision
+}
+
+/// The counter slot of an interface, for packets counted before `decide` looks it up.
+#[inline(never)]
+fn counter_slot(ifindex: u32) -> u32 {
+    match classify::interface_id(ifindex) {
+        0 => 0,
+        id => classify::interface(id).map_or(0, |iface| iface.counters),
+    }
 }
 
 /// A parsed packet and where it is: bundled because BPF calls take at most five
@@ -142,11 +161,14 @@ struct Packet<'a> {
     config: u32,
     /// `DECISION_AUDIT` in audit mode, else 0.
     audit: u8,
+    /// The interface's counter slot (`IfaceConfig::counters`).
+    counters: u32,
 }
 
 /// The evaluation order (docs/rule-model.md) from step 2 on, for a well-formed IP packet.
 #[inline(always)]
-fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut Work) -> Decision {
+fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, at: &mut Counted, work: &mut Work) -> Decision {
+    let ifindex = at.ifindex;
     let config = classify::interface_id(ifindex);
     if config == 0 {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
@@ -154,34 +176,37 @@ fn decide(frame: &Frame, meta: &PacketMeta, hook: u32, ifindex: u32, work: &mut 
     let hash = flow_cache_hash(ifindex, meta);
     // The fast path needs only the configuration id: an entry made under it was made
     // with this interface's rule sets in force.
-    if let Some(hit) = cached(meta, (ifindex, hook), (config, hash), flow_cache::jiffies(), &work.cache.used) {
+    if let Some(hit) = cached(meta, hook, (config, hash), at, &work.cache.used) {
         return hit;
     }
     let Some(iface) = classify::interface(config) else {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     };
+    at.iface = iface.counters;
     let ingress = hook == slots::HOOK_INGRESS;
     let slot = if ingress { iface.ingress } else { iface.egress };
     if slot == 0 {
         return Decision::new(verdict::PASS, step::UNCONFIGURED);
     }
     let audit = if iface.flags & IFACE_AUDIT != 0 { DECISION_AUDIT } else { 0 };
-    let packet = Packet { frame, meta, hook, ifindex, slot, hash, config, audit };
+    let packet = Packet { frame, meta, hook, ifindex, slot, hash, config, audit, counters: iface.counters };
     let mut decision = stateful(&packet, &iface, work);
     decision.flags |= audit;
     decision
 }
 
 /// Step 2's fast path: a packet of a session the flow cache vouches for passes without
-/// the session table (see `sg_common::flow_cache` for when an entry is trusted).
+/// the session table (see `sg_common::flow_cache` for when an entry is trusted). The
+/// entry counts the hit for the session's rule and names the interface's counter slot.
 #[inline(always)]
 fn cached(
     meta: &PacketMeta,
-    (ifindex, hook): (u32, u32),
+    hook: u32,
     (config, hash): (u32, u64),
-    jiffies: u64,
+    at: &mut Counted,
     used: &[u64; flow_cache::USED_WORDS],
 ) -> Option<Decision> {
+    let ifindex = at.ifindex;
     if !packet_may_hit(meta) {
         return None;
     }
@@ -191,10 +216,13 @@ fn cached(
     }
     let entry = flow_cache::entry(index, direction(meta))?;
     let tuple = Tuple::of(ifindex, hook, meta);
+    let jiffies = flow_cache::jiffies();
     if !(entry.is_for(&tuple, meta) && entry.trusted(config, flow_cache::epoch(), jiffies)) {
         return None;
     }
-    entry.hit(jiffies);
+    entry.hit(jiffies, at.len);
+    at.iface = entry.counters;
+    at.cached = 1;
     let decision = Decision { rule_id: entry.rule_id, ..Decision::new(verdict::PASS, step::SESSION) };
     Some(Decision { flags: entry.decision_flags as u8, ..decision })
 }
@@ -212,6 +240,8 @@ fn fold_cached(ifindex: u32, meta: &PacketMeta, s: &mut Session) {
     for entry in &mut slot.entries {
         if entry.same_flow(&tuple, meta) {
             entry.fold_into(s, epoch, ns_per_jiffy);
+            let (packets, bytes) = entry.drain();
+            stats::add_to_rule(entry.rule_id, packets, bytes, 0);
         }
     }
 }
@@ -238,9 +268,12 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, wo
     if entry.packets != 0 && !entry.is_for(&tuple, meta) {
         evict(entry, &mut work.spare_key, epoch);
     }
+    // Hits the entry still holds go to its rule before it is overwritten.
+    let (packets, bytes) = entry.drain();
+    stats::add_to_rule(entry.rule_id, packets, bytes, 0);
     let validity = validity_jiffies(timeouts, flow_cache::ns_per_jiffy());
     flow_cache::mark_used(&mut work.used, index);
-    let config = (packet.config, u32::from(packet.audit));
+    let config = (packet.config, u32::from(packet.audit), packet.counters);
     *entry = FlowCacheEntry::confirmed(meta, &tuple, s, config, (epoch, (now, flow_cache::jiffies())), validity);
 }
 
@@ -309,8 +342,11 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
         let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);
         if !(icmp_error && related(&flow, &mut work.quoted, &mut work.quoted_key, &mut decision)) {
             decision = classify::classify(packet.slot, meta, packet.hook == slots::HOOK_INGRESS);
-            if decision.verdict == verdict::PASS && !icmp_error {
-                open_session(&flow, &decision, hint, &mut work.quoted_key);
+            if decision.verdict == verdict::PASS
+                && !icmp_error
+                && open_session(&flow, &decision, hint, &mut work.quoted_key)
+            {
+                decision.flags |= DECISION_OPENED;
             }
         }
     }
@@ -344,6 +380,7 @@ fn live_session(flow: &mut Flow) -> Option<*mut Session> {
     fold_cached(flow.packet.ifindex, flow.packet.meta, s);
     if expired(s.state, s.last_seen_ns, flow.now, flow.timeouts) {
         session::remove(flow.key);
+        stats::session_expired(flow.packet.counters, flow.packet.hook);
         return None;
     }
     Some(entry)
@@ -413,9 +450,10 @@ fn related(flow: &Flow, quoted: &mut PacketMeta, key: &mut SessionKey, decision:
 }
 
 /// An accepted packet that starts a flow opens a session; `key` is room for its key.
+/// Whether it did.
 #[inline(never)]
-fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKey) {
-    let Some(state) = opening_state(flow.packet.meta) else { return };
+fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKey) -> bool {
+    let Some(state) = opening_state(flow.packet.meta) else { return false };
     if flow.now != 0 {
         // The flow had a session, which this one replaces (the packet did not continue
         // it, or it had expired): hits this CPU cached for it must not count for this
@@ -436,7 +474,7 @@ fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKe
         step: decision.step,
         _pad: [0; 4],
     };
-    session::insert(key, &opened, hint);
+    session::insert(key, &opened, hint)
 }
 
 /// Rebuilds a session's opening packet into `opening`, to classify it again with the

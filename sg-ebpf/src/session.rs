@@ -57,6 +57,9 @@ static SG_FRAGMENTS: LruHashMap<FragmentKey, FragmentVerdict> = LruHashMap::with
 pub struct Scratch {
     /// The packet being decided.
     pub meta: PacketMeta,
+    /// Where it is counted (kept here, not on the stack: the deepest call chain is
+    /// within a few bytes of BPF's 512).
+    pub at: crate::stats::Counted,
     pub work: Work,
 }
 
@@ -113,12 +116,12 @@ pub fn lookup(key: &SessionKey) -> Option<*mut Session> {
     SG_SESSIONS.get_ptr_mut(key)
 }
 
-/// Inserts a session; `hint` is its flow's hint bit.
+/// Inserts a session; `hint` is its flow's hint bit. Whether it was inserted (a failed
+/// insert only means the flow's next packet is classified again).
 #[inline(always)]
-pub fn insert(key: &SessionKey, session: &Session, hint: u32) {
+pub fn insert(key: &SessionKey, session: &Session, hint: u32) -> bool {
     note_session(hint);
-    // A failed insert only means the flow's next packet is classified again.
-    let _ = SG_SESSIONS.insert(key, session, 0);
+    SG_SESSIONS.insert(key, session, 0).is_ok()
 }
 
 #[inline(always)]

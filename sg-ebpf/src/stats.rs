@@ -1,10 +1,23 @@
-//! Per-CPU counters and the optional trace record.
+//! Counting: per-CPU counters by interface, hook, step and verdict column (`SG_STATS`),
+//! per rule (`SG_RULE_STATS`), and the optional trace record.
+//!
+//! Every packet costs one increment in `SG_STATS`. A packet decided on the slow path also
+//! adds itself to its rule's counters; a flow-cache hit does not: the entry counts it and
+//! its bytes, and the kernel adds them to the rule when it folds or replaces the entry
+//! (userspace adds what entries still hold when it reads), so the fast path touches no
+//! second counter.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use sg_common::{Decision, PacketMeta, TraceRecord, stats, step};
+use sg_common::{
+    DECISION_AUDIT, DECISION_OPENED, Decision, PacketMeta, RuleCounters, TraceRecord, stats, step, verdict,
+};
 
 #[map(name = "SG_STATS")]
 static SG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::SLOTS, 0);
+
+/// Sized by userspace (one entry per rule handle, `Capacity::rule_handles`).
+#[map(name = "SG_RULE_STATS")]
+static SG_RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(1024, 0);
 
 #[map(name = "SG_TRACE")]
 static SG_TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(stats::HOOKS, 0);
@@ -14,20 +27,79 @@ static SG_TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(stats:
 #[unsafe(no_mangle)]
 static SG_TRACE_ENABLED: u8 = 0;
 
+/// Where a packet is counted, beside its decision.
+#[repr(C)]
+pub struct Counted {
+    pub ifindex: u32,
+    /// The interface's counter slot (`IfaceConfig::counters`; 0 before it is known).
+    pub iface: u32,
+    /// The packet's length on the wire.
+    pub len: u64,
+    /// 1 when the flow cache passed it (its entry counts it for the rule).
+    pub cached: u32,
+    pub _pad: u32,
+}
+
 #[inline(always)]
-fn bump(slot: u32) {
+pub fn bump(slot: u32) {
     if let Some(counter) = SG_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
     }
 }
 
-/// Counts the decision (one increment, two for a malformed frame) and traces it.
+/// The verdict column of a decision: a drop computed in audit mode is its own column.
 #[inline(always)]
-pub fn record(hook: u32, meta: &PacketMeta, decision: &Decision) {
-    bump(stats::decision_slot(hook, decision.step, decision.verdict));
+pub fn column(decision: &Decision) -> u32 {
+    if decision.verdict == verdict::PASS {
+        stats::PASS
+    } else if decision.flags & DECISION_AUDIT != 0 {
+        stats::AUDIT_DROP
+    } else {
+        stats::DROP
+    }
+}
+
+/// Adds `packets` of `bytes` (and `sessions` opened) to rule handle `rule`.
+#[inline(always)]
+pub fn add_to_rule(rule: u32, packets: u64, bytes: u64, sessions: u64) {
+    if rule == 0 {
+        return;
+    }
+    if let Some(c) = SG_RULE_STATS.get_ptr_mut(rule) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*c).packets += packets;
+            (*c).bytes += bytes;
+            (*c).sessions += sessions;
+        }
+    }
+}
+
+/// An expired session the programs deleted, on interface slot `iface`.
+#[inline(always)]
+pub fn session_expired(iface: u32, hook: u32) {
+    bump(stats::block(iface, hook) + stats::SESSIONS_EXPIRED);
+}
+
+/// Counts the decision (one increment; more for a malformed frame, a slow-path packet
+/// a rule decided, or an opened session), emits its event, and traces it.
+#[inline(always)]
+pub fn record(hook: u32, meta: &PacketMeta, decision: &Decision, at: &Counted) {
+    let column = column(decision);
+    bump(stats::decision_slot(at.iface, hook, decision.step, column));
     if decision.step == step::MALFORMED {
-        bump(stats::malformed_slot(hook, decision.reason));
+        bump(stats::malformed_slot(at.iface, hook, decision.reason));
+    }
+    let opened = u64::from(decision.flags & DECISION_OPENED != 0);
+    if at.cached == 0 && decision.rule_id != 0 {
+        add_to_rule(decision.rule_id, 1, at.len, opened);
+    }
+    if opened != 0 {
+        bump(stats::block(at.iface, hook) + stats::SESSIONS_OPENED);
+    }
+    if column != stats::PASS || opened != 0 {
+        crate::events::emit(hook, meta, decision, at, column);
     }
     // SAFETY: reading a plain global.
     if unsafe { core::ptr::read_volatile(&SG_TRACE_ENABLED) } != 0

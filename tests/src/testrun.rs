@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use sg_common::{DECISION_AUDIT, Decision, PacketMeta, ip_proto, stats, verdict};
 use sgctl::{
+    control::Enforcer,
     dataplane::Dataplane,
     policy::config::{Config, Direction, InterfaceBinding, Mode},
     policy::eval::{Decision as RefDecision, PacketTuple, evaluate},
@@ -152,6 +153,14 @@ pub fn compare(
             want.decided_by
         ))
     }
+}
+
+/// `got` with its rule handle turned back into the rule file's id (0 for pseudo-rules),
+/// which is what the reference evaluator reports.
+pub fn named(enforcer: &Enforcer, got: Outcome) -> Outcome {
+    let mut named = got;
+    named.decision.rule_id = enforcer.handles().rule_id_of(got.decision.rule_id);
+    named
 }
 
 /// The (verdict, step, rule id) the kernel must report for a reference decision.

@@ -11,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use sg_tests::{
     r#gen::{self as generator, Case, GenOptions},
     kernel::kernel_tests_enabled,
-    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
+    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run},
 };
 use sgctl::{
     control::{
@@ -40,7 +40,7 @@ fn agrees(dp: &mut Dataplane, enforcer: &mut Enforcer, case: &Case, when: &str) 
     for probe in case.packets.iter().filter(|p| p.iface == binding.name) {
         enforcer.sessions().flush().unwrap();
         let got = run(dp, hook_for(probe.direction), &frame_for(&probe.packet)).unwrap();
-        if let Err(e) = compare(&case.config, binding, probe.direction, &probe.packet, &got) {
+        if let Err(e) = compare(&case.config, binding, probe.direction, &probe.packet, &named(enforcer, got)) {
             panic!("seed {} {when}: {e}\n{}", case.seed, case.toml);
         }
     }
@@ -86,7 +86,7 @@ fn a_successor_adopts_without_rewriting_and_applies_beside_the_live_rules() {
     let capacity = Capacity::default();
     for seed in 0..cases {
         let id = seed as u32 + 1;
-        let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity }).expect("load");
+        let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity, ..LoadOptions::default() }).expect("load");
         pin_objects(&mut dp, &pins, id).expect("pin");
         let (a, b) = (
             generator::case(2 * seed + 1, &GenOptions::default(), 20),
@@ -94,20 +94,27 @@ fn a_successor_adopts_without_rewriting_and_applies_beside_the_live_rules() {
         );
         let (ca, cb) = (compiled(&a), compiled(&b));
         // The first agent fills the maps, records where, and goes.
-        let recorded = {
+        let handles_of = |e: &Enforcer| {
+            let mut all: Vec<_> = e.handles().in_use().map(|(h, u)| (h, u.key.clone(), u.rule_id)).collect();
+            all.sort_by_key(|(h, ..)| *h);
+            all
+        };
+        let (recorded, handles) = {
             let mut first = Generation::open(&pins, id).unwrap();
             let mut enforcer = Enforcer::new(&mut first, &capacity).unwrap();
             enforcer.set_grace_period(Duration::ZERO);
             enforcer.apply_compiled(&a.config, &ca).unwrap();
             enforcer.retire_pending();
-            enforcer.state()
+            (enforcer.state(), handles_of(&enforcer))
         };
         // Its successor knows only the record and the rule file.
         let mut second = Generation::open(&pins, id).unwrap();
         let timeouts = sessions::timeouts(&a.config.sessions);
-        let mut enforcer = Enforcer::adopt(&mut second, &capacity, &recorded, &ca, timeouts).expect("adopt");
+        let mut enforcer =
+            Enforcer::adopt(&mut second, &capacity, &recorded, (&a.config, &ca), timeouts).expect("adopt");
         enforcer.set_grace_period(Duration::ZERO);
         assert_eq!(enforcer.state(), recorded, "seed {seed}: adopting changed nothing");
+        assert_eq!(handles_of(&enforcer), handles, "seed {seed}: every rule keeps its counters' handle");
         assert_eq!(enforcer.trie_entries().unwrap(), trie_entries(&ca), "seed {seed}: the live entries only");
         agrees(&mut dp, &mut enforcer, &a, "after the adoption");
         // Applies after it land beside the live rules (written while those were still in
@@ -123,7 +130,7 @@ fn a_successor_adopts_without_rewriting_and_applies_beside_the_live_rules() {
         agrees(&mut dp, &mut enforcer, &a, "after the successor's second apply");
         // The first record no longer describes the maps: another adoption is refused.
         let mut third = Generation::open(&pins, id).unwrap();
-        let stale = Enforcer::adopt(&mut third, &capacity, &recorded, &ca, timeouts);
+        let stale = Enforcer::adopt(&mut third, &capacity, &recorded, (&a.config, &ca), timeouts);
         assert!(matches!(stale, Err(AdoptError::Stale(_))), "seed {seed}: a stale record is refused");
         drop((enforcer, second, third, dp));
         pins.remove_generation(id).unwrap();

@@ -4,7 +4,7 @@
 use sg_tests::{
     r#gen::{GenOptions, case},
     kernel::kernel_tests_enabled,
-    testrun::{HOOKS, TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
+    testrun::{HOOKS, TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run},
 };
 use sgctl::{
     control::Enforcer,
@@ -50,7 +50,7 @@ fn guide_use_cases_match_the_reference_on_both_hooks() {
                 enforcer.sessions().flush().expect("flush");
                 let got = run(&mut dp, hook_for(direction), &frame_for(p)).expect("run");
                 checked += 1;
-                if let Err(e) = compare(&cfg, binding, direction, p, &got) {
+                if let Err(e) = compare(&cfg, binding, direction, p, &named(&enforcer, got)) {
                     failures.push(format!("{}: {e}", binding.name));
                 }
             }
@@ -110,7 +110,7 @@ fn a_reload_writes_beside_the_live_set_and_retires_the_old_one() {
         for probe in c.packets.iter().filter(|p| p.iface == binding.name) {
             enforcer.sessions().flush().expect("flush");
             let got = run(dp, hook_for(probe.direction), &frame_for(&probe.packet)).expect("run");
-            compare(&c.config, binding, probe.direction, &probe.packet, &got)
+            compare(&c.config, binding, probe.direction, &probe.packet, &named(enforcer, got))
                 .unwrap_or_else(|e| panic!("seed {}: {e}", c.seed));
             checked += 1;
         }

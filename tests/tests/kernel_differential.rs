@@ -19,7 +19,7 @@ use proptest::{
 use sg_tests::{
     r#gen::{self as generator, GenOptions},
     kernel::kernel_tests_enabled,
-    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, run},
+    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run},
 };
 use sgctl::{
     control::Enforcer,
@@ -53,7 +53,7 @@ impl Harness {
                 let got = run(&mut self.dp, hook_for(probe.direction), &frame_for(&probe.packet))
                     .map_err(|e| e.to_string())?;
                 self.probes[usize::from(probe.direction == Direction::Egress)] += 1;
-                compare(cfg, binding, probe.direction, &probe.packet, &got)
+                compare(cfg, binding, probe.direction, &probe.packet, &named(&self.enforcer, got))
                     .map_err(|e| format!("SG_KDIFF_SEED={seed}: {}: {e}\n{}", binding.name, case.toml))?;
             }
         }

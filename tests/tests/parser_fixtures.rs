@@ -314,9 +314,10 @@ fn parser_fixture_table_on_both_hooks() {
             }
             // Counter effect: exactly the decision slot, plus the reason slot when malformed.
             let mut want_delta = vec![0u64; after.len()];
-            want_delta[stats::decision_slot(h, want_step, want_verdict) as usize] = 1;
+            // No interface is enforced here: everything counts in interface slot 0.
+            want_delta[stats::decision_slot(0, h, want_step, u32::from(want_verdict)) as usize] = 1;
             if let Some(reason) = fx.malformed {
-                want_delta[stats::malformed_slot(h, reason) as usize] = 1;
+                want_delta[stats::malformed_slot(0, h, reason) as usize] = 1;
             }
             let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             if delta != want_delta {

@@ -64,10 +64,10 @@ fn step_name(code: u8) -> &'static str {
 
 /// The fields of a session both sides must agree on, with the generation counted back from
 /// the current one (the kernel's generations keep growing across cases).
-fn comparable(s: &Session, current_generation: u32) -> (&'static str, u8, u8, u32, u8, u64, u32) {
+fn comparable(s: &Session, current_generation: u32, rule_id: u32) -> (&'static str, u8, u8, u32, u8, u64, u32) {
     let state = state::NAMES.get(usize::from(s.state)).copied().unwrap_or("?");
     let age = current_generation.wrapping_sub(s.generation);
-    (state, s.opener_is_low, s.opened_on, s.rule_id, s.step, s.packets, age)
+    (state, s.opener_is_low, s.opened_on, rule_id, s.step, s.packets, age)
 }
 
 /// `ifindex 1 protocol 6 198.18.0.1 port 40000 <-> 198.18.0.2 port 80`.
@@ -91,11 +91,11 @@ fn compare_tables(enforcer: &mut Enforcer, model: &Tracker) -> Result<(), String
         enforcer.sessions().entries().map_err(|e| format!("reading the session table: {e:#}"))?.into_iter().collect();
     let mut problems = Vec::new();
     for (key, want) in model.sessions() {
-        let want = comparable(want, model.generation());
+        let want = comparable(want, model.generation(), want.rule_id);
         match kernel.get(key) {
             None => problems.push(format!("missing in the kernel: {} {want:?}", key_text(key))),
             Some(got) => {
-                let got = comparable(got, kernel_generation);
+                let got = comparable(got, kernel_generation, enforcer.handles().rule_id_of(got.rule_id));
                 if got != want {
                     problems.push(format!(
                         "{}\n    kernel (state, opener_is_low, opened_on, rule, step, packets, generations ago) \
@@ -108,7 +108,11 @@ fn compare_tables(enforcer: &mut Enforcer, model: &Tracker) -> Result<(), String
     }
     for (key, got) in &kernel {
         if !model.sessions().contains_key(key) {
-            problems.push(format!("only in the kernel: {} {:?}", key_text(key), comparable(got, kernel_generation)));
+            problems.push(format!(
+                "only in the kernel: {} {:?}",
+                key_text(key),
+                comparable(got, kernel_generation, enforcer.handles().rule_id_of(got.rule_id))
+            ));
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(format!("session tables differ:\n  {}", problems.join("\n  "))) }
@@ -159,7 +163,7 @@ fn run_case(
             .map_err(|e| format!("seed {}: step {i}: test run: {e:#}", case.seed))?;
         packets += 1;
         let d = got.decision;
-        let got_outcome = Outcome::new(d.verdict, d.step, d.rule_id);
+        let got_outcome = Outcome::new(d.verdict, d.step, enforcer.handles().rule_id_of(d.rule_id));
         outcomes.push(if got_outcome == want {
             format!("{want}")
         } else {
@@ -429,7 +433,8 @@ fn kernel_session_expiry_agrees_with_the_model() {
             now,
         );
         let got = run(dp, hook_for(packet.direction), &packet.frame).expect("test run");
-        let got = Outcome::new(got.decision.verdict, got.decision.step, got.decision.rule_id);
+        let got =
+            Outcome::new(got.decision.verdict, got.decision.step, enforcer.handles().rule_id_of(got.decision.rule_id));
         log.push(format!("{packet} => kernel {got}, model {want}"));
         assert_eq!(got, want, "kernel and model disagree:\n{}", log.join("\n"));
         assert_eq!(want.step, want_step, "unexpected step:\n{}", log.join("\n"));

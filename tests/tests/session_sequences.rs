@@ -24,9 +24,12 @@ fn setup(rules: &str, kind: &str) -> (Dataplane, Enforcer, Config) {
         "[[security_group]]\nid = \"sg-i\"\ntype = \"{kind}\"\nmembers = [\"198.18.1.1\"]\n{rules}\n[[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-i\"]\n"
     );
     let cfg = parse_str(&text, "seq.toml").expect("config");
-    let mut dp =
-        Dataplane::load(&LoadOptions { trace: true, capacity: Capacity { sessions: 1024, ..Default::default() } })
-            .expect("load");
+    let mut dp = Dataplane::load(&LoadOptions {
+        trace: true,
+        capacity: Capacity { sessions: 1024, ..Default::default() },
+        ..LoadOptions::default()
+    })
+    .expect("load");
     let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
     enforcer.set_grace_period(Duration::ZERO);
     enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).expect("apply");
@@ -251,7 +254,7 @@ fn a_full_table_evicts_but_never_admits() {
     );
     let cfg = parse_str(&text, "lru.toml").unwrap();
     let capacity = Capacity { sessions: 256, ..Default::default() };
-    let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity }).expect("load");
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity, ..LoadOptions::default() }).expect("load");
     let mut e = Enforcer::new(&mut dp, &capacity).expect("maps");
     e.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).unwrap();
     let flows: Vec<u16> = (0..2000).map(|i| 10_000 + i).collect();

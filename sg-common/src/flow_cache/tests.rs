@@ -26,7 +26,7 @@ fn session(created_ns: u64) -> Session {
 
 #[test]
 fn layouts_have_no_implicit_padding() {
-    assert_eq!(size_of::<FlowCacheEntry>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 8 * 6 + 4 + 4);
+    assert_eq!(size_of::<FlowCacheEntry>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 8 * 8 + 4 + 4);
     assert_eq!(size_of::<FlowCacheSlot>(), 2 * size_of::<FlowCacheEntry>());
 }
 
@@ -118,7 +118,7 @@ fn an_entry_is_trusted_only_for_its_tuple_generation_epoch_and_time() {
     let m = meta(ip_proto::TCP, [198, 18, 0, 1], 40000, [198, 18, 0, 2], 80);
     let tuple = Tuple::of(3, 1, &m);
     let s = session(1_000);
-    let mut e = FlowCacheEntry::confirmed(&m, &tuple, &s, (2, 0), (5, (2_000, 20)), 100);
+    let mut e = FlowCacheEntry::confirmed(&m, &tuple, &s, (2, 0, 1), (5, (2_000, 20)), 100);
     assert!(e.is_for(&tuple, &m));
     assert!(!e.is_for(&Tuple::of(3, 2, &m), &m), "the other hook");
     assert!(!e.is_for(&Tuple::of(4, 1, &m), &m), "another interface");
@@ -132,10 +132,13 @@ fn an_entry_is_trusted_only_for_its_tuple_generation_epoch_and_time() {
     assert!(!e.trusted(2, 5, 120), "validity over");
     assert!(!e.trusted(3, 5, 50), "configuration changed");
     assert!(!e.trusted(2, 6, 50), "sessions flushed");
-    e.hit(25);
-    e.hit(26);
+    e.hit(25, 100);
+    e.hit(26, 100);
     assert_eq!((e.packets, e.last_hit_jiffies, e.rule_id), (2, 26, 7));
     assert_eq!(e.last_hit_ns(10), 2_000 + 6 * 10, "jiffies since the entry was made, in ns");
+    assert_eq!(e.drain(), (2, 200), "hits and their bytes, for the rule's counters");
+    assert_eq!(e.drain(), (0, 0), "taken once");
+    assert_eq!(e.packets, 2, "the session's count is folded separately");
 }
 
 #[test]
@@ -144,9 +147,9 @@ fn hits_fold_into_their_own_session_once() {
     let tuple = Tuple::of(3, 1, &m);
     let (key, _) = SessionKey::of(3, &m);
     let mut s = session(1_000);
-    let mut e = FlowCacheEntry::confirmed(&m, &tuple, &s, (2, 0), (5, (2_000, 20)), 100);
-    e.hit(21);
-    e.hit(22);
+    let mut e = FlowCacheEntry::confirmed(&m, &tuple, &s, (2, 0, 1), (5, (2_000, 20)), 100);
+    e.hit(21, 100);
+    e.hit(22, 100);
     assert_eq!(e.pending_for(&key, &s, 5, 10), Some((2, 2_020)));
     assert_eq!(e.pending_for(&key, &s, 6, 10), None, "older epoch");
     assert_eq!(e.pending_for(&key, &session(999), 5, 10), None, "another incarnation");
@@ -158,7 +161,7 @@ fn hits_fold_into_their_own_session_once() {
     assert_eq!(s.packets, 5, "folded once");
     assert_eq!(e.pending_for(&key, &s, 5, 10), None);
     let mut other = session(999);
-    e.hit(23);
+    e.hit(23, 100);
     e.fold_into(&mut other, 5, 10);
     assert_eq!(other.packets, 3, "another incarnation gets nothing");
 }

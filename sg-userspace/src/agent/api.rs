@@ -40,6 +40,11 @@ pub enum Op {
     Confirm,
     /// The agent's rule file, generation and pending confirmation.
     Status,
+    /// Counters by interface, direction and rule ([`Reply::stats`]).
+    Stats,
+    /// The verdict events kept, one JSON object a line after the reply line; with
+    /// `follow`, the connection stays open and every new event follows.
+    Log { follow: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -128,6 +133,8 @@ pub struct Reply {
     pub applied: Option<ApplyView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<super::observe::StatsView>,
     /// What else happened, for people (e.g. "confirmed", "nothing awaits confirmation").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -158,23 +165,30 @@ pub enum ClientError {
 
 /// Sends `op` to the agent on `socket` and waits up to `timeout` for its reply.
 pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientError> {
+    Ok(open(socket, op, Some(timeout))?.0)
+}
+
+/// Sends `op` and reads the reply line, leaving the rest of the stream (the event lines
+/// of [`Op::Log`]) to the caller; `timeout` bounds every read (`None`: none).
+pub fn open(socket: &Path, op: Op, timeout: Option<Duration>) -> Result<(Reply, BufReader<UnixStream>), ClientError> {
     let name = socket.display().to_string();
     let io = |source| ClientError::Io { socket: name.clone(), source };
     let mut stream =
         UnixStream::connect(socket).map_err(|source| ClientError::Unreachable { socket: name.clone(), source })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_read_timeout(timeout).map_err(io)?;
     let mut line =
         serde_json::to_vec(&Request { version: API_VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
     stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    reader.read_line(&mut reply).map_err(io)?;
     let reply: Reply = serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(format!("{e}: {reply:?}")))?;
     if reply.version != API_VERSION {
         return Err(ClientError::Version(reply.version));
     }
-    Ok(reply)
+    Ok((reply, reader))
 }
 
 #[cfg(test)]

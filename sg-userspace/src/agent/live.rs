@@ -26,10 +26,7 @@ use super::{
     targets,
 };
 use crate::{
-    control::{
-        ApplyReport, ControlError, Enforcer, compile_targets,
-        enforcer::{AdoptError, CompiledInterface},
-    },
+    control::{ApplyReport, ControlError, Enforcer, compile_targets, enforcer::CompiledInterface},
     dataplane::{
         Capacity, Dataplane, LoadOptions,
         attach::{XdpModeChoice, presence},
@@ -68,6 +65,8 @@ struct Context {
     /// The BPF filesystem was mounted by this agent (under `ip netns exec`): its pins
     /// go when this process's mount namespace does.
     private_bpffs: bool,
+    /// The verdict-event ring's size for generations this agent loads.
+    event_ring_bytes: u32,
 }
 
 /// One generation in force: its programs and maps, what is installed in them, and the
@@ -191,7 +190,7 @@ impl Context {
         compiled: &[CompiledInterface],
     ) -> Result<Holding> {
         let capacity = capacity_for(cfg, compiled);
-        let dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+        let dp = Dataplane::load(&LoadOptions { trace: false, capacity, event_ring_bytes: self.event_ring_bytes })?;
         let (object, features) = (dp.identity.clone(), dp.features);
         let id = next_generation(&self.pins);
         let mut generation = Generation::pin(dp, &self.pins, id)?;
@@ -245,11 +244,8 @@ impl Context {
         let compiled = compile_targets(&old_cfg, &old_targets)?;
         let timeouts = sessions::timeouts(&old_cfg.sessions);
         let mut generation = Generation::open(&self.pins, prev.generation)?;
-        let mut enforcer = match Enforcer::adopt(&mut generation, &prev.capacity, &prev.enforcer, &compiled, timeouts) {
-            Ok(e) => e,
-            Err(AdoptError::Stale(e)) => return Err(e.into()),
-            Err(e) => return Err(e.into()),
-        };
+        let mut enforcer =
+            Enforcer::adopt(&mut generation, &prev.capacity, &prev.enforcer, (&old_cfg, &compiled), timeouts)?;
         record_session_ids(&mut enforcer)?;
         Ok(Holding {
             generation,
@@ -278,7 +274,7 @@ impl Context {
         here: &[(u32, &InterfaceBinding)],
         compiled: &[CompiledInterface],
     ) -> Result<Holding> {
-        let dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+        let dp = Dataplane::load(&LoadOptions { trace: false, capacity, event_ring_bytes: self.event_ring_bytes })?;
         let (object, features) = (dp.identity.clone(), dp.features);
         let id = next_generation(&self.pins);
         let mut generation = Generation::pin(dp, &self.pins, id)?;
@@ -379,6 +375,7 @@ impl Live {
             replace: opts.replace,
             state_file: paths::state_file(),
             private_bpffs: mounted,
+            event_ring_bytes: opts.events.ring_bytes,
         };
         let previous = match AgentState::load(&ctx.state_file) {
             Ok(state) => state.filter(|s| s.pin_dir == pin_dir),
@@ -446,7 +443,8 @@ impl Live {
                 return Ok((ctx.fresh(cfg, here, compiled)?, Start::Fresh, None));
             }
         };
-        let ours = identity(&LoadOptions { trace: false, capacity: prev.capacity }, &KernelFeatures::probe());
+        let ours =
+            identity(&LoadOptions { capacity: prev.capacity, ..LoadOptions::default() }, &KernelFeatures::probe());
         let why = if prev.object != ours {
             format!("the pinned programs are another build's (object {}, this sgctl's {ours})", prev.object)
         } else {

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod live;
+pub mod observe;
 mod serve;
 pub mod state;
 
@@ -43,6 +44,29 @@ pub struct RunOptions {
     pub pin_dir: Option<PathBuf>,
     /// Switch to this build's programs even when the sessions cannot be carried over.
     pub replace: bool,
+    pub events: EventOptions,
+}
+
+/// The verdict events: their rate limit per interface and hook, the ring, and where
+/// they go besides `sgctl log`.
+#[derive(Clone, Debug)]
+pub struct EventOptions {
+    /// Drop (and audit-drop) events a second; 0 turns them off, `u32::MAX` removes the limit.
+    pub drop_rate: u32,
+    /// New-session events a second; 0 (the default) turns them off.
+    pub accept_rate: u32,
+    /// Bucket depth, both kinds.
+    pub burst: u32,
+    /// Bytes of the ring (new generations only).
+    pub ring_bytes: u32,
+    /// Append every event as a JSON line to this file.
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        Self { drop_rate: 1000, accept_rate: 0, burst: 1000, ring_bytes: 1 << 20, log_file: None }
+    }
 }
 
 /// The interfaces of `cfg` to enforce on here, with their ifindex.
@@ -113,6 +137,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         capacity.sessions,
         f64::from(capacity.sessions) * sessions::BYTES_PER_SESSION as f64 / (1024.0 * 1024.0)
     );
+    // The event limits are in place before anyone is told the rules are.
+    let observer = {
+        let _in_runtime = runtime.enter();
+        let mut observer = observe::Observer::new(&opts.events)?;
+        observer.refresh(&mut live)?;
+        observer
+    };
     info!(
         "applied {path}: {} rules in force on {} (generation {}); control socket {}",
         live.now.rules,
@@ -120,7 +151,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         live.now.generation.id,
         socket.display()
     );
-    let result = runtime.block_on(serve::serve(opts, &mut live, listener));
+    let result = runtime.block_on(serve::serve(opts, &mut live, listener, observer));
     bound.remove();
     let saved = live.save();
     for name in live.names() {

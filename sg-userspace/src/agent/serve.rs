@@ -24,6 +24,7 @@ use super::{
     RunOptions, api,
     api::{API_VERSION, ApplyView, MAX_REQUEST_BYTES, Op, Reply, Request, StatusView},
     live::Live,
+    observe::Observer,
 };
 use crate::{
     control::gc::gc_period,
@@ -182,6 +183,7 @@ impl Agent<'_> {
                 None => Reply::failed("nothing awaits confirmation"),
             },
             Op::Status => Reply { status: Some(self.status()), ..Reply::ok() },
+            Op::Stats | Op::Log { .. } => Reply::failed("handled by the observer"),
         }
     }
 
@@ -266,6 +268,18 @@ async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
     let _ = stream.write_all(&text).await;
 }
 
+async fn write_line(stream: &mut UnixStream, line: &str) -> std::io::Result<()> {
+    stream.write_all(line.as_bytes()).await?;
+    stream.write_all(b"\n").await
+}
+
+/// After the rules may have changed: the observer names events with the rules in force.
+fn refresh(observer: &mut Observer, live: &mut Live) {
+    if let Err(e) = observer.refresh(live) {
+        warn!("the verdict events: {e:#}");
+    }
+}
+
 /// The rule file's identity for `--watch`: modification time and length.
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
@@ -273,7 +287,12 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 /// Waits for events until SIGINT/SIGTERM.
-pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixListener) -> Result<()> {
+pub(super) async fn serve(
+    opts: &RunOptions,
+    live: &mut Live,
+    listener: UnixListener,
+    mut observer: Observer,
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -281,6 +300,8 @@ pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixList
     let mut gc = tokio::time::interval(gc_period(live.now.enforcer.timeouts()));
     let mut watch = tokio::time::interval(WATCH_PERIOD);
     let mut agent = Agent { opts, live, rollback: None };
+    // Keeps each rule's "last moved" time current for `sgctl stats --unused --since`.
+    let mut usage = tokio::time::interval(Duration::from_secs(60));
     let config: PathBuf = opts.config.clone();
     let mut applied_stamp = stamp(&config);
     // A change seen by `--watch`, and since when the file has looked like this.
@@ -292,13 +313,50 @@ pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixList
             _ = sigterm.recv() => return Ok(()),
             _ = sighup.recv() => {
                 agent.reload("reload on SIGHUP");
+                refresh(&mut observer, agent.live);
                 applied_stamp = stamp(&config);
                 gc = tokio::time::interval(gc_period(agent.live.now.enforcer.timeouts()));
             }
             accepted = listener.accept() => {
                 let Ok((mut stream, _)) = accepted else { continue };
                 let reply = match read_request(&mut stream).await {
-                    Ok(request) => agent.handle(request),
+                    Ok(Request { op: Op::Stats, version: API_VERSION }) => match observer.stats(agent.live) {
+                        Ok(stats) => Reply { stats: Some(stats), ..Reply::ok() },
+                        Err(e) => Reply::failed(format!("reading the counters: {e:#}")),
+                    },
+                    Ok(Request { op: Op::Log { follow }, version: API_VERSION }) => {
+                        observer.drain();
+                        let (recent, mut rx) = observer.subscribe();
+                        tokio::spawn(async move {
+                            write_reply(&mut stream, &Reply::ok()).await;
+                            for line in recent {
+                                if write_line(&mut stream, &line).await.is_err() {
+                                    return;
+                                }
+                            }
+                            if !follow {
+                                return;
+                            }
+                            loop {
+                                let line: std::sync::Arc<str> = match rx.recv().await {
+                                    Ok(line) => line,
+                                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                        format!("{{\"missed\":{n}}}").into()
+                                    }
+                                    Err(_) => return,
+                                };
+                                if write_line(&mut stream, &line).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        continue;
+                    }
+                    Ok(request) => {
+                        let reply = agent.handle(request);
+                        refresh(&mut observer, agent.live);
+                        reply
+                    }
                     Err(reply) => reply,
                 };
                 write_reply(&mut stream, &reply).await;
@@ -306,6 +364,7 @@ pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixList
             }
             _ = tokio::time::sleep_until(rollback_at.unwrap_or_else(tokio::time::Instant::now)), if rollback_at.is_some() => {
                 agent.roll_back();
+                refresh(&mut observer, agent.live);
             }
             _ = watch.tick(), if opts.watch => {
                 let now = stamp(&config);
@@ -316,6 +375,7 @@ pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixList
                             pending = None;
                             applied_stamp = Some(s);
                             agent.reload("change of the rule file");
+                            refresh(&mut observer, agent.live);
                         }
                     }
                     (Some(s), _) => pending = Some((s, Instant::now())),
@@ -325,6 +385,12 @@ pub(super) async fn serve(opts: &RunOptions, live: &mut Live, listener: UnixList
             _ = gc.tick() => {
                 if let Err(e) = agent.live.now.enforcer.collect_garbage() {
                     error!("session garbage collection: {e:#}");
+                }
+            }
+            _ = observer.readable() => observer.drain(),
+            _ = usage.tick() => {
+                if let Err(e) = observer.stats(agent.live) {
+                    warn!("reading the rule counters: {e:#}");
                 }
             }
             _ = tokio::time::sleep(period), if opts.interval > 0 => {

@@ -6,8 +6,10 @@ mod attach;
 mod detach;
 mod down;
 mod guidance;
+mod log;
 mod run;
 mod sessions;
+mod stats;
 mod status;
 mod trace;
 mod validate;
@@ -56,6 +58,11 @@ enum Command {
     Trace(trace::Args),
     /// Show whether sgctl's programs are attached to an interface.
     Status(status::Args),
+    /// Counters by interface, direction and rule; --unused lists the rules that decided
+    /// nothing.
+    Stats(stats::Args),
+    /// The verdict events (drops, audit drops, new sessions) with the rules that decided.
+    Log(log::Args),
     /// Check a rule file against the guide's advice; exit 1 when a finding reaches --fail-on.
     Lint(guidance::LintArgs),
     /// Show the flows whose verdict changes between two rule files; exit 1 when any does.
@@ -83,6 +90,8 @@ impl Cli {
             Command::Validate(args) => validate::run(&args),
             Command::Trace(args) => trace::run(&args),
             Command::Status(args) => status::run(&args),
+            Command::Stats(args) => stats::run(&args),
+            Command::Log(args) => log::run(&args),
             Command::Lint(args) => guidance::lint(args),
             Command::Diff(args) => guidance::diff(args),
             Command::Import(args) => guidance::import(args),

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use sgctl::agent::{self, RunOptions};
+use sgctl::agent::{self, EventOptions, RunOptions};
 
 use super::args::AttachOptions;
 
@@ -29,13 +29,55 @@ pub struct Args {
     /// carried over (connections then depend on the rules alone).
     #[arg(long)]
     replace: bool,
+    /// Drop (and audit-drop) events a second per interface and direction; 0 turns them
+    /// off, "unlimited" removes the limit.
+    #[arg(long, default_value = "1000", value_parser = parse_rate)]
+    drop_events: u32,
+    /// New-session events a second per interface and direction (0: none).
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    accept_events: u32,
+    /// How many events may come at once before the rate applies.
+    #[arg(long, default_value_t = 1000)]
+    event_burst: u32,
+    /// KiB of the verdict-event ring (a power of two; new programs only).
+    #[arg(long, default_value_t = 1024)]
+    event_ring_kib: u32,
+    /// Also append every verdict event to this file, one JSON object a line.
+    #[arg(long)]
+    event_log: Option<PathBuf>,
     #[command(flatten)]
     options: AttachOptions,
 }
 
+fn parse_rate(text: &str) -> Result<u32, String> {
+    match text {
+        "unlimited" => Ok(u32::MAX),
+        n => n.parse().map_err(|_| format!("{n:?}: a number of events a second, or \"unlimited\"")),
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { config, only, watch, socket, pin_dir, replace, options: AttachOptions { xdp_mode, interval, json } } =
-        args;
-    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket, pin_dir, replace })?;
+    let Args {
+        config,
+        only,
+        watch,
+        socket,
+        pin_dir,
+        replace,
+        drop_events,
+        accept_events,
+        event_burst,
+        event_ring_kib,
+        event_log,
+        options: AttachOptions { xdp_mode, interval, json },
+    } = args;
+    let events = EventOptions {
+        drop_rate: drop_events,
+        accept_rate: accept_events,
+        burst: event_burst,
+        ring_bytes: event_ring_kib.saturating_mul(1024),
+        log_file: event_log,
+    };
+    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket, pin_dir, replace, events })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,12 +10,13 @@
 
 use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
 
-use sg_common::{IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, Timeouts};
+use sg_common::{IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, Timeouts, stats, step};
 
 use super::{
     GRACE_PERIOD,
     error::{ControlError, Result},
     gc,
+    handles::{HandleKey, Handles},
 };
 use crate::{
     dataplane::{
@@ -25,9 +26,23 @@ use crate::{
     },
     policy::{
         compile::{Compiled, compile},
-        config::{Config, Direction, InterfaceBinding, Mode},
+        config::{Config, Direction, InterfaceBinding, Mode, Rule},
     },
 };
+
+/// The handle keys of a compiled rule set's bits, in bit order.
+fn handle_keys(cfg: &Config, rules: &HashMap<u32, &Rule>, c: &Compiled, ifindex: u32, hook: u32) -> Vec<HandleKey> {
+    c.rules
+        .iter()
+        .map(|info| {
+            let identity = match rules.get(&info.rule_id) {
+                Some(rule) if info.step == step::RULE => rule.identity(cfg),
+                _ => format!("pseudo:{}", step::NAMES[usize::from(info.step) % step::COUNT]),
+            };
+            HandleKey { ifindex, hook, identity }
+        })
+        .collect()
+}
 
 /// First-fit allocator of index ranges in an array map.
 #[derive(Debug)]
@@ -202,6 +217,10 @@ pub struct Enforcer {
     grace: Duration,
     sessions: SessionTable,
     current_timeouts: Timeouts,
+    handles: Handles,
+    /// Interface counter slots (`IfaceConfig::counters`) by ifindex, and the free ones.
+    iface_slots: HashMap<u32, u32>,
+    free_iface_slots: Vec<u32>,
 }
 
 impl Enforcer {
@@ -223,6 +242,10 @@ impl Enforcer {
             grace: GRACE_PERIOD,
             sessions: SessionTable::take(dp)?,
             current_timeouts: Timeouts::default(),
+            // One handle a rule-info entry at most, and 0 means none.
+            handles: Handles::new(capacity.rule_info + 1),
+            iface_slots: HashMap::new(),
+            free_iface_slots: (1..stats::IFACES).rev().collect(),
         })
     }
 
@@ -249,9 +272,12 @@ impl Enforcer {
         self.maps.set_timeouts(timeouts)?;
         self.current_timeouts = timeouts;
         let written = Instant::now();
+        let rules: HashMap<u32, &Rule> = cfg.rules().map(|r| (r.id, r)).collect();
         let mut fresh = Vec::with_capacity(compiled.len());
         for CompiledInterface { ifindex, mode, ingress, egress } in compiled {
-            let pair = self.install(ingress).and_then(|i| match self.install(egress) {
+            let keys_in = handle_keys(cfg, &rules, ingress, *ifindex, stats::HOOK_INGRESS);
+            let keys_out = handle_keys(cfg, &rules, egress, *ifindex, stats::HOOK_EGRESS);
+            let pair = self.install(ingress, keys_in).and_then(|i| match self.install(egress, keys_out) {
                 Ok(e) => Ok((i, e)),
                 Err(err) => {
                     self.remove(i);
@@ -280,6 +306,7 @@ impl Enforcer {
         let mut retired_versions = Vec::new();
         for (ifindex, mode, (ingress, egress)) in fresh {
             let version = self.free_versions.pop().ok_or(ControlError::NoFreeVersion)?;
+            let counters = self.iface_slot(ifindex)?;
             let state = self.installed.entry(ifindex).or_default();
             state.generation = state.generation.wrapping_add(1);
             let config = IfaceConfig {
@@ -287,6 +314,8 @@ impl Enforcer {
                 egress: egress.slot,
                 generation: state.generation,
                 flags: if mode == Mode::Audit { IFACE_AUDIT } else { 0 },
+                counters,
+                _pad: 0,
             };
             self.maps.set_iface_config(version, config)?;
             // The switch: one 4-byte store publishes the new configuration, under an id
@@ -316,10 +345,11 @@ impl Enforcer {
         dp: &mut impl MapSource,
         capacity: &Capacity,
         state: &EnforcerState,
-        compiled: &[CompiledInterface],
+        (cfg, compiled): (&Config, &[CompiledInterface]),
         timeouts: Timeouts,
     ) -> std::result::Result<Self, AdoptError> {
         let mut this = Self::new(dp, capacity)?;
+        let rules_by_id: HashMap<u32, &Rule> = cfg.rules().map(|r| (r.id, r)).collect();
         this.config_serial = state.config_serial;
         this.current_timeouts = timeouts;
         let stale = |why: String| AdoptError::Stale(NotAdoptable(why));
@@ -336,33 +366,46 @@ impl Enforcer {
                     placed.ifindex, placed.published
                 )));
             }
-            let mut place = |p: &PlacedSet, rules: &Compiled| -> std::result::Result<Installed, AdoptError> {
-                let fits = p.vectors.len() == rules.vectors.len()
-                    && p.rules.len() == rules.rules.len()
-                    && p.tables.len() == rules.port_tables.len()
-                    && p.blocks.len() == rules.port_blocks.len();
-                let free = this.vector_ranges.reserve(&p.vectors)
-                    && this.rule_ranges.reserve(&p.rules)
-                    && this.table_ranges.reserve(&p.tables)
-                    && this.block_ranges.reserve(&p.blocks)
-                    && this.free_slots.contains(&p.slot);
-                if !fits || !free {
-                    return Err(stale(format!("rule set in slot {} does not match the rule file", p.slot)));
-                }
-                this.free_slots.retain(|s| *s != p.slot);
-                let (addr_keys, port_keys) = trie_keys(rules, p.slot);
-                Ok(Installed {
-                    slot: p.slot,
-                    vectors: p.vectors.clone(),
-                    rules: p.rules.clone(),
-                    tables: p.tables.clone(),
-                    blocks: p.blocks.clone(),
-                    addr_keys,
-                    port_keys,
-                })
-            };
-            let ingress = place(&placed.ingress, &c.ingress)?;
-            let egress = place(&placed.egress, &c.egress)?;
+            let mut place =
+                |p: &PlacedSet, rules: &Compiled, hook: u32| -> std::result::Result<Installed, AdoptError> {
+                    let fits = p.vectors.len() == rules.vectors.len()
+                        && p.rules.len() == rules.rules.len()
+                        && p.tables.len() == rules.port_tables.len()
+                        && p.blocks.len() == rules.port_blocks.len();
+                    let free = this.vector_ranges.reserve(&p.vectors)
+                        && this.rule_ranges.reserve(&p.rules)
+                        && this.table_ranges.reserve(&p.tables)
+                        && this.block_ranges.reserve(&p.blocks)
+                        && this.free_slots.contains(&p.slot);
+                    if !fits || !free {
+                        return Err(stale(format!("rule set in slot {} does not match the rule file", p.slot)));
+                    }
+                    this.free_slots.retain(|s| *s != p.slot);
+                    let (addr_keys, port_keys) = trie_keys(rules, p.slot);
+                    // The handles the kernel counts these rules by, as the maps hold them.
+                    let handles = this.maps.handles(p.rules.clone())?;
+                    let keys = handle_keys(cfg, &rules_by_id, rules, placed.ifindex, hook);
+                    for ((handle, key), info) in handles.iter().zip(keys).zip(&rules.rules) {
+                        this.handles.adopt(*handle, key, info.rule_id, info.step);
+                    }
+                    Ok(Installed {
+                        slot: p.slot,
+                        vectors: p.vectors.clone(),
+                        rules: p.rules.clone(),
+                        tables: p.tables.clone(),
+                        blocks: p.blocks.clone(),
+                        addr_keys,
+                        port_keys,
+                        handles,
+                    })
+                };
+            let ingress = place(&placed.ingress, &c.ingress, stats::HOOK_INGRESS)?;
+            let egress = place(&placed.egress, &c.egress, stats::HOOK_EGRESS)?;
+            let slot = this.maps.iface_config(placed.version)?.counters;
+            if slot != 0 && slot < stats::IFACES {
+                this.free_iface_slots.retain(|s| *s != slot);
+                this.iface_slots.insert(placed.ifindex, slot);
+            }
             slots.extend([ingress.slot, egress.slot]);
             this.free_versions.retain(|v| *v != placed.version);
             this.installed.insert(
@@ -425,6 +468,9 @@ impl Enforcer {
 
     /// Stops enforcing on `ifindex` (its packets pass as unconfigured).
     pub fn clear(&mut self, ifindex: u32) -> Result<()> {
+        if let Some(slot) = self.iface_slots.remove(&ifindex) {
+            self.free_iface_slots.push(slot);
+        }
         if let Some(state) = self.installed.remove(&ifindex) {
             self.maps.clear(ifindex)?;
             let sets = state.ingress.into_iter().chain(state.egress).collect();
@@ -483,7 +529,32 @@ impl Enforcer {
         started.elapsed()
     }
 
+    /// The counter slot of `ifindex`, given (and zeroed) on its first apply.
+    fn iface_slot(&mut self, ifindex: u32) -> Result<u32> {
+        if let Some(slot) = self.iface_slots.get(&ifindex) {
+            return Ok(*slot);
+        }
+        let slot =
+            self.free_iface_slots.pop().ok_or(ControlError::NoRoom { count: 1, what: "interface counter slots" })?;
+        self.maps.zero_iface_counters(slot)?;
+        self.iface_slots.insert(ifindex, slot);
+        Ok(slot)
+    }
+
+    /// The counter slot of each enforced interface.
+    pub fn iface_slots(&self) -> &HashMap<u32, u32> {
+        &self.iface_slots
+    }
+
+    /// The rule handles in use.
+    pub fn handles(&self) -> &Handles {
+        &self.handles
+    }
+
     fn remove(&mut self, installed: Installed) {
+        for handle in &installed.handles {
+            self.handles.release(*handle);
+        }
         self.maps.delete_keys(&installed);
         self.vector_ranges.give(installed.vectors);
         self.rule_ranges.give(installed.rules);
@@ -493,15 +564,38 @@ impl Enforcer {
     }
 
     /// Writes one compiled rule set into free space; live rule sets are not touched.
-    fn install(&mut self, c: &Compiled) -> Result<Installed> {
-        let slot = self.free_slots.pop().ok_or(ControlError::NoFreeSlot)?;
+    fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>) -> Result<Installed> {
+        let mut handles = Vec::with_capacity(keys.len());
+        for (key, info) in keys.into_iter().zip(&c.rules) {
+            let acquired = self.handles.acquire(key, info.rule_id, info.step);
+            let zeroed = match acquired {
+                Some((handle, true)) => self.maps.zero_rule_counters(handle).map(|()| handle).map_err(Into::into),
+                Some((handle, false)) => Ok(handle),
+                None => Err(ControlError::NoRoom { count: c.rules.len(), what: "rule handles" }),
+            };
+            match zeroed {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    acquired.inspect(|(h, _)| self.handles.release(*h));
+                    handles.iter().for_each(|h| self.handles.release(*h));
+                    return Err(e);
+                }
+            }
+        }
+        let release = |this: &mut Self, handles: &[u32]| handles.iter().for_each(|h| this.handles.release(*h));
+        let Some(slot) = self.free_slots.pop() else {
+            release(self, &handles);
+            return Err(ControlError::NoFreeSlot);
+        };
         let Some(vectors) = self.vector_ranges.take(c.vectors.len() as u32) else {
             self.free_slots.push(slot);
+            release(self, &handles);
             return Err(ControlError::NoRoom { count: c.vectors.len(), what: "vectors" });
         };
         let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
+            release(self, &handles);
             return Err(ControlError::NoRoom { count: c.rules.len(), what: "rules" });
         };
         let tables = self.table_ranges.take(c.port_tables.len() as u32);
@@ -512,10 +606,11 @@ impl Enforcer {
             self.rule_ranges.give(rules);
             self.table_ranges.give(tables.unwrap_or(0..0));
             self.block_ranges.give(blocks.unwrap_or(0..0));
+            release(self, &handles);
             return Err(ControlError::NoRoom { count: c.port_blocks.len(), what: "port blocks" });
         };
         let mut installed =
-            Installed { slot, vectors, rules, tables, blocks, addr_keys: Vec::new(), port_keys: Vec::new() };
+            Installed { slot, vectors, rules, tables, blocks, addr_keys: Vec::new(), port_keys: Vec::new(), handles };
         match self.maps.write(c, &mut installed) {
             Ok(()) => Ok(installed),
             Err(e) => {

@@ -6,6 +6,7 @@
 pub mod enforcer;
 pub mod error;
 pub mod gc;
+pub mod handles;
 
 use std::time::Duration;
 

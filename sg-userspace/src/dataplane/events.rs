@@ -1,10 +1,12 @@
 //! The trace map (`SG_TRACE`): the kernel's record of the last packet each hook saw,
-//! with its parse result and decision (loaded with `LoadOptions::trace`; tests).
+//! with its parse result and decision (loaded with `LoadOptions::trace`; tests); and the
+//! verdict events: their rate limit (`SG_EVENT_CONFIG`) and ring (`SG_EVENTS`).
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use sg_common::{TraceRecord, map};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use sg_common::{EVENTS_UNLIMITED, Event, EventConfig, TraceRecord, map};
 
 use super::{
+    MapSource,
     error::{DataplaneError, Result},
     object::Dataplane,
 };
@@ -27,4 +29,35 @@ impl Dataplane {
         let per_cpu = array.get(&hook, 0)?;
         per_cpu.iter().max_by_key(|record| record.seq).copied().ok_or_else(|| DataplaneError::Refused("no CPUs".into()))
     }
+}
+
+/// Writes the verdict events' rate limit: `rate` events a second and `burst` per kind
+/// ([`sg_common::event_kind`]) for each interface and hook, shared out over the CPUs
+/// (each CPU has its own bucket, so the kernel takes no lock).
+pub fn set_event_limits(source: &mut impl MapSource, rate: [u32; 2], burst: [u32; 2]) -> Result<()> {
+    let mut array: Array<MapData, EventConfig> = source.take_map(map::EVENT_CONFIG)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.max(1) as u32;
+    let share = |n: u32| match n {
+        0 | EVENTS_UNLIMITED => n,
+        n => n.div_ceil(cpus),
+    };
+    let config =
+        EventConfig { rate: [share(rate[0]), share(rate[1])], burst: [share(burst[0]).max(1), share(burst[1]).max(1)] };
+    array.set(0, config, 0)?;
+    Ok(())
+}
+
+/// The verdict-event ring of a generation, for its one reader (the agent).
+pub fn event_ring(source: &mut impl MapSource) -> Result<RingBuf<MapData>> {
+    source.take_map(map::EVENTS)
+}
+
+/// One record of the ring as an [`Event`] (`None`: not an event's size).
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: `Event` is plain integers, any bytes are a valid value; the read is
+    // unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }

@@ -37,7 +37,12 @@ pub struct LoadOptions {
     pub trace: bool,
     /// Sizes of the classification maps.
     pub capacity: Capacity,
+    /// Bytes of the verdict-event ring (a power of two, at least a page; 0: 1 MiB).
+    pub event_ring_bytes: u32,
 }
+
+/// The verdict-event ring's size when `LoadOptions::event_ring_bytes` is 0.
+pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 20;
 
 /// The loaded (verified, not yet attached) programs and their maps.
 pub struct Dataplane {
@@ -72,6 +77,9 @@ impl Dataplane {
             .map_max_entries(map::PORT_TRIE, c.port_entries)
             .map_max_entries(map::PORT_TABLES, c.port_tables)
             .map_max_entries(map::PORT_BLOCKS, c.port_blocks)
+            // One counter entry per rule handle; a handle per rule-info entry at most.
+            .map_max_entries(map::RULE_STATS, c.rule_info + 1)
+            .map_max_entries(map::EVENTS, ring_bytes(options.event_ring_bytes))
             .load(OBJECT)
             .doing("loading the eBPF object")?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, program::INGRESS_XDP)?;
@@ -103,6 +111,12 @@ where
 {
     let program = ebpf.program_mut(name).ok_or_else(|| DataplaneError::MissingProgram(name.to_string()))?;
     Ok(program.try_into()?)
+}
+
+/// A ring size the kernel accepts: a power of two of at least a page.
+fn ring_bytes(asked: u32) -> u32 {
+    let asked = if asked == 0 { DEFAULT_EVENT_RING_BYTES } else { asked };
+    asked.max(4096).next_power_of_two()
 }
 
 /// Turns a load failure into one line; for verifier rejections, the log's last lines.

@@ -7,14 +7,14 @@
 
 use std::ops::Range;
 
-use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey,
-    RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
+    RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
 };
 
 use super::{
-    MapSource, batch,
+    MapSource, batch, counters,
     error::{Doing as _, Result},
 };
 use crate::policy::compile::Compiled;
@@ -29,6 +29,8 @@ pub struct Installed {
     pub blocks: Range<u32>,
     pub addr_keys: Vec<Key<AddrKey>>,
     pub port_keys: Vec<Key<PortKey>>,
+    /// Each bit's rule handle (`control::handles`), written as its `RuleInfo::rule_id`.
+    pub handles: Vec<u32>,
 }
 
 /// The classification maps and the timeouts map, taken out of a loaded [`Dataplane`].
@@ -43,6 +45,8 @@ pub struct RuleSetMaps {
     port_tables: Array<MapData, PortBlock>,
     port_blocks: Array<MapData, PortBlock>,
     timeouts: Array<MapData, Timeouts>,
+    counters: PerCpuArray<MapData, u64>,
+    rule_counters: PerCpuArray<MapData, RuleCounters>,
 }
 
 /// The trie keys compiled rule set `c` has in `slot`: what [`RuleSetMaps::write`] writes
@@ -130,7 +134,29 @@ impl RuleSetMaps {
             port_tables: dp.take_map(map::PORT_TABLES)?,
             port_blocks: dp.take_map(map::PORT_BLOCKS)?,
             timeouts: dp.take_map(map::TIMEOUTS)?,
+            counters: dp.take_map(map::STATS)?,
+            rule_counters: dp.take_map(map::RULE_STATS)?,
         })
+    }
+
+    /// Zeroes a rule handle's counters, before a rule starts using it.
+    pub fn zero_rule_counters(&mut self, handle: u32) -> Result<()> {
+        counters::zero_rule(&mut self.rule_counters, handle)
+    }
+
+    /// Zeroes an interface counter slot, before an interface starts using it.
+    pub fn zero_iface_counters(&mut self, slot: u32) -> Result<()> {
+        counters::zero_iface(&mut self.counters, slot)
+    }
+
+    /// The configuration written under `version`.
+    pub fn iface_config(&self, version: u32) -> Result<IfaceConfig> {
+        self.iface_configs.get(&version, 0).doing("reading an interface configuration")
+    }
+
+    /// The rule handles written in rule-info entries `range`.
+    pub fn handles(&self, range: Range<u32>) -> Result<Vec<u32>> {
+        range.map(|i| Ok(self.rule_info.get(&i, 0).doing("reading rule info")?.rule_id)).collect()
     }
 
     /// Writes the session timeouts.
@@ -202,7 +228,10 @@ impl RuleSetMaps {
             batch::update(self.vectors.map(), &indices, &values).doing("writing rule vectors")?;
         }
         let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
-        batch::update(self.rule_info.map(), &rule_indices, &c.rules).doing("writing rule info")?;
+        let infos: Vec<RuleInfo> =
+            c.rules.iter().zip(&at.handles).map(|(info, handle)| RuleInfo { rule_id: *handle, ..*info }).collect();
+        debug_assert_eq!(infos.len(), c.rules.len());
+        batch::update(self.rule_info.map(), &rule_indices, &infos).doing("writing rule info")?;
         // Recorded before writing, so a failed batch is undone in full by `remove`.
         (at.addr_keys, at.port_keys) = trie_keys(c, at.slot);
         let addr_values: Vec<u32> = c.addr_entries.iter().map(|e| at.vectors.start + e.vector).collect();

@@ -201,7 +201,7 @@ fn main() -> Result<()> {
     let big = ruleset(largest, Direction::Ingress)?;
     let compiled = compile(&big, &big.interfaces[0], Direction::Ingress)?;
     let capacity = Capacity::for_rule_sets([&compiled, &compiled]);
-    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity, ..LoadOptions::default() })?;
     for name in [program::BASELINE_XDP, program::BASELINE_TC] {
         let p = dp.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
         match p {
@@ -447,7 +447,7 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
     let cfg = ruleset(1000, Direction::Ingress)?;
     let compiled = compile(&cfg, &cfg.interfaces[0], Direction::Ingress)?;
     let capacity = Capacity { sessions: size, ..Capacity::for_rule_sets([&compiled, &compiled]) };
-    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity })?;
+    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity, ..LoadOptions::default() })?;
     let p = dp.ebpf.program_mut(program::BASELINE_XDP).context("baseline")?;
     let aya::programs::Program::Xdp(x) = p else { anyhow::bail!("baseline is not XDP") };
     x.load()?;

@@ -278,6 +278,26 @@ impl Config {
     }
 }
 
+impl Rule {
+    /// What the rule is, without where it is written: its group and every field that
+    /// decides what it matches and does, but not its id, line or description. Counters
+    /// follow a rule across applies by this, so moving a rule in the file or rewording
+    /// its description keeps its counts, and changing what it matches starts them anew.
+    pub fn identity(&self, cfg: &Config) -> String {
+        let peer = match &self.peer {
+            Peer::Cidr(net) => net.to_string(),
+            Peer::Group { group_index } => format!("group:{}", cfg.groups[*group_index].id),
+            Peer::PrefixList { list_index } => format!("prefix-list:{}", cfg.prefix_lists[*list_index].id),
+        };
+        let source = self.source_port_range.map(|r| r.to_string()).unwrap_or_default();
+        let local = self.local.map(|n| n.to_string()).unwrap_or_default();
+        format!(
+            "{}|{:?}|{:?}|{}|{}|{}|{source}|{peer}|{local}",
+            cfg.groups[self.group_index].id, self.direction, self.action, self.priority, self.protocol, self.port_range
+        )
+    }
+}
+
 impl InterfaceBinding {
     /// The type shared by the interface's groups (validation guarantees they agree and
     /// that there is at least one); decides the default verdicts.

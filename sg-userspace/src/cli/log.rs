@@ -1,0 +1,98 @@
+//! `sgctl log [--follow] [--json] [--iface IF] [--verdict drop|accept|audit] [--rule ID]`:
+//! the verdict events the running agent read from the kernel, named with their rules.
+
+use std::{io::BufRead as _, io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+use sgctl::agent::api::{self, Op};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep printing events as they come.
+    #[arg(long)]
+    follow: bool,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    iface: Option<String>,
+    #[arg(long, value_parser = ["drop", "accept", "audit"])]
+    verdict: Option<String>,
+    /// Only events of this rule id.
+    #[arg(long)]
+    rule: Option<u64>,
+    /// The agent's control socket (default: this network namespace's).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+fn wanted(args: &Args, event: &Value) -> bool {
+    let field = |name: &str| event.get(name).and_then(Value::as_str).unwrap_or("");
+    if args.iface.as_deref().is_some_and(|i| field("iface") != i) {
+        return false;
+    }
+    let verdict = match field("verdict") {
+        "audit-drop" => "audit",
+        "pass" => "accept",
+        other => other,
+    };
+    if args.verdict.as_deref().is_some_and(|v| v != verdict) {
+        return false;
+    }
+    args.rule.is_none_or(|id| event.get("rule_id").and_then(Value::as_u64) == Some(id))
+}
+
+/// One line for people.
+fn human(event: &Value) -> String {
+    let s = |name: &str| event.get(name).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    let ports = match (event.get("src_port"), event.get("icmp_type")) {
+        (Some(_), _) => format!("{}:{} -> {}:{}", s("src"), s("src_port"), s("dst"), s("dst_port")),
+        (None, Some(_)) => format!("{} -> {} icmp type {} code {}", s("src"), s("dst"), s("icmp_type"), s("icmp_code")),
+        _ => format!("{} -> {}", s("src"), s("dst")),
+    };
+    let rule = match event.get("rule_id") {
+        Some(id) => format!(" by rule {id} ({}) \"{}\" at {}", s("group"), s("description"), s("location")),
+        None => String::new(),
+    };
+    let reason = event.get("reason").map(|r| format!(" ({})", r.as_str().unwrap_or(""))).unwrap_or_default();
+    format!(
+        "{:.3} {} {} {} proto {} {ports}: {} at step {}{reason}{rule}",
+        event.get("time").and_then(Value::as_f64).unwrap_or(0.0),
+        s("iface"),
+        s("direction"),
+        s("kind"),
+        s("protocol"),
+        s("verdict"),
+        s("step"),
+    )
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let socket = args.socket.clone().unwrap_or_else(api::default_socket);
+    let timeout = if args.follow { None } else { Some(Duration::from_secs(10)) };
+    let (reply, reader) = api::open(&socket, Op::Log { follow: args.follow }, timeout)?;
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "the agent refused".into()));
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+        if !wanted(args, &event) {
+            continue;
+        }
+        let written = if args.json { writeln!(out, "{line}") } else { writeln!(out, "{}", human(&event)) };
+        if written.is_err() {
+            break;
+        }
+        if args.follow {
+            // Followers see each event as it comes; a pipe reader gets them in batches
+            // from the agent anyway.
+            let _ = out.flush();
+        }
+    }
+    let _ = out.flush();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,141 @@
+//! Rule handles: the numbers the kernel counts rules by (`RuleInfo::rule_id` in the
+//! maps, `sg_common::RuleCounters` per handle).
+//!
+//! A handle stands for one rule (or pseudo-rule) of one interface and direction, named by
+//! the rule's identity (`Rule::identity`): an apply that keeps a rule keeps its handle,
+//! and so its counts; a changed rule gets a fresh handle whose counters start at zero.
+//! Handles freed by removed rules are reused oldest first, so a session or cache entry
+//! still naming a freed handle is unlikely to count for its successor before the
+//! session's next packet re-checks it and takes its new rule's handle.
+
+use std::collections::{HashMap, VecDeque};
+
+/// What a handle stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct HandleKey {
+    pub ifindex: u32,
+    /// `sg_common::stats::HOOK_INGRESS` or `HOOK_EGRESS`.
+    pub hook: u32,
+    /// `Rule::identity`, or `pseudo:<step>` for the intra-group and default steps.
+    pub identity: String,
+}
+
+/// One handle in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleUse {
+    pub key: HandleKey,
+    /// The rule's id in the rule file last applied (0 for pseudo-rules).
+    pub rule_id: u32,
+    /// `sg_common::step` of what it decides.
+    pub step: u8,
+    /// Installed rule sets using it (a live one and the one replacing it).
+    refs: u32,
+}
+
+/// The handle allocator.
+#[derive(Debug)]
+pub struct Handles {
+    by_key: HashMap<HandleKey, u32>,
+    used: HashMap<u32, HandleUse>,
+    free: VecDeque<u32>,
+    /// The rule id and step each handle last stood for, kept after it is freed: a session
+    /// or event may still name it.
+    last: HashMap<u32, (u32, u8)>,
+}
+
+impl Handles {
+    /// Handles 1 to `capacity - 1` (0 means "no rule").
+    pub fn new(capacity: u32) -> Self {
+        Self { by_key: HashMap::new(), used: HashMap::new(), free: (1..capacity).collect(), last: HashMap::new() }
+    }
+
+    /// The handle of `key`, and whether it is new (its counters must be zeroed before
+    /// the kernel sees it). `None`: every handle is in use.
+    pub fn acquire(&mut self, key: HandleKey, rule_id: u32, step: u8) -> Option<(u32, bool)> {
+        if let Some(&handle) = self.by_key.get(&key) {
+            let u = self.used.get_mut(&handle).expect("a keyed handle is in use");
+            u.refs += 1;
+            u.rule_id = rule_id;
+            self.last.insert(handle, (rule_id, step));
+            return Some((handle, false));
+        }
+        let handle = self.free.pop_front()?;
+        self.last.insert(handle, (rule_id, step));
+        self.by_key.insert(key.clone(), handle);
+        self.used.insert(handle, HandleUse { key, rule_id, step, refs: 1 });
+        Some((handle, true))
+    }
+
+    /// Takes `handle` for `key` as an earlier process left it (adoption).
+    pub fn adopt(&mut self, handle: u32, key: HandleKey, rule_id: u32, step: u8) {
+        if let Some(u) = self.used.get_mut(&handle) {
+            u.refs += 1;
+            return;
+        }
+        self.free.retain(|h| *h != handle);
+        self.last.insert(handle, (rule_id, step));
+        self.by_key.insert(key.clone(), handle);
+        self.used.insert(handle, HandleUse { key, rule_id, step, refs: 1 });
+    }
+
+    /// One rule set stopped using `handle`.
+    pub fn release(&mut self, handle: u32) {
+        let Some(u) = self.used.get_mut(&handle) else { return };
+        u.refs -= 1;
+        if u.refs == 0 {
+            let u = self.used.remove(&handle).expect("present");
+            self.by_key.remove(&u.key);
+            self.free.push_back(handle);
+        }
+    }
+
+    /// Every handle in use.
+    pub fn in_use(&self) -> impl Iterator<Item = (u32, &HandleUse)> {
+        self.used.iter().map(|(h, u)| (*h, u))
+    }
+
+    pub fn get(&self, handle: u32) -> Option<&HandleUse> {
+        self.used.get(&handle)
+    }
+
+    /// The rule-file id of the rule `handle` last stood for; 0 for a pseudo-rule or a
+    /// handle never given out (what the kernel reported before handles: the reference
+    /// evaluator's numbering).
+    pub fn rule_id_of(&self, handle: u32) -> u32 {
+        match self.last.get(&handle) {
+            Some(&(rule_id, step)) if step == sg_common::step::RULE => rule_id,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(identity: &str) -> HandleKey {
+        HandleKey { ifindex: 3, hook: 0, identity: identity.into() }
+    }
+
+    #[test]
+    fn a_kept_rule_keeps_its_handle_and_a_changed_one_gets_a_fresh_one() {
+        let mut h = Handles::new(4);
+        let (a, fresh) = h.acquire(key("a"), 1, 7).unwrap();
+        assert!(fresh);
+        let (b, _) = h.acquire(key("b"), 2, 7).unwrap();
+        // The next apply: `a` kept (now rule 5), `b` changed into `c`.
+        assert_eq!(h.acquire(key("a"), 5, 7), Some((a, false)));
+        let (c, fresh) = h.acquire(key("c"), 2, 7).unwrap();
+        assert!(fresh && c != a && c != b);
+        // The old rule set retires.
+        h.release(a);
+        h.release(b);
+        assert_eq!(h.get(a).map(|u| u.rule_id), Some(5), "still used by the new set");
+        assert!(h.get(b).is_none(), "freed");
+        assert_eq!(h.acquire(key("d"), 3, 7), Some((b, true)), "freed handles come back, oldest first");
+        assert_eq!(h.acquire(key("e"), 4, 7), None, "all three in use");
+        assert_eq!((h.rule_id_of(a), h.rule_id_of(b), h.rule_id_of(0)), (5, 3, 0));
+        h.release(c);
+        assert_eq!(h.rule_id_of(c), 2, "a freed handle still names its last rule");
+    }
+}
