@@ -254,7 +254,9 @@ fn tcp_echo_loop(listener: TcpListener, stop: &AtomicBool) {
             Ok((mut stream, _)) => {
                 thread::spawn(move || {
                     let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    // Long enough for an idle connection to outlive an apply that loads new programs
+                    // (verifying both takes seconds on a busy machine).
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = stream.read(&mut buf) {
                         if n == 0 || stream.write_all(&buf[..n]).is_err() {

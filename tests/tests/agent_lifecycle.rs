@@ -287,6 +287,23 @@ fn an_apply_that_outgrows_the_maps_moves_generation_under_traffic() {
         ));
     }
     let big = write("big", &format!("{}{many}[sessions]\nmax_sessions = 300000\n{INST0}", config(None, "")));
+    // What the rules counted so far (the traffic's rules have packets).
+    let counted = |stats: &serde_json::Value| -> Vec<(u64, String, u64)> {
+        stats["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["step"] == "rule" && r["packets"].as_u64() > Some(0))
+            .map(|r| (r["rule_id"].as_u64().unwrap(), r["direction"].as_str().unwrap().to_string(), r["packets"].as_u64().unwrap()))
+            .collect()
+    };
+    let stats_json = || -> serde_json::Value {
+        let out = sgctl_pinned(&inst, &["stats", "--json"]);
+        assert!(out.status.success(), "stats: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = counted(&stats_json());
+    assert!(!before.is_empty(), "the traffic is counted on its rules");
     let reply = sgctl_pinned(&inst, &["apply", big.to_str().unwrap(), "--json"]);
     assert!(reply.status.success(), "apply: {}{}", text(&reply.stdout), text(&reply.stderr));
     let reply: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap();
@@ -296,6 +313,11 @@ fn an_apply_that_outgrows_the_maps_moves_generation_under_traffic() {
     assert_eq!(s["session_capacity"], 300_000);
     assert!(s["vector_capacity"].as_u64().unwrap() > vectors, "{s}");
     traffic.tcp_alive("after the maps grew");
+    let after = counted(&stats_json());
+    for (rule, direction, packets) in &before {
+        let now = after.iter().find(|(r, d, _)| r == rule && d == direction).map_or(0, |(_, _, n)| *n);
+        assert!(now >= *packets, "rule {rule} {direction}: {packets} packets before the new maps, {now} after");
+    }
     let _far = inst.serve(Proto::Tcp, 20_000 + vectors as u16 - 1).unwrap();
     assert!(out.probe(Proto::Tcp, inst.ipv4.into(), 20_000 + vectors as u16 - 1, T).is_ok(), "the new rules decide");
     let (sent, probes) = traffic.finish();

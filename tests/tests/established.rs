@@ -111,7 +111,7 @@ fn connections_open_before_attach_survive_when_admitted_and_are_cut_when_not() {
         let session = find(&responder).unwrap_or_else(|| panic!("no session to {responder}: {sessions:#?}"));
         assert_eq!(session["state"], "established", "{session}");
         assert_eq!(session["opened"], opened, "{session}");
-        assert!(session["rule_id"].as_u64().is_some_and(|id| id != 0), "the admitting rule is named: {session}");
+        assert!(session["rule_handle"].as_u64().is_some_and(|id| id != 0), "the admitting rule is named: {session}");
         assert!(session["packets"].as_u64().is_some_and(|n| n >= 3), "the echoes went by session: {session}");
     }
     assert!(find(&format!("198.18.1.1:{REFUSED}")).is_none(), "no session for the refused one: {sessions:#?}");

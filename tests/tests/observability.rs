@@ -260,7 +260,8 @@ fn audit_mode_passes_and_records_audit_drops() {
     }
     let (_lab, inst, out) = instance_and_outside("obs-audit").unwrap();
     let config = write("audit", &rules(8080, "audit", true));
-    let _agent = enforce(&inst, &config, &[]).unwrap();
+    inst.run("ip", &["link", "set", "lo", "up"]).unwrap();
+    let _agent = enforce(&inst, &config, &["--metrics", "127.0.0.1:9464"]).unwrap();
     let sink = inst.sink(7000).unwrap();
     let inst_addr: IpAddr = INST.into();
     assert!(out.delivers(&sink, inst_addr, 7000), "audit mode drops nothing");
@@ -277,4 +278,76 @@ fn audit_mode_passes_and_records_audit_drops() {
     assert!(String::from_utf8_lossy(&only_audit.stdout).contains("audit-drop"));
     let no_drops = sgctl(&inst, &["log", "--json", "--verdict", "drop"]);
     assert!(no_drops.stdout.is_empty(), "nothing was dropped");
+    let text = scrape(&inst, 9464).expect("scrape");
+    let audit = metric(&text, r#"sgctl_packets_total{iface="inst0",direction="ingress",verdict="audit-drop"}"#);
+    assert!(audit >= 1, "{text}");
+    assert_eq!(metric(&text, r#"sgctl_packets_total{iface="inst0",direction="ingress",verdict="drop"}"#), 0);
+}
+
+/// `GET /metrics` on `port` of `host`'s loopback with curl: the body, or why not.
+fn scrape(host: &Host, port: u16) -> Result<String, String> {
+    let out = host
+        .command("curl")
+        .args(["-sS", "--fail", "--max-time", "10", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of the sample `series` (name and labels as exposed) in `text`.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}")) as u64
+}
+
+#[test]
+fn the_metrics_endpoint_serves_the_counters_and_answers_during_applies() {
+    if !kernel_tests_enabled("the_metrics_endpoint_serves_the_counters_and_answers_during_applies") {
+        return;
+    }
+    let (_lab, inst, out) = instance_and_outside("obs-metrics").unwrap();
+    inst.run("ip", &["link", "set", "lo", "up"]).unwrap();
+    let config = write("metrics", &rules(8080, "enforce", true));
+    let _agent = enforce(&inst, &config, &["--metrics", "127.0.0.1:9465"]).unwrap();
+    for _ in 0..3 {
+        assert!(out.ping(INST.into()));
+    }
+    send_udp(&out, 7000, 20);
+    let text = scrape(&inst, 9465).expect("scrape");
+    let ping = r#"{iface="inst0",direction="ingress",group="sg-inst",rule="1",step="rule"}"#;
+    assert_eq!(metric(&text, &format!("sgctl_rule_packets_total{ping}")), 6, "{text}");
+    assert_eq!(metric(&text, &format!("sgctl_rule_bytes_total{ping}")), 588);
+    assert_eq!(metric(&text, &format!("sgctl_rule_sessions_total{ping}")), 3);
+    assert_eq!(metric(&text, r#"sgctl_drops_total{iface="inst0",direction="ingress",reason="rule"}"#), 20);
+    let emitted = r#"sgctl_events_total{iface="inst0",direction="ingress",kind="drop",outcome="emitted"}"#;
+    assert_eq!(metric(&text, emitted), 20);
+    assert!(text.contains("sgctl_last_apply_seconds"), "{text}");
+    assert!(text.contains("sgctl_session_capacity 262144"), "{text}");
+    // Scrapes while applies switch the rules back and forth: every one answers.
+    let path = config.to_str().unwrap().to_string();
+    let applier = {
+        let inst = inst.clone();
+        let other = write("metrics-other", &rules(8081, "enforce", false));
+        std::thread::spawn(move || {
+            for i in 0..20 {
+                let file = if i % 2 == 0 { other.to_str().unwrap().to_string() } else { path.clone() };
+                let applied = sgctl(&inst, &["apply", &file]);
+                assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+            }
+        })
+    };
+    let mut scrapes = 0;
+    while !applier.is_finished() {
+        let text = scrape(&inst, 9465).unwrap_or_else(|e| panic!("scrape {scrapes} during the applies failed: {e}"));
+        assert!(text.ends_with("# EOF\n"), "a whole exposition: {text}");
+        scrapes += 1;
+    }
+    applier.join().unwrap();
+    assert!(scrapes >= 2, "{scrapes} scrapes");
+    let text = scrape(&inst, 9465).unwrap();
+    assert_eq!(metric(&text, "sgctl_applies_total"), 20, "{text}");
 }

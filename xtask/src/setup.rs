@@ -33,6 +33,7 @@ fn packages() -> Vec<String> {
         "socat",
         "netcat-openbsd",
         "file", // `cargo xtask dist` checks the binary is static
+        "curl", // scrapes the metrics endpoint in tests
     ]
     .iter()
     .map(ToString::to_string)

@@ -26,11 +26,11 @@ use super::{
     targets,
 };
 use crate::{
-    control::{ApplyReport, ControlError, Enforcer, compile_targets, enforcer::CompiledInterface},
+    control::{ApplyReport, ControlError, Enforcer, compile_targets, enforcer::CompiledInterface, handles::Handles},
     dataplane::{
         Capacity, Dataplane, LoadOptions,
         attach::{XdpModeChoice, presence},
-        counters::carry_counters,
+        counters::{carry_counters, carry_rule_counters},
         established,
         links::{self, HeldInterface, TcRecord},
         object::{KernelFeatures, identity},
@@ -272,7 +272,7 @@ impl Context {
         capacity: Capacity,
         cfg: &Config,
         here: &[(u32, &InterfaceBinding)],
-        compiled: &[CompiledInterface],
+        (compiled, seed): (&[CompiledInterface], Option<&Handles>),
     ) -> Result<Holding> {
         let dp = Dataplane::load(&LoadOptions { trace: false, capacity, event_ring_bytes: self.event_ring_bytes })?;
         let (object, features) = (dp.identity.clone(), dp.features);
@@ -292,7 +292,11 @@ impl Context {
             for (ifindex, count) in generations {
                 enforcer.continue_generation(*ifindex, *count);
             }
+            if let Some(seed) = seed {
+                enforcer.seed_handles(seed);
+            }
             let report = enforcer.apply_compiled(cfg, compiled)?;
+            enforcer.drop_unused_handles();
             if let Some(old_sessions) = &old_sessions {
                 let copied = copy_sessions(old_sessions, enforcer.sessions())?;
                 info!("copied {copied} sessions into generation {id}");
@@ -339,6 +343,13 @@ impl Context {
         }
         if let Err(e) = carry_counters(old, &mut generation) {
             warn!("the counters of generation {} are not carried over: {e}", old.id);
+        }
+        // With the rules' handles kept, their counters follow. (Another build's maps are
+        // not read that way: its rules start counting again.)
+        if seed.is_some()
+            && let Err(e) = carry_rule_counters(old, &mut generation)
+        {
+            warn!("the rule counters of generation {} are not carried over: {e}", old.id);
         }
         for h in &leaving {
             links::detach(&self.pins, h)?;
@@ -465,7 +476,7 @@ impl Live {
         info!("replacing pinned generation {}: {why}", prev.generation);
         let generations: Vec<(u32, u32)> = prev.enforcer.interfaces.iter().map(|i| (i.ifindex, i.generation)).collect();
         let capacity = capacity_for(cfg, compiled);
-        let now = ctx.regenerate(&mut old, &prev.interfaces, &generations, capacity, cfg, here, compiled)?;
+        let now = ctx.regenerate(&mut old, &prev.interfaces, &generations, capacity, cfg, here, (compiled, None))?;
         let to = now.generation.id;
         Ok((now, Start::Regenerated { from: prev.generation, to, why }, None))
     }
@@ -530,7 +541,7 @@ impl Live {
                     .into_iter()
                     .map(|i| (i, self.now.enforcer.generation(i).unwrap_or(0)))
                     .collect();
-                let capacity = Capacity { sessions: need.sessions, ..need };
+                let capacity = need;
                 let before: Vec<String> = self.now.held.iter().map(|h| h.iface.clone()).collect();
                 let held = self.now.held.clone();
                 let next = self.ctx.regenerate(
@@ -540,7 +551,7 @@ impl Live {
                     capacity,
                     cfg,
                     &here,
-                    &compiled,
+                    (&compiled, Some(self.now.enforcer.handles())),
                 )?;
                 let old = std::mem::replace(&mut self.now, next);
                 drop(old);

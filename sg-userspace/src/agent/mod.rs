@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod live;
+pub mod metrics;
 pub mod observe;
 mod serve;
 pub mod state;
@@ -45,6 +46,8 @@ pub struct RunOptions {
     /// Switch to this build's programs even when the sessions cannot be carried over.
     pub replace: bool,
     pub events: EventOptions,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The verdict events: their rate limit per interface and hook, the ring, and where

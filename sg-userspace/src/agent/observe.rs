@@ -256,6 +256,8 @@ pub struct IfaceStats {
 /// One rule (or pseudo-rule) of one interface and direction.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RuleStats {
+    /// The rule's handle: what sessions and events name it by.
+    pub handle: u32,
     pub iface: String,
     pub direction: String,
     /// The rule's id in the rule file; 0 for the intra-group and default steps.
@@ -330,6 +332,7 @@ impl Observer {
             let is_rule = used.step == step::RULE;
             let name = if is_rule { self.names.get(&used.rule_id) } else { None };
             view.rules.push(RuleStats {
+                handle,
                 iface: self.ifaces.get(&used.key.ifindex).cloned().unwrap_or_default(),
                 direction: direction(used.key.hook).to_string(),
                 rule_id: if is_rule { used.rule_id } else { 0 },

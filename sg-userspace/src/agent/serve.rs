@@ -24,6 +24,7 @@ use super::{
     RunOptions, api,
     api::{API_VERSION, ApplyView, MAX_REQUEST_BYTES, Op, Reply, Request, StatusView},
     live::Live,
+    metrics::{self, AgentFigures},
     observe::Observer,
 };
 use crate::{
@@ -300,6 +301,17 @@ pub(super) async fn serve(
     let mut gc = tokio::time::interval(gc_period(live.now.enforcer.timeouts()));
     let mut watch = tokio::time::interval(WATCH_PERIOD);
     let mut agent = Agent { opts, live, rollback: None };
+    let metrics_listener = match opts.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            info!("metrics on http://{addr}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    let mut figures = AgentFigures::default();
     // Keeps each rule's "last moved" time current for `sgctl stats --unused --since`.
     let mut usage = tokio::time::interval(Duration::from_secs(60));
     let config: PathBuf = opts.config.clone();
@@ -354,6 +366,10 @@ pub(super) async fn serve(
                     }
                     Ok(request) => {
                         let reply = agent.handle(request);
+                        if let Some(view) = &reply.applied {
+                            figures.applies += 1;
+                            figures.last_apply_s = (view.compile_ms + view.switch_ms) / 1000.0;
+                        }
                         refresh(&mut observer, agent.live);
                         reply
                     }
@@ -388,6 +404,22 @@ pub(super) async fn serve(
                 }
             }
             _ = observer.readable() => observer.drain(),
+            scraped = async { metrics_listener.as_ref().expect("guarded").accept().await }, if metrics_listener.is_some() => {
+                let Ok((stream, _)) = scraped else { continue };
+                let now = &agent.live.now;
+                figures.rules = now.rules as u64;
+                figures.session_capacity = u64::from(now.capacity.sessions);
+                figures.vector_capacity = u64::from(now.capacity.vectors);
+                figures.programs_generation = u64::from(now.generation.id);
+                let body = match observer.stats(agent.live) {
+                    Ok(view) => metrics::render(&view, &figures),
+                    Err(e) => {
+                        warn!("reading the counters for a scrape: {e:#}");
+                        metrics::render(&Default::default(), &figures)
+                    }
+                };
+                tokio::spawn(metrics::answer(stream, body));
+            }
             _ = usage.tick() => {
                 if let Err(e) = observer.stats(agent.live) {
                     warn!("reading the rule counters: {e:#}");

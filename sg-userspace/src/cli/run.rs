@@ -45,6 +45,9 @@ pub struct Args {
     /// Also append every verdict event to this file, one JSON object a line.
     #[arg(long)]
     event_log: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464), at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     options: AttachOptions,
 }
@@ -69,6 +72,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         event_burst,
         event_ring_kib,
         event_log,
+        metrics,
         options: AttachOptions { xdp_mode, interval, json },
     } = args;
     let events = EventOptions {
@@ -78,6 +82,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ring_bytes: event_ring_kib.saturating_mul(1024),
         log_file: event_log,
     };
-    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket, pin_dir, replace, events })?;
+    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket, pin_dir, replace, events, metrics })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -50,12 +50,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<5} {:<46} {:<46} {:<18} {:>8} {:>8} {:<8} {:>5} {:>8}",
-        "proto", "opener", "responder", "state", "age s", "idle s", "opened", "rule", "packets"
+        "{:<5} {:<46} {:<46} {:<18} {:>8} {:>8} {:<8} {:>11} {:>8}",
+        "proto", "opener", "responder", "state", "age s", "idle s", "opened", "rule handle", "packets"
     );
     for v in &views {
         println!(
-            "{:<5} {:<46} {:<46} {:<18} {:>8.1} {:>8.1} {:<8} {:>5} {:>8}",
+            "{:<5} {:<46} {:<46} {:<18} {:>8.1} {:>8.1} {:<8} {:>11} {:>8}",
             protocol_name(v.protocol),
             v.opener,
             v.responder,
@@ -63,7 +63,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             v.age_s,
             v.idle_s,
             v.opened,
-            v.rule_id,
+            v.rule_handle,
             v.packets
         );
     }

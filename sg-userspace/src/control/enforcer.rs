@@ -551,6 +551,18 @@ impl Enforcer {
         &self.handles
     }
 
+    /// Before the first apply into new maps: each rule keeps the handle `from` gave it.
+    pub fn seed_handles(&mut self, from: &Handles) {
+        for (handle, u) in from.in_use() {
+            self.handles.reserve(handle, u.key.clone(), u.rule_id, u.step);
+        }
+    }
+
+    /// After that apply: frees the seeded handles no rule took.
+    pub fn drop_unused_handles(&mut self) {
+        self.handles.drop_unused();
+    }
+
     fn remove(&mut self, installed: Installed) {
         for handle in &installed.handles {
             self.handles.release(*handle);

@@ -78,6 +78,30 @@ impl Handles {
         self.used.insert(handle, HandleUse { key, rule_id, step, refs: 1 });
     }
 
+    /// Holds `handle` for `key` without a user yet: the next [`Handles::acquire`] of `key`
+    /// gets it (a new generation of the maps gives each rule the handle it had, so the
+    /// counters carried over stay with their rules). [`Handles::drop_unused`] frees the
+    /// ones no rule set took.
+    pub fn reserve(&mut self, handle: u32, key: HandleKey, rule_id: u32, step: u8) {
+        if self.used.contains_key(&handle) || self.by_key.contains_key(&key) {
+            return;
+        }
+        self.free.retain(|h| *h != handle);
+        self.last.insert(handle, (rule_id, step));
+        self.by_key.insert(key.clone(), handle);
+        self.used.insert(handle, HandleUse { key, rule_id, step, refs: 0 });
+    }
+
+    /// Frees the reserved handles no rule set took.
+    pub fn drop_unused(&mut self) {
+        let unused: Vec<u32> = self.used.iter().filter(|(_, u)| u.refs == 0).map(|(h, _)| *h).collect();
+        for handle in unused {
+            let u = self.used.remove(&handle).expect("present");
+            self.by_key.remove(&u.key);
+            self.free.push_back(handle);
+        }
+    }
+
     /// One rule set stopped using `handle`.
     pub fn release(&mut self, handle: u32) {
         let Some(u) = self.used.get_mut(&handle) else { return };
@@ -137,5 +161,19 @@ mod tests {
         assert_eq!((h.rule_id_of(a), h.rule_id_of(b), h.rule_id_of(0)), (5, 3, 0));
         h.release(c);
         assert_eq!(h.rule_id_of(c), 2, "a freed handle still names its last rule");
+    }
+
+    #[test]
+    fn reserved_handles_go_to_their_keys_and_unused_ones_come_back() {
+        let mut h = Handles::new(8);
+        h.reserve(5, key("a"), 1, 7);
+        h.reserve(6, key("b"), 2, 7);
+        assert_eq!(h.acquire(key("a"), 1, 7), Some((5, false)), "the reserved handle, counters kept");
+        h.drop_unused();
+        assert!(h.get(6).is_none(), "b was not taken");
+        assert!(h.get(5).is_some());
+        let taken: Vec<u32> = (0..6).filter_map(|i| h.acquire(key(&format!("n{i}")), 0, 9).map(|(x, _)| x)).collect();
+        assert_eq!(taken.len(), 6, "1 to 4, 7 and 6 again: {taken:?}");
+        assert!(taken.contains(&6));
     }
 }

@@ -221,7 +221,7 @@ pub fn presence(iface: &str) -> Result<Presence> {
 /// Stops the `sgctl` holding `iface` (if any) and removes whatever of ours is left on it.
 /// Returns what was removed, one line each.
 pub fn detach_interface(iface: &str) -> Result<Vec<String>> {
-    ifindex(iface)?;
+    let index = ifindex(iface)?;
     let mut done = Vec::new();
     let pid_path = pid_file(iface);
     if let Ok(text) = std::fs::read_to_string(&pid_path)
@@ -239,7 +239,6 @@ pub fn detach_interface(iface: &str) -> Result<Vec<String>> {
         let _ = std::fs::remove_file(&pid_path);
     }
     // Links an agent pinned hold the programs with no process: unpinning releases them.
-    let index = ifindex(iface)?;
     if let Some(pins) = super::pins::Pins::existing(&crate::paths::pin_dir()) {
         for hook in ["xdp", "tcx"] {
             let link = pins.link(index, hook);

@@ -62,6 +62,27 @@ pub fn rule_counters(source: &mut impl MapSource) -> Result<HashMap<u32, RuleCou
     Ok(out)
 }
 
+/// Adds the rule counters of generation `from` (with what its flow cache still holds)
+/// into generation `to`'s, handle by handle (the new maps give each rule the handle it
+/// had: `Enforcer::seed_handles`).
+pub fn carry_rule_counters(from: &mut impl MapSource, to: &mut impl MapSource) -> Result<()> {
+    let old = rule_counters(from)?;
+    let mut new: PerCpuArray<MapData, RuleCounters> = to.take_map(map::RULE_STATS)?;
+    for (handle, c) in old {
+        if handle >= new.len() {
+            continue;
+        }
+        let mut now: Vec<RuleCounters> = new.get(&handle, 0)?.iter().copied().collect();
+        if let Some(first) = now.first_mut() {
+            first.packets += c.packets;
+            first.bytes += c.bytes;
+            first.sessions += c.sessions;
+        }
+        new.set(handle, aya::maps::PerCpuValues::try_from(now)?, 0)?;
+    }
+    Ok(())
+}
+
 /// Zeroes rule handle `handle`'s counters on every CPU (before it is given to a rule).
 pub fn zero_rule(rules: &mut PerCpuArray<MapData, RuleCounters>, handle: u32) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;

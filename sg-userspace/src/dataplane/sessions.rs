@@ -153,7 +153,8 @@ pub struct SessionView {
     pub idle_s: f64,
     /// The direction of the opening packet.
     pub opened: &'static str,
-    pub rule_id: u32,
+    /// The admitting rule's handle (`control::handles`; `sgctl stats --json` names it).
+    pub rule_handle: u32,
     pub packets: u64,
 }
 
@@ -179,7 +180,7 @@ impl SessionView {
             age_s: now.saturating_sub(s.created_ns) as f64 / 1e9,
             idle_s: now.saturating_sub(s.last_seen_ns) as f64 / 1e9,
             opened: if u32::from(s.opened_on) == stats::HOOK_INGRESS { "ingress" } else { "egress" },
-            rule_id: s.rule_id,
+            rule_handle: s.rule_id,
             packets: s.packets,
         }
     }
