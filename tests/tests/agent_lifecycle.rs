@@ -294,7 +294,13 @@ fn an_apply_that_outgrows_the_maps_moves_generation_under_traffic() {
             .unwrap()
             .iter()
             .filter(|r| r["step"] == "rule" && r["packets"].as_u64() > Some(0))
-            .map(|r| (r["rule_id"].as_u64().unwrap(), r["direction"].as_str().unwrap().to_string(), r["packets"].as_u64().unwrap()))
+            .map(|r| {
+                (
+                    r["rule_id"].as_u64().unwrap(),
+                    r["direction"].as_str().unwrap().to_string(),
+                    r["packets"].as_u64().unwrap(),
+                )
+            })
             .collect()
     };
     let stats_json = || -> serde_json::Value {

@@ -82,6 +82,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ring_bytes: event_ring_kib.saturating_mul(1024),
         log_file: event_log,
     };
-    agent::run(&RunOptions { config, only, xdp_mode, interval, json, watch, socket, pin_dir, replace, events, metrics })?;
+    agent::run(&RunOptions {
+        config,
+        only,
+        xdp_mode,
+        interval,
+        json,
+        watch,
+        socket,
+        pin_dir,
+        replace,
+        events,
+        metrics,
+    })?;
     Ok(ExitCode::SUCCESS)
 }
