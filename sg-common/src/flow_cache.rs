@@ -268,8 +268,8 @@ impl FlowCacheEntry {
     #[inline(always)]
     pub fn drain(&mut self) -> (u64, u64) {
         let taken = (self.uncounted, self.bytes);
-        self.uncounted = 0;
-        self.bytes = 0;
+        clear(&mut self.uncounted);
+        clear(&mut self.bytes);
         taken
     }
 
@@ -279,39 +279,42 @@ impl FlowCacheEntry {
         self.made_ns + self.last_hit_jiffies.saturating_sub(self.made_jiffies) * ns_per_jiffy
     }
 
-    /// The entry for a packet of `session` that the slow path just passed at `now`
-    /// (coarse ns and jiffies) under configuration `config` (id, decision flags), trusted
-    /// for `validity` jiffies.
+    /// Makes this the entry for a packet of `session` that the slow path just passed at
+    /// `now` (coarse ns and jiffies) under configuration `config` (id, decision flags,
+    /// counter slot), trusted for `validity` jiffies. Whatever it held is overwritten:
+    /// take its uncounted hits first.
+    ///
+    /// Written in place, and the counts cleared with volatile stores: LLVM merges
+    /// adjacent zero stores into a `memset` call, which bpf-linker leaves as a call to a
+    /// subprogram, and on kernels before 6.7 every call level costs at least 32 bytes of
+    /// the 512-byte stack the deepest chain (`stateful`, `cache_session`) already fills.
     #[inline(always)]
-    pub fn confirmed(
-        meta: &PacketMeta,
-        tuple: &Tuple,
-        session: &Session,
+    pub fn confirm(
+        &mut self,
+        (meta, tuple, session): (&PacketMeta, &Tuple, &Session),
         (config, decision_flags, counters): (u32, u32, u32),
         (epoch, now): (u32, (u64, u64)),
         validity: u64,
-    ) -> Self {
-        Self {
-            src: meta.src,
-            dst: meta.dst,
-            src_port: tuple.ports as u16,
-            dst_port: (tuple.ports >> 16) as u16,
-            ifindex: tuple.ifindex,
-            kind: tuple.kind,
-            config,
-            decision_flags,
-            counters,
-            created_ns: session.created_ns,
-            made_ns: now.0,
-            made_jiffies: now.1,
-            valid_until_jiffies: now.1 + validity,
-            last_hit_jiffies: now.1,
-            packets: 0,
-            uncounted: 0,
-            bytes: 0,
-            epoch,
-            rule_id: session.rule_id,
-        }
+    ) {
+        self.src = meta.src;
+        self.dst = meta.dst;
+        self.src_port = tuple.ports as u16;
+        self.dst_port = (tuple.ports >> 16) as u16;
+        self.ifindex = tuple.ifindex;
+        self.kind = tuple.kind;
+        self.config = config;
+        self.decision_flags = decision_flags;
+        self.counters = counters;
+        self.created_ns = session.created_ns;
+        self.made_ns = now.0;
+        self.made_jiffies = now.1;
+        self.valid_until_jiffies = now.1 + validity;
+        self.last_hit_jiffies = now.1;
+        clear(&mut self.packets);
+        clear(&mut self.uncounted);
+        clear(&mut self.bytes);
+        self.epoch = epoch;
+        self.rule_id = session.rule_id;
     }
 
     /// Hits of `session` (under `key`) this entry holds that the session does not have
@@ -360,6 +363,14 @@ impl FlowCacheEntry {
             self.packets = 0;
         }
     }
+}
+
+/// Sets a count to 0 with a store LLVM cannot merge into a `memset` call
+/// ([`FlowCacheEntry::confirm`] says why that matters).
+#[inline(always)]
+fn clear(count: &mut u64) {
+    // SAFETY: a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(count, 0) };
 }
 
 #[cfg(feature = "user")]

@@ -270,13 +270,13 @@ fn cache_session(packet: &Packet, s: &Session, timeouts: &Timeouts, now: u64, wo
     if entry.packets != 0 && !entry.is_for(&tuple, meta) {
         evict(entry, &mut work.spare_key, epoch);
     }
-    // Hits the entry still holds go to its rule before it is overwritten.
-    let (packets, bytes) = entry.drain();
-    stats::add_to_rule(entry.rule_id, packets, bytes, 0);
+    // Hits the entry still holds go to its rule before it is overwritten (which clears
+    // them: no need to drain).
+    stats::add_to_rule(entry.rule_id, entry.uncounted, entry.bytes, 0);
     let validity = validity_jiffies(timeouts, flow_cache::ns_per_jiffy());
     flow_cache::mark_used(&mut work.used, index);
     let config = (packet.config, u32::from(packet.audit), packet.counters);
-    *entry = FlowCacheEntry::confirmed(meta, &tuple, s, config, (epoch, (now, flow_cache::jiffies())), validity);
+    entry.confirm((meta, &tuple, s), config, (epoch, (now, flow_cache::jiffies())), validity);
 }
 
 /// Stops this CPU's cache serving the packet's flow (both directions), after the slow

@@ -172,6 +172,17 @@ fn rule_counters_follow_real_traffic_and_survive_an_apply_that_keeps_the_rule() 
     }
     let stats = json(&inst, &["stats", "--json"]);
     assert_eq!(counts(rule(&stats, "ping")), (10, 980, 5), "{stats}");
+    // `sgctl status` shows how full the maps are: five ICMP sessions; a handle for each
+    // compiled rule (the file's four and each direction's intra-group and default steps).
+    let status = json(&inst, &["status", "--json"]);
+    let maps = &status["maps"];
+    assert_eq!(maps["sessions"]["used"], 5, "{status}");
+    assert_eq!(maps["sessions"]["capacity"], 262_144, "{status}");
+    assert_eq!(maps["rule_handles"]["used"], status["rules"], "one handle a rule: {status}");
+    assert_eq!(maps["rule_info"]["used"], status["rules"], "{status}");
+    assert!(maps["rule_vectors"]["used"].as_u64().unwrap() > 0, "{status}");
+    assert!(maps["fragments"]["capacity"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["uptime_s"].as_f64().unwrap() > 0.0, "{status}");
     // A TCP connection carrying 200 echoes: most of its packets are flow-cache hits.
     let _server = inst.serve(Proto::Tcp, 8080).unwrap();
     let before = decided(&stats);
@@ -327,6 +338,9 @@ fn the_metrics_endpoint_serves_the_counters_and_answers_during_applies() {
     assert_eq!(metric(&text, emitted), 20);
     assert!(text.contains("sgctl_last_apply_seconds"), "{text}");
     assert!(text.contains("sgctl_session_capacity 262144"), "{text}");
+    assert_eq!(metric(&text, r#"sgctl_map_entries{map="sessions"}"#), 3, "three ICMP sessions: {text}");
+    assert_eq!(metric(&text, r#"sgctl_map_capacity{map="sessions"}"#), 262_144);
+    assert_eq!(metric(&text, r#"sgctl_map_entries{map="rule_handles"}"#), metric(&text, "sgctl_rules"));
     // Scrapes while applies switch the rules back and forth: every one answers.
     let path = config.to_str().unwrap().to_string();
     let applier = {

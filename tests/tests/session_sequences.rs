@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sg_common::{session::state, step, verdict};
+use sg_common::{session::state, stats, step, verdict};
 use sg_tests::{
     frames::*,
     kernel::kernel_tests_enabled,
@@ -239,6 +239,11 @@ fn garbage_collection_frees_expired_sessions_but_not_refreshed_ones() {
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(e.collect_garbage().unwrap(), 1, "and goes once idle too");
     assert!(e.sessions().entries().unwrap().is_empty());
+    // Both count as expired on the interface and hook they were opened on.
+    let slot = e.iface_slots()[&TEST_RUN_IFINDEX];
+    let counters = e.counters().unwrap();
+    let at = |hook: u32| counters[(stats::block(slot, hook) + stats::SESSIONS_EXPIRED) as usize];
+    assert_eq!((at(stats::HOOK_INGRESS), at(stats::HOOK_EGRESS)), (2, 0));
 }
 
 #[test]

@@ -118,7 +118,8 @@ fn an_entry_is_trusted_only_for_its_tuple_generation_epoch_and_time() {
     let m = meta(ip_proto::TCP, [198, 18, 0, 1], 40000, [198, 18, 0, 2], 80);
     let tuple = Tuple::of(3, 1, &m);
     let s = session(1_000);
-    let mut e = FlowCacheEntry::confirmed(&m, &tuple, &s, (2, 0, 1), (5, (2_000, 20)), 100);
+    let mut e = FlowCacheEntry::default();
+    e.confirm((&m, &tuple, &s), (2, 0, 1), (5, (2_000, 20)), 100);
     assert!(e.is_for(&tuple, &m));
     assert!(!e.is_for(&Tuple::of(3, 2, &m), &m), "the other hook");
     assert!(!e.is_for(&Tuple::of(4, 1, &m), &m), "another interface");
@@ -147,7 +148,8 @@ fn hits_fold_into_their_own_session_once() {
     let tuple = Tuple::of(3, 1, &m);
     let (key, _) = SessionKey::of(3, &m);
     let mut s = session(1_000);
-    let mut e = FlowCacheEntry::confirmed(&m, &tuple, &s, (2, 0, 1), (5, (2_000, 20)), 100);
+    let mut e = FlowCacheEntry::default();
+    e.confirm((&m, &tuple, &s), (2, 0, 1), (5, (2_000, 20)), 100);
     e.hit(21, 100);
     e.hit(22, 100);
     assert_eq!(e.pending_for(&key, &s, 5, 10), Some((2, 2_020)));

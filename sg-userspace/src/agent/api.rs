@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::paths;
+use crate::{control::enforcer::MapFills, paths};
 
 /// The version of the request and reply shapes below.
 pub const API_VERSION: u32 = 1;
@@ -116,6 +116,12 @@ pub struct StatusView {
     pub session_capacity: u32,
     #[serde(default)]
     pub vector_capacity: u32,
+    /// Seconds since the agent started.
+    #[serde(default)]
+    pub uptime_s: f64,
+    /// How full each fixed-size map is (absent when they could not be read).
+    #[serde(default)]
+    pub maps: Option<MapFills>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

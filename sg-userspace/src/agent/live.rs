@@ -88,6 +88,8 @@ pub struct Live {
     pub now: Holding,
     pub config_path: String,
     pub config_text: String,
+    /// When this agent started (for `sgctl status`).
+    pub started: std::time::Instant,
 }
 
 /// What [`Live::apply`] did.
@@ -367,6 +369,12 @@ impl Context {
 }
 
 impl Live {
+    /// How full the maps in force are.
+    pub fn fills(&mut self) -> anyhow::Result<crate::control::enforcer::MapFills> {
+        let fragments = crate::dataplane::sessions::fragment_fill(&mut self.now.generation)?;
+        Ok(self.now.enforcer.fills(fragments)?)
+    }
+
     /// Takes over or sets up enforcement of `cfg` (the text of `path`).
     pub fn start(opts: &RunOptions, cfg: &Config, path: &str, text: &str) -> Result<(Self, Start)> {
         let pin_dir = opts.pin_dir.clone().unwrap_or_else(paths::pin_dir);
@@ -404,7 +412,13 @@ impl Live {
                 (ctx.fresh(cfg, &here, &compiled)?, Start::Fresh, None)
             }
         };
-        let mut live = Self { ctx, now, config_path: path.to_string(), config_text: text.to_string() };
+        let mut live = Self {
+            ctx,
+            now,
+            config_path: path.to_string(),
+            config_text: text.to_string(),
+            started: std::time::Instant::now(),
+        };
         if let Some((old_path, old_text)) = recorded {
             // Adopted as it was: now the agent's own rule file, like any apply.
             (live.config_path, live.config_text) = (old_path, old_text);

@@ -30,6 +30,9 @@ pub struct AgentFigures {
     pub session_capacity: u64,
     pub vector_capacity: u64,
     pub programs_generation: u64,
+    pub uptime_s: f64,
+    /// How full the maps are (`None`: they could not be read for this scrape).
+    pub maps: Option<crate::control::enforcer::MapFills>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -64,7 +67,8 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
     let drops = counter(&mut registry, "drops", "Drops by reason: the deciding step, or the malformed reason");
     let events = counter(&mut registry, "events", "Verdict events: emitted = delivered + suppressed + lost");
     let opened = counter(&mut registry, "sessions_opened", "Sessions the programs opened");
-    let expired = counter(&mut registry, "sessions_expired", "Expired sessions the programs deleted");
+    let expired = counter(&mut registry, "sessions_expired", "Sessions deleted once idle past their timeout");
+    let revoked = counter(&mut registry, "sessions_revoked", "Sessions an apply's rules no longer admit, cut");
     for i in &view.interfaces {
         let at = |extra: &[(&str, &str)]| {
             let mut l = labels(&[("iface", &i.iface), ("direction", &i.direction)]);
@@ -91,6 +95,7 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
         }
         opened.get_or_create(&at(&[])).inc_by(i.sessions_opened);
         expired.get_or_create(&at(&[])).inc_by(i.sessions_expired);
+        revoked.get_or_create(&at(&[])).inc_by(i.sessions_revoked);
     }
     let applies = Counter::<u64>::default();
     applies.inc_by(agent.applies);
@@ -107,6 +112,27 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
         let g = Gauge::<i64>::default();
         g.set(i64::try_from(value).unwrap_or(i64::MAX));
         registry.register(name, help, g);
+    }
+    let uptime = Gauge::<f64, AtomicU64>::default();
+    uptime.set(agent.uptime_s);
+    registry.register("uptime_seconds", "Seconds since the agent started", uptime);
+    if let Some(m) = &agent.maps {
+        let used = Family::<Labels, Gauge>::default();
+        let capacity = Family::<Labels, Gauge>::default();
+        for (name, fill) in [
+            ("sessions", m.sessions),
+            ("fragments", m.fragments),
+            ("rule_vectors", m.rule_vectors),
+            ("rule_info", m.rule_info),
+            ("port_blocks", m.port_blocks),
+            ("rule_handles", m.rule_handles),
+        ] {
+            let at = labels(&[("map", name)]);
+            used.get_or_create(&at).set(i64::try_from(fill.used).unwrap_or(i64::MAX));
+            capacity.get_or_create(&at).set(i64::try_from(fill.capacity).unwrap_or(i64::MAX));
+        }
+        registry.register("map_entries", "Entries in use of each fixed-size map", used);
+        registry.register("map_capacity", "Entries each fixed-size map holds", capacity);
     }
     let mut text = String::new();
     // Writing into a String cannot fail.

@@ -250,7 +250,12 @@ pub struct IfaceStats {
     pub counters: HookCounters,
     pub events: Vec<EventCounts>,
     pub sessions_opened: u64,
+    /// Deleted once idle past their timeout, by the programs or the agent's collection.
     pub sessions_expired: u64,
+    /// Cut because an apply's rules no longer admit their opening packet (the packets
+    /// that found them revoked).
+    #[serde(default)]
+    pub sessions_revoked: u64,
 }
 
 /// One rule (or pseudo-rule) of one interface and direction.
@@ -317,6 +322,12 @@ impl Observer {
                     events,
                     sessions_opened: at(stats::SESSIONS_OPENED),
                     sessions_expired: at(stats::SESSIONS_EXPIRED),
+                    sessions_revoked: (0..stats::COLUMNS)
+                        .map(|column| {
+                            let slot = stats::decision_slot(*slot, hook, step::REVOKED, column);
+                            slots.get(slot as usize).copied().unwrap_or(0)
+                        })
+                        .sum(),
                 });
             }
         }

@@ -188,7 +188,8 @@ impl Agent<'_> {
         }
     }
 
-    fn status(&self) -> StatusView {
+    fn status(&mut self) -> StatusView {
+        let maps = self.live.fills().inspect_err(|e| warn!("reading how full the maps are: {e:#}")).ok();
         let now = &self.live.now;
         StatusView {
             config: self.live.config_path.clone(),
@@ -214,6 +215,8 @@ impl Agent<'_> {
                 .collect(),
             session_capacity: now.capacity.sessions,
             vector_capacity: now.capacity.vectors,
+            uptime_s: self.live.started.elapsed().as_secs_f64(),
+            maps,
         }
     }
 
@@ -411,6 +414,8 @@ pub(super) async fn serve(
                 figures.session_capacity = u64::from(now.capacity.sessions);
                 figures.vector_capacity = u64::from(now.capacity.vectors);
                 figures.programs_generation = u64::from(now.generation.id);
+                figures.uptime_s = agent.live.started.elapsed().as_secs_f64();
+                figures.maps = agent.live.fills().inspect_err(|e| warn!("reading how full the maps are: {e:#}")).ok();
                 let body = match observer.stats(agent.live) {
                     Ok(view) => metrics::render(&view, &figures),
                     Err(e) => {

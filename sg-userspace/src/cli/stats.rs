@@ -79,8 +79,15 @@ fn print_view(view: &StatsView, unused_only: bool) {
     for i in &view.interfaces {
         let c = &i.counters;
         println!(
-            "{} {}: pass {} drop {} audit-drop {}; sessions opened {} expired {}",
-            i.iface, i.direction, c.passed, c.dropped, c.audit_dropped, i.sessions_opened, i.sessions_expired
+            "{} {}: pass {} drop {} audit-drop {}; sessions opened {} expired {} revoked {}",
+            i.iface,
+            i.direction,
+            c.passed,
+            c.dropped,
+            c.audit_dropped,
+            i.sessions_opened,
+            i.sessions_expired,
+            i.sessions_revoked
         );
         for (step, n) in c.by_step.iter().filter(|(s, _)| s.ends_with("drop")) {
             println!("  {step}: {n}");

@@ -1,12 +1,12 @@
 //! `sgctl status [IFACE]`: the running agent's view (rules, generation, pins, held
-//! interfaces, map sizes), or with IFACE whether our programs are on that interface.
+//! interfaces, uptime, how full each map is), or with IFACE whether our programs are on that interface.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
 use sgctl::{
     agent::api::{self, Op},
-    dataplane::attach,
+    dataplane::{attach, capacity::Fill},
 };
 
 #[derive(clap::Args)]
@@ -42,6 +42,24 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
+fn uptime(seconds: f64) -> String {
+    let s = seconds as u64;
+    match (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60) {
+        (0, 0, 0, sec) => format!("{sec}s"),
+        (0, 0, min, sec) => format!("{min}m {sec}s"),
+        (0, h, min, _) => format!("{h}h {min}m"),
+        (d, h, _, _) => format!("{d}d {h}h"),
+    }
+}
+
+fn percent(fill: Fill) -> String {
+    if fill.capacity == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", fill.used as f64 * 100.0 / fill.capacity as f64)
+}
+
 fn agent_status(args: &Args) -> Result<ExitCode> {
     let socket = args.socket.clone().unwrap_or_else(api::default_socket);
     let reply = api::call(&socket, Op::Status, Duration::from_secs(10))?;
@@ -55,7 +73,22 @@ fn agent_status(args: &Args) -> Result<ExitCode> {
     for h in &s.held {
         println!("interface:   {} (ifindex {}): XDP {}, egress {}", h.iface, h.ifindex, h.xdp_mode, h.tc);
     }
-    println!("maps:        {} sessions, {} rule vectors", s.session_capacity, s.vector_capacity);
+    println!("uptime:      {}", uptime(s.uptime_s));
+    match &s.maps {
+        Some(m) => {
+            for (name, fill) in [
+                ("sessions", m.sessions),
+                ("fragments", m.fragments),
+                ("rule vectors", m.rule_vectors),
+                ("rule info", m.rule_info),
+                ("port blocks", m.port_blocks),
+                ("rule handles", m.rule_handles),
+            ] {
+                println!("map fill:    {name:<13} {:>9} of {:>9} ({})", fill.used, fill.capacity, percent(fill));
+            }
+        }
+        None => println!("maps:        {} sessions, {} rule vectors", s.session_capacity, s.vector_capacity),
+    }
     if let Some(left) = s.confirm_within_s {
         println!("pending:     rolled back in {left:.0} s unless `sgctl confirm`");
     }

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     dataplane::{
         Capacity, MapSource,
+        capacity::Fill,
         rulesets::{Installed, RuleSetMaps, trie_keys},
         sessions::{self, SessionTable},
     },
@@ -48,13 +49,20 @@ fn handle_keys(cfg: &Config, rules: &HashMap<u32, &Rule>, c: &Compiled, ifindex:
 #[derive(Debug)]
 struct Ranges {
     free: Vec<Range<u32>>,
+    len: u32,
 }
 
 impl Ranges {
     fn new(len: u32) -> Self {
         #[expect(clippy::single_range_in_vec_init, reason = "one free range, the whole array")]
         let free = vec![0..len];
-        Self { free }
+        Self { free, len }
+    }
+
+    /// How full the array is: (entries in use, entries).
+    fn fill(&self) -> Fill {
+        let free: u32 = self.free.iter().map(|r| r.end - r.start).sum();
+        Fill { used: u64::from(self.len - free), capacity: u64::from(self.len) }
     }
 
     fn take(&mut self, n: u32) -> Option<Range<u32>> {
@@ -148,6 +156,23 @@ pub struct EnforcerState {
 #[derive(Debug, thiserror::Error)]
 #[error("the pinned maps do not match the recorded state: {0}")]
 pub struct NotAdoptable(pub String);
+
+/// How full each map with a fixed size is, for `sgctl status` and the metrics: map
+/// pressure shows before an apply fails or the session table starts evicting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MapFills {
+    /// Live entries of the session table (expired ones not yet collected included).
+    pub sessions: Fill,
+    /// Remembered first-fragment verdicts.
+    pub fragments: Fill,
+    /// Rule vectors, rule-info entries and port blocks: the rule sets in force, and
+    /// those a switch replaced that are not retired yet.
+    pub rule_vectors: Fill,
+    pub rule_info: Fill,
+    pub port_blocks: Fill,
+    /// Rule counter handles (one for each distinct rule of an interface and direction).
+    pub rule_handles: Fill,
+}
 
 /// Figures from one apply.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -492,15 +517,44 @@ impl Enforcer {
         &mut self.sessions
     }
 
-    /// Frees expired sessions; returns how many.
+    /// Frees expired sessions, counting each as expired on its interface and hook (as
+    /// the programs count those they find expired); returns how many.
     pub fn collect_garbage(&mut self) -> Result<usize> {
-        gc::collect_garbage(&mut self.sessions, &self.current_timeouts, self.grace)
+        let removed = gc::collect_garbage(&mut self.sessions, &self.current_timeouts, self.grace)?;
+        let mut by_slot: HashMap<u32, u64> = HashMap::new();
+        for (ifindex, hook) in &removed {
+            if let Some(iface) = self.iface_slots.get(ifindex) {
+                *by_slot.entry(stats::block(*iface, hook % stats::HOOKS) + stats::SESSIONS_EXPIRED).or_default() += 1;
+            }
+        }
+        for (slot, n) in by_slot {
+            self.maps.add_to_counter(slot, n)?;
+        }
+        Ok(removed.len())
     }
 
     /// How many entries the address and port tries hold, counted in the kernel: every
     /// installed rule set's, plus those of replaced sets not yet retired.
     pub fn trie_entries(&self) -> Result<usize> {
         Ok(self.maps.trie_entries()?)
+    }
+
+    /// How full the maps are; `fragments` is the fragment table's, which the enforcer
+    /// does not hold ([`crate::dataplane::sessions::fragment_fill`]).
+    pub fn fills(&self, fragments: Fill) -> Result<MapFills> {
+        Ok(MapFills {
+            sessions: self.sessions.fill()?,
+            fragments,
+            rule_vectors: self.vector_ranges.fill(),
+            rule_info: self.rule_ranges.fill(),
+            port_blocks: self.block_ranges.fill(),
+            rule_handles: self.handles.fill(),
+        })
+    }
+
+    /// The packet counters (`SG_STATS`, which the enforcer holds), summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        Ok(self.maps.counters()?)
     }
 
     /// The timeouts in force.

@@ -11,19 +11,21 @@ use crate::{clock::monotonic_ns, dataplane::sessions::SessionTable};
 /// Deletes sessions idle past their timeout (counting the flow cache's hits). Each
 /// candidate is read again right before it is deleted, so a session a packet refreshed
 /// meanwhile stays. Then the hints of deleted sessions go (see
-/// [`SessionTable::rebuild_hints`]), waiting out `grace`.
-pub fn collect_garbage(table: &mut SessionTable, timeouts: &Timeouts, grace: Duration) -> Result<usize> {
+/// [`SessionTable::rebuild_hints`]), waiting out `grace`. Returns the deleted sessions'
+/// interfaces and hooks (ifindex, hook the session was opened on), one entry a session,
+/// so their expiry is counted.
+pub fn collect_garbage(table: &mut SessionTable, timeouts: &Timeouts, grace: Duration) -> Result<Vec<(u32, u32)>> {
     let expired = |s: &Session| sg_common::session::expired(s.state, s.last_seen_ns, monotonic_ns(), timeouts);
     let candidates: Vec<SessionKey> =
         table.entries()?.into_iter().filter(|(_, s)| expired(s)).map(|(k, _)| k).collect();
-    let mut removed = 0;
+    let mut removed = Vec::new();
     for key in candidates {
-        let still_expired = table.effective(&key).is_some_and(|s| expired(&s));
-        if still_expired && table.remove(&key) {
-            removed += 1;
+        let Some(s) = table.effective(&key).filter(|s| expired(s)) else { continue };
+        if table.remove(&key) {
+            removed.push((key.ifindex, u32::from(s.opened_on)));
         }
     }
-    if removed > 0 || table.hints_stale() {
+    if !removed.is_empty() || table.hints_stale() {
         table.rebuild_hints(grace)?;
     }
     Ok(removed)

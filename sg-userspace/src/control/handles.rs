@@ -49,6 +49,12 @@ impl Handles {
         Self { by_key: HashMap::new(), used: HashMap::new(), free: (1..capacity).collect(), last: HashMap::new() }
     }
 
+    /// Handles in use, of those there are.
+    pub fn fill(&self) -> crate::dataplane::capacity::Fill {
+        let capacity = (self.used.len() + self.free.len()) as u64;
+        crate::dataplane::capacity::Fill { used: self.used.len() as u64, capacity }
+    }
+
     /// The handle of `key`, and whether it is new (its counters must be zeroed before
     /// the kernel sees it). `None`: every handle is in use.
     pub fn acquire(&mut self, key: HandleKey, rule_id: u32, step: u8) -> Option<(u32, bool)> {

@@ -4,6 +4,13 @@ use sg_common::{MAX_RULESETS, PortBlock, RuleInfo, RuleVector};
 
 use crate::policy::compile::Compiled;
 
+/// How full one map is: entries in use and entries it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fill {
+    pub used: u64,
+    pub capacity: u64,
+}
+
 /// Map sizes, fixed when the programs are loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {

@@ -27,7 +27,7 @@ pub fn counters_of(source: &mut impl MapSource) -> Result<Vec<u64>> {
     sum_slots(&array)
 }
 
-fn sum_slots<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
+pub(super) fn sum_slots<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
     (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
 }
 
@@ -98,6 +98,19 @@ pub fn zero_iface(counters: &mut PerCpuArray<MapData, u64>, iface: u32) -> Resul
     for slot in first..first + stats::PER_IFACE {
         counters.set(slot, aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
     }
+    Ok(())
+}
+
+/// Adds `n` to counter `slot`, on the first CPU's copy: for what userspace counts beside
+/// the programs (sessions its garbage collection expired). A read-modify-write: a program
+/// bumping the same slot on that CPU meanwhile may be lost from the count; the slots
+/// written this way are ones the programs bump rarely.
+pub fn add(counters: &mut PerCpuArray<MapData, u64>, slot: u32, n: u64) -> Result<()> {
+    let mut values: Vec<u64> = counters.get(&slot, 0)?.iter().copied().collect();
+    if let Some(first) = values.first_mut() {
+        *first += n;
+    }
+    counters.set(slot, aya::maps::PerCpuValues::try_from(values)?, 0)?;
     Ok(())
 }
 

@@ -149,6 +149,16 @@ impl RuleSetMaps {
         counters::zero_iface(&mut self.counters, slot)
     }
 
+    /// `SG_STATS` summed over CPUs, indexed by `sg_common::stats` slot.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        counters::sum_slots(&self.counters)
+    }
+
+    /// Adds `n` to counter `slot` of `SG_STATS` (`counters::add`).
+    pub fn add_to_counter(&mut self, slot: u32, n: u64) -> Result<()> {
+        counters::add(&mut self.counters, slot, n)
+    }
+
     /// The configuration written under `version`.
     pub fn iface_config(&self, version: u32) -> Result<IfaceConfig> {
         self.iface_configs.get(&version, 0).doing("reading an interface configuration")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
 use sg_common::{
-    FlowCacheSlot, Session, SessionKey, Timeouts,
+    FlowCacheSlot, FragmentKey, FragmentVerdict, Session, SessionKey, Timeouts,
     flow_cache::slot_of_key,
     ip_proto, map,
     session::{echo_identifier, state},
@@ -18,6 +18,7 @@ use sg_common::{
 
 use super::{
     MapSource,
+    capacity::Fill,
     error::{DataplaneError, Doing as _, Result},
 };
 use crate::{
@@ -38,6 +39,16 @@ pub fn timeouts(settings: &SessionSettings) -> Timeouts {
         icmp: ns(settings.icmp),
         other: ns(settings.other),
     }
+}
+
+/// How full the fragment table (`SG_FRAGMENTS`) of `dp` is; stale verdicts count until
+/// the LRU reuses their places.
+pub fn fragment_fill(dp: &mut impl MapSource) -> Result<Fill> {
+    let map: HashMap<MapData, FragmentKey, FragmentVerdict> =
+        HashMap::try_from(dp.take_raw_map(map::FRAGMENTS)?).doing("the fragment map")?;
+    let used = map.keys().filter(Result::is_ok).count() as u64;
+    let capacity = u64::from(map.map().info().doing("the fragment map's size")?.max_entries());
+    Ok(Fill { used, capacity })
 }
 
 /// Bytes one session costs in the kernel, preallocated for every entry of the table:
@@ -263,6 +274,13 @@ impl SessionTable {
             add_pending(key, session, slot, epoch, self.ns_per_jiffy);
         }
         Ok(sessions)
+    }
+
+    /// Live entries (expired ones not yet collected included) of the table's entries.
+    pub fn fill(&self) -> Result<Fill> {
+        let used = self.map.keys().filter(Result::is_ok).count() as u64;
+        let capacity = u64::from(self.map.map().info().doing("the session map's size")?.max_entries());
+        Ok(Fill { used, capacity })
     }
 
     /// A session as the table itself holds it, without the flow cache's pending hits.
