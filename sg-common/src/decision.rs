@@ -214,26 +214,81 @@ pub struct Event {
 }
 
 /// The verdict events' rate limit, per CPU: userspace divides the configured rate and
-/// burst by the CPUs. A rate of 0 turns that kind off (nothing emitted or counted);
-/// [`EVENTS_UNLIMITED`] skips the bucket.
+/// burst by the CPUs ([`EventConfig::new`]). A rate of 0 turns that kind off (nothing
+/// emitted or counted); [`EVENTS_UNLIMITED`] skips the bucket.
+///
+/// The buckets run on jiffies (`bpf_jiffies64`, a memory read) with the refill per jiffy
+/// and the time to a full bucket worked out here: a clock-source read and a 64-bit
+/// division on every dropped packet cost a new flow ~90 ns on this machine's VM (`cargo
+/// xtask bench`, section 1b), most of that for events the limit then suppressed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventConfig {
-    /// Events per second, per kind ([`event_kind`]).
+    /// Events per second, per kind ([`event_kind`]), this CPU's share.
     pub rate: [u32; 2],
-    /// Bucket depth, per kind.
+    /// Bucket depth, per kind, this CPU's share.
     pub burst: [u32; 2],
+    /// Billionths of a token added per jiffy, per kind.
+    pub nano_tokens_per_jiffy: [u64; 2],
+    /// Jiffies an empty bucket takes to fill, per kind.
+    pub fill_jiffies: [u64; 2],
 }
 
 pub const EVENTS_UNLIMITED: u32 = u32::MAX;
+
+/// A token in billionths.
+pub const NANO_TOKENS: u64 = 1_000_000_000;
+
+impl EventConfig {
+    /// The limits of `rate` events a second and bursts of `burst`, per kind, shared out
+    /// over `cpus` CPUs whose jiffy lasts `ns_per_jiffy`.
+    pub fn new(rate: [u32; 2], burst: [u32; 2], cpus: u32, ns_per_jiffy: u64) -> Self {
+        let cpus = cpus.max(1);
+        let share = |n: u32| match n {
+            0 | EVENTS_UNLIMITED => n,
+            n => n.div_ceil(cpus),
+        };
+        let rate = [share(rate[0]), share(rate[1])];
+        let burst = [share(burst[0]).max(1), share(burst[1]).max(1)];
+        let per_jiffy = |k: usize| (u64::from(rate[k]) * ns_per_jiffy.max(1)).max(1);
+        let fill = |k: usize| (u64::from(burst[k]) * NANO_TOKENS).div_ceil(per_jiffy(k));
+        Self { rate, burst, nano_tokens_per_jiffy: [per_jiffy(0), per_jiffy(1)], fill_jiffies: [fill(0), fill(1)] }
+    }
+}
 
 /// One CPU's token bucket for one interface slot, hook and kind.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenBucket {
-    /// Tokens, in billionths (so a refill is `elapsed_ns * rate`).
+    /// Tokens, in billionths ([`NANO_TOKENS`]).
     pub nano_tokens: u64,
-    pub refilled_ns: u64,
+    /// When it was last refilled, in jiffies (0: never, so it starts full).
+    pub refilled_jiffies: u64,
+}
+
+impl TokenBucket {
+    /// Refills the bucket for the jiffies since the last call and takes a token of kind
+    /// `k` (0 or 1) under `config`; whether there was one. No division, no overflow: a
+    /// bucket idle for its fill time is simply full.
+    #[inline(always)]
+    pub fn take(&mut self, config: &EventConfig, k: usize, jiffies: u64) -> bool {
+        let k = k & 1;
+        let cap = u64::from(config.burst[k]) * NANO_TOKENS;
+        let elapsed = jiffies.wrapping_sub(self.refilled_jiffies);
+        let tokens = if elapsed >= config.fill_jiffies[k] {
+            cap
+        } else {
+            let refilled = self.nano_tokens + elapsed * config.nano_tokens_per_jiffy[k];
+            if refilled > cap { cap } else { refilled }
+        };
+        self.refilled_jiffies = jiffies;
+        if tokens < NANO_TOKENS {
+            self.nano_tokens = tokens;
+            return false;
+        }
+        self.nano_tokens = tokens - NANO_TOKENS;
+        true
+    }
 }
 
 /// Per rule handle and CPU: what the rule decided.
@@ -316,9 +371,33 @@ mod tests {
         assert_eq!(core::mem::size_of::<Decision>(), 8);
         assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 56 + 8);
         assert_eq!(core::mem::size_of::<Event>(), 8 + 32 + 4 + 4 + 4 + 9 + 11);
-        assert_eq!(core::mem::size_of::<EventConfig>(), 16);
+        assert_eq!(core::mem::size_of::<EventConfig>(), 48);
         assert_eq!(core::mem::size_of::<TokenBucket>(), 16);
         assert_eq!(core::mem::size_of::<RuleCounters>(), 24);
+    }
+
+    #[test]
+    fn token_buckets_start_full_refill_per_jiffy_and_cap_at_the_burst() {
+        // 1,000 a second, bursts of 10, on 2 CPUs with 4 ms jiffies: 500/s and 5 a CPU,
+        // 2 tokens a jiffy.
+        let c = EventConfig::new([1000, 0], [10, 10], 2, 4_000_000);
+        assert_eq!((c.rate[0], c.burst[0]), (500, 5));
+        assert_eq!(c.nano_tokens_per_jiffy[0], 2 * NANO_TOKENS);
+        assert_eq!(c.fill_jiffies[0], 3, "5 tokens at 2 a jiffy");
+        let mut b = TokenBucket::default();
+        let taken = (0..8).filter(|_| b.take(&c, 0, 1_000_000)).count();
+        assert_eq!(taken, 5, "a fresh bucket holds the burst, no more");
+        assert!(!b.take(&c, 0, 1_000_000), "empty within the jiffy");
+        assert!(b.take(&c, 0, 1_000_001) && b.take(&c, 0, 1_000_001), "two tokens a jiffy");
+        assert!(!b.take(&c, 0, 1_000_001));
+        let after_idle = (0..8).filter(|_| b.take(&c, 0, 9_000_000)).count();
+        assert_eq!(after_idle, 5, "idle long past the fill time: full, capped at the burst");
+        // A fraction of a token a jiffy adds up.
+        let slow = EventConfig::new([100, 0], [10, 10], 1, 4_000_000);
+        let mut b = TokenBucket::default();
+        while b.take(&slow, 0, 100) {}
+        let granted = (101..=200).filter(|j| b.take(&slow, 0, *j)).count();
+        assert_eq!(granted, 40, "0.4 tokens a jiffy over 100 jiffies");
     }
 
     #[test]

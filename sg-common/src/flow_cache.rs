@@ -102,6 +102,19 @@ fn words(addr: &[u8; 16]) -> (u64, u64) {
     (u64::from_ne_bytes(lo), u64::from_ne_bytes(hi))
 }
 
+/// `*to = *from`, as two word stores: a plain assignment can become a `memmove` call
+/// (a subprogram in BPF, see [`FlowCacheEntry::confirm`]) when LLVM cannot tell the two
+/// apart.
+#[inline(always)]
+fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
+    let (lo, hi) = words(from);
+    // SAFETY: `to` is 16 valid, exclusive bytes; unaligned stores of two words.
+    unsafe {
+        core::ptr::write_unaligned(to.as_mut_ptr().cast::<u64>(), lo);
+        core::ptr::write_unaligned(to.as_mut_ptr().add(8).cast::<u64>(), hi);
+    }
+}
+
 /// A 64-bit hash of the flow between `(a, port_a)` and `(b, port_b)`: the same whichever
 /// end is given first, so both directions (and a session key) get it. The flow cache's
 /// slot and the session hint's bit are taken from it.
@@ -296,8 +309,8 @@ impl FlowCacheEntry {
         (epoch, now): (u32, (u64, u64)),
         validity: u64,
     ) {
-        self.src = meta.src;
-        self.dst = meta.dst;
+        copy_addr(&mut self.src, &meta.src);
+        copy_addr(&mut self.dst, &meta.dst);
         self.src_port = tuple.ports as u16;
         self.dst_port = (tuple.ports >> 16) as u16;
         self.ifindex = tuple.ifindex;

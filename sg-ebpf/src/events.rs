@@ -25,26 +25,12 @@ static SG_EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SG_EVENT_BUCKETS")]
 static SG_EVENT_BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(stats::IFACES * stats::HOOKS * 2, 0);
 
-const NANO: u64 = 1_000_000_000;
-
-/// Takes a token from this CPU's bucket `index`, refilled at `rate` per second up to
-/// `burst`.
+/// Takes a token from this CPU's bucket `index` for kind `k` (`TokenBucket::take`).
 #[inline(always)]
-fn take_token(index: u32, rate: u32, burst: u32, now: u64) -> bool {
+fn take_token(index: u32, config: &EventConfig, k: usize) -> bool {
     let Some(bucket) = SG_EVENT_BUCKETS.get_ptr_mut(index) else { return false };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-    let bucket = unsafe { &mut *bucket };
-    let cap = u64::from(burst) * NANO;
-    // Capped so the product cannot overflow: past a full refill the bucket is full.
-    let elapsed = now.saturating_sub(bucket.refilled_ns).min(cap / u64::from(rate.max(1)) + 1);
-    let tokens = (bucket.nano_tokens + elapsed * u64::from(rate)).min(cap);
-    bucket.refilled_ns = now;
-    if tokens < NANO {
-        bucket.nano_tokens = tokens;
-        return false;
-    }
-    bucket.nano_tokens = tokens - NANO;
-    true
+    unsafe { (*bucket).take(config, k, crate::flow_cache::jiffies()) }
 }
 
 /// Emits the event of a decision whose verdict column is `column` (a drop or audit drop,
@@ -59,10 +45,8 @@ pub fn emit(hook: u32, meta: &PacketMeta, decision: &Decision, at: &Counted, col
         return;
     }
     bump(stats::event_slot(at.iface, hook, kind, stats::EVENT_EMITTED));
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let bucket = ((at.iface % stats::IFACES) * stats::HOOKS + hook % stats::HOOKS) * 2 + u32::from(kind & 1);
-    if rate != EVENTS_UNLIMITED && !take_token(bucket, rate, config.burst[k], now) {
+    if rate != EVENTS_UNLIMITED && !take_token(bucket, config, k) {
         bump(stats::event_slot(at.iface, hook, kind, stats::EVENT_SUPPRESSED));
         return;
     }
@@ -70,6 +54,9 @@ pub fn emit(hook: u32, meta: &PacketMeta, decision: &Decision, at: &Counted, col
         bump(stats::event_slot(at.iface, hook, kind, stats::EVENT_LOST));
         return;
     };
+    // The clock is read only for an event that is written.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let e = entry.as_mut_ptr();
     // SAFETY: the reserved record is ours until it is submitted; every field is written.
     unsafe {

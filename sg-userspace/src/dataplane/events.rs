@@ -3,7 +3,7 @@
 //! verdict events: their rate limit (`SG_EVENT_CONFIG`) and ring (`SG_EVENTS`).
 
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf};
-use sg_common::{EVENTS_UNLIMITED, Event, EventConfig, TraceRecord, map};
+use sg_common::{Event, EventConfig, TraceRecord, map};
 
 use super::{
     MapSource,
@@ -22,6 +22,20 @@ impl Dataplane {
         Ok(())
     }
 
+    /// [`set_event_limits`] on maps still in this object (benchmarks change them between
+    /// runs).
+    pub fn set_event_limits(&mut self, rate: [u32; 2], burst: [u32; 2]) -> Result<()> {
+        let name = map::EVENT_CONFIG;
+        let map = self.ebpf.map_mut(name).ok_or_else(|| DataplaneError::MissingMap(name.to_string()))?;
+        write_limits(&mut Array::try_from(map)?, rate, burst)
+    }
+
+    /// The verdict-event ring, borrowed from the object.
+    pub fn event_ring(&mut self) -> Result<RingBuf<&mut MapData>> {
+        let map = self.ebpf.map_mut(map::EVENTS).ok_or_else(|| DataplaneError::MissingMap(map::EVENTS.to_string()))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
     /// The most recent trace record of `hook` over all CPUs (needs `LoadOptions::trace`).
     pub fn last_trace(&self, hook: u32) -> Result<TraceRecord> {
         let map = self.ebpf.map(map::TRACE).ok_or_else(|| DataplaneError::MissingMap(map::TRACE.to_string()))?;
@@ -36,13 +50,16 @@ impl Dataplane {
 /// (each CPU has its own bucket, so the kernel takes no lock).
 pub fn set_event_limits(source: &mut impl MapSource, rate: [u32; 2], burst: [u32; 2]) -> Result<()> {
     let mut array: Array<MapData, EventConfig> = source.take_map(map::EVENT_CONFIG)?;
+    write_limits(&mut array, rate, burst)
+}
+
+fn write_limits<T: std::borrow::BorrowMut<MapData>>(
+    array: &mut Array<T, EventConfig>,
+    rate: [u32; 2],
+    burst: [u32; 2],
+) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.max(1) as u32;
-    let share = |n: u32| match n {
-        0 | EVENTS_UNLIMITED => n,
-        n => n.div_ceil(cpus),
-    };
-    let config =
-        EventConfig { rate: [share(rate[0]), share(rate[1])], burst: [share(burst[0]).max(1), share(burst[1]).max(1)] };
+    let config = EventConfig::new(rate, burst, cpus, crate::clock::ns_per_jiffy());
     array.set(0, config, 0)?;
     Ok(())
 }

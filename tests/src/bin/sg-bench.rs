@@ -201,7 +201,11 @@ fn main() -> Result<()> {
     let big = ruleset(largest, Direction::Ingress)?;
     let compiled = compile(&big, &big.interfaces[0], Direction::Ingress)?;
     let capacity = Capacity::for_rule_sets([&compiled, &compiled]);
-    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity, ..LoadOptions::default() })?;
+    // A ring that holds every event of a part-1 measurement with nobody reading it.
+    let ring = EVENT_RING_BYTES;
+    let mut dp = Dataplane::load(&LoadOptions { trace: false, capacity, event_ring_bytes: ring })?;
+    // Counters are always on; events as `sgctl run` enables them by default.
+    dp.set_event_limits(DEFAULT_EVENTS.0, DEFAULT_EVENTS.1)?;
     for name in [program::BASELINE_XDP, program::BASELINE_TC] {
         let p = dp.ebpf.program_mut(name).with_context(|| format!("program {name}"))?;
         match p {
@@ -224,7 +228,10 @@ fn main() -> Result<()> {
              network only the last-ranked rule (a priority-100 drop) matches: the worst case for the bit search. Rule sets \
              are `r#gen::realistic_ruleset` (CIDRs of varied lengths, v4 and v6, single ports and ranges, group and \
              prefix-list references); the egress sets are the same rules turned into egress rules. Baseline: a program \
-             that parses and counts exactly like sgctl's and decides nothing.\n",
+             that parses and counts exactly like sgctl's and decides nothing. Counters are always on, and verdict \
+             events at `sgctl run`'s default rate (1,000 drop events/s, burst 1,000): the new-flow SYN is dropped, so \
+             it meets the event path (mostly suppressed by the rate limit); section 1b has the cost with events off \
+             and with every drop an event.\n",
             s.runs, s.repeat
         )?;
         let mut rows: Vec<(String, [Stat; 4])> = Vec::new();
@@ -342,6 +349,7 @@ fn main() -> Result<()> {
              hooks: {worst_est:.2}x. Target: at most 1.3x: {}.\n",
             if worst_est <= 1.3 { "met".to_string() } else { format!("missed ({worst_est:.2}x)") }
         )?;
+        events_section(&mut report, &s, &mut dp, &mut enforcer)?;
     }
 
     // ---- Part 2 ----
@@ -428,6 +436,91 @@ fn main() -> Result<()> {
     std::fs::write(&s.out, &report)?;
     print!("{report}");
     println!("\nwritten to {}", s.out.display());
+    Ok(())
+}
+
+/// `sgctl run`'s default event limits: (rate, burst) per kind (drop, accept).
+const DEFAULT_EVENTS: ([u32; 2], [u32; 2]) = ([1000, 0], [1000, 1000]);
+/// 64 MiB: 500,000 events of 80 bytes (record and header) fit.
+const EVENT_RING_BYTES: u32 = 1 << 26;
+
+/// Part 1b: what verdict events cost. The new-flow SYN of part 1 (dropped by the
+/// last-ranked rule, so every packet is an event candidate) on XDP IPv4 with events off,
+/// at the default rate, and unlimited into a ring large enough that none is lost; the
+/// cost of one event is the difference between the last and the first. Then the ring is
+/// read and the accounting checked: emitted = delivered + suppressed + lost.
+fn events_section(report: &mut String, s: &Settings, dp: &mut Dataplane, enforcer: &mut Enforcer) -> Result<()> {
+    use sg_common::{EVENTS_UNLIMITED, event_kind, stats};
+    writeln!(
+        report,
+        "### 1b. Verdict events
+"
+    )?;
+    writeln!(
+        report,
+        "XDP IPv4, the new-flow SYN of the table above (a drop, so every packet is an event candidate), ns per packet, \
+         median (min-max) of {} runs of {} repeats. Established flows pass without an event: their cost is the same \
+         in every column. Cost per event = the unlimited median minus the events-off median.\n",
+        s.runs, s.repeat
+    )?;
+    writeln!(
+        report,
+        "| rules | events off | default rate (1,000/s) | unlimited, every drop an event | cost per event | accounting \
+         (emitted = delivered + suppressed + lost) |\n|---|---|---|---|---|---|"
+    )?;
+    let largest = *s.sizes.iter().max().unwrap_or(&10);
+    let smallest = *s.sizes.iter().min().unwrap_or(&10);
+    let mut new_flow_off = Vec::new();
+    for n in [smallest, largest] {
+        let ingress = ruleset(n, Direction::Ingress)?;
+        enforcer.apply(&ingress, &[(TEST_RUN_IFINDEX, &ingress.interfaces[0])])?;
+        let iface = *enforcer.iface_slots().get(&TEST_RUN_IFINDEX).context("interface counter slot")?;
+        let slot = |what| stats::event_slot(iface, stats::HOOK_INGRESS, event_kind::DROP, what) as usize;
+        // Whatever earlier runs left in the ring is read and not counted.
+        let mut ring = dp.event_ring()?;
+        while ring.next().is_some() {}
+        drop(ring);
+        let before = enforcer.counters()?;
+        let mut cells = Vec::new();
+        for (rate, burst) in [([0, 0], [1, 1]), DEFAULT_EVENTS, ([EVENTS_UNLIMITED, 0], [1, 1])] {
+            dp.set_event_limits(rate, burst)?;
+            cells.push(time_program(&xdp_runner(dp.xdp()?), &syn(false), s)?);
+        }
+        dp.set_event_limits(DEFAULT_EVENTS.0, DEFAULT_EVENTS.1)?;
+        let mut delivered = 0u64;
+        let mut ring = dp.event_ring()?;
+        while ring.next().is_some() {
+            delivered += 1;
+        }
+        drop(ring);
+        let after = enforcer.counters()?;
+        let delta = |what| after[slot(what)] - before[slot(what)];
+        let (emitted, suppressed, lost) =
+            (delta(stats::EVENT_EMITTED), delta(stats::EVENT_SUPPRESSED), delta(stats::EVENT_LOST));
+        let exact = emitted == delivered + suppressed + lost;
+        writeln!(
+            report,
+            "| {n} | {} | {} | {} | {:.1} ns | {emitted} = {delivered} + {suppressed} + {lost}: {} |",
+            cells[0].cell(),
+            cells[1].cell(),
+            cells[2].cell(),
+            cells[2].median - cells[0].median,
+            if exact { "exact" } else { "MISMATCH" }
+        )?;
+        new_flow_off.push((n, cells[0].median, cells[1].median));
+        anyhow::ensure!(
+            exact,
+            "event accounting: {emitted} emitted, {delivered} delivered, {suppressed} suppressed, {lost} lost"
+        );
+    }
+    if let [(n0, off0, def0), (n1, off1, def1)] = new_flow_off[..] {
+        writeln!(
+            report,
+            "\nNew flow, {n1} rules vs {n0}: {:.2}x with events off, {:.2}x at the default rate (target: at most 2x).\n",
+            off1 / off0,
+            def1 / def0
+        )?;
+    }
     Ok(())
 }
 
