@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod deploy;
+pub mod event_rate;
 pub mod frames;
 pub mod r#gen;
 pub mod kernel;

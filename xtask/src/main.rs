@@ -179,8 +179,9 @@ fn bench(quick: bool) -> Result<()> {
         cargo(&["build", "--package", "sg-tests", "--bin", "sg-bench"])?;
         step(Command::new(target_dir().join("debug/sg-bench")).arg("--quick"))
     } else {
-        cargo(&["build", "--release", "--package", "sg-tests", "--bin", "sg-bench"])?;
-        step(&mut Command::new(target_dir().join("release/sg-bench")))
+        // The agents and `sgctl log` it starts run optimised too, as users run them.
+        cargo(&["build", "--release", "--package", "sg-userspace", "--package", "sg-tests", "--bins"])?;
+        step(Command::new(target_dir().join("release/sg-bench")).env("SGCTL_BIN", target_dir().join("release/sgctl")))
     }
 }
 

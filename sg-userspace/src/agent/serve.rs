@@ -272,6 +272,48 @@ async fn write_reply(stream: &mut UnixStream, reply: &Reply) {
     let _ = stream.write_all(&text).await;
 }
 
+/// Bytes of event lines a follower is sent in one write at most.
+const FOLLOW_BATCH_BYTES: usize = 256 * 1024;
+
+/// Appends what a follower's subscription yielded to `batch`: an event line, or a
+/// `{"missed":N}` line when it fell behind by N events. False when nothing more is
+/// queued (a `try_recv`) or the subscription ended.
+fn follow_line<E: FollowError>(received: Result<std::sync::Arc<str>, E>, batch: &mut String) -> bool {
+    match received {
+        Ok(line) => batch.push_str(&line),
+        Err(e) => match e.missed() {
+            Some(n) => batch.push_str(&format!("{{\"missed\":{n}}}")),
+            None => return false,
+        },
+    }
+    batch.push('\n');
+    true
+}
+
+/// The two receive errors of a broadcast subscription, alike for [`follow_line`].
+trait FollowError {
+    /// Events missed by a follower that fell behind; `None` for any other error.
+    fn missed(&self) -> Option<u64>;
+}
+
+impl FollowError for tokio::sync::broadcast::error::RecvError {
+    fn missed(&self) -> Option<u64> {
+        match self {
+            Self::Lagged(n) => Some(*n),
+            Self::Closed => None,
+        }
+    }
+}
+
+impl FollowError for tokio::sync::broadcast::error::TryRecvError {
+    fn missed(&self) -> Option<u64> {
+        match self {
+            Self::Lagged(n) => Some(*n),
+            Self::Empty | Self::Closed => None,
+        }
+    }
+}
+
 async fn write_line(stream: &mut UnixStream, line: &str) -> std::io::Result<()> {
     stream.write_all(line.as_bytes()).await?;
     stream.write_all(b"\n").await
@@ -352,17 +394,19 @@ pub(super) async fn serve(
                             if !follow {
                                 return;
                             }
+                            let mut batch = String::new();
                             loop {
-                                let line: std::sync::Arc<str> = match rx.recv().await {
-                                    Ok(line) => line,
-                                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                        format!("{{\"missed\":{n}}}").into()
-                                    }
-                                    Err(_) => return,
-                                };
-                                if write_line(&mut stream, &line).await.is_err() {
+                                let first = rx.recv().await;
+                                if !follow_line(first, &mut batch) {
                                     return;
                                 }
+                                // Whatever else is queued goes in the same write: one
+                                // syscall a batch, not one a line, at 200k events/s.
+                                while batch.len() < FOLLOW_BATCH_BYTES && follow_line(rx.try_recv(), &mut batch) {}
+                                if stream.write_all(batch.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                batch.clear();
                             }
                         });
                         continue;
@@ -406,7 +450,7 @@ pub(super) async fn serve(
                     error!("session garbage collection: {e:#}");
                 }
             }
-            _ = observer.readable() => observer.drain(),
+            _ = observer.readable() => observer.drain_batch(),
             scraped = async { metrics_listener.as_ref().expect("guarded").accept().await }, if metrics_listener.is_some() => {
                 let Ok((stream, _)) = scraped else { continue };
                 let now = &agent.live.now;
