@@ -60,6 +60,12 @@ struct Followed {
     last: Option<Instant>,
 }
 
+/// The ingress drop-event counts in `sgctl stats --json` output.
+fn drop_events(stats: &Value) -> Option<&Value> {
+    let ingress = stats["interfaces"].as_array()?.iter().find(|i| i["direction"] == "ingress")?;
+    ingress["events"].as_array()?.iter().find(|e| e["kind"] == "drop")
+}
+
 /// One measurement; the report's section.
 pub fn event_rate_section(quick: bool) -> Result<String> {
     let datagrams: u64 = if quick { 50_000 } else { 1_000_000 };
@@ -126,8 +132,7 @@ pub fn event_rate_section(quick: bool) -> Result<String> {
     let delivered_now = |inst: &crate::netns::Host| -> Option<u64> {
         let out = sgctl(inst, &["stats", "--json"]);
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let i = v["interfaces"].as_array()?.iter().find(|i| i["direction"] == "ingress")?;
-        i["events"].as_array()?.iter().find(|e| e["kind"] == "drop")?["delivered"].as_u64()
+        drop_events(&v)?["delivered"].as_u64()
     };
     let (mut seen, mut still) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -154,15 +159,7 @@ pub fn event_rate_section(quick: bool) -> Result<String> {
     let _ = std::fs::remove_dir_all(&work);
 
     let stats: Value = serde_json::from_slice(&stats.stdout)?;
-    let drops = stats["interfaces"]
-        .as_array()
-        .context("interfaces")?
-        .iter()
-        .find(|i| i["direction"] == "ingress")
-        .and_then(|i| i["events"].as_array())
-        .and_then(|e| e.iter().find(|e| e["kind"] == "drop"))
-        .context("no ingress drop events in sgctl stats")?
-        .clone();
+    let drops = drop_events(&stats).context("no ingress drop events in sgctl stats")?.clone();
     let flood_rule = stats["rules"]
         .as_array()
         .context("rules")?

@@ -119,14 +119,7 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
     if let Some(m) = &agent.maps {
         let used = Family::<Labels, Gauge>::default();
         let capacity = Family::<Labels, Gauge>::default();
-        for (name, fill) in [
-            ("sessions", m.sessions),
-            ("fragments", m.fragments),
-            ("rule_vectors", m.rule_vectors),
-            ("rule_info", m.rule_info),
-            ("port_blocks", m.port_blocks),
-            ("rule_handles", m.rule_handles),
-        ] {
+        for (name, fill) in m.named() {
             let at = labels(&[("map", name)]);
             used.get_or_create(&at).set(i64::try_from(fill.used).unwrap_or(i64::MAX));
             capacity.get_or_create(&at).set(i64::try_from(fill.capacity).unwrap_or(i64::MAX));

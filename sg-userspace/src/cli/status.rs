@@ -76,14 +76,8 @@ fn agent_status(args: &Args) -> Result<ExitCode> {
     println!("uptime:      {}", uptime(s.uptime_s));
     match &s.maps {
         Some(m) => {
-            for (name, fill) in [
-                ("sessions", m.sessions),
-                ("fragments", m.fragments),
-                ("rule vectors", m.rule_vectors),
-                ("rule info", m.rule_info),
-                ("port blocks", m.port_blocks),
-                ("rule handles", m.rule_handles),
-            ] {
+            for (name, fill) in m.named() {
+                let name = name.replace('_', " ");
                 println!("map fill:    {name:<13} {:>9} of {:>9} ({})", fill.used, fill.capacity, percent(fill));
             }
         }

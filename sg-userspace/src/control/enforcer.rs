@@ -174,6 +174,21 @@ pub struct MapFills {
     pub rule_handles: Fill,
 }
 
+impl MapFills {
+    /// Each map's fill with its name (`sessions`, `fragments`, `rule_vectors`,
+    /// `rule_info`, `port_blocks`, `rule_handles`), in that order.
+    pub fn named(&self) -> [(&'static str, Fill); 6] {
+        [
+            ("sessions", self.sessions),
+            ("fragments", self.fragments),
+            ("rule_vectors", self.rule_vectors),
+            ("rule_info", self.rule_info),
+            ("port_blocks", self.port_blocks),
+            ("rule_handles", self.rule_handles),
+        ]
+    }
+}
+
 /// Figures from one apply.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ApplyReport {
