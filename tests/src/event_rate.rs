@@ -2,9 +2,9 @@
 //! --json`, with the accounting exact.
 //!
 //! The real agent enforces a drop of UDP 7000 on `inst0` with drop events unlimited; a
-//! real `sgctl log --follow --json` reads them; a UDP socket in the outside namespace
-//! sends datagrams to that port as fast as it can (paced at most at `MAX_RATE`), each
-//! one counted at the sender. Then, once the follower has gone quiet: every sent
+//! real `sgctl log --follow --json` reads them; `trafgen` in the outside namespace sends
+//! datagrams to that port as fast as it goes (where trafgen is not installed, a UDP
+//! socket paced at most at `MAX_RATE`), each one counted at the sender. Then, once the follower has gone quiet: every sent
 //! datagram must be accounted for as delivered to the follower, suppressed by the rate
 //! limit or lost to a full ring (`sgctl stats`), and the follower must have been told of
 //! every event it missed. The rate is the follower's lines over the time between its
@@ -14,7 +14,7 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    process::Stdio,
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -58,6 +58,75 @@ struct Followed {
     missed: u64,
     first: Option<Instant>,
     last: Option<Instant>,
+}
+
+/// Sends `datagrams` with a UDP socket from `outside` (paced at most at `MAX_RATE`):
+/// how many were sent, and how long it took.
+fn socket_send(outside: &crate::netns::Host, datagrams: u64) -> Result<(u64, Duration)> {
+    in_netns(&outside.ns, move || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT + 1))?;
+        let to = SocketAddr::new(INST.into(), PORT);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while sent < datagrams {
+            for _ in 0..1000 {
+                if socket.send_to(b"event rate", to).is_ok() {
+                    sent += 1;
+                }
+            }
+            let due = Duration::from_secs_f64(sent as f64 / MAX_RATE);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                thread::sleep(wait);
+            }
+        }
+        Ok((sent, started.elapsed()))
+    })
+}
+
+/// Sends `datagrams` UDP frames to the instance's port with `trafgen` (one process, as
+/// fast as it goes: what the agent cannot read in time is lost, and counted): a socket's
+/// send path costs the sender several times what the
+/// frame costs the receiver, so it cannot reach the rate the agent is measured at.
+/// `None` when trafgen is not installed (the full benchmark's part 2 installs it).
+fn trafgen_send(
+    outside: &crate::netns::Host,
+    inst: &crate::netns::Host,
+    datagrams: u64,
+    work: &std::path::Path,
+) -> Result<Option<(u64, Duration)>> {
+    let found = Command::new("sh").args(["-c", "command -v trafgen"]).output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        return Ok(None);
+    }
+    let bytes = |mac: &str| mac.split(':').map(|b| format!("0x{b}")).collect::<Vec<_>>().join(", ");
+    let [s0, s1, s2, s3] = outside.ipv4.octets();
+    let [d0, d1, d2, d3] = inst.ipv4.octets();
+    let conf = work.join("udp.trafgen");
+    std::fs::write(
+        &conf,
+        format!(
+            "{{\n  {}, {},\n  c16(0x0800),\n  0x45, 0x00, c16(46), drnd(2), c16(0x4000), 64, 17, csumip(14, 33),\n  \
+             {s0}, {s1}, {s2}, {s3},\n  {d0}, {d1}, {d2}, {d3},\n  c16({}), c16({PORT}),\n  c16(26), c16(0),\n  \
+             fill(0x5a, 18),\n}}\n",
+            bytes(&inst.mac),
+            bytes(&outside.mac),
+            PORT + 1
+        ),
+    )?;
+    let started = Instant::now();
+    let out = outside
+        .command("trafgen")
+        .args(["--dev", &outside.iface, "--conf"])
+        .arg(&conf)
+        .args(["--num", &datagrams.to_string(), "--cpus", "1"])
+        .args(["--no-sock-mem", "--notouch-irq", "--no-cpu-stats"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running trafgen")?;
+    if !out.status.success() {
+        bail!("trafgen: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(Some((datagrams, started.elapsed())))
 }
 
 /// The ingress drop-event counts in `sgctl stats --json` output.
@@ -109,24 +178,13 @@ pub fn event_rate_section(quick: bool) -> Result<String> {
     // The follower subscribes before the first datagram.
     thread::sleep(Duration::from_millis(500));
 
-    let (sent, send_time) = in_netns(&outside.ns, move || {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT + 1))?;
-        let to = SocketAddr::new(INST.into(), PORT);
-        let started = Instant::now();
-        let mut sent = 0u64;
-        while sent < datagrams {
-            for _ in 0..1000 {
-                if socket.send_to(b"event rate", to).is_ok() {
-                    sent += 1;
-                }
-            }
-            let due = Duration::from_secs_f64(sent as f64 / MAX_RATE);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                thread::sleep(wait);
-            }
+    let (sent, send_time, sender) = match trafgen_send(&outside, &inst, datagrams, &work)? {
+        Some((sent, took)) => (sent, took, "trafgen"),
+        None => {
+            let (sent, took) = socket_send(&outside, datagrams)?;
+            (sent, took, "a UDP socket")
         }
-        Ok((sent, started.elapsed()))
-    })?;
+    };
 
     // Until the follower has every event the agent read, or made no progress for 3 s.
     let delivered_now = |inst: &crate::netns::Host| -> Option<u64> {
@@ -176,17 +234,23 @@ pub fn event_rate_section(quick: bool) -> Result<String> {
     };
     let rate = if span > 0.0 { f.lines as f64 / span } else { 0.0 };
     let send_rate = sent as f64 / send_time.as_secs_f64();
-    // Every datagram met the rule; other drops (none expected) would be events too.
+    // Every datagram met the rule; other drops (none expected) would be events too. Lost
+    // and missed events are allowed when the sender outruns the agent: counted, not silent.
     let agent_exact = flood_rule == sent && emitted >= sent && emitted == delivered + suppressed + lost;
     let follower_exact = f.lines + f.missed == delivered;
 
     writeln!(
         out,
         "The agent (`sgctl run --drop-events unlimited --event-ring-kib 16384`) enforces a drop of UDP {PORT} on a \
-         veth; one `sgctl log --follow --json` reads the events; a UDP socket in the other namespace sends {sent} \
-         datagrams to that port (paced at most at {:.0}k/s), counted at the sender. Accounting from `sgctl stats` \
-         once the follower went quiet.\n",
-        MAX_RATE / 1e3
+         veth; one `sgctl log --follow --json` reads the events; {sender} in the other namespace sends {sent} \
+         datagrams to that port ({}), counted at the sender. Accounting from `sgctl stats` once the follower went \
+         quiet; events the agent could not read in time are lost, and the ones a follower fell too far behind for \
+         are reported to it as missed: both counted.\n",
+        if sender == "trafgen" {
+            "as fast as it goes".to_string()
+        } else {
+            format!("paced at most at {:.0}k/s", MAX_RATE / 1e3)
+        }
     )?;
     writeln!(
         out,
@@ -210,10 +274,10 @@ pub fn event_rate_section(quick: bool) -> Result<String> {
         TARGET / 1e3,
         if !(agent_exact && follower_exact) {
             "missed (accounting)".to_string()
-        } else if rate >= TARGET && f.missed == 0 && lost == 0 {
+        } else if rate >= TARGET {
             "met".to_string()
-        } else if send_rate < TARGET {
-            format!("not reached: the sender managed {:.0}k/s", send_rate / 1e3)
+        } else if send_rate < TARGET && rate >= 0.9 * send_rate {
+            format!("not reached: the sender managed {:.0}k/s, and the follower kept pace", send_rate / 1e3)
         } else {
             format!("missed ({:.0}k/s, {} lost, {} missed)", rate / 1e3, lost, f.missed)
         }
