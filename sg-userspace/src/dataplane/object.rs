@@ -178,3 +178,7 @@ fn helper_exists(id: i32) -> bool {
     unsafe { libc::close(fd as i32) };
     true
 }
+
+#[cfg(test)]
+#[path = "object_stack_tests.rs"]
+mod stack_tests;
