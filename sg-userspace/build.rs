@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
             fs::write(&out, b"")?;
         }
     }
-    let cargo_metadata::Metadata { packages, .. } =
+    let cargo_metadata::Metadata { packages, target_directory, .. } =
         cargo_metadata::MetadataCommand::new().no_deps().exec().context("MetadataCommand::exec")?;
     let ebpf_package = packages
         .into_iter()
@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SGCTL_EBPF_FEATURES");
     let features = env::var("SGCTL_EBPF_FEATURES").unwrap_or_default();
     let features: Vec<&str> = features.split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
+    share_ebpf_target_dir(target_directory.as_std_path(), &features)?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf_package.name.as_str(),
@@ -39,4 +40,28 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
+}
+
+/// aya-build compiles the kernel crate (and `core`, with build-std) in a target directory
+/// inside this build script's `OUT_DIR`, which is new for every profile, target and feature
+/// set of this crate: a plain build, clippy, `cargo test`, the static release binary each
+/// paid about 40 s for the same object. Pointing that directory at one per kernel-feature
+/// set under the workspace's target directory lets cargo reuse its own incremental build
+/// (cargo's lock on that directory keeps concurrent builds apart). A directory that is
+/// already there (an older build) is left as it is; a link is re-pointed, since the
+/// features can change under the same `OUT_DIR`.
+fn share_ebpf_target_dir(workspace_target: &std::path::Path, features: &[&str]) -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let private = out_dir.join("aya-build").join("target").join(EBPF_PACKAGE);
+    match private.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => fs::remove_file(&private)?,
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    let key = if features.is_empty() { "default".to_owned() } else { features.join("+") };
+    let shared = workspace_target.join("ebpf-build").join(key);
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    fs::create_dir_all(private.parent().expect("has a parent"))?;
+    std::os::unix::fs::symlink(&shared, &private)
+        .with_context(|| format!("linking {} to {}", private.display(), shared.display()))
 }

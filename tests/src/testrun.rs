@@ -7,7 +7,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use sg_common::{DECISION_AUDIT, Decision, PacketMeta, ip_proto, stats, verdict};
 use sgctl::{
     control::Enforcer,
-    dataplane::Dataplane,
+    dataplane::{Capacity, Dataplane, LoadOptions},
     policy::config::{Config, Direction, InterfaceBinding, Mode},
     policy::eval::{Decision as RefDecision, PacketTuple, evaluate},
 };
@@ -22,6 +22,21 @@ pub enum Hook {
 }
 
 pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+/// Session-table entries for tests that flush or list the table around every probe: a
+/// full-size table costs a scan of all its 262,144 buckets per flush (a fifth of the
+/// differential tests' time), and a few thousand entries hold any generated case.
+pub const TEST_SESSIONS: u32 = 4096;
+
+/// Load options for BPF_PROG_TEST_RUN tests: tracing on, a [`TEST_SESSIONS`] table.
+pub fn test_load_options() -> LoadOptions {
+    LoadOptions { trace: true, capacity: test_capacity(), ..LoadOptions::default() }
+}
+
+/// The default capacity with a [`TEST_SESSIONS`] session table.
+pub fn test_capacity() -> Capacity {
+    Capacity { sessions: TEST_SESSIONS, ..Capacity::default() }
+}
 
 impl Hook {
     pub fn stats_index(self) -> u32 {

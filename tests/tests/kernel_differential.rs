@@ -19,13 +19,9 @@ use proptest::{
 use sg_tests::{
     r#gen::{self as generator, GenOptions},
     kernel::kernel_tests_enabled,
-    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run},
+    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run, test_capacity, test_load_options},
 };
-use sgctl::{
-    control::Enforcer,
-    dataplane::{Capacity, Dataplane, LoadOptions},
-    policy::config::Direction,
-};
+use sgctl::{control::Enforcer, dataplane::Dataplane, policy::config::Direction};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
@@ -67,8 +63,8 @@ fn kernel_agrees_with_the_reference_evaluator_on_random_rule_sets() {
         return;
     }
     let packets = env_u64("SG_KDIFF_PACKETS").unwrap_or(20) as usize;
-    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
-    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let mut dp = Dataplane::load(&test_load_options()).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &test_capacity()).expect("maps");
     // BPF_PROG_TEST_RUN is synchronous: no packet is in flight during a switch.
     enforcer.set_grace_period(Duration::ZERO);
     let harness = RefCell::new(Harness { dp, enforcer, probes: [0; 2] });

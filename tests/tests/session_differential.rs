@@ -20,11 +20,11 @@ use sg_tests::{
     sessions_gen::{
         SeqPacket, SessionCase, SessionGenOptions, Step, TCP_PSH, icmp_error, monotonic_ns, reversed, session_case,
     },
-    testrun::{TEST_RUN_IFINDEX, hook_for, run},
+    testrun::{TEST_RUN_IFINDEX, hook_for, run, test_capacity, test_load_options},
 };
 use sgctl::{
     control::Enforcer,
-    dataplane::{Capacity, Dataplane, LoadOptions},
+    dataplane::Dataplane,
     policy::config::{Direction, Mode, SessionSettings, parse_str},
     policy::eval::{
         PacketTuple,
@@ -210,8 +210,8 @@ fn kernel_sessions_agree_with_the_stateful_model() {
     let cases = env_u64("SG_SDIFF_CASES", 2_000);
     let steps = env_u64("SG_SDIFF_STEPS", 60) as usize;
     let seed = env_u64("SG_SDIFF_SEED", BASE_SEED);
-    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
-    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let mut dp = Dataplane::load(&test_load_options()).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &test_capacity()).expect("maps");
     // BPF_PROG_TEST_RUN is synchronous: no packet is in flight during a switch.
     enforcer.set_grace_period(Duration::ZERO);
     let started = Instant::now();
@@ -357,8 +357,8 @@ fn kernel_session_expiry_agrees_with_the_model() {
     }
     let cfg = parse_str(SHORT_TIMEOUTS, "short.toml").unwrap_or_else(|e| panic!("{e}"));
     let binding = &cfg.interfaces[0];
-    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
-    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let mut dp = Dataplane::load(&test_load_options()).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &test_capacity()).expect("maps");
     enforcer.set_grace_period(Duration::ZERO);
     enforcer.sessions().flush().expect("flush");
     enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)]).expect("apply");

@@ -16,7 +16,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,34 @@ use sg_tests::{
 };
 use xtask::vm::{self, Console, Vm, VmOptions};
 
-static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Guests booted at once: each runs one vCPU thread (TCG here), and this host has two
+/// cores, so two guests in parallel take about the time of one (the suite was 7 minutes
+/// one at a time).
+const GUESTS_AT_ONCE: usize = 2;
+
+static GUESTS_RUNNING: Mutex<usize> = Mutex::new(0);
+static GUEST_DONE: Condvar = Condvar::new();
+
+/// A place among the [`GUESTS_AT_ONCE`] guests; given back on drop, also on panic.
+struct GuestSlot;
+
+impl GuestSlot {
+    fn take() -> Self {
+        let mut running = GUESTS_RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *running >= GUESTS_AT_ONCE {
+            running = GUEST_DONE.wait(running).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *running += 1;
+        GuestSlot
+    }
+}
+
+impl Drop for GuestSlot {
+    fn drop(&mut self) {
+        *GUESTS_RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        GUEST_DONE.notify_one();
+    }
+}
 
 /// The egress hook sgctl must pick on a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +230,7 @@ fn scenario(kernel: &str, egress: Egress) {
         eprintln!("\n*** SKIPPED {test}: cannot run qemu here: {why} ***\n");
         return;
     }
-    let _one = ONE_GUEST_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _slot = GuestSlot::take();
     let spec = vm::kernel_spec(kernel).expect("kernel of the matrix");
     // Fetched before the clock starts (cached after the first run).
     vm::kernel(spec).expect("guest kernel");

@@ -145,28 +145,34 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
                 .current_dir(workspace_root().join("sg-ebpf")),
         )?;
     }
-    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
-    cargo(&["build", "--package", "sg-userspace"])?;
-    // A second build whose kernel object differs, for the upgrade test.
+    // A second build whose kernel object differs, for the upgrade test. It is built in the
+    // same target directory (sharing every dependency) and copied aside before the plain
+    // build replaces it.
     let variant_dir = target_dir().join("upgrade-variant");
+    let variant_bin = variant_dir.join("debug/sgctl");
     step(
         Command::new("cargo")
-            .args(["build", "--package", "sg-userspace", "--target-dir"])
-            .arg(&variant_dir)
+            .args(["build", "--package", "sg-userspace"])
             .env("SGCTL_EBPF_FEATURES", "upgrade-variant"),
     )?;
+    std::fs::create_dir_all(variant_bin.parent().expect("has a parent"))?;
+    std::fs::copy(target_dir().join("debug/sgctl"), &variant_bin)
+        .with_context(|| format!("copying the variant to {}", variant_bin.display()))?;
+    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
+    cargo(&["build", "--package", "sg-userspace"])?;
     dist::static_sgctl()?;
     let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "sg-ebpf"];
     if !extra.is_empty() {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
-    step(Command::new("cargo").args(&args).env("SGCTL_VARIANT_BIN", variant_dir.join("debug/sgctl")))?;
+    step(Command::new("cargo").args(&args).env("SGCTL_VARIANT_BIN", &variant_bin))?;
     // The kernel programs again with every fallback older kernels take (the sessions'
     // clock without bpf_ktime_get_coarse_ns), on this kernel.
     step(
         Command::new("cargo")
-            .args(["test", "--package", "sg-tests", "--test", "session_sequences"])
+            // `--workspace` as above, so features resolve the same and nothing is rebuilt.
+            .args(["test", "--workspace", "--exclude", "sg-ebpf", "--test", "session_sequences"])
             .env("SGCTL_FALLBACKS", "1"),
     )?;
     // The benchmark's smoke mode, so it cannot rot.

@@ -204,6 +204,9 @@ fn private_apt() -> Result<PathBuf> {
 pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
     let root = cache_dir().join(format!("kernel-{}", spec.label));
     let marker = root.join(".sgvm-complete");
+    // One fetch at a time: the private apt state is shared and apt locks it.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _fetching = FETCHING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !marker.exists() {
         fetch_kernel(spec, &root)?;
         fs::write(&marker, "")?;
