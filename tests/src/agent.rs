@@ -53,6 +53,13 @@ impl Agent {
         Self::spawn(cmd, ready)
     }
 
+    /// [`Agent::start`] with extra environment variables for sgctl.
+    pub fn start_with_env(host: &Host, args: &[&str], env: &[(&str, &str)], ready: &str) -> Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns]).arg(sgctl_bin()).args(args).envs(env.iter().copied());
+        Self::spawn(cmd, ready)
+    }
+
     /// Starts `BIN --netns NS ARGS` (see [`pinned_command`]) and waits for `ready`.
     pub fn start_pinned(bin: &Path, host: &Host, args: &[&str], ready: &str) -> Result<Self> {
         Self::spawn(pinned_command(bin, host, args), ready)

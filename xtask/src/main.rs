@@ -161,12 +161,7 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
     cargo(&["build", "--package", "sg-userspace"])?;
     dist::static_sgctl()?;
-    let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "sg-ebpf"];
-    if !extra.is_empty() {
-        args.push("--");
-        args.extend(extra.iter().map(String::as_str));
-    }
-    step(Command::new("cargo").args(&args).env("SGCTL_VARIANT_BIN", &variant_bin))?;
+    run_tests(&variant_bin, extra)?;
     // The kernel programs again with every fallback older kernels take (the sessions'
     // clock without bpf_ktime_get_coarse_ns), on this kernel.
     step(
@@ -177,6 +172,59 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     )?;
     // The benchmark's smoke mode, so it cannot rot.
     bench(true)
+}
+
+/// Every test of the workspace. The VM suite is CPU-bound (qemu without KVM) and the rest
+/// mostly wait on real traffic and timeouts, so the two run side by side, the VM suite
+/// with one guest at a time so the two cores are shared rather than oversubscribed; its
+/// output goes to `target/vm-suite.log` and is shown when it ends.
+fn run_tests(variant_bin: &std::path::Path, extra: &[String]) -> Result<()> {
+    let with_extra = |mut args: Vec<String>| {
+        if !extra.is_empty() {
+            args.push("--".into());
+            args.extend(extra.iter().cloned());
+        }
+        args
+    };
+    let base = ["test", "--workspace", "--exclude", "sg-ebpf"].map(String::from).to_vec();
+    step(Command::new("cargo").args(&base).arg("--no-run"))?;
+    let mut others = base.clone();
+    others.extend(["--lib", "--bins"].map(String::from));
+    for dir in ["tests/tests", "sg-userspace/tests"] {
+        let mut names: Vec<String> = std::fs::read_dir(workspace_root().join(dir))
+            .with_context(|| format!("listing {dir}"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".rs").map(String::from))
+            .filter(|name| name != "vm")
+            .collect();
+        names.sort();
+        for name in names {
+            others.extend(["--test".into(), name]);
+        }
+    }
+    let log_path = target_dir().join("vm-suite.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut vm_args = base.clone();
+    vm_args.extend(["--test", "vm"].map(String::from));
+    let vm_args = with_extra(vm_args);
+    println!("==> cargo {} (beside the other tests; output in {})", vm_args.join(" "), log_path.display());
+    let mut vm = Command::new("cargo")
+        .args(&vm_args)
+        .current_dir(workspace_root())
+        .env("SGCTL_VM_GUESTS", "1")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the VM suite")?;
+    let rest = step(Command::new("cargo").args(with_extra(others)).env("SGCTL_VARIANT_BIN", variant_bin))
+        .and_then(|()| step(Command::new("cargo").args(&base).arg("--doc")));
+    let vm_status = vm.wait().context("waiting for the VM suite")?;
+    println!("==> the VM suite's output ({}):", log_path.display());
+    print!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    rest?;
+    if !vm_status.success() {
+        bail!("the VM suite failed ({vm_status})");
+    }
+    Ok(())
 }
 
 fn bench(quick: bool) -> Result<()> {

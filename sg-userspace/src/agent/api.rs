@@ -122,6 +122,10 @@ pub struct StatusView {
     /// How full each fixed-size map is (absent when they could not be read).
     #[serde(default)]
     pub maps: Option<MapFills>,
+    /// The fallbacks this agent took for what the kernel (or `SGCTL_FALLBACKS=1`) lacks,
+    /// one line each; the hooks' own are in `held`.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -217,6 +217,7 @@ impl Agent<'_> {
             vector_capacity: now.capacity.vectors,
             uptime_s: self.live.started.elapsed().as_secs_f64(),
             maps,
+            fallbacks: fallbacks(&now.features),
         }
     }
 
@@ -228,6 +229,21 @@ impl Agent<'_> {
             error!("rollback failed, the unconfirmed rules stay in force: {}", e.describe());
         }
     }
+}
+
+/// What `sgctl status` lists under fallbacks.
+fn fallbacks(features: &crate::dataplane::object::KernelFeatures) -> Vec<String> {
+    let mut taken = Vec::new();
+    if !features.coarse_clock {
+        taken.push("sessions' clock: bpf_ktime_get_ns (no bpf_ktime_get_coarse_ns)".to_string());
+    }
+    if crate::dataplane::batch::per_element_used() {
+        taken.push("map writes: one syscall per element where batches are missing".to_string());
+    }
+    if crate::dataplane::object::fallbacks_forced() {
+        taken.push("SGCTL_FALLBACKS=1: every fallback forced".to_string());
+    }
+    taken
 }
 
 /// Binds the control socket: root's alone (mode 0600), replacing a stale one.

@@ -73,6 +73,9 @@ fn agent_status(args: &Args) -> Result<ExitCode> {
     for h in &s.held {
         println!("interface:   {} (ifindex {}): XDP {}, egress {}", h.iface, h.ifindex, h.xdp_mode, h.tc);
     }
+    for f in &s.fallbacks {
+        println!("fallback:    {f}");
+    }
     println!("uptime:      {}", uptime(s.uptime_s));
     match &s.maps {
         Some(m) => {

@@ -138,6 +138,10 @@ pub(super) fn attach_xdp(
     Ok(match mode {
         XdpModeChoice::Native => (attach(xdp, XdpMode::Driver)?, "native"),
         XdpModeChoice::Generic => (attach(xdp, XdpMode::Skb)?, "generic"),
+        XdpModeChoice::Auto if super::object::fallbacks_forced() => {
+            tracing::warn!("{iface}: generic XDP (SGCTL_FALLBACKS=1 forces the fallback)");
+            (attach(xdp, XdpMode::Skb)?, "generic")
+        }
         XdpModeChoice::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(link) => (link, "native"),
             Err(e) if has_os_error(&e, &[libc::EBUSY, libc::EEXIST]) => return Err(occupied(iface)),
@@ -149,10 +153,16 @@ pub(super) fn attach_xdp(
     })
 }
 
-/// TCX where the kernel has it, a clsact filter otherwise.
+/// TCX where the kernel has it, a clsact filter otherwise (also with
+/// [`super::object::fallbacks_forced`]).
 pub(super) fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<(SchedClassifierLinkId, TcHook)> {
     let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
-    match tc.attach_with_options(iface, TcAttachType::Egress, tcx) {
+    let attempt = if super::object::fallbacks_forced() {
+        Err("SGCTL_FALLBACKS=1 forces the fallback".to_string())
+    } else {
+        tc.attach_with_options(iface, TcAttachType::Egress, tcx).map_err(|e| e.to_string())
+    };
+    match attempt {
         Ok(link) => Ok((link, TcHook::Tcx)),
         Err(tcx_error) => {
             let created = match tc::qdisc_add_clsact(iface) {

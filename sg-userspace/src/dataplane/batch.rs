@@ -8,7 +8,8 @@
 //!
 //! Where a map type has no batch operations (5.10's LPM tries answer ENOTSUPP), the
 //! same elements are written one syscall each, with the same
-//! stop-at-the-first-failure contract.
+//! stop-at-the-first-failure contract (also with `SGCTL_FALLBACKS=1`, which the tests use
+//! to run this path on a kernel that has batches).
 
 use std::{
     io,
@@ -23,6 +24,15 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// The kernel's ENOTSUPP (not in libc): a map type without batch operations.
 const ENOTSUPP: i32 = 524;
+
+/// Set once any write went one element per syscall (a map type without batches, or
+/// `SGCTL_FALLBACKS=1`), for `sgctl status` to say so.
+static PER_ELEMENT_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process wrote some map one element per syscall.
+pub fn per_element_used() -> bool {
+    PER_ELEMENT_USED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The element members of `union bpf_attr`.
 #[repr(C)]
@@ -52,6 +62,7 @@ fn one_by_one(
     count: usize,
     layout: Layout,
 ) -> io::Result<()> {
+    PER_ELEMENT_USED.store(true, std::sync::atomic::Ordering::Relaxed);
     for i in 0..count {
         let mut attr = ElemAttr {
             map_fd: map.fd().as_fd().as_raw_fd() as u32,
@@ -92,6 +103,10 @@ fn call(
     count: usize,
     layout: Layout,
 ) -> io::Result<()> {
+    if super::object::fallbacks_forced() {
+        let single = if cmd == BPF_MAP_UPDATE_BATCH { BPF_MAP_UPDATE_ELEM } else { BPF_MAP_DELETE_ELEM };
+        return one_by_one(single, map, keys, values, count, layout);
+    }
     let mut attr = BatchAttr {
         keys: keys as u64,
         values: values as u64,

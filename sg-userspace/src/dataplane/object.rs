@@ -144,11 +144,29 @@ pub struct KernelFeatures {
     pub coarse_clock: bool,
 }
 
+/// `SGCTL_FALLBACKS=1`: take every fallback an older kernel or a driver without native
+/// XDP would make sgctl take, on a kernel that has it all, so the tests run those paths
+/// here: the sessions' clock without `bpf_ktime_get_coarse_ns`, a clsact filter instead
+/// of TCX, generic XDP where `--xdp-mode auto` would get native, and one syscall per
+/// map element instead of batched writes. Read once per process.
+pub fn fallbacks_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let forced = std::env::var("SGCTL_FALLBACKS").is_ok_and(|v| v == "1");
+        if forced {
+            tracing::warn!(
+                "SGCTL_FALLBACKS=1: taking every fallback (ktime clock, clsact, generic XDP in auto mode, \
+                 per-element map writes)"
+            );
+        }
+        forced
+    })
+}
+
 impl KernelFeatures {
-    /// Probes the kernel; `SGCTL_FALLBACKS=1` takes every fallback (tests run the
-    /// programs both ways on one kernel).
+    /// Probes the kernel; with [`fallbacks_forced`] every feature counts as missing.
     pub fn probe() -> Self {
-        if std::env::var("SGCTL_FALLBACKS").is_ok_and(|v| v == "1") {
+        if fallbacks_forced() {
             return Self { coarse_clock: false };
         }
         Self { coarse_clock: helper_exists(BPF_FUNC_KTIME_GET_COARSE_NS) }
