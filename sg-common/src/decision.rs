@@ -149,7 +149,25 @@ pub mod stats {
     pub const SESSIONS_EXPIRED: u32 = SESSIONS_OPENED + 1;
     pub const PER_HOOK: u32 = SESSIONS_EXPIRED + 1;
     pub const PER_IFACE: u32 = PER_HOOK * HOOKS;
-    pub const SLOTS: u32 = PER_IFACE * IFACES;
+    /// The session tables' ledger, after the interfaces' blocks: entries put into and
+    /// taken out of each table ([`crate::session::table`]), by the programs and (in
+    /// slots the programs never touch) by the agent. What neither took out and the
+    /// table no longer holds, the LRU evicted: `evicted = inserted - removed - live`.
+    pub const LEDGER_BASE: u32 = PER_IFACE * IFACES;
+    pub const LEDGER_INSERTED: u32 = 0;
+    pub const LEDGER_REMOVED: u32 = 1;
+    /// By the programs: this + `table * 2 + what` (`what`: inserted or removed).
+    pub const LEDGER_KERNEL: u32 = LEDGER_BASE;
+    /// By the agent (and `sgctl sessions --flush`), the same layout.
+    pub const LEDGER_USER: u32 = LEDGER_BASE + 4;
+    pub const SLOTS: u32 = LEDGER_BASE + 8;
+
+    /// The ledger slot of `table`'s `what` (inserted or removed) for `base`
+    /// ([`LEDGER_KERNEL`] or [`LEDGER_USER`]).
+    #[inline(always)]
+    pub const fn ledger_slot(base: u32, table: u32, what: u32) -> u32 {
+        base + (table % 2) * 2 + (what % 2)
+    }
 
     /// The first slot of interface slot `iface`'s block for `hook`.
     #[inline(always)]
@@ -429,6 +447,13 @@ mod tests {
                 }
                 assert!(seen.insert(block(iface, hook) + SESSIONS_OPENED));
                 assert!(seen.insert(block(iface, hook) + SESSIONS_EXPIRED));
+            }
+        }
+        for base in [LEDGER_KERNEL, LEDGER_USER] {
+            for table in 0..2 {
+                for what in [LEDGER_INSERTED, LEDGER_REMOVED] {
+                    assert!(seen.insert(ledger_slot(base, table, what)));
+                }
             }
         }
         assert_eq!(seen.len() as u32, SLOTS);

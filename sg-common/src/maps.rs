@@ -44,8 +44,12 @@ pub mod map {
     pub const VECTORS: &str = "SG_VECTORS";
     /// Array: rule-set base + bit -> [`crate::RuleInfo`].
     pub const RULE_INFO: &str = "SG_RULE_INFO";
-    /// LRU hash: [`crate::SessionKey`] -> [`crate::Session`].
+    /// LRU hash: [`crate::SessionKey`] -> [`crate::Session`]: the assured sessions
+    /// (replied to; for TCP established), sized by `max_sessions`.
     pub const SESSIONS: &str = "SG_SESSIONS";
+    /// LRU hash, the same shape: sessions not assured yet (a SYN, an unanswered
+    /// datagram), a quarter of the size, so a flood of them evicts only its own kind.
+    pub const OPENING_SESSIONS: &str = "SG_OPENING";
     /// LRU hash: [`crate::FragmentKey`] -> [`crate::FragmentVerdict`].
     pub const FRAGMENTS: &str = "SG_FRAGMENTS";
     /// Array with one [`crate::Timeouts`].

@@ -53,6 +53,47 @@ pub mod state {
     ];
 }
 
+/// The two session tables and `Session::assured`. A session starts in the opening
+/// table; the first packet that makes it assured ([`assures`]) moves it to the assured
+/// table. Each table is an LRU of its own, so a flood of SYNs or unanswered datagrams,
+/// however large, evicts only opening sessions, never an established connection's
+/// (conntrack's early drop of unassured entries, as two tables).
+pub mod table {
+    /// `SG_SESSIONS` (`Session::assured` = [`ASSURED`]).
+    pub const ASSURED: u32 = 0;
+    /// `SG_OPENING` (`Session::assured` = [`OPENING`], or [`PROMOTE`] for the moment
+    /// between the packet that assured it and its move).
+    pub const OPENING: u32 = 1;
+    pub const NAMES: [&str; 2] = ["assured", "opening"];
+
+    /// `Session::assured` values.
+    pub const OPENING_VALUE: u8 = 0;
+    pub const ASSURED_VALUE: u8 = 1;
+    pub const PROMOTE: u8 = 2;
+
+    /// The opening table's size for an assured table of `sessions`: a quarter, at
+    /// least 64.
+    pub const fn opening_entries(sessions: u32) -> u32 {
+        let quarter = sessions / 4;
+        if quarter < 64 { 64 } else { quarter }
+    }
+}
+
+/// Whether a session in `state` is assured once `reply` (a packet from the responder)
+/// has passed: TCP once established (a SYN-ACK to a spoofed SYN assures nothing: the
+/// handshake must complete), UDP once replied to, echo and other protocols on a reply.
+#[inline(always)]
+pub fn assures(state: u8, reply: bool) -> bool {
+    match state {
+        state::TCP_ESTABLISHED | state::TCP_FIN_FROM_OPENER | state::TCP_FIN_FROM_RESPONDER | state::TCP_CLOSING => {
+            true
+        }
+        state::UDP_REPLIED => true,
+        state::ICMP | state::OTHER => reply,
+        _ => false,
+    }
+}
+
 /// TCP flag bits (`PacketMeta::tcp_flags`).
 pub mod tcp_flag {
     pub const FIN: u8 = 0x01;
@@ -378,7 +419,9 @@ pub struct Session {
     pub opened_on: u8,
     /// The step that admitted the flow.
     pub step: u8,
-    pub _pad: [u8; 4],
+    /// Which table holds it ([`table`]: opening, assured, or about to move).
+    pub assured: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Key of the fragment table: a datagram's addresses, protocol and identification.

@@ -27,7 +27,9 @@ use sg_common::{
         validity_jiffies,
     },
     fragment, is_icmp_error, is_neighbour_discovery,
-    session::{FRAGMENT_TIMEOUT_NS, belongs_to_session, continues_session, expired, next_state, opening_state},
+    session::{
+        FRAGMENT_TIMEOUT_NS, assures, belongs_to_session, continues_session, expired, next_state, opening_state, table,
+    },
     session_hints, stats as slots, step, verdict,
 };
 
@@ -339,6 +341,8 @@ fn stateful(packet: &Packet, iface: &IfaceConfig, work: &mut Work) -> Decision {
         if decision.step == step::SESSION {
             // SAFETY: a map value pointer, valid for this program run.
             cache_session(packet, unsafe { &*entry }, timeouts, flow.now, &mut work.cache);
+            // Last: it may free `entry`.
+            session::promote(flow.key, entry);
         }
     } else {
         let icmp_error = is_icmp_error(meta.protocol, meta.icmp_type);
@@ -426,6 +430,10 @@ fn on_session(flow: &Flow, entry: *mut Session, opening: &mut PacketMeta) -> Dec
 fn refresh(flow: &Flow, s: &mut Session) -> Decision {
     let from_opener = flow.src_is_low == (s.opener_is_low != 0);
     s.state = next_state(s.state, from_opener, flow.packet.meta);
+    if s.assured == table::OPENING_VALUE && assures(s.state, !from_opener) {
+        // `stateful` moves it to the assured table once done with it.
+        s.assured = table::PROMOTE;
+    }
     s.last_seen_ns = flow.now;
     s.packets += 1;
     Decision { rule_id: s.rule_id, ..Decision::new(verdict::PASS, step::SESSION) }
@@ -459,8 +467,10 @@ fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKe
     if flow.now != 0 {
         // The flow had a session, which this one replaces (the packet did not continue
         // it, or it had expired): hits this CPU cached for it must not count for this
-        // one, and the old session's were folded into it already.
+        // one, and the old session's were folded into it already. The old entry goes
+        // (from either table): the new one starts in the opening table.
         forget_cached(flow.packet);
+        session::remove(flow.key);
     }
     let src_is_low = key.set(flow.packet.ifindex, flow.packet.meta);
     let now = session::now();
@@ -474,7 +484,8 @@ fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKe
         opener_is_low: u8::from(src_is_low),
         opened_on: flow.packet.hook as u8,
         step: decision.step,
-        _pad: [0; 4],
+        assured: table::OPENING_VALUE,
+        _pad: [0; 3],
     };
     session::insert(key, &opened, hint)
 }

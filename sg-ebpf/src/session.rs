@@ -8,13 +8,24 @@ use aya_ebpf::{
 };
 use sg_common::{
     FragmentKey, FragmentVerdict, PacketMeta, Session, SessionKey, Timeouts,
+    session::table,
     session_hints::{HINT_FLAGS, SessionHints},
+    stats,
 };
 
-/// Sized by userspace from `max_sessions` before loading; a full table evicts its least
-/// recently used entries, whose flows are then classified again (never a hole).
+/// `BPF_NOEXIST`: insert only where the key has no entry.
+const BPF_NOEXIST: u64 = 1;
+
+/// The assured sessions (`sg_common::session::table`), sized by userspace from
+/// `max_sessions` before loading; a full table evicts its least recently used entries,
+/// whose flows are then classified again (never a hole).
 #[map(name = "SG_SESSIONS")]
 static SG_SESSIONS: LruHashMap<SessionKey, Session> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Sessions not assured yet, in an LRU of their own (a quarter of `max_sessions`): a
+/// flood of SYNs or unanswered datagrams evicts only these.
+#[map(name = "SG_OPENING")]
+static SG_OPENING: LruHashMap<SessionKey, Session> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Which flows may have a session (`sg_common::session_hints`); mmapable, so userspace
 /// can set flags with plain stores beside the kernel.
@@ -110,23 +121,56 @@ pub fn timeouts() -> Option<&'static Timeouts> {
     SG_TIMEOUTS.get(0)
 }
 
-/// The live entry of `key`, to update in place.
+/// The live entry of `key` in either table (the assured one first: that is where
+/// established flows are), to update in place.
 #[inline(always)]
 pub fn lookup(key: &SessionKey) -> Option<*mut Session> {
-    SG_SESSIONS.get_ptr_mut(key)
+    SG_SESSIONS.get_ptr_mut(key).or_else(|| SG_OPENING.get_ptr_mut(key))
 }
 
-/// Inserts a session; `hint` is its flow's hint bit. Whether it was inserted (a failed
-/// insert only means the flow's next packet is classified again).
+/// Inserts a new session into the opening table; `hint` is its flow's hint bit. Only
+/// where the key has no entry (a CPU racing this one may have just opened the flow), so
+/// every insert the ledger counts adds an entry. Whether it was inserted (a failed insert
+/// only means the flow's next packet is classified again).
 #[inline(always)]
 pub fn insert(key: &SessionKey, session: &Session, hint: u32) -> bool {
     note_session(hint);
-    SG_SESSIONS.insert(key, session, 0).is_ok()
+    let inserted = SG_OPENING.insert(key, session, BPF_NOEXIST).is_ok();
+    if inserted {
+        crate::stats::ledger(table::OPENING, stats::LEDGER_INSERTED);
+    }
+    inserted
 }
 
+/// Deletes the session of `key` from whichever table holds it.
 #[inline(always)]
 pub fn remove(key: &SessionKey) {
-    let _ = SG_SESSIONS.remove(key);
+    if SG_SESSIONS.remove(key).is_ok() {
+        crate::stats::ledger(table::ASSURED, stats::LEDGER_REMOVED);
+    }
+    if SG_OPENING.remove(key).is_ok() {
+        crate::stats::ledger(table::OPENING, stats::LEDGER_REMOVED);
+    }
+}
+
+/// Moves the session `entry` of `key` to the assured table when the packet just passed
+/// marked it ([`table::PROMOTE`]). The copy goes in first (a lookup meanwhile finds one
+/// of the two), then the opening entry goes; `entry` points at freed memory after this,
+/// so this is the last use of it.
+#[inline(never)]
+pub fn promote(key: &SessionKey, entry: *mut Session) {
+    // SAFETY: a map value pointer, valid for this program run (until the delete below).
+    let s = unsafe { &mut *entry };
+    if s.assured != table::PROMOTE {
+        return;
+    }
+    s.assured = table::ASSURED_VALUE;
+    if SG_SESSIONS.insert(key, s, BPF_NOEXIST).is_ok() {
+        crate::stats::ledger(table::ASSURED, stats::LEDGER_INSERTED);
+    }
+    if SG_OPENING.remove(key).is_ok() {
+        crate::stats::ledger(table::OPENING, stats::LEDGER_REMOVED);
+    }
 }
 
 #[inline(always)]

@@ -76,6 +76,12 @@ pub fn add_to_rule(rule: u32, packets: u64, bytes: u64, sessions: u64) {
     }
 }
 
+/// Counts an entry put into (`what` = inserted) or taken out of a session table.
+#[inline(always)]
+pub fn ledger(table: u32, what: u32) {
+    bump(stats::ledger_slot(stats::LEDGER_KERNEL, table, what));
+}
+
 /// An expired session the programs deleted, on interface slot `iface`.
 #[inline(always)]
 pub fn session_expired(iface: u32, hook: u32) {

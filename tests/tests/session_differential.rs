@@ -13,7 +13,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use sg_common::{Session, SessionKey, Timeouts, ip_proto, session::state, step, verdict};
+use sg_common::{
+    Session, SessionKey, Timeouts, ip_proto,
+    session::{state, table},
+    step, verdict,
+};
 use sg_tests::{
     r#gen::GenOptions,
     kernel::kernel_tests_enabled,
@@ -64,10 +68,17 @@ fn step_name(code: u8) -> &'static str {
 
 /// The fields of a session both sides must agree on, with the generation counted back from
 /// the current one (the kernel's generations keep growing across cases).
-fn comparable(s: &Session, current_generation: u32, rule_id: u32) -> (&'static str, u8, u8, u32, u8, u64, u32) {
+/// The kernel's `assured` is the table the session is in (`SessionTable::entries`), so
+/// this also checks that every session sits in the table the model puts it in.
+fn comparable(
+    s: &Session,
+    current_generation: u32,
+    rule_id: u32,
+) -> (&'static str, u8, u8, u32, u8, u64, u32, &'static str) {
     let state = state::NAMES.get(usize::from(s.state)).copied().unwrap_or("?");
     let age = current_generation.wrapping_sub(s.generation);
-    (state, s.opener_is_low, s.opened_on, rule_id, s.step, s.packets, age)
+    let table = if s.assured == table::ASSURED_VALUE { "assured" } else { "opening" };
+    (state, s.opener_is_low, s.opened_on, rule_id, s.step, s.packets, age, table)
 }
 
 /// `ifindex 1 protocol 6 198.18.0.1 port 40000 <-> 198.18.0.2 port 80`.
@@ -98,7 +109,7 @@ fn compare_tables(enforcer: &mut Enforcer, model: &Tracker) -> Result<(), String
                 let got = comparable(got, kernel_generation, enforcer.handles().rule_id_of(got.rule_id));
                 if got != want {
                     problems.push(format!(
-                        "{}\n    kernel (state, opener_is_low, opened_on, rule, step, packets, generations ago) \
+                        "{}\n    kernel (state, opener_is_low, opened_on, rule, step, packets, generations ago, table) \
                          {got:?}\n    model  {want:?}",
                         key_text(key)
                     ));

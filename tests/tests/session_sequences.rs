@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use sg_common::{session::state, stats, step, verdict};
+use sg_common::{
+    session::{state, table},
+    stats, step, verdict,
+};
 use sg_tests::{
     frames::*,
     kernel::kernel_tests_enabled,
@@ -280,6 +283,67 @@ fn a_full_table_evicts_but_never_admits() {
     }
     assert!(by_session > 0 && by_session <= 256, "{by_session} replies by session");
     assert_eq!(by_session + dropped, flows.len());
+}
+
+#[test]
+fn a_syn_flood_evicts_opening_sessions_never_established_ones() {
+    if !kernel_tests_enabled("a_syn_flood_evicts_opening_sessions_never_established_ones") {
+        return;
+    }
+    // 256 assured entries and 64 opening ones; advanced egress drops replies that have no
+    // session, so an evicted connection would be cut.
+    let text = format!(
+        "[[security_group]]\nid = \"sg-i\"\ntype = \"advanced\"\nmembers = [\"198.18.1.1\"]\n{}\n[[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-i\"]\n",
+        rule("tcp", "80/80")
+    );
+    let cfg = parse_str(&text, "flood.toml").unwrap();
+    let capacity = Capacity { sessions: 256, ..Default::default() };
+    assert_eq!(capacity.opening_sessions(), 64);
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity, ..LoadOptions::default() }).expect("load");
+    let mut e = Enforcer::new(&mut dp, &capacity).expect("maps");
+    e.apply(&cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).unwrap();
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    let established: Vec<u16> = (40_000..40_100).collect();
+    for &sport in &established {
+        expect(run(&mut dp, x, &tcp_in(sport, 80, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "SYN");
+        expect(
+            run(&mut dp, t, &tcp_out(80, sport, TCP_SYN | TCP_ACK)).unwrap(),
+            verdict::PASS,
+            step::SESSION,
+            "SYN-ACK",
+        );
+        expect(run(&mut dp, x, &tcp_in(sport, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    }
+    // Spoofed SYNs to the allowed port, 80 times the opening table, each from another
+    // address: every one is admitted and opens a session that is never answered.
+    let flood = 5_120u32;
+    for i in 0..flood {
+        let src = [198, 19, (i >> 8) as u8, i as u8];
+        let syn = ether(
+            ETHERTYPE_IPV4,
+            &[],
+            &ipv4(6, src, INST, &[], Frag4::default(), &tcp(1024 + i as u16, 80, TCP_SYN, &[])),
+        );
+        expect(run(&mut dp, x, &syn).unwrap(), verdict::PASS, step::RULE, "a spoofed SYN");
+    }
+    // No established connection was cut: both directions still pass by their session.
+    for &sport in &established {
+        let reply = run(&mut dp, t, &tcp_out(80, sport, TCP_ACK)).unwrap();
+        expect(reply, verdict::PASS, step::SESSION, &format!("data out of connection {sport} after the flood"));
+        expect(run(&mut dp, x, &tcp_in(sport, 80, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "data in");
+    }
+    let entries = e.sessions().entries().unwrap();
+    let assured: Vec<_> = entries.iter().filter(|(_, s)| s.assured == table::ASSURED_VALUE).collect();
+    assert_eq!(assured.len(), established.len(), "the established connections are the assured table");
+    assert!(assured.iter().all(|(_, s)| s.state == state::TCP_ESTABLISHED));
+    let opening = entries.len() - assured.len();
+    assert!(opening > 0 && opening <= 64, "{opening} opening sessions in a 64-entry table");
+    // The ledger: every flood session the opening table does not hold was evicted from
+    // it, and none from the assured table.
+    let fills = e.fills(Default::default()).unwrap();
+    assert_eq!(fills.opening_sessions.used, opening as u64);
+    assert_eq!(fills.evicted.assured, 0, "{fills:?}");
+    assert_eq!(fills.evicted.opening, u64::from(flood) - opening as u64, "{fills:?}");
 }
 
 /// Runs the rest of the test on CPU 0: the flow cache is per CPU, and these tests look

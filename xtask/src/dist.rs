@@ -21,20 +21,7 @@ pub fn dist_dir() -> PathBuf {
 
 /// Builds the static `sgctl` (release) into `target/dist/sgctl`; returns its path.
 pub fn static_sgctl() -> Result<PathBuf> {
-    step(
-        Command::new("cargo")
-            .args(["build", "--release", "--package", "sg-userspace", "--bin", "sgctl", "--target", TARGET])
-            // Only the target's code: build scripts and proc macros stay dynamic.
-            .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"),
-    )?;
-    let built = target_dir().join(TARGET).join("release/sgctl");
-    let file = Command::new("file").arg(&built).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if let Ok(file) = &file
-        && !file.contains("statically linked")
-        && !file.contains("static-pie")
-    {
-        bail!("{} is not statically linked: {file}", built.display());
-    }
+    let built = static_build(true)?;
     let out = dist_dir();
     fs::create_dir_all(&out)?;
     let dest = out.join("sgctl");
@@ -43,6 +30,28 @@ pub fn static_sgctl() -> Result<PathBuf> {
     fs::copy(&built, &tmp).with_context(|| format!("copying {}", built.display()))?;
     fs::rename(&tmp, &dest)?;
     Ok(dest)
+}
+
+/// Builds `sgctl` statically linked, optimised (`release`) or as the test builds are
+/// (the VM suite's guest runs that one: the same flags, without the release build's
+/// minutes of compiling); checks that it is static and returns its path.
+pub fn static_build(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--package", "sg-userspace", "--bin", "sgctl", "--target", TARGET]);
+    if release {
+        cmd.arg("--release");
+    }
+    // Only the target's code: build scripts and proc macros stay dynamic.
+    step(cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let built = target_dir().join(TARGET).join(if release { "release" } else { "debug" }).join("sgctl");
+    let file = Command::new("file").arg(&built).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if let Ok(file) = &file
+        && !file.contains("statically linked")
+        && !file.contains("static-pie")
+    {
+        bail!("{} is not statically linked: {file}", built.display());
+    }
+    Ok(built)
 }
 
 fn version() -> Result<String> {

@@ -158,10 +158,12 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     std::fs::create_dir_all(variant_bin.parent().expect("has a parent"))?;
     std::fs::copy(target_dir().join("debug/sgctl"), &variant_bin)
         .with_context(|| format!("copying the variant to {}", variant_bin.display()))?;
-    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the static one.
+    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) a static one,
+    // built as `cargo xtask dist` builds it but unoptimised (the release build of every
+    // dependency cost CI over 3 minutes).
     cargo(&["build", "--package", "sg-userspace"])?;
-    dist::static_sgctl()?;
-    run_tests(&variant_bin, extra)?;
+    let guest_bin = dist::static_build(false)?;
+    run_tests(&variant_bin, &guest_bin, extra)?;
     // The kernel programs again with every fallback older kernels take (the sessions'
     // clock without bpf_ktime_get_coarse_ns), on this kernel.
     step(
@@ -178,7 +180,7 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
 /// mostly wait on real traffic and timeouts, so the two run side by side, the VM suite
 /// with one guest at a time so the two cores are shared rather than oversubscribed; its
 /// output goes to `target/vm-suite.log` and is shown when it ends.
-fn run_tests(variant_bin: &std::path::Path, extra: &[String]) -> Result<()> {
+fn run_tests(variant_bin: &std::path::Path, guest_bin: &std::path::Path, extra: &[String]) -> Result<()> {
     let with_extra = |mut args: Vec<String>| {
         if !extra.is_empty() {
             args.push("--".into());
@@ -211,6 +213,7 @@ fn run_tests(variant_bin: &std::path::Path, extra: &[String]) -> Result<()> {
         .args(&vm_args)
         .current_dir(workspace_root())
         .env("SGCTL_VM_GUESTS", "1")
+        .env("SGCTL_VM_BIN", guest_bin)
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()

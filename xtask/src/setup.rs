@@ -32,8 +32,9 @@ fn packages() -> Vec<String> {
         "ethtool",
         "socat",
         "netcat-openbsd",
-        "file", // `cargo xtask dist` checks the binary is static
-        "curl", // scrapes the metrics endpoint in tests
+        "file",        // `cargo xtask dist` checks the binary is static
+        "curl",        // scrapes the metrics endpoint in tests
+        "netsniff-ng", // trafgen: the SYN flood of tests/tests/flood.rs
     ]
     .iter()
     .map(ToString::to_string)

@@ -712,3 +712,36 @@ fn state_names_cover_every_state() {
     }
     assert_eq!(usize::from(OTHER) + 1, COUNT);
 }
+
+#[test]
+fn a_spoofed_syn_and_its_syn_ack_assure_nothing_the_handshake_does() {
+    // The SYN-ACK a host sends to a spoofed SYN is a reply, but the flow is not assured
+    // until the opener completes the handshake: a SYN flood stays in the opening table.
+    let states = walk(TCP_SYN_SENT, &[(RESPONDER, SYN_ACK), (OPENER, ACK)]);
+    assert!(!assures(TCP_SYN_SENT, false));
+    assert!(!assures(states[0], true), "SYN-ACK: {}", NAMES[states[0] as usize]);
+    assert!(assures(states[1], false), "the opener's ACK establishes");
+    // A RST closes: a closed flow is never moved to the assured table.
+    assert!(!assures(TCP_CLOSED, true));
+    for s in [TCP_FIN_FROM_OPENER, TCP_FIN_FROM_RESPONDER, TCP_CLOSING] {
+        assert!(assures(s, false), "{} (reached only through established)", NAMES[s as usize]);
+    }
+}
+
+#[test]
+fn udp_echo_and_other_protocols_are_assured_by_a_reply() {
+    assert!(!assures(UDP_UNREPLIED, false));
+    assert!(!assures(UDP_UNREPLIED, true), "the state moves first: UDP_REPLIED assures");
+    assert!(assures(UDP_REPLIED, false));
+    for s in [ICMP, OTHER] {
+        assert!(!assures(s, false), "{}: the opener's packets do not assure", NAMES[s as usize]);
+        assert!(assures(s, true), "{}: a reply does", NAMES[s as usize]);
+    }
+}
+
+#[test]
+fn the_opening_table_is_a_quarter_of_the_assured_one() {
+    assert_eq!(table::opening_entries(262_144), 65_536);
+    assert_eq!(table::opening_entries(4096), 1024);
+    assert_eq!(table::opening_entries(100), 64, "never below 64");
+}

@@ -115,7 +115,7 @@ fn record_session_ids(enforcer: &mut Enforcer) -> Result<()> {
     if let Some(dir) = id_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&id_file, enforcer.sessions().ids()?)?;
+    std::fs::write(&id_file, enforcer.session_map_ids()?)?;
     Ok(())
 }
 
@@ -143,7 +143,7 @@ fn copy_sessions(from: &SessionTable, to: &mut SessionTable) -> Result<usize> {
     let mut copied = 0;
     for (key, session) in from.entries()? {
         if to.stored(&key).is_none() {
-            to.insert(&key, &session)?;
+            to.carry(&key, &session)?;
             copied += 1;
         }
     }
@@ -280,7 +280,10 @@ impl Context {
         let (object, features) = (dp.identity.clone(), dp.features);
         let id = next_generation(&self.pins);
         let mut generation = Generation::pin(dp, &self.pins, id)?;
-        let carry_sessions = session_layout(old)? == session_layout(&generation)?;
+        // A generation from before the opening table (one session map) is not carried:
+        // its flows are classified again, as after any layout change.
+        let carry_sessions = session_layout(old)? == session_layout(&generation)?
+            && old.map_shape(sg_common::map::OPENING_SESSIONS).is_ok();
         // The old sessions are read with this build's types: only when the layouts agree.
         let old_sessions = match carry_sessions.then(|| SessionTable::take(old)).transpose() {
             Ok(table) => table,
@@ -304,6 +307,12 @@ impl Context {
                 info!("copied {copied} sessions into generation {id}");
             } else if self.replace {
                 warn!("--replace: the old programs' sessions are not carried over (their layout differs)");
+            } else if session_layout(old)? == session_layout(&generation)? {
+                bail!(
+                    "the old programs keep their sessions in one table, the new ones in two (assured and opening): \
+                     the old programs keep running. `sgctl run --replace` switches anyway, and connections then \
+                     depend on the rules alone"
+                );
             } else {
                 let ((ok, ov), (nk, nv)) = (session_layout(old)?, session_layout(&generation)?);
                 bail!(
@@ -677,9 +686,19 @@ pub fn down(state_file: &Path, pin_dir: &Path) -> Result<Vec<String>> {
     }
     for held in state.iter().flat_map(|s| &s.interfaces) {
         if crate::dataplane::attach::ifindex(&held.iface).is_ok() {
-            let left = presence(&held.iface)?;
-            if !left.is_empty() {
-                bail!("{} still carries sgctl programs after down: {left:?}", held.iface);
+            // The kernel releases an unpinned link from a workqueue (Linux 6.4 and
+            // later), so the programs leave the interface a moment after the unpin:
+            // wait for that, up to 5 s, before calling it a failure.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let left = presence(&held.iface)?;
+                if left.is_empty() {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("{} still carries sgctl programs after down: {left:?}", held.iface);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
     }

@@ -126,6 +126,14 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
         }
         registry.register("map_entries", "Entries in use of each fixed-size map", used);
         registry.register("map_capacity", "Entries each fixed-size map holds", capacity);
+        let evicted = Family::<Labels, Counter>::default();
+        evicted.get_or_create(&labels(&[("table", "assured")])).inc_by(m.evicted.assured);
+        evicted.get_or_create(&labels(&[("table", "opening")])).inc_by(m.evicted.opening);
+        registry.register(
+            "sessions_evicted",
+            "Sessions a full table's LRU evicted: opening (not assured yet) or assured",
+            evicted,
+        );
     }
     let mut text = String::new();
     // Writing into a String cannot fail.

@@ -135,10 +135,12 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         info!("enforcing on {} (ingress XDP {}, egress TC {:?})", h.iface, h.xdp_mode, h.tc);
     }
     let capacity = live.now.capacity;
+    let entries = capacity.sessions + capacity.opening_sessions();
     info!(
-        "session table: {} entries, {:.1} MiB",
+        "session tables: {} assured and {} opening entries, {:.1} MiB",
         capacity.sessions,
-        f64::from(capacity.sessions) * sessions::BYTES_PER_SESSION as f64 / (1024.0 * 1024.0)
+        capacity.opening_sessions(),
+        f64::from(entries) * sessions::BYTES_PER_SESSION as f64 / (1024.0 * 1024.0)
     );
     // The event limits are in place before anyone is told the rules are.
     let observer = {

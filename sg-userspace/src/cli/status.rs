@@ -81,8 +81,9 @@ fn agent_status(args: &Args) -> Result<ExitCode> {
         Some(m) => {
             for (name, fill) in m.named() {
                 let name = name.replace('_', " ");
-                println!("map fill:    {name:<13} {:>9} of {:>9} ({})", fill.used, fill.capacity, percent(fill));
+                println!("map fill:    {name:<16} {:>9} of {:>9} ({})", fill.used, fill.capacity, percent(fill));
             }
+            println!("evicted:     {} opening sessions, {} assured", m.evicted.opening, m.evicted.assured);
         }
         None => println!("maps:        {} sessions, {} rule vectors", s.session_capacity, s.vector_capacity),
     }

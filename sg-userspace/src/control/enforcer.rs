@@ -23,7 +23,7 @@ use crate::{
         Capacity, MapSource,
         capacity::Fill,
         rulesets::{Installed, RuleSetMaps, trie_keys},
-        sessions::{self, SessionTable},
+        sessions::{self, Evictions, SessionTable},
     },
     policy::{
         compile::{Compiled, compile},
@@ -161,8 +161,15 @@ pub struct NotAdoptable(pub String);
 /// pressure shows before an apply fails or the session table starts evicting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MapFills {
-    /// Live entries of the session table (expired ones not yet collected included).
+    /// Live entries of the assured session table (expired ones not yet collected
+    /// included).
     pub sessions: Fill,
+    /// The same for the opening table (sessions not assured yet).
+    #[serde(default)]
+    pub opening_sessions: Fill,
+    /// Sessions each table's LRU evicted to make room.
+    #[serde(default)]
+    pub evicted: Evictions,
     /// Remembered first-fragment verdicts.
     pub fragments: Fill,
     /// Rule vectors, rule-info entries and port blocks: the rule sets in force, and
@@ -175,11 +182,12 @@ pub struct MapFills {
 }
 
 impl MapFills {
-    /// Each map's fill with its name (`sessions`, `fragments`, `rule_vectors`,
-    /// `rule_info`, `port_blocks`, `rule_handles`), in that order.
-    pub fn named(&self) -> [(&'static str, Fill); 6] {
+    /// Each map's fill with its name (`sessions`, `opening_sessions`, `fragments`,
+    /// `rule_vectors`, `rule_info`, `port_blocks`, `rule_handles`), in that order.
+    pub fn named(&self) -> [(&'static str, Fill); 7] {
         [
             ("sessions", self.sessions),
+            ("opening_sessions", self.opening_sessions),
             ("fragments", self.fragments),
             ("rule_vectors", self.rule_vectors),
             ("rule_info", self.rule_info),
@@ -536,6 +544,7 @@ impl Enforcer {
     /// the programs count those they find expired); returns how many.
     pub fn collect_garbage(&mut self) -> Result<usize> {
         let removed = gc::collect_garbage(&mut self.sessions, &self.current_timeouts, self.grace)?;
+        self.record_session_ledger()?;
         let mut by_slot: HashMap<u32, u64> = HashMap::new();
         for (ifindex, hook) in &removed {
             if let Some(iface) = self.iface_slots.get(ifindex) {
@@ -554,11 +563,32 @@ impl Enforcer {
         Ok(self.maps.trie_entries()?)
     }
 
-    /// How full the maps are; `fragments` is the fragment table's, which the enforcer
-    /// does not hold ([`crate::dataplane::sessions::fragment_fill`]).
-    pub fn fills(&self, fragments: Fill) -> Result<MapFills> {
+    /// The ids of the session maps and `SG_STATS`, for `sgctl sessions`.
+    pub fn session_map_ids(&self) -> Result<String> {
+        Ok(self.sessions.ids(self.maps.counters_id()?)?)
+    }
+
+    /// Adds what userspace put into and took out of the session tables to the ledger in
+    /// `SG_STATS` (`sg_common::stats::LEDGER_USER`).
+    pub fn record_session_ledger(&mut self) -> Result<()> {
+        for (slot, n) in self.sessions.take_ledger() {
+            self.maps.add_to_counter(slot, n)?;
+        }
+        Ok(())
+    }
+
+    /// How full the maps are, and the sessions each table's LRU evicted since the
+    /// programs were loaded (carried across upgrades with the counters); `fragments` is
+    /// the fragment table's, which the enforcer does not hold
+    /// ([`crate::dataplane::sessions::fragment_fill`]).
+    pub fn fills(&mut self, fragments: Fill) -> Result<MapFills> {
+        self.record_session_ledger()?;
+        let counters = self.maps.counters()?;
+        let (sessions, opening_sessions) = (self.sessions.fill()?, self.sessions.opening_fill()?);
         Ok(MapFills {
-            sessions: self.sessions.fill()?,
+            sessions,
+            opening_sessions,
+            evicted: SessionTable::evictions(&counters, [sessions.used, opening_sessions.used]),
             fragments,
             rule_vectors: self.vector_ranges.fill(),
             rule_info: self.rule_ranges.fill(),

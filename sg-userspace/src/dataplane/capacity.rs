@@ -14,7 +14,8 @@ pub struct Fill {
 /// Map sizes, fixed when the programs are loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {
-    /// Session table entries (`max_sessions`).
+    /// Assured session table entries (`max_sessions`); the opening table holds a
+    /// quarter as many ([`Capacity::opening_sessions`]).
     pub sessions: u32,
     pub vectors: u32,
     pub rule_info: u32,
@@ -42,6 +43,11 @@ impl Default for Capacity {
 }
 
 impl Capacity {
+    /// The opening session table's entries (`sg_common::session::table::opening_entries`).
+    pub fn opening_sessions(&self) -> u32 {
+        sg_common::session::table::opening_entries(self.sessions)
+    }
+
     /// Room for twice what `compiled` needs (a new rule set is written beside the live
     /// one), and never less than the default.
     pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {

@@ -71,6 +71,7 @@ impl Dataplane {
             .override_global(global::NS_PER_JIFFY, &ns_per_jiffy, true)
             .override_global(global::COARSE_CLOCK, &coarse_clock, true)
             .map_max_entries(map::SESSIONS, c.sessions)
+            .map_max_entries(map::OPENING_SESSIONS, c.opening_sessions())
             .map_max_entries(map::VECTORS, c.vectors)
             .map_max_entries(map::RULE_INFO, c.rule_info)
             .map_max_entries(map::ADDR_TRIE, c.addr_entries)

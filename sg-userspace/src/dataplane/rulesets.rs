@@ -154,6 +154,11 @@ impl RuleSetMaps {
         counters::sum_slots(&self.counters)
     }
 
+    /// The kernel's id of `SG_STATS`.
+    pub fn counters_id(&self) -> Result<u32> {
+        Ok(self.counters.map().info().doing("the counters' id")?.id())
+    }
+
     /// Adds `n` to counter `slot` of `SG_STATS` (`counters::add`).
     pub fn add_to_counter(&mut self, slot: u32, n: u64) -> Result<()> {
         counters::add(&mut self.counters, slot, n)

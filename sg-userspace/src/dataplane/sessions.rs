@@ -11,7 +11,7 @@ use sg_common::{
     FlowCacheSlot, FragmentKey, FragmentVerdict, Session, SessionKey, Timeouts,
     flow_cache::slot_of_key,
     ip_proto, map,
-    session::{echo_identifier, state},
+    session::{assures, echo_identifier, state, table},
     session_hints::{HINT_FLAGS, SessionHints, key_bit},
     stats,
 };
@@ -57,10 +57,14 @@ pub fn fragment_fill(dp: &mut impl MapSource) -> Result<Fill> {
 /// entries on kernel 6.18.
 pub const BYTES_PER_SESSION: usize = 152;
 
-/// The session table and the per-CPU flow cache in front of it: what a session looks
-/// like is the table's entry plus the hits the cache has not folded into it yet.
+/// The session tables (assured and opening, `sg_common::session::table`) and the
+/// per-CPU flow cache in front of them: what a session looks like is its table entry
+/// plus the hits the cache has not folded into it yet.
 pub struct SessionTable {
+    /// `SG_SESSIONS`: the assured sessions.
     map: HashMap<MapData, SessionKey, Session>,
+    /// `SG_OPENING`: those not assured yet.
+    opening: HashMap<MapData, SessionKey, Session>,
     cache: PerCpuArray<MapData, FlowCacheSlot>,
     epoch: Array<MapData, u32>,
     ns_per_jiffy: u64,
@@ -68,6 +72,31 @@ pub struct SessionTable {
     hints: Option<HintMap>,
     /// A flush left hints of deleted sessions: the next collection rebuilds them.
     hints_stale: bool,
+    /// Entries this process put into and took out of each table (`[table][what]`, see
+    /// `sg_common::stats::LEDGER_USER`), not yet added to the ledger in `SG_STATS`.
+    ledger: [[u64; 2]; 2],
+    /// `SG_STATS`, when this table was opened by id (`sgctl sessions --flush`): the
+    /// ledger goes straight in. The agent's enforcer holds it otherwise.
+    stats: Option<PerCpuArray<MapData, u64>>,
+}
+
+/// Sessions the LRU evicted from each table (what was put in, less what was taken out,
+/// less what is there): exact when no packet moves meanwhile, off by the packets in
+/// flight otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Evictions {
+    pub assured: u64,
+    pub opening: u64,
+}
+
+/// Which table a session written by userspace belongs in: assured when its value or its
+/// state says so (a replied flow's state does, but for echo and other protocols).
+fn table_for(session: &Session) -> u32 {
+    if session.assured == table::ASSURED_VALUE || assures(session.state, false) {
+        table::ASSURED
+    } else {
+        table::OPENING
+    }
 }
 
 /// The session-hint map (`sg_common::session_hints`) mapped into this process, so flags
@@ -201,16 +230,16 @@ impl SessionTable {
     /// Takes the session maps out of `dp`, with the hints: this process owns the data plane.
     pub fn take(dp: &mut impl MapSource) -> Result<Self> {
         Self::from_maps(
-            dp.take_raw_map(map::SESSIONS)?,
+            [dp.take_raw_map(map::SESSIONS)?, dp.take_raw_map(map::OPENING_SESSIONS)?],
             dp.take_raw_map(map::FLOW_CACHE)?,
             dp.take_raw_map(map::CACHE_EPOCH)?,
             Some(dp.take_raw_map(map::SESSION_HINTS)?),
         )
     }
 
-    /// The table from the loaded maps (`SG_SESSIONS`, `SG_FLOW_CACHE`, `SG_CACHE_EPOCH`,
-    /// and `SG_SESSION_HINTS` when this process owns the data plane).
-    pub fn from_maps(sessions: Map, cache: Map, epoch: Map, hints: Option<Map>) -> Result<Self> {
+    /// The table from the loaded maps (`SG_SESSIONS` and `SG_OPENING`, `SG_FLOW_CACHE`,
+    /// `SG_CACHE_EPOCH`, and `SG_SESSION_HINTS` when this process owns the data plane).
+    pub fn from_maps([sessions, opening]: [Map; 2], cache: Map, epoch: Map, hints: Option<Map>) -> Result<Self> {
         let hints = match hints {
             Some(Map::Array(data)) => Some(HintMap::new(data)?),
             Some(_) => return Err(DataplaneError::Refused(format!("{} is not an array map", map::SESSION_HINTS))),
@@ -218,11 +247,14 @@ impl SessionTable {
         };
         Ok(Self {
             map: HashMap::try_from(sessions).doing("the session map")?,
+            opening: HashMap::try_from(opening).doing("the opening session map")?,
             cache: PerCpuArray::try_from(cache).doing("the flow cache map")?,
             epoch: Array::try_from(epoch).doing("the cache epoch map")?,
             ns_per_jiffy: ns_per_jiffy(),
             hints,
             hints_stale: false,
+            ledger: [[0; 2]; 2],
+            stats: None,
         })
     }
 
@@ -230,26 +262,90 @@ impl SessionTable {
     /// ([`SessionTable::ids`]).
     pub fn open(ids: &str) -> Result<Self> {
         let ids: Vec<u32> = ids.split_whitespace().map(str::parse).collect::<Result<_, _>>().doing("map ids")?;
-        let [sessions, cache, epoch] = ids[..] else {
-            return Err(DataplaneError::Refused(format!("expected three map ids, found {}", ids.len())));
+        let [sessions, opening, cache, epoch, stats_id] = ids[..] else {
+            return Err(DataplaneError::Refused(format!(
+                "expected five map ids, found {} (an agent of another version?)",
+                ids.len()
+            )));
         };
         let open = |id: u32, what: &str| MapData::from_id(id).doing_with(|| format!("opening {what} map {id}"));
-        Self::from_maps(
-            Map::LruHashMap(open(sessions, map::SESSIONS)?),
+        let mut table = Self::from_maps(
+            [Map::LruHashMap(open(sessions, map::SESSIONS)?), Map::LruHashMap(open(opening, map::OPENING_SESSIONS)?)],
             Map::PerCpuArray(open(cache, map::FLOW_CACHE)?),
             Map::Array(open(epoch, map::CACHE_EPOCH)?),
             None,
-        )
+        )?;
+        table.stats = Some(PerCpuArray::try_from(Map::PerCpuArray(open(stats_id, map::STATS)?)).doing("the counters")?);
+        Ok(table)
     }
 
-    /// The ids of the three maps, for `sgctl sessions` to open them.
-    pub fn ids(&self) -> Result<String> {
+    /// The ids of the maps, for `sgctl sessions` to open them; `stats` is `SG_STATS`'s.
+    pub fn ids(&self, stats: u32) -> Result<String> {
         Ok(format!(
-            "{} {} {}",
+            "{} {} {} {} {stats}",
             self.map.map().info()?.id(),
+            self.opening.map().info()?.id(),
             self.cache.map().info()?.id(),
             self.epoch.map().info()?.id()
         ))
+    }
+
+    /// Both tables, with their `sg_common::session::table` numbers, assured first.
+    fn tables(&self) -> [(u32, &HashMap<MapData, SessionKey, Session>); 2] {
+        [(table::ASSURED, &self.map), (table::OPENING, &self.opening)]
+    }
+
+    fn table_mut(&mut self, which: u32) -> &mut HashMap<MapData, SessionKey, Session> {
+        if which == table::ASSURED { &mut self.map } else { &mut self.opening }
+    }
+
+    /// Counts an entry put into or taken out of `which` by this process; straight into
+    /// `SG_STATS` when this table holds it, else kept for [`SessionTable::take_ledger`].
+    fn count(&mut self, which: u32, what: u32) {
+        self.ledger[which as usize % 2][what as usize % 2] += 1;
+        if self.stats.is_some() {
+            let _ = self.flush_ledger_to_stats();
+        }
+    }
+
+    fn flush_ledger_to_stats(&mut self) -> Result<()> {
+        let ledger = self.take_ledger();
+        let Some(counters) = &mut self.stats else { return Ok(()) };
+        for (slot, n) in ledger {
+            super::counters::add(counters, slot, n)?;
+        }
+        Ok(())
+    }
+
+    /// What this process counted since the last call, as (`SG_STATS` slot, count).
+    pub fn take_ledger(&mut self) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        for which in [table::ASSURED, table::OPENING] {
+            for what in [stats::LEDGER_INSERTED, stats::LEDGER_REMOVED] {
+                let n = std::mem::take(&mut self.ledger[which as usize][what as usize]);
+                if n != 0 {
+                    out.push((stats::ledger_slot(stats::LEDGER_USER, which, what), n));
+                }
+            }
+        }
+        out
+    }
+
+    /// Evictions from each table, from the ledger in `counters` (`SG_STATS`, summed over
+    /// CPUs, with [`SessionTable::take_ledger`] already added) and the entries the tables
+    /// hold, `live` (assured, opening: read after the counters, so a session the
+    /// programs open meanwhile is not taken for an eviction).
+    pub fn evictions(counters: &[u64], live: [u64; 2]) -> Evictions {
+        let at = |slot: u32| counters.get(slot as usize).copied().unwrap_or(0);
+        let mut evicted = [0u64; 2];
+        for which in [table::ASSURED, table::OPENING] {
+            let put = at(stats::ledger_slot(stats::LEDGER_KERNEL, which, stats::LEDGER_INSERTED))
+                + at(stats::ledger_slot(stats::LEDGER_USER, which, stats::LEDGER_INSERTED));
+            let taken = at(stats::ledger_slot(stats::LEDGER_KERNEL, which, stats::LEDGER_REMOVED))
+                + at(stats::ledger_slot(stats::LEDGER_USER, which, stats::LEDGER_REMOVED));
+            evicted[which as usize] = put.saturating_sub(taken).saturating_sub(live[which as usize]);
+        }
+        Evictions { assured: evicted[table::ASSURED as usize], opening: evicted[table::OPENING as usize] }
     }
 
     fn current_epoch(&self) -> Result<u32> {
@@ -258,9 +354,20 @@ impl SessionTable {
 
     /// Every session as it stands: the table's entry with the flow cache's pending hits
     /// (packets and the latest one) added.
+    /// `assured` says which table holds the entry (a key in both, for the moment of its
+    /// move, is listed once, as assured).
     pub fn entries(&self) -> Result<Vec<(SessionKey, Session)>> {
-        let mut sessions: Vec<(SessionKey, Session)> =
-            self.map.iter().collect::<Result<_, _>>().doing("reading the session table")?;
+        let mut sessions: Vec<(SessionKey, Session)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (which, map) in self.tables() {
+            for entry in map.iter() {
+                let (key, mut session) = entry.doing("reading the session table")?;
+                if seen.insert(key) {
+                    session.assured = if which == table::ASSURED { table::ASSURED_VALUE } else { table::OPENING_VALUE };
+                    sessions.push((key, session));
+                }
+            }
+        }
         let epoch = self.current_epoch()?;
         let mut slots: std::collections::HashMap<u32, PerCpuValues<FlowCacheSlot>> = Default::default();
         for (key, session) in &mut sessions {
@@ -276,28 +383,49 @@ impl SessionTable {
         Ok(sessions)
     }
 
-    /// Live entries (expired ones not yet collected included) of the table's entries.
+    /// Live entries (expired ones not yet collected included) of the assured table.
     pub fn fill(&self) -> Result<Fill> {
-        let used = self.map.keys().filter(Result::is_ok).count() as u64;
-        let capacity = u64::from(self.map.map().info().doing("the session map's size")?.max_entries());
+        Self::fill_of(&self.map)
+    }
+
+    /// The same for the opening table.
+    pub fn opening_fill(&self) -> Result<Fill> {
+        Self::fill_of(&self.opening)
+    }
+
+    fn fill_of(map: &HashMap<MapData, SessionKey, Session>) -> Result<Fill> {
+        let used = map.keys().filter(Result::is_ok).count() as u64;
+        let capacity = u64::from(map.map().info().doing("the session map's size")?.max_entries());
         Ok(Fill { used, capacity })
     }
 
-    /// A session as the table itself holds it, without the flow cache's pending hits.
+    /// A session as its table holds it, without the flow cache's pending hits.
     pub fn stored(&self, key: &SessionKey) -> Option<Session> {
-        self.map.get(key, 0).ok()
+        self.map.get(key, 0).ok().or_else(|| self.opening.get(key, 0).ok())
     }
 
     /// One session as it stands (see [`SessionTable::entries`]).
     pub fn effective(&self, key: &SessionKey) -> Option<Session> {
-        let mut session = self.map.get(key, 0).ok()?;
+        let mut session = self.stored(key)?;
         let slot = self.cache.get(&slot_of_key(key), 0).ok()?;
         add_pending(key, &mut session, &slot, self.current_epoch().ok()?, self.ns_per_jiffy);
         Some(session)
     }
 
-    /// Writes a session (benchmarks and tests set up established flows this way).
+    /// Writes a session into the table its state belongs in (benchmarks and tests set up
+    /// established flows this way, the agent enters the connections open at attach),
+    /// replacing one of the same key in either.
     pub fn insert(&mut self, key: &SessionKey, session: &Session) -> Result<()> {
+        self.write(key, session, true)
+    }
+
+    /// The same for a session carried over from an older generation, whose ledger
+    /// counted it already (it is carried over with the counters).
+    pub fn carry(&mut self, key: &SessionKey, session: &Session) -> Result<()> {
+        self.write(key, session, false)
+    }
+
+    fn write(&mut self, key: &SessionKey, session: &Session, counted: bool) -> Result<()> {
         // The hint first, as the kernel does: no packet may see the session without it.
         match &mut self.hints {
             Some(hints) => hints.note(key),
@@ -307,7 +435,22 @@ impl SessionTable {
                 ));
             }
         }
-        self.map.insert(key, session, 0).doing("inserting a session")
+        let which = table_for(session);
+        let other = if which == table::ASSURED { table::OPENING } else { table::ASSURED };
+        let mut session = *session;
+        session.assured = if which == table::ASSURED { table::ASSURED_VALUE } else { table::OPENING_VALUE };
+        let new = self.table_mut(which).get(key, 0).is_err();
+        self.table_mut(which).insert(key, session, 0).doing("inserting a session")?;
+        let moved = self.table_mut(other).remove(key).is_ok();
+        if counted {
+            if new {
+                self.count(which, stats::LEDGER_INSERTED);
+            }
+            if moved {
+                self.count(other, stats::LEDGER_REMOVED);
+            }
+        }
+        Ok(())
     }
 
     /// Whether the kernel would look `key` up (its hint flag is set in the array the
@@ -330,9 +473,11 @@ impl SessionTable {
         let Some(hints) = &mut self.hints else { return Ok(()) };
         let array = hints.clear_inactive(grace);
         std::thread::sleep(grace);
-        for key in self.map.keys() {
-            let key = key.doing("listing sessions")?;
-            hints.set(array, key_bit(&key));
+        for map in [&self.map, &self.opening] {
+            for key in map.keys() {
+                let key = key.doing("listing sessions")?;
+                hints.set(array, key_bit(&key));
+            }
         }
         hints.switch_to(array);
         Ok(())
@@ -343,18 +488,34 @@ impl SessionTable {
     pub fn flush(&mut self) -> Result<usize> {
         let epoch = self.current_epoch()?;
         self.epoch.set(0, epoch.wrapping_add(1), 0).doing("bumping the cache epoch")?;
-        let keys: Vec<SessionKey> = self.map.keys().collect::<Result<_, _>>()?;
-        for key in &keys {
-            let _ = self.map.remove(key);
+        let mut flushed = 0;
+        for which in [table::ASSURED, table::OPENING] {
+            let keys: Vec<SessionKey> = self.table_mut(which).keys().collect::<Result<_, _>>()?;
+            for key in &keys {
+                if self.table_mut(which).remove(key).is_ok() {
+                    self.ledger[which as usize][stats::LEDGER_REMOVED as usize] += 1;
+                    flushed += 1;
+                }
+            }
+        }
+        if self.stats.is_some() {
+            self.flush_ledger_to_stats()?;
         }
         // The hints stay: stale ones cost a lookup, and the next collection sheds them.
         self.hints_stale = true;
-        Ok(keys.len())
+        Ok(flushed)
     }
 
-    /// Deletes the session of `key`; false when there was none.
+    /// Deletes the session of `key` from either table; false when there was none.
     pub fn remove(&mut self, key: &SessionKey) -> bool {
-        self.map.remove(key).is_ok()
+        let mut removed = false;
+        for which in [table::ASSURED, table::OPENING] {
+            if self.table_mut(which).remove(key).is_ok() {
+                self.count(which, stats::LEDGER_REMOVED);
+                removed = true;
+            }
+        }
+        removed
     }
 
     /// Whether a flush left hints of deleted sessions (the next collection rebuilds them).

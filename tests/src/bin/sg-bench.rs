@@ -581,7 +581,8 @@ fn fill_sessions(enforcer: &mut Enforcer, from: u32, to: u32, generation: u32) -
         opener_is_low: 1,
         opened_on: stats::HOOK_INGRESS as u8,
         step: sg_common::step::DEFAULT,
-        _pad: [0; 4],
+        assured: sg_common::session::table::ASSURED_VALUE,
+        _pad: [0; 3],
     };
     let table = enforcer.sessions();
     for i in from..to {
@@ -660,7 +661,8 @@ fn establish(enforcer: &mut Enforcer, frame: &[u8], generation: u32) -> Result<(
         opener_is_low: u8::from(src_is_low),
         opened_on: stats::HOOK_INGRESS as u8,
         step: sg_common::step::DEFAULT,
-        _pad: [0; 4],
+        assured: sg_common::session::table::ASSURED_VALUE,
+        _pad: [0; 3],
     };
     Ok(enforcer.sessions().insert(&key, &session)?)
 }

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 
-use sg_common::session::{continues_session, expired, next_state, opening_state};
+use sg_common::session::{assures, continues_session, expired, next_state, opening_state, table};
 use sg_common::{
     PacketMeta, Session, SessionKey, Timeouts, echo_request_type, icmp_key, ip_proto, stats, step, verdict,
 };
@@ -173,6 +173,10 @@ impl<'c> Tracker<'c> {
                     session.rule_id = rule_id;
                 }
                 session.state = next_state(session.state, from_opener, meta);
+                // The kernel moves it to the assured table on this packet.
+                if session.assured == table::OPENING_VALUE && assures(session.state, !from_opener) {
+                    session.assured = table::ASSURED_VALUE;
+                }
                 session.last_seen_ns = now_ns;
                 session.packets = session.packets.saturating_add(1);
                 self.sessions.insert(key, session);
@@ -210,7 +214,8 @@ impl<'c> Tracker<'c> {
                 opener_is_low: u8::from(src_is_low),
                 opened_on: hook_of(dir),
                 step: outcome.step,
-                _pad: [0; 4],
+                assured: table::OPENING_VALUE,
+                _pad: [0; 3],
             };
             self.sessions.insert(key, session);
         }
