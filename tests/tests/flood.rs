@@ -191,5 +191,20 @@ fn a_syn_flood_fills_only_the_opening_table_and_cuts_no_connection() {
     for (i, s) in streams.iter_mut().enumerate() {
         assert!(echo_over(s, b"after the flood"), "long-lived connection {i} after the flood");
     }
+    // `sgctl stats` says the same, with the live sessions by who opened them: the
+    // long-lived ones on egress, the flood's on ingress.
+    let stats = sgctl(&inst, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    let at = |direction: &str| {
+        stats["interfaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["iface"] == "inst0" && i["direction"] == direction))
+            .and_then(|i| i["sessions_live"].as_u64())
+            .unwrap_or_else(|| panic!("no {direction} sessions_live in {stats}"))
+    };
+    assert!(at("egress") >= LONG_LIVED as u64, "{stats}");
+    assert!(at("ingress") >= opening["used"].as_u64().unwrap(), "the flood's sessions were opened on ingress: {stats}");
+    assert_eq!(stats["sessions_evicted"]["assured"], 0, "{stats}");
+    assert!(stats["sessions_evicted"]["opening"].as_u64().unwrap() >= evicted_opening, "{stats}");
     let _ = std::fs::remove_dir_all(&dir);
 }

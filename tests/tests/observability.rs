@@ -358,6 +358,8 @@ fn the_metrics_endpoint_serves_the_counters_and_answers_during_applies() {
     assert!(text.contains("sgctl_session_capacity 262144"), "{text}");
     assert_eq!(metric(&text, r#"sgctl_map_entries{map="sessions"}"#), 3, "three ICMP sessions: {text}");
     assert_eq!(metric(&text, r#"sgctl_map_capacity{map="sessions"}"#), 262_144);
+    assert_eq!(metric(&text, r#"sgctl_sessions_live{iface="inst0",direction="ingress"}"#), 3, "{text}");
+    assert_eq!(metric(&text, r#"sgctl_sessions_live{iface="inst0",direction="egress"}"#), 0, "{text}");
     assert_eq!(metric(&text, r#"sgctl_map_entries{map="rule_handles"}"#), metric(&text, "sgctl_rules"));
     // Scrapes while applies switch the rules back and forth: every one answers.
     let path = config.to_str().unwrap().to_string();

@@ -69,6 +69,7 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
     let opened = counter(&mut registry, "sessions_opened", "Sessions the programs opened");
     let expired = counter(&mut registry, "sessions_expired", "Sessions deleted once idle past their timeout");
     let revoked = counter(&mut registry, "sessions_revoked", "Sessions an apply's rules no longer admit, cut");
+    let live_sessions = Family::<Labels, Gauge>::default();
     for i in &view.interfaces {
         let at = |extra: &[(&str, &str)]| {
             let mut l = labels(&[("iface", &i.iface), ("direction", &i.direction)]);
@@ -96,7 +97,13 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
         opened.get_or_create(&at(&[])).inc_by(i.sessions_opened);
         expired.get_or_create(&at(&[])).inc_by(i.sessions_expired);
         revoked.get_or_create(&at(&[])).inc_by(i.sessions_revoked);
+        live_sessions.get_or_create(&at(&[])).set(i64::try_from(i.sessions_live).unwrap_or(i64::MAX));
     }
+    registry.register(
+        "sessions_live",
+        "Sessions in the tables, by the interface and direction that opened them",
+        live_sessions,
+    );
     let applies = Counter::<u64>::default();
     applies.inc_by(agent.applies);
     registry.register("applies", "Rule files applied since the agent started", applies);

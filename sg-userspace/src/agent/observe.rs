@@ -321,6 +321,10 @@ pub struct IfaceStats {
     /// that found them revoked).
     #[serde(default)]
     pub sessions_revoked: u64,
+    /// Sessions in the tables now that were opened on this interface in this direction
+    /// (both tables; expired ones not yet collected included).
+    #[serde(default)]
+    pub sessions_live: u64,
 }
 
 /// One rule (or pseudo-rule) of one interface and direction.
@@ -352,6 +356,9 @@ pub struct RuleStats {
 pub struct StatsView {
     pub interfaces: Vec<IfaceStats>,
     pub rules: Vec<RuleStats>,
+    /// Sessions each table's LRU evicted (the tables are shared by all interfaces).
+    #[serde(default)]
+    pub sessions_evicted: crate::dataplane::sessions::Evictions,
 }
 
 impl Observer {
@@ -361,7 +368,11 @@ impl Observer {
         let slots = counters_of(&mut live.now.generation)?;
         let rules = rule_counters(&mut live.now.generation)?;
         let now = SystemTime::now();
-        let mut view = StatsView::default();
+        let mut view = StatsView {
+            sessions_evicted: live.now.enforcer.fills(Default::default())?.evicted,
+            ..StatsView::default()
+        };
+        let live_sessions = live.now.enforcer.sessions().live_by_origin()?;
         let direction = |hook: u32| if hook == stats::HOOK_INGRESS { "ingress" } else { "egress" };
         for (ifindex, slot) in live.now.enforcer.iface_slots() {
             let iface = self.ifaces.get(ifindex).cloned().unwrap_or_else(|| format!("ifindex {ifindex}"));
@@ -393,6 +404,7 @@ impl Observer {
                             slots.get(slot as usize).copied().unwrap_or(0)
                         })
                         .sum(),
+                    sessions_live: live_sessions.get(&(*ifindex, hook)).copied().unwrap_or(0),
                 });
             }
         }

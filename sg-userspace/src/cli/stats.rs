@@ -76,15 +76,20 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 }
 
 fn print_view(view: &StatsView, unused_only: bool) {
+    if !unused_only {
+        let e = &view.sessions_evicted;
+        println!("session tables: evicted {} opening, {} assured", e.opening, e.assured);
+    }
     for i in &view.interfaces {
         let c = &i.counters;
         println!(
-            "{} {}: pass {} drop {} audit-drop {}; sessions opened {} expired {} revoked {}",
+            "{} {}: pass {} drop {} audit-drop {}; sessions live {} opened {} expired {} revoked {}",
             i.iface,
             i.direction,
             c.passed,
             c.dropped,
             c.audit_dropped,
+            i.sessions_live,
             i.sessions_opened,
             i.sessions_expired,
             i.sessions_revoked

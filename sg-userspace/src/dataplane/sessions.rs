@@ -383,6 +383,19 @@ impl SessionTable {
         Ok(sessions)
     }
 
+    /// Entries of both tables by the interface and hook that opened them (without the
+    /// flow cache: only the counts are wanted).
+    pub fn live_by_origin(&self) -> Result<std::collections::HashMap<(u32, u32), u64>> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, map) in self.tables() {
+            for entry in map.iter() {
+                let Ok((key, session)) = entry else { continue };
+                *counts.entry((key.ifindex, u32::from(session.opened_on))).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Live entries (expired ones not yet collected included) of the assured table.
     pub fn fill(&self) -> Result<Fill> {
         Self::fill_of(&self.map)
