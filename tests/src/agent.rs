@@ -143,6 +143,11 @@ impl Agent {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends `signal` and waits for the process to exit; returns its output lines.
     pub fn stop_with(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;

@@ -518,7 +518,18 @@ impl Live {
         let in_place = if need.sessions != self.now.capacity.sessions {
             Err(ControlError::NoRoom { count: need.sessions as usize, what: "sessions" })
         } else {
-            self.now.enforcer.apply_compiled(cfg, &compiled)
+            // Interfaces new to this agent are attached before the switch: until the
+            // switch gives them a configuration their programs pass everything, as before
+            // they were attached, so a failed attach, or a failed apply after it, leaves
+            // nothing in force once they are detached again (all or nothing).
+            let fresh = self.attach_new(&here)?;
+            applied.attached = fresh.iter().map(|h| h.iface.clone()).collect();
+            let result = self.now.enforcer.apply_compiled(cfg, &compiled);
+            if result.is_err() {
+                self.detach_fresh(&fresh);
+                applied.attached.clear();
+            }
+            result
         };
         match in_place {
             Ok(report) => {
@@ -533,26 +544,6 @@ impl Live {
                     links::detach(&self.ctx.pins, &held)?;
                     self.now.enforcer.clear(held.ifindex)?;
                     applied.detached.push(held.iface);
-                }
-                for (ifindex, binding) in &here {
-                    if self.now.held.iter().any(|h| h.ifindex == *ifindex) {
-                        continue;
-                    }
-                    import_established(&mut self.now.generation, &mut self.now.enforcer, &[(*ifindex, *binding)]);
-                    match links::attach(&mut self.now.generation, &self.ctx.pins, &binding.name, self.ctx.xdp_mode) {
-                        Ok(h) => {
-                            self.now.held.push(h);
-                            applied.attached.push(binding.name.clone());
-                        }
-                        Err(e) => {
-                            let _ = self.now.enforcer.clear(*ifindex);
-                            self.save()?;
-                            return Err(anyhow::Error::from(e).context(format!(
-                                "the rules are applied, but {} could not be attached",
-                                binding.name
-                            )));
-                        }
-                    }
                 }
                 self.now.rules = applied.report.rules;
             }
@@ -594,6 +585,41 @@ impl Live {
         (self.config_path, self.config_text) = (path.to_string(), text.to_string());
         self.save()?;
         Ok(applied)
+    }
+
+    /// Attaches the interfaces of `here` this agent does not hold yet (entering their
+    /// established connections as sessions first), and adds them to the held ones. On
+    /// a failure the ones attached so far are detached again and the error returned.
+    fn attach_new(&mut self, here: &[(u32, &InterfaceBinding)]) -> Result<Vec<links::HeldInterface>> {
+        let mut fresh = Vec::new();
+        for (ifindex, binding) in here {
+            if self.now.held.iter().any(|h| h.ifindex == *ifindex) {
+                continue;
+            }
+            import_established(&mut self.now.generation, &mut self.now.enforcer, &[(*ifindex, *binding)]);
+            match links::attach(&mut self.now.generation, &self.ctx.pins, &binding.name, self.ctx.xdp_mode) {
+                Ok(h) => {
+                    self.now.held.push(h.clone());
+                    fresh.push(h);
+                }
+                Err(e) => {
+                    self.detach_fresh(&fresh);
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("{} could not be attached; nothing was applied", binding.name)));
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Undoes [`Live::attach_new`] for `fresh`.
+    fn detach_fresh(&mut self, fresh: &[links::HeldInterface]) {
+        for h in fresh {
+            if let Err(e) = links::detach(&self.ctx.pins, h) {
+                warn!("{}: detaching after a failed apply: {e:#}", h.iface);
+            }
+            self.now.held.retain(|held| held.ifindex != h.ifindex);
+        }
     }
 
     /// Records the state for the next agent.

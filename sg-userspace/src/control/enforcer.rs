@@ -312,13 +312,22 @@ impl Enforcer {
         if let Some(c) = compiled.iter().find(|c| c.ifindex >= MAX_IFINDEX) {
             return Err(ControlError::IfindexTooLarge(c.ifindex));
         }
+        crate::dataplane::fault::apply_started();
         // Make room: what an earlier apply replaced goes now.
         self.retire_pending();
+        // What the fixed-size tables can take is checked before anything is written, so
+        // a file naming too many interfaces fails whole, with the limit in the message.
+        let new_interfaces = compiled.iter().filter(|c| !self.iface_slots.contains_key(&c.ifindex)).count();
+        if new_interfaces > self.free_iface_slots.len() {
+            return Err(ControlError::TooManyInterfaces {
+                count: self.iface_slots.len() + new_interfaces,
+                limit: self.iface_slots.len() + self.free_iface_slots.len(),
+            });
+        }
+        if compiled.len() * 2 > self.free_slots.len() || compiled.len() > self.free_versions.len() {
+            return Err(ControlError::NoFreeSlot);
+        }
         let mut report = ApplyReport::default();
-        // Timeouts first: they only loosen or tighten idle expiry, never admit a packet.
-        let timeouts = sessions::timeouts(&cfg.sessions);
-        self.maps.set_timeouts(timeouts)?;
-        self.current_timeouts = timeouts;
         let written = Instant::now();
         let rules: HashMap<u32, &Rule> = cfg.rules().map(|r| (r.id, r)).collect();
         let mut fresh = Vec::with_capacity(compiled.len());
@@ -350,6 +359,17 @@ impl Enforcer {
                 report.trie_entries += c.addr_entries.len() + c.port_entries.len();
             }
         }
+        // Timeouts once every rule set is written (a failure above leaves the old ones):
+        // they only loosen or tighten idle expiry, never admit a packet.
+        let timeouts = sessions::timeouts(&cfg.sessions);
+        if let Err(err) = self.maps.set_timeouts(timeouts) {
+            for (_, _, (i, e)) in fresh {
+                self.remove(i);
+                self.remove(e);
+            }
+            return Err(err.into());
+        }
+        self.current_timeouts = timeouts;
         let mut retired = Vec::new();
         let mut retired_versions = Vec::new();
         for (ifindex, mode, (ingress, egress)) in fresh {

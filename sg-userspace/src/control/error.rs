@@ -18,6 +18,9 @@ pub enum ControlError {
     NoFreeVersion,
     #[error("all {MAX_RULESETS} rule-set slots in use")]
     NoFreeSlot,
+    /// Each enforced interface has a block of counters; there are so many blocks.
+    #[error("{count} interfaces to enforce on; one sgctl agent enforces on at most {limit} interfaces")]
+    TooManyInterfaces { count: usize, limit: usize },
     /// The maps, sized when the programs loaded, cannot hold the new rule set beside the
     /// live one.
     #[error("no room for {count} more {what} in the maps sized at start; restart sgctl with the new rule file")]

@@ -135,6 +135,7 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> io::Re
     if keys.is_empty() {
         return Ok(());
     }
+    super::fault::before_write()?;
     let layout = Layout { key: size_of::<K>(), value: size_of::<V>() };
     call(BPF_MAP_UPDATE_BATCH, map, keys.as_ptr().cast(), values.as_ptr().cast(), keys.len(), layout)
 }

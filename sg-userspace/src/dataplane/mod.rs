@@ -2,7 +2,7 @@
 //! and loading it ([`object`]), map sizes ([`capacity`]), attaching to interfaces
 //! ([`attach`]), typed map handles: the classification maps ([`rulesets`]), sessions
 //! ([`sessions`]), counters ([`counters`]), the trace records ([`events`]), batched
-//! writes ([`batch`]), and entering the connections already open at attach as sessions
+//! writes ([`batch`]) with their fault injection ([`fault`]), and entering the connections already open at attach as sessions
 //! ([`established`]). It says how to change the kernel's state, not when: that is
 //! `control`'s. It uses `policy` for what it writes, nothing above.
 
@@ -13,6 +13,7 @@ pub mod counters;
 pub mod error;
 pub mod established;
 pub mod events;
+pub mod fault;
 pub mod links;
 pub mod object;
 pub mod pins;

@@ -1233,3 +1233,29 @@ fn rejects_icmp_code_without_type_and_values_out_of_range() {
     assert!(shown.starts_with(&format!("{FILE}:{line}:")), "{shown}");
     assert!(shown.contains("security_group[2].rule[1].icmp_type = 999"), "{shown}");
 }
+
+#[test]
+fn rejects_an_interface_whose_groups_hold_more_rules_than_the_maps() {
+    // Two groups of 8,193 ingress rules each: each group is fine alone, together they
+    // exceed what one interface and direction holds, and the error is at the interface.
+    let group = |id: &str| {
+        let rules: String = (0..8193)
+            .map(|i| {
+                format!(
+                    "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"tcp\"\nport_range = \"{p}/{p}\"\nsource = \"198.18.0.0/15\"\n",
+                    p = 1 + i
+                )
+            })
+            .collect();
+        format!("[[security_group]]\nid = \"{id}\"\ntype = \"basic\"\nmembers = [\"198.18.1.1\"]\n{rules}")
+    };
+    let one = format!("{}[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-a\"]\n", group("sg-a"));
+    assert!(parse_str(&one, "one.toml").is_ok());
+    let two = format!(
+        "{}{}[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-a\", \"sg-b\"]\n",
+        group("sg-a"),
+        group("sg-b")
+    );
+    let error = rejected(&two, "interface[1].security_groups", &["16386 ingress rules", "at most 16384 per direction"]);
+    assert!(error.line > 0, "{error:?}");
+}

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
+use sg_common::maps::MAX_USER_RULES;
 
 use super::error::{Checked, ConfigErrors, Diagnostics, Reported};
 use super::tree::{self, Field, Located, Node, Span, Table};
@@ -822,6 +823,19 @@ impl<'d, 't> Builder<'d, 't> {
                     }
                     groups.push(index);
                 }
+            }
+        }
+        // The maps hold so many rules per interface and direction: say so here, at the
+        // interface, rather than let `validate` pass a file no apply can load.
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let count: usize =
+                groups.iter().map(|&g| self.groups[g].rules.iter().filter(|r| r.direction == direction).count()).sum();
+            if count > MAX_USER_RULES {
+                let message = format!(
+                    "{count} {} rules in these groups; one interface holds at most {MAX_USER_RULES} per direction",
+                    if direction == Direction::Ingress { "ingress" } else { "egress" }
+                );
+                result = Err(self.fail(&array, message));
             }
         }
         result.map(|()| groups)
