@@ -228,11 +228,18 @@ pub fn continues_session(session_state: u8, from_opener: bool, meta: &PacketMeta
 /// reuse, which restarts the session). A SYN from the responder, or a SYN from the
 /// opener on an established or half-closed connection, is a new connection attempt and
 /// is judged by the rules. A SYN-ACK continues only from the responder during the
-/// handshake. Segments without SYN continue from either side in every state.
+/// handshake. Before that SYN-ACK (SYN-SENT) nothing else is part of the connection yet
+/// but the responder's bare ACK (the challenge ACK of RFC 5961 that a stale connection
+/// answers a SYN with, which conntrack lets through too): a FIN or data from either
+/// side there, a forged one say, is judged by the rules and moves no state. After it,
+/// segments without SYN continue from either side in every state.
 #[inline(always)]
 pub fn tcp_continues(current: u8, from_opener: bool, flags: u8) -> bool {
-    if flags & tcp_flag::RST != 0 || flags & tcp_flag::SYN == 0 {
+    if flags & tcp_flag::RST != 0 {
         return true;
+    }
+    if flags & tcp_flag::SYN == 0 {
+        return current != state::TCP_SYN_SENT || (!from_opener && flags & tcp_flag::FIN == 0);
     }
     if flags & tcp_flag::ACK != 0 {
         return !from_opener && matches!(current, state::TCP_SYN_SENT | state::TCP_SYN_RECEIVED);

@@ -151,3 +151,42 @@ pub fn padded(mut frame: Vec<u8>) -> Vec<u8> {
     }
     frame
 }
+
+/// The one's-complement sum of `data` as 16-bit words, folded.
+fn ones_complement_sum(mut sum: u32, data: &[u8]) -> u32 {
+    for chunk in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// An untagged IPv4 frame with its IP header checksum and its TCP or UDP checksum filled
+/// in, for frames sent on a real link (a bridge filtering with `br_netfilter` drops IPv4
+/// with a bad header checksum; a host's stack drops a segment with a bad checksum).
+pub fn with_checksums(mut frame: Vec<u8>) -> Vec<u8> {
+    assert_eq!(&frame[12..14], &ETHERTYPE_IPV4.to_be_bytes(), "an untagged IPv4 frame");
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let (ip, l4) = (14, 14 + ihl);
+    frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let sum = !(ones_complement_sum(0, &frame[ip..l4]) as u16);
+    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+    let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
+    let protocol = frame[ip + 9];
+    let at = match protocol {
+        6 => 16,
+        17 => 6,
+        _ => return frame,
+    };
+    let segment_end = (ip + total).min(frame.len());
+    frame[l4 + at..l4 + at + 2].copy_from_slice(&[0, 0]);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&frame[ip + 12..ip + 20]);
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&((segment_end - l4) as u16).to_be_bytes());
+    let sum = !(ones_complement_sum(ones_complement_sum(0, &pseudo), &frame[l4..segment_end]) as u16);
+    frame[l4 + at..l4 + at + 2].copy_from_slice(&sum.to_be_bytes());
+    frame
+}

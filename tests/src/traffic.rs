@@ -159,6 +159,64 @@ impl Sink {
 }
 
 impl Host {
+    /// Sends each of `frames` as it is (Ethernet header included, the source and
+    /// destination MACs overwritten with this host's and `to_mac`) out of this host's
+    /// interface through an `AF_PACKET` socket: crafted packets, spoofed addresses and
+    /// all, that no socket of the host's stack would send.
+    pub fn send_frames(&self, to_mac: &str, frames: &[Vec<u8>]) -> Result<()> {
+        let mac = |text: &str| -> Result<[u8; 6]> {
+            let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+            bytes.try_into().map_err(|_| anyhow!("not a MAC address: {text}"))
+        };
+        let (dst, src) = (mac(to_mac)?, mac(&self.mac)?);
+        let frames: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                f[0..6].copy_from_slice(&dst);
+                f[6..12].copy_from_slice(&src);
+                f
+            })
+            .collect();
+        let iface = std::ffi::CString::new(self.iface.clone())?;
+        in_netns(&self.ns, move || {
+            // SAFETY: plain socket calls on a socket this closure owns; the address and
+            // buffers outlive each call.
+            unsafe {
+                let ifindex = libc::if_nametoindex(iface.as_ptr());
+                if ifindex == 0 {
+                    bail!("no interface {iface:?}: {}", std::io::Error::last_os_error());
+                }
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                if fd < 0 {
+                    bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+                }
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = ifindex as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&dst);
+                let mut result = Ok(());
+                for f in &frames {
+                    let sent = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    if sent < 0 {
+                        result = Err(anyhow!("sendto: {}", std::io::Error::last_os_error()));
+                        break;
+                    }
+                }
+                libc::close(fd);
+                result
+            }
+        })
+    }
+
     /// Opens a TCP connection to `dst:port` (an echo server) that stays open.
     pub fn connect(&self, dst: IpAddr, port: u16, timeout: Duration) -> Result<TcpStream> {
         let to = SocketAddr::new(dst, port);

@@ -738,3 +738,48 @@ fn echo_request_only_rules_admit_pings_and_survive_a_recheck() {
         assert!(e.sessions().entries().unwrap().is_empty(), "{what}: the session is gone");
     }
 }
+
+#[test]
+fn forged_segments_neither_pass_as_the_session_nor_move_its_state() {
+    if !kernel_tests_enabled("forged_segments_neither_pass_as_the_session_nor_move_its_state") {
+        return;
+    }
+    // The instance connects out to the peer's 443; inbound the advanced group drops
+    // everything, so an inbound segment passes only as the session's.
+    let egress = "[[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\ndestination = \"0.0.0.0/0\"\n";
+    let (mut dp, mut e, _cfg) = setup(egress, "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    let forged = |dp: &mut Dataplane, e: &mut Enforcer, frame: Vec<u8>, state_after: u8, what: &str| {
+        expect(run(dp, x, &frame).unwrap(), verdict::DROP, step::DEFAULT, what);
+        assert_eq!(only_session_state(e), state_after, "{what} moved the state");
+    };
+    expect(run(&mut dp, t, &tcp_out(40000, 443, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "SYN");
+    // Before the SYN-ACK: the wrong ports, and a FIN or data from the peer.
+    forged(&mut dp, &mut e, tcp_in(444, 40000, TCP_SYN | TCP_ACK), state::TCP_SYN_SENT, "SYN-ACK from another port");
+    forged(&mut dp, &mut e, tcp_in(443, 40001, TCP_SYN | TCP_ACK), state::TCP_SYN_SENT, "SYN-ACK to another port");
+    forged(&mut dp, &mut e, tcp_in(443, 40000, TCP_FIN | TCP_ACK), state::TCP_SYN_SENT, "FIN before the SYN-ACK");
+    forged(&mut dp, &mut e, tcp_in(443, 40000, TCP_FIN), state::TCP_SYN_SENT, "bare FIN before the SYN-ACK");
+    // A bare ACK there is a stale connection's challenge ACK (RFC 5961): it passes, and
+    // moves nothing.
+    expect(run(&mut dp, x, &tcp_in(443, 40000, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "challenge ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_SYN_SENT);
+    // The opener's own data before the handshake is judged by its rules (they admit it)
+    // and moves nothing either.
+    expect(run(&mut dp, t, &tcp_out(40000, 443, TCP_ACK)).unwrap(), verdict::PASS, step::RULE, "early ACK out");
+    assert_eq!(only_session_state(&mut e), state::TCP_SYN_SENT);
+    expect(run(&mut dp, x, &tcp_in(443, 40000, TCP_SYN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "SYN-ACK");
+    expect(run(&mut dp, t, &tcp_out(40000, 443, TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED);
+    // Established: a SYN or a SYN-ACK from the peer is a new attempt, for the rules.
+    forged(&mut dp, &mut e, tcp_in(443, 40000, TCP_SYN), state::TCP_ESTABLISHED, "SYN on an established session");
+    forged(&mut dp, &mut e, tcp_in(443, 40000, TCP_SYN | TCP_ACK), state::TCP_ESTABLISHED, "SYN-ACK once established");
+    forged(&mut dp, &mut e, tcp_in(443, 40002, TCP_ACK), state::TCP_ESTABLISHED, "data to another port");
+    // A FIN from the peer half-closes; more FINs from the same side never close it.
+    for i in 0..3 {
+        expect(run(&mut dp, x, &tcp_in(443, 40000, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN");
+        assert_eq!(only_session_state(&mut e), state::TCP_FIN_FROM_RESPONDER, "FIN {i} from the same side");
+    }
+    // RST: sequence numbers are not tracked, so one with the exact ports closes it.
+    expect(run(&mut dp, x, &tcp_in(443, 40000, TCP_RST)).unwrap(), verdict::PASS, step::SESSION, "RST");
+    assert_eq!(only_session_state(&mut e), state::TCP_CLOSED);
+}

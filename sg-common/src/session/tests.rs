@@ -563,7 +563,7 @@ fn tcp_continues_covers_every_state_side_and_flag_combination() {
     // continue the session from the opener, then from the responder.
     let (y, n) = (true, false);
     let table: [(u8, [bool; 7], [bool; 7]); 7] = [
-        (TCP_SYN_SENT, [y, n, y, y, y, y, y], [n, y, y, y, y, y, y]),
+        (TCP_SYN_SENT, [y, n, n, n, n, y, y], [n, y, y, n, n, y, y]),
         (TCP_SYN_RECEIVED, [y, n, y, y, y, y, y], [n, y, y, y, y, y, y]),
         (TCP_ESTABLISHED, [n, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
         (TCP_FIN_FROM_OPENER, [n, n, y, y, y, y, y], [n, n, y, y, y, y, y]),
