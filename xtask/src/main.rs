@@ -158,28 +158,55 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     std::fs::create_dir_all(variant_bin.parent().expect("has a parent"))?;
     std::fs::copy(target_dir().join("debug/sgctl"), &variant_bin)
         .with_context(|| format!("copying the variant to {}", variant_bin.display()))?;
-    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) a static one,
-    // built as `cargo xtask dist` builds it but unoptimised (the release build of every
-    // dependency cost CI over 3 minutes).
+    // The netns tests run the real binary; the VM suite (tests/tests/vm.rs) the same one
+    // linked statically, as `cargo xtask dist` ships it.
     cargo(&["build", "--package", "sg-userspace"])?;
-    let guest_bin = dist::static_build(false)?;
+    let guest_bin = dist::static_debug_build()?;
     run_tests(&variant_bin, &guest_bin, extra)?;
-    // The kernel programs again with every fallback older kernels take (the sessions'
-    // clock without bpf_ktime_get_coarse_ns), on this kernel.
-    step(
-        Command::new("cargo")
-            // `--workspace` as above, so features resolve the same and nothing is rebuilt.
-            .args(["test", "--workspace", "--exclude", "sg-ebpf", "--test", "session_sequences"])
-            .env("SGCTL_FALLBACKS", "1"),
-    )?;
     // The benchmark's smoke mode, so it cannot rot.
     bench(true)
 }
 
+/// A `cargo ARGS` running beside the others, its output in `log` (shown when it ends).
+struct Beside {
+    what: &'static str,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Beside {
+    fn start(what: &'static str, args: &[String], env: &[(&str, &std::ffi::OsStr)], log: &str) -> Result<Self> {
+        let log = target_dir().join(log);
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        println!("==> cargo {} (beside the other tests; output in {})", args.join(" "), log.display());
+        let child = Command::new("cargo")
+            .args(args)
+            .current_dir(workspace_root())
+            .envs(env.iter().copied())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Self { what, log, child })
+    }
+
+    /// Waits, prints the output and says whether it passed.
+    fn finish(mut self) -> Result<()> {
+        let status = self.child.wait().with_context(|| format!("waiting for {}", self.what))?;
+        println!("==> {}'s output ({}):", self.what, self.log.display());
+        print!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        if !status.success() {
+            bail!("{} failed ({status})", self.what);
+        }
+        Ok(())
+    }
+}
+
 /// Every test of the workspace. The VM suite is CPU-bound (qemu without KVM) and the rest
-/// mostly wait on real traffic and timeouts, so the two run side by side, the VM suite
-/// with one guest at a time so the two cores are shared rather than oversubscribed; its
-/// output goes to `target/vm-suite.log` and is shown when it ends.
+/// mostly wait on real traffic and timeouts, so they run side by side, the VM suite with
+/// one guest at a time so the two cores are shared rather than oversubscribed, and the
+/// fallback rerun of the session sequences beside them too; their output goes to
+/// `target/vm-suite.log` and `target/fallbacks.log` and is shown when they end.
 fn run_tests(variant_bin: &std::path::Path, guest_bin: &std::path::Path, extra: &[String]) -> Result<()> {
     let with_extra = |mut args: Vec<String>| {
         if !extra.is_empty() {
@@ -203,31 +230,27 @@ fn run_tests(variant_bin: &std::path::Path, guest_bin: &std::path::Path, extra: 
             others.extend(["--test".into(), name]);
         }
     }
-    let log_path = target_dir().join("vm-suite.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut vm_args = base.clone();
     vm_args.extend(["--test", "vm"].map(String::from));
-    let vm_args = with_extra(vm_args);
-    println!("==> cargo {} (beside the other tests; output in {})", vm_args.join(" "), log_path.display());
-    let mut vm = Command::new("cargo")
-        .args(&vm_args)
-        .current_dir(workspace_root())
-        .env("SGCTL_VM_GUESTS", "1")
-        .env("SGCTL_VM_BIN", guest_bin)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the VM suite")?;
+    let vm = Beside::start(
+        "the VM suite",
+        &with_extra(vm_args),
+        &[("SGCTL_VM_GUESTS", "1".as_ref()), ("SGCTL_VM_BIN", guest_bin.as_os_str())],
+        "vm-suite.log",
+    )?;
+    // The kernel programs again with every fallback older kernels take (the sessions'
+    // clock without bpf_ktime_get_coarse_ns, clsact, generic XDP, per-element writes), on
+    // this kernel. `--workspace` as above, so features resolve the same and nothing is
+    // rebuilt.
+    let mut fallback_args = base.clone();
+    fallback_args.extend(["--test", "session_sequences"].map(String::from));
+    let fallbacks =
+        Beside::start("the fallback run", &fallback_args, &[("SGCTL_FALLBACKS", "1".as_ref())], "fallbacks.log")?;
     let rest = step(Command::new("cargo").args(with_extra(others)).env("SGCTL_VARIANT_BIN", variant_bin))
         .and_then(|()| step(Command::new("cargo").args(&base).arg("--doc")));
-    let vm_status = vm.wait().context("waiting for the VM suite")?;
-    println!("==> the VM suite's output ({}):", log_path.display());
-    print!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-    rest?;
-    if !vm_status.success() {
-        bail!("the VM suite failed ({vm_status})");
-    }
-    Ok(())
+    let fallbacks = fallbacks.finish();
+    let vm = vm.finish();
+    rest.and(fallbacks).and(vm)
 }
 
 fn bench(quick: bool) -> Result<()> {

@@ -461,8 +461,11 @@ security_groups = ["sg-web"]
         let ack = tcp(SERVER, 443, HOST, 80, ACK | 0x08);
         assert_eq!(run(&mut t, Ingress, &ack, 0), pass(step::RULE, 1));
         assert!(t.sessions().is_empty());
-        // Once the opening SYN is accepted, the same segment belongs to the session.
+        // Once the opening SYN is accepted and answered, the same segment belongs to the
+        // session (before the SYN-ACK, the opener's data is the rules' again).
         assert_eq!(run(&mut t, Ingress, &tcp(SERVER, 443, HOST, 80, SYN), 0), pass(step::RULE, 1));
+        assert_eq!(run(&mut t, Ingress, &ack, 0), pass(step::RULE, 1));
+        assert_eq!(run(&mut t, Egress, &tcp(HOST, 80, SERVER, 443, SYN | ACK), 0), pass(step::SESSION, 1));
         assert_eq!(run(&mut t, Ingress, &ack, 0), pass(step::SESSION, 1));
     }
 
@@ -587,8 +590,9 @@ security_groups = ["sg-web"]
         assert_eq!(run(&mut t, Ingress, &tcp(peer, 50002, HOST, 22, ACK), 1), drop(step::DEFAULT, 0));
         assert!(session_of(&t, &ssh).is_none());
 
-        // Telnet is now dropped by a rule: its id is reported.
-        assert_eq!(run(&mut t, Ingress, &tcp(peer, 50003, HOST, 23, ACK), 1), drop(step::REVOKED, 1));
+        // Telnet is now dropped by a rule: its id is reported (a retransmitted SYN: in
+        // SYN-SENT the opener's other segments are the rules' anyway).
+        assert_eq!(run(&mut t, Ingress, &tcp(peer, 50003, HOST, 23, SYN), 1), drop(step::REVOKED, 1));
         assert!(session_of(&t, &telnet).is_none());
 
         // An outbound flow admitted by the default is re-checked in its own direction.
