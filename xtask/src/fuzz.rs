@@ -28,8 +28,11 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     };
     setup::run()?;
     setup::fuzz()?;
-    let root = workspace_root();
+    // Absolute, without `xtask/..`: the paths are printed for the user to open.
+    let root = workspace_root().canonicalize().context("the workspace root")?;
     let scratch = target_dir().join("fuzz");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let scratch = scratch.canonicalize().context("target/fuzz")?;
     let mut failed = Vec::new();
     for target in targets {
         let corpus = scratch.join("corpus").join(target);
