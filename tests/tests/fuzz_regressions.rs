@@ -43,7 +43,11 @@ fn every_target_has_a_directory_and_no_stray_ones_exist() {
     for kind in ["corpus", "regressions"] {
         let Ok(entries) = std::fs::read_dir(fuzz_dir().join(kind)) else { continue };
         for entry in entries {
-            let name = entry.expect("directory entry").file_name().into_string().expect("utf-8 name");
+            let entry = entry.expect("directory entry");
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let name = entry.file_name().into_string().expect("utf-8 name");
             assert!(TARGETS.iter().any(|(t, _)| *t == name), "tests/fuzz/{kind}/{name}: no such fuzz target");
         }
     }

@@ -108,6 +108,9 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
                 problems.error(format!("{location}.SecurityGroupId"), "missing: the response names no group");
                 continue;
             };
+            if !problems.check_id(format!("{location}.SecurityGroupId"), "group id", &id) {
+                continue;
+            }
             let position = match groups.iter().position(|g| g.id == id) {
                 Some(position) => position,
                 None => {
@@ -364,6 +367,7 @@ fn permission_rule(
             group_reference(draft, own, &target, account.as_deref(), &at(&format!("{peer_side}GroupId")), problems),
         ))
     } else if let Some(list) = list {
+        problems.check_id(at(&format!("{peer_side}PrefixListId")), "prefix list id", &list);
         let family = if protocol == Protocol::Icmpv6 { Family::Ipv6 } else { Family::Ipv4 };
         if draft.prefix_lists.iter().all(|l| l.id != list) {
             problems.warning(
@@ -484,6 +488,10 @@ pub(super) fn group_reference(
     location: &str,
     problems: &mut Problems,
 ) -> String {
+    problems.check_id(location, "group id", target);
+    if let Some(account) = account {
+        problems.check_id(location, "account id", account);
+    }
     let target = if target == own {
         ensure_companion(draft, own)
     } else {
