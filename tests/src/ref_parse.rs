@@ -30,7 +30,7 @@ fn bytes(frame: &[u8], at: usize, n: usize) -> Option<&[u8]> {
 }
 
 fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from(b[i]) << 8 | u16::from(b[i + 1])
+    u16::from_be_bytes([b[i], b[i + 1]])
 }
 
 /// Parses `frame` as both hooks see it (a linear buffer whose length is the wire length).

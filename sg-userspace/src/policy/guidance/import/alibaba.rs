@@ -356,6 +356,14 @@ fn permission_rule(
             }
         }
     } else if let Some(target) = group {
+        // The rule model has advanced groups reference CIDRs and prefix lists only; the
+        // file would not validate (found by the `import_alibaba` fuzz target).
+        if draft.groups.iter().any(|g| g.id == own && g.kind == Some(GroupKind::Advanced)) {
+            problems.error(
+                at(&format!("{peer_side}GroupId")),
+                format!("{own} is an advanced group, and advanced groups cannot reference security groups"),
+            );
+        }
         if list.is_some() {
             problems.warning(
                 at(&format!("{peer_side}PrefixListId")),
