@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     let features = env::var("SGCTL_EBPF_FEATURES").unwrap_or_default();
     let features: Vec<&str> = features.split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
     share_ebpf_target_dir(target_directory.as_std_path(), &features)?;
+    isolate_inner_cargo();
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf_package.name.as_str(),
@@ -64,4 +65,31 @@ fn share_ebpf_target_dir(workspace_target: &std::path::Path, features: &[&str]) 
     fs::create_dir_all(private.parent().expect("has a parent"))?;
     std::os::unix::fs::symlink(&shared, &private)
         .with_context(|| format!("linking {} to {}", private.display(), shared.display()))
+}
+
+/// Keeps the host build's compiler flags out of the inner BPF build. aya-build spawns
+/// `cargo build --target bpfel-unknown-none` with this process's environment, and cargo
+/// hands a build script the host target's flags (`CARGO_ENCODED_RUSTFLAGS`) and whatever
+/// the user exported (`RUSTFLAGS`, `CARGO_BUILD_RUSTFLAGS`, `RUSTDOCFLAGS`). cargo-fuzz
+/// exports sanitizer-coverage flags (`-Cpasses=sancov-module`, `-Zsanitizer=...`,
+/// `--cfg fuzzing`) that the BPF target cannot take: the inner build would fail, or
+/// instrument the kernel programs. aya-build sets its own `CARGO_ENCODED_RUSTFLAGS` for
+/// the inner cargo, so removing ours loses nothing the BPF object needs.
+fn isolate_inner_cargo() {
+    for key in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "RUSTDOCFLAGS", "CARGO_BUILD_TARGET"] {
+        // A change of these must not rebuild the object: they never reach it.
+        // SAFETY: a build script is single-threaded here; nothing reads the environment
+        // concurrently.
+        unsafe { env::remove_var(key) };
+    }
+    // Target-specific flags (`CARGO_TARGET_<TRIPLE>_RUSTFLAGS`) would apply to the inner
+    // build too if they named the BPF target; cargo-fuzz sets none, but a user might.
+    let target_flags: Vec<_> = env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("CARGO_TARGET_") && k.ends_with("_RUSTFLAGS"))
+        .collect();
+    for key in target_flags {
+        // SAFETY: as above.
+        unsafe { env::remove_var(&key) };
+    }
 }

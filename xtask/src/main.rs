@@ -2,6 +2,7 @@
 //! benchmark. The work itself lives in the crates; this only runs them in order.
 
 mod dist;
+mod fuzz;
 mod setup;
 mod vm_task;
 
@@ -45,6 +46,14 @@ enum Task {
     },
     /// A statically linked sgctl and a Debian package with a systemd unit, in target/dist/.
     Dist,
+    /// Run the cargo-fuzz targets of tests/fuzz/ (all, or TARGET), each for N seconds;
+    /// fails when one finds a crash, naming the input it wrote under target/fuzz/.
+    Fuzz {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// rule_file, import_aws, import_alibaba, kernel_parser or classifier.
+        target: Option<String>,
+    },
     /// Boot a throw-away guest (virtio-net NICs, native XDP) and run COMMAND in it, or a
     /// shell with sgctl enforcing examples/vm.toml; exits with the guest command's status.
     Vm {
@@ -82,6 +91,7 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             dist::run()
         }
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::Vm { .. } => unreachable!("handled in main"),
     }
 }

@@ -150,3 +150,40 @@ pub fn run() -> Result<()> {
     println!("==> setup: done");
     Ok(())
 }
+
+/// The cargo-fuzz version `cargo xtask fuzz` installs when `cargo fuzz` is missing.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz_ok() -> bool {
+    quiet(Command::new("cargo").args(["+nightly", "fuzz", "--version"])).is_some()
+}
+
+/// What `cargo xtask fuzz` needs beyond [`run`]: the nightly toolchain (libFuzzer's
+/// sanitizer-coverage flags are nightly-only) and cargo-fuzz. Separate from [`run`] so
+/// that `cargo xtask test` does not pay for a cargo-fuzz build; checks first, like it.
+pub fn fuzz() -> Result<()> {
+    println!("==> setup: fuzzing");
+    if nightly_ok() {
+        println!("    nightly toolchain: present");
+    } else {
+        step("rustup toolchain install nightly --profile minimal")?;
+    }
+    if cargo_fuzz_ok() {
+        println!("    cargo-fuzz: present");
+    } else {
+        step(&format!("cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked"))?;
+        if !cargo_fuzz_ok() {
+            bail!("cargo-fuzz was installed but `cargo +nightly fuzz` still does not run");
+        }
+    }
+    Ok(())
+}
+
+fn step(command: &str) -> Result<()> {
+    println!("    $ {command}");
+    let status = Command::new("sh").args(["-c", command]).status()?;
+    if !status.success() {
+        bail!("setup step `{command}` failed ({status})");
+    }
+    Ok(())
+}

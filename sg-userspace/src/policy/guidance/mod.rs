@@ -7,5 +7,7 @@ pub mod export;
 pub mod import;
 pub mod lint;
 pub mod space;
-#[cfg(test)]
-mod testgen;
+/// Random rule files and packets: the unit tests' generators, public for the fuzz targets
+/// of `sg-tests` (`tests/src/fuzzing.rs`), which drive them from libFuzzer's input.
+#[doc(hidden)]
+pub mod testgen;

@@ -108,6 +108,9 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
                 problems.error(format!("{location}.SecurityGroupId"), "missing: the response names no group");
                 continue;
             };
+            if !problems.check_id(format!("{location}.SecurityGroupId"), "group id", &id) {
+                continue;
+            }
             let position = match groups.iter().position(|g| g.id == id) {
                 Some(position) => position,
                 None => {
@@ -353,6 +356,14 @@ fn permission_rule(
             }
         }
     } else if let Some(target) = group {
+        // The rule model has advanced groups reference CIDRs and prefix lists only; the
+        // file would not validate (found by the `import_alibaba` fuzz target).
+        if draft.groups.iter().any(|g| g.id == own && g.kind == Some(GroupKind::Advanced)) {
+            problems.error(
+                at(&format!("{peer_side}GroupId")),
+                format!("{own} is an advanced group, and advanced groups cannot reference security groups"),
+            );
+        }
         if list.is_some() {
             problems.warning(
                 at(&format!("{peer_side}PrefixListId")),
@@ -364,6 +375,7 @@ fn permission_rule(
             group_reference(draft, own, &target, account.as_deref(), &at(&format!("{peer_side}GroupId")), problems),
         ))
     } else if let Some(list) = list {
+        problems.check_id(at(&format!("{peer_side}PrefixListId")), "prefix list id", &list);
         let family = if protocol == Protocol::Icmpv6 { Family::Ipv6 } else { Family::Ipv4 };
         if draft.prefix_lists.iter().all(|l| l.id != list) {
             problems.warning(
@@ -484,6 +496,10 @@ pub(super) fn group_reference(
     location: &str,
     problems: &mut Problems,
 ) -> String {
+    problems.check_id(location, "group id", target);
+    if let Some(account) = account {
+        problems.check_id(location, "account id", account);
+    }
     let target = if target == own {
         ensure_companion(draft, own)
     } else {

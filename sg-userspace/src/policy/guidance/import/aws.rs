@@ -99,6 +99,12 @@ pub fn import(inputs: &[(String, Vec<Value>)], options: &Options) -> Result<(Str
             problems.error(format!("{location}.GroupId"), "missing");
             continue;
         };
+        if !problems.check_id(format!("{location}.GroupId"), "group id", &id) {
+            continue;
+        }
+        if let Some(owner) = string(group, "OwnerId") {
+            problems.check_id(format!("{location}.OwnerId"), "account id", &owner);
+        }
         if draft.groups.iter().any(|g| g.id == id) {
             problems.error(format!("{location}.GroupId"), format!("group {id} appears twice"));
             continue;
@@ -317,6 +323,9 @@ fn permission_rules(
             problems.error(format!("{here}.PrefixListId"), "missing");
             continue;
         };
+        if !problems.check_id(format!("{here}.PrefixListId"), "prefix list id", &id) {
+            continue;
+        }
         let family = if protocol == Protocol::Icmpv6 { Family::Ipv6 } else { Family::Ipv4 };
         if draft.prefix_lists.iter().all(|l| l.id != id) {
             problems.warning(

@@ -133,6 +133,19 @@ impl Problems {
         self.list.push(Problem { severity: ProblemKind::Error, location: location.into(), message: message.into() });
     }
 
+    /// Reports `id` (a group, prefix-list or account id of the input) as an error unless
+    /// the rule file can hold it: ids are non-empty, without whitespace or '/', which
+    /// separates account and group in references (the validator's rule). False when
+    /// reported. Without it an odd id in the input became a file that does not validate
+    /// (found by the `import_aws` fuzz target).
+    pub fn check_id(&mut self, location: impl Into<String>, what: &str, id: &str) -> bool {
+        if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
+            self.error(location, format!("{what} {id:?} cannot be a rule-file id (empty, whitespace or '/')"));
+            return false;
+        }
+        true
+    }
+
     pub fn warning(&mut self, location: impl Into<String>, message: impl Into<String>) {
         self.list.push(Problem { severity: ProblemKind::Warning, location: location.into(), message: message.into() });
     }
@@ -192,6 +205,23 @@ fn quote(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
 
+/// Appends `line` as a TOML comment. Names, descriptions and field names of the input end
+/// up in comments, and TOML allows no control character there but tab: a newline would
+/// end the comment and let the input write rule-file lines of its own, a DEL or NUL
+/// makes the file unparsable (found by the `import_alibaba` fuzz target). Those are
+/// written escaped, as `\u{7f}`.
+fn push_comment(out: &mut String, line: &str) {
+    out.push_str("# ");
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+}
+
 impl Draft {
     pub fn group_mut(&mut self, id: &str) -> Option<&mut DraftGroup> {
         self.groups.iter_mut().find(|g| g.id == id)
@@ -201,12 +231,12 @@ impl Draft {
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
         for line in &self.header {
-            out.push_str(&format!("# {line}\n"));
+            push_comment(&mut out, line);
         }
         for group in &self.groups {
             out.push('\n');
             for line in &group.comments {
-                out.push_str(&format!("# {line}\n"));
+                push_comment(&mut out, line);
             }
             out.push_str(&format!("[[security_group]]\nid = {}\n", quote(&group.id)));
             if let Some(kind) = group.kind {
@@ -254,7 +284,7 @@ impl Draft {
         for list in &self.prefix_lists {
             out.push('\n');
             for line in &list.comments {
-                out.push_str(&format!("# {line}\n"));
+                push_comment(&mut out, line);
             }
             let entries: Vec<String> = list.entries.iter().map(|e| quote(e)).collect();
             out.push_str(&format!(

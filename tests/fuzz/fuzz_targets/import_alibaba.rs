@@ -1,0 +1,5 @@
+//! `sg_tests::fuzzing::import_alibaba` under libFuzzer (the checks live there, shared with
+//! `tests/tests/fuzz_regressions.rs`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sg_tests::fuzzing::import_alibaba(data));
