@@ -47,7 +47,10 @@ use crate::{
 };
 
 /// The fuzz targets by name, for the regression test and `cargo xtask fuzz`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target's check: panics on a bug.
+pub type Check = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Check)] = &[
     ("rule_file", rule_file),
     ("import_aws", import_aws),
     ("import_alibaba", import_alibaba),
