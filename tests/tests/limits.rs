@@ -99,7 +99,7 @@ fn peak_kib(agent: &Agent) -> u64 {
 }
 
 /// `sgctl apply FILE` fails, saying every one of `words`, and changes nothing.
-fn refused(inst: &Host, out: &Host, agent: &Agent, file: &Path, words: &[&str]) -> Duration {
+fn refused(inst: &Host, out: &Host, agent: &Agent, file: &Path, words: &[&str]) {
     let before = status(inst);
     let started = Instant::now();
     let applied = sgctl(inst, &["apply", file.to_str().unwrap()]);
@@ -122,7 +122,6 @@ fn refused(inst: &Host, out: &Host, agent: &Agent, file: &Path, words: &[&str]) 
         peak_kib(agent),
         stderr.lines().next().unwrap_or("")
     );
-    took
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub fn dist_dir() -> PathBuf {
 
 /// Builds the static `sgctl` (release) into `target/dist/sgctl`; returns its path.
 pub fn static_sgctl() -> Result<PathBuf> {
-    let built = static_build(true)?;
+    let built = static_release_build()?;
     let out = dist_dir();
     fs::create_dir_all(&out)?;
     let dest = out.join("sgctl");
@@ -34,15 +34,12 @@ pub fn static_sgctl() -> Result<PathBuf> {
 
 /// Builds the release `sgctl` statically linked for `TARGET` (build scripts and proc
 /// macros stay dynamic); checks that it is static and returns its path.
-fn static_build(release: bool) -> Result<PathBuf> {
+fn static_release_build() -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--package", "sg-userspace", "--bin", "sgctl", "--target", TARGET]);
-    if release {
-        cmd.arg("--release");
-    }
+    cmd.args(["build", "--release", "--package", "sg-userspace", "--bin", "sgctl", "--target", TARGET]);
     // Only the target's code: build scripts and proc macros stay dynamic.
     step(cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    let built = target_dir().join(TARGET).join(if release { "release" } else { "debug" }).join("sgctl");
+    let built = target_dir().join(TARGET).join("release").join("sgctl");
     check_static(&built)?;
     Ok(built)
 }

@@ -345,10 +345,7 @@ impl Enforcer {
                 Ok(pair) => fresh.push((*ifindex, *mode, pair)),
                 Err(err) => {
                     // Nothing was switched yet: drop what this apply wrote.
-                    for (_, _, (i, e)) in fresh {
-                        self.remove(i);
-                        self.remove(e);
-                    }
+                    self.discard(fresh);
                     return Err(err);
                 }
             }
@@ -363,10 +360,7 @@ impl Enforcer {
         // they only loosen or tighten idle expiry, never admit a packet.
         let timeouts = sessions::timeouts(&cfg.sessions);
         if let Err(err) = self.maps.set_timeouts(timeouts) {
-            for (_, _, (i, e)) in fresh {
-                self.remove(i);
-                self.remove(e);
-            }
+            self.discard(fresh);
             return Err(err.into());
         }
         self.current_timeouts = timeouts;
@@ -680,6 +674,14 @@ impl Enforcer {
     /// After that apply: frees the seeded handles no rule took.
     pub fn drop_unused_handles(&mut self) {
         self.handles.drop_unused();
+    }
+
+    /// Deletes the rule-set pairs an apply wrote before it failed, none of them switched in.
+    fn discard<T, M>(&mut self, fresh: Vec<(T, M, (Installed, Installed))>) {
+        for (_, _, (ingress, egress)) in fresh {
+            self.remove(ingress);
+            self.remove(egress);
+        }
     }
 
     fn remove(&mut self, installed: Installed) {

@@ -28,6 +28,14 @@ pub use error::{ConfigError, ConfigErrors};
 /// At most this many groups on one interface (the provider's limit).
 pub const MAX_GROUPS_PER_INTERFACE: usize = 10;
 
+/// Whether `id` can name a group, prefix list or account in a rule file: non-empty,
+/// without whitespace or '/' ('/' separates account and group id in references). The
+/// validator and the importers (which must not write a file that does not validate)
+/// share it.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains('/') && !id.chars().any(char::is_whitespace)
+}
+
 /// At most this many entries in one prefix list.
 ///
 /// The provider caps prefix lists at 200 entries. We allow more because our prefix lists

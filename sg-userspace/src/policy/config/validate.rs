@@ -904,7 +904,7 @@ fn read_id(
         return (String::new(), None);
     };
     let id = field.value.to_string();
-    if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
+    if !super::is_valid_id(&id) {
         diag.report(
             &field.span,
             field.path,

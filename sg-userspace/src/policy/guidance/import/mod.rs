@@ -134,12 +134,12 @@ impl Problems {
     }
 
     /// Reports `id` (a group, prefix-list or account id of the input) as an error unless
-    /// the rule file can hold it: ids are non-empty, without whitespace or '/', which
-    /// separates account and group in references (the validator's rule). False when
+    /// the rule file can hold it ([`crate::policy::config::is_valid_id`], the validator's
+    /// rule). False when
     /// reported. Without it an odd id in the input became a file that does not validate
     /// (found by the `import_aws` fuzz target).
     pub fn check_id(&mut self, location: impl Into<String>, what: &str, id: &str) -> bool {
-        if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
+        if !crate::policy::config::is_valid_id(id) {
             self.error(location, format!("{what} {id:?} cannot be a rule-file id (empty, whitespace or '/')"));
             return false;
         }
