@@ -6,6 +6,7 @@
 //!   compiler (pure: no aya, no tokio);
 //! - [`dataplane`]: the kernel object, attaching, typed map handles;
 //! - [`control`]: applying and retiring rule sets, session garbage collection;
+//! - [`store`]: the fleet's etcd store (reads, pushes);
 //! - [`agent`]: `sgctl run`'s lifecycle and signals.
 //!
 //! The command line (`src/cli/`) sits on top, in the binary.
@@ -19,5 +20,7 @@ pub mod policy;
 pub mod dataplane;
 
 pub mod control;
+
+pub mod store;
 
 pub mod agent;

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod deploy;
 pub mod event_rate;
+pub mod fleet;
 pub mod frames;
 pub mod fuzzing;
 pub mod r#gen;

@@ -103,6 +103,16 @@ impl Lab {
         Ok(host)
     }
 
+    /// Adds an empty namespace `role` off the bridge (deleted with the lab), for what
+    /// must not sit on the tested network, such as the fleet's store.
+    pub fn add_namespace(&mut self, role: &str) -> Result<String> {
+        let ns = format!("{}-{role}", self.id);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     /// Adds another interface `iface` to an existing host's namespace, on the same bridge.
     pub fn add_interface(&mut self, host: &Host, iface: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Host> {
         let extra = self.add_interface_to(&host.role, &host.ns, iface, ipv4, ipv6)?;

@@ -35,6 +35,11 @@ fn packages() -> Vec<String> {
         "file",        // `cargo xtask dist` checks the binary is static
         "curl",        // scrapes the metrics endpoint in tests
         "netsniff-ng", // trafgen: the SYN flood of tests/tests/flood.rs
+        // The fleet store (tests/tests/fleet.rs, the fleet benchmark), and protoc with the
+        // well-known protobuf types for etcd-client's generated gRPC code.
+        "etcd-server",
+        "protobuf-compiler",
+        "libprotobuf-dev",
     ]
     .iter()
     .map(ToString::to_string)

@@ -126,6 +126,9 @@ pub struct StatusView {
     /// one line each; the hooks' own are in `held`.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// The fleet's store, when the rules come from one (`sgctl run --store`).
+    #[serde(default)]
+    pub store: Option<super::fleet::StoreStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

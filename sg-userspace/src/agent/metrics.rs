@@ -22,7 +22,7 @@ use super::observe::StatsView;
 type Labels = Vec<(String, String)>;
 
 /// What the agent knows besides the counters.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct AgentFigures {
     pub applies: u64,
     pub last_apply_s: f64,
@@ -33,6 +33,8 @@ pub struct AgentFigures {
     pub uptime_s: f64,
     /// How full the maps are (`None`: they could not be read for this scrape).
     pub maps: Option<crate::control::enforcer::MapFills>,
+    /// The fleet's store, in fleet mode.
+    pub store: Option<super::fleet::StoreStatus>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -123,6 +125,33 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
     let uptime = Gauge::<f64, AtomicU64>::default();
     uptime.set(agent.uptime_s);
     registry.register("uptime_seconds", "Seconds since the agent started", uptime);
+    if let Some(store) = &agent.store {
+        for (name, help, value) in [
+            (
+                "store_connected",
+                "1 while the fleet's store is reachable, 0 while the last rules stay in force without it",
+                i64::from(store.connected),
+            ),
+            ("store_revision", "The last store revision the agent has seen", store.revision),
+            (
+                "store_composed_revision",
+                "The store revision of the rules last handed to the agent",
+                store.composed_revision,
+            ),
+            (
+                "store_members",
+                "Member addresses this agent registers under its lease",
+                i64::try_from(store.members).unwrap_or(i64::MAX),
+            ),
+        ] {
+            let g = Gauge::<i64>::default();
+            g.set(value);
+            registry.register(name, help, g);
+        }
+        let connects = Counter::<u64>::default();
+        connects.inc_by(store.connects);
+        registry.register("store_connects", "Connections made to the store", connects);
+    }
     if let Some(m) = &agent.maps {
         let used = Family::<Labels, Gauge>::default();
         let capacity = Family::<Labels, Gauge>::default();

@@ -7,6 +7,7 @@
 //! counter lines it was asked for (`--interval`, `--json`) are its output, on stdout.
 
 pub mod api;
+pub mod fleet;
 pub mod live;
 pub mod metrics;
 pub mod observe;
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub events: EventOptions,
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Build the rules from the fleet's store instead of `config` (which is then empty).
+    pub store: Option<fleet::StoreOptions>,
 }
 
 /// The verdict events: their rate limit per interface and hook, the ring, and where
@@ -96,16 +99,42 @@ pub(crate) fn targets<'c>(cfg: &'c Config, only: &[String]) -> Result<Vec<(u32, 
     Ok(found)
 }
 
+/// How long the agent's start waits for the store before it falls back to the rules it
+/// last applied here.
+const STORE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The rule file to start with: the file given, or in fleet mode this host's rules
+/// composed from the store; with the store unreachable, the rules this namespace's agent
+/// last applied (so a restart during an outage carries on with them).
+fn starting_rules(opts: &RunOptions, runtime: &tokio::runtime::Runtime) -> Result<(String, String)> {
+    let Some(store) = &opts.store else {
+        let text = std::fs::read_to_string(&opts.config)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read file: {e}", opts.config.display()))?;
+        return Ok((opts.config.display().to_string(), text));
+    };
+    let read = runtime.block_on(async { tokio::time::timeout(STORE_START_TIMEOUT, fleet::initial(store)).await });
+    let error = match read {
+        Ok(Ok((composed, _))) => return Ok((composed.label, composed.text)),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(_) => format!("no answer within {} s", STORE_START_TIMEOUT.as_secs()),
+    };
+    match live::recorded_state(&paths::state_file()) {
+        Some(state) if !state.config_text.is_empty() => {
+            warn!("store {}: {error}; enforcing the rules last applied here ({})", store.url, state.config_path);
+            Ok((state.config_path, state.config_text))
+        }
+        _ => bail!("store {}: {error}; and no rules were applied here before to carry on with", store.url),
+    }
+}
+
 pub fn run(opts: &RunOptions) -> Result<()> {
-    let text = std::fs::read_to_string(&opts.config)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read file: {e}", opts.config.display()))?;
-    let path = opts.config.display().to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (path, text) = starting_rules(opts, &runtime)?;
     let cfg = crate::policy::config::parse_str(&text, &path)
         .map_err(|errors| anyhow::anyhow!("{errors}\n{path}: invalid, nothing applied"))?;
     // The socket first: a second agent in this namespace stops here, before touching
     // anything the first one runs.
     let socket = opts.socket.clone().unwrap_or_else(api::default_socket);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = {
         let _context = runtime.enter();
         serve::bind_socket(&socket)?
@@ -156,7 +185,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         live.now.generation.id,
         socket.display()
     );
-    let result = runtime.block_on(serve::serve(opts, &mut live, listener, observer));
+    let result = runtime.block_on(serve::serve(opts, &mut live, listener, observer, text));
     bound.remove();
     let saved = live.save();
     for name in live.names() {

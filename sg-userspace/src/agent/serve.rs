@@ -9,6 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -17,12 +18,14 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 use tracing::{error, info, warn};
 
 use super::{
     RunOptions, api,
     api::{API_VERSION, ApplyView, MAX_REQUEST_BYTES, Op, Reply, Request, StatusView},
+    fleet::{self, StoreStatus},
     live::Live,
     metrics::{self, AgentFigures},
     observe::Observer,
@@ -52,6 +55,8 @@ struct Agent<'a> {
     opts: &'a RunOptions,
     live: &'a mut Live,
     rollback: Option<Rollback>,
+    /// The fleet store's state, in fleet mode.
+    store: Option<Arc<Mutex<StoreStatus>>>,
 }
 
 /// A rule file that failed validation, or an apply the enforcer refused.
@@ -127,6 +132,10 @@ impl Agent<'_> {
 
     /// Re-reads the rule file given to `sgctl run` and applies it (SIGHUP, `--watch`).
     fn reload(&mut self, why: &str) {
+        if self.opts.store.is_some() {
+            info!("{why}: the rules come from the store, which is watched; nothing to reload");
+            return;
+        }
         let path = self.opts.config.display().to_string();
         let outcome = std::fs::read_to_string(&self.opts.config)
             .map_err(|e| ApplyError::Refused(format!("reading {path}: {e}")))
@@ -218,6 +227,7 @@ impl Agent<'_> {
             uptime_s: self.live.started.elapsed().as_secs_f64(),
             maps,
             fallbacks: fallbacks(&now.features),
+            store: self.store.as_ref().map(|s| s.lock().expect("not poisoned").clone()),
         }
     }
 
@@ -354,6 +364,7 @@ pub(super) async fn serve(
     live: &mut Live,
     listener: UnixListener,
     mut observer: Observer,
+    applied_text: String,
 ) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -361,7 +372,17 @@ pub(super) async fn serve(
     let period = Duration::from_secs(opts.interval.max(1));
     let mut gc = tokio::time::interval(gc_period(live.now.enforcer.timeouts()));
     let mut watch = tokio::time::interval(WATCH_PERIOD);
-    let mut agent = Agent { opts, live, rollback: None };
+    // In fleet mode, a task follows the store and hands over each new rule file.
+    let (mut from_store, store) = match &opts.store {
+        Some(store_opts) => {
+            let (tx, rx) = mpsc::channel(4);
+            let status = Arc::new(Mutex::new(StoreStatus::default()));
+            tokio::spawn(fleet::follow(store_opts.clone(), Some(applied_text), tx, status.clone()));
+            (Some(rx), Some(status))
+        }
+        None => (None, None),
+    };
+    let mut agent = Agent { opts, live, rollback: None, store };
     let metrics_listener = match opts.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -461,6 +482,25 @@ pub(super) async fn serve(
                     (None, _) => pending = None,
                 }
             }
+            composed = async { from_store.as_mut().expect("guarded").recv().await }, if from_store.is_some() => {
+                let Some(composed) = composed else { from_store = None; continue };
+                match agent.apply_text(&composed.label, &composed.text) {
+                    Ok(view) => {
+                        figures.applies += 1;
+                        figures.last_apply_s = (view.compile_ms + view.switch_ms) / 1000.0;
+                        agent.rollback = None;
+                    }
+                    Err(e) => {
+                        let why = e.describe();
+                        error!("rules from {} rejected, the previous rules stay in force: {why}", composed.label);
+                        if let Some(status) = &agent.store {
+                            status.lock().expect("not poisoned").last_error = Some(why);
+                        }
+                    }
+                }
+                refresh(&mut observer, agent.live);
+                gc = tokio::time::interval(gc_period(agent.live.now.enforcer.timeouts()));
+            }
             _ = gc.tick() => {
                 if let Err(e) = agent.live.now.enforcer.collect_garbage() {
                     error!("session garbage collection: {e:#}");
@@ -475,6 +515,7 @@ pub(super) async fn serve(
                 figures.vector_capacity = u64::from(now.capacity.vectors);
                 figures.programs_generation = u64::from(now.generation.id);
                 figures.uptime_s = agent.live.started.elapsed().as_secs_f64();
+                figures.store = agent.store.as_ref().map(|s| s.lock().expect("not poisoned").clone());
                 figures.maps = agent.live.fills().inspect_err(|e| warn!("reading how full the maps are: {e:#}")).ok();
                 let body = match observer.stats(agent.live) {
                     Ok(view) => metrics::render(&view, &figures),

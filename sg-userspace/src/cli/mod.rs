@@ -5,6 +5,7 @@ mod args;
 mod attach;
 mod detach;
 mod down;
+mod fleet;
 mod guidance;
 mod log;
 mod run;
@@ -71,6 +72,8 @@ enum Command {
     Import(guidance::ImportArgs),
     /// Write a rule file in a provider's JSON format, refusing what it cannot express.
     Export(guidance::ExportArgs),
+    /// A fleet's rules and group members in etcd: push a rule file, show what is there.
+    Fleet(fleet::Args),
 }
 
 impl Cli {
@@ -96,6 +99,7 @@ impl Cli {
             Command::Diff(args) => guidance::diff(args),
             Command::Import(args) => guidance::import(args),
             Command::Export(args) => guidance::export(args),
+            Command::Fleet(args) => fleet::run(args),
         }
     }
 }

@@ -1,17 +1,32 @@
-//! `sgctl run --config FILE`: hand over to the agent.
+//! `sgctl run --config FILE` (or `--store URL --host NAME`): hand over to the agent.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use sgctl::agent::{self, EventOptions, RunOptions};
+use sgctl::{
+    agent::{self, EventOptions, RunOptions, fleet::StoreOptions},
+    store::StoreUrl,
+};
 
 use super::args::AttachOptions;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The rule file.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    config: Option<PathBuf>,
+    /// Build the rules from a fleet's store instead (etcd://HOST:PORT[,...]): this
+    /// host's bindings, every group and prefix list, and the members every host
+    /// registers; watched, and applied on every change.
+    #[arg(long, value_name = "URL", requires = "host", conflicts_with = "watch")]
+    store: Option<StoreUrl>,
+    /// This host's name in the store (with --store).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// Seconds of the lease under which this host's members are registered (with
+    /// --store): how long after this agent dies its addresses leave their groups.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=3600))]
+    lease_ttl: i64,
     /// Only this interface of the file (repeatable).
     #[arg(long = "iface")]
     only: Vec<String>,
@@ -62,6 +77,9 @@ fn parse_rate(text: &str) -> Result<u32, String> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args {
         config,
+        store,
+        host,
+        lease_ttl,
         only,
         watch,
         socket,
@@ -82,8 +100,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ring_bytes: event_ring_kib.saturating_mul(1024),
         log_file: event_log,
     };
+    let store = match (store, host) {
+        (Some(url), Some(host)) => {
+            if !sgctl::policy::fleet::is_valid_host(&host) {
+                anyhow::bail!("--host {host:?}: not a valid host name (non-empty, no '/' or whitespace)");
+            }
+            Some(StoreOptions { url, host, lease_ttl })
+        }
+        _ => None,
+    };
     agent::run(&RunOptions {
-        config,
+        config: config.unwrap_or_default(),
+        store,
         only,
         xdp_mode,
         interval,

@@ -77,6 +77,20 @@ fn agent_status(args: &Args) -> Result<ExitCode> {
         println!("fallback:    {f}");
     }
     println!("uptime:      {}", uptime(s.uptime_s));
+    if let Some(store) = &s.store {
+        let state = if store.connected {
+            "connected".to_string()
+        } else {
+            "UNREACHABLE: the rules last applied stay in force".to_string()
+        };
+        println!(
+            "store:       {} as host {}: {state}; revision {} (rules from {}), {} members registered",
+            store.url, store.host, store.revision, store.composed_revision, store.members
+        );
+        if let Some(e) = &store.last_error {
+            println!("store error: {e}");
+        }
+    }
     match &s.maps {
         Some(m) => {
             for (name, fill) in m.named() {

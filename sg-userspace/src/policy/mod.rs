@@ -11,5 +11,6 @@ pub mod addr;
 pub mod compile;
 pub mod config;
 pub mod eval;
+pub mod fleet;
 pub mod guidance;
 pub mod order;

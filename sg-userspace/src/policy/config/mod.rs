@@ -196,6 +196,11 @@ pub struct InterfaceBinding {
     /// Indexes into `Config::groups`, in the order written; at least one, all of one kind.
     pub groups: Vec<usize>,
     pub mode: Mode,
+    /// The addresses of the instance behind the interface, duplicates removed. Each is a
+    /// member of every group the interface is in (the validator adds them to
+    /// [`SecurityGroup::members`]), as an instance's private addresses are in the cloud;
+    /// in fleet mode the agent also registers them in the store, so other hosts see them.
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

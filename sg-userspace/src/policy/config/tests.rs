@@ -1259,3 +1259,19 @@ fn rejects_an_interface_whose_groups_hold_more_rules_than_the_maps() {
     let error = rejected(&two, "interface[1].security_groups", &["16386 ingress rules", "at most 16384 per direction"]);
     assert!(error.line > 0, "{error:?}");
 }
+
+#[test]
+fn interface_addresses_are_members_of_its_groups() {
+    let cfg = parse(
+        "[[security_group]]\nid = \"sg-a\"\nmembers = [\"198.18.0.1\"]\n[[security_group]]\nid = \"sg-b\"\n\
+         [[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-a\", \"sg-b\"]\naddresses = [\"198.18.0.1\", \"2001:db8::7\"]\n",
+    );
+    assert_eq!(cfg.interfaces[0].addresses, vec![addr("198.18.0.1"), addr("2001:db8::7")]);
+    assert_eq!(cfg.groups[0].members, vec![addr("198.18.0.1"), addr("2001:db8::7")], "no duplicate");
+    assert_eq!(cfg.groups[1].members, vec![addr("198.18.0.1"), addr("2001:db8::7")]);
+    rejected(
+        "[[security_group]]\nid = \"sg-a\"\n[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-a\"]\naddresses = [\"198.18.0.0/24\"]\n",
+        "interface[1].addresses[1]",
+        &["single addresses"],
+    );
+}

@@ -40,7 +40,7 @@ const RULE_FIELDS: &[&str] = &[
     "description",
 ];
 const LIST_FIELDS: &[&str] = &["id", "family", "entries"];
-const INTERFACE_FIELDS: &[&str] = &["name", "security_groups", "mode"];
+const INTERFACE_FIELDS: &[&str] = &["name", "security_groups", "mode", "addresses"];
 const SESSION_FIELDS: &[&str] = &[
     "max_sessions",
     "tcp_established",
@@ -132,6 +132,16 @@ impl<'d, 't> Builder<'d, 't> {
         }
         assign_rule_ids(&mut self.groups);
         let interfaces = self.read_interfaces(&interface_tables);
+        // An instance's addresses are members of its interface's groups.
+        for binding in &interfaces {
+            for &group in &binding.groups {
+                for addr in &binding.addresses {
+                    if !self.groups[group].members.contains(addr) {
+                        self.groups[group].members.push(*addr);
+                    }
+                }
+            }
+        }
         let sessions = match root.get("sessions") {
             Some(field) => self.read_sessions(field)?,
             None => SessionSettings::default(),
@@ -222,7 +232,12 @@ impl<'d, 't> Builder<'d, 't> {
     }
 
     fn members(&mut self, t: &Table) -> Vec<IpAddr> {
-        let Some(array) = t.string_array(self.diag, "members") else {
+        self.addresses(t, "members")
+    }
+
+    /// A list of single addresses (a group's `members`, an interface's `addresses`).
+    fn addresses(&mut self, t: &Table, key: &str) -> Vec<IpAddr> {
+        let Some(array) = t.string_array(self.diag, key) else {
             return Vec::new();
         };
         let mut members: Vec<IpAddr> = Vec::new();
@@ -755,7 +770,8 @@ impl<'d, 't> Builder<'d, 't> {
         let name = self.interface_name(t, names);
         let groups = self.interface_groups(t);
         let mode = self.keyword::<Mode>(t, "mode");
-        Ok(InterfaceBinding { name: name?, groups: groups?, mode: mode?.unwrap_or(Mode::Enforce) })
+        let addresses = self.addresses(t, "addresses");
+        Ok(InterfaceBinding { name: name?, groups: groups?, mode: mode?.unwrap_or(Mode::Enforce), addresses })
     }
 
     fn interface_name(&mut self, t: &Table, names: &mut HashMap<String, usize>) -> Checked<String> {

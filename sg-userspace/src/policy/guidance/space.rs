@@ -787,6 +787,7 @@ impl<'c> Pool<'c> {
             name: String::new(),
             groups: vec![group_index],
             mode: crate::policy::config::Mode::Enforce,
+            addresses: Vec::new(),
         };
         let rules = pooled_rules(cfg, &binding, direction);
         Pool { cfg, iface: None, groups: vec![group_index], kind: binding.kind(cfg), direction, rules }
