@@ -52,6 +52,16 @@ impl Etcd {
         format!("etcd://{STORE_ADDR}:{CLIENT_PORT}")
     }
 
+    /// The store's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// etcd's process id while it runs (`ip netns exec` execs it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Gives `host` a management interface on the store's bridge.
     pub fn join(&mut self, host: &Host) -> Result<()> {
         self.joined += 1;

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod deploy;
 pub mod event_rate;
 pub mod fleet;
+pub mod fleet_bench;
 pub mod frames;
 pub mod fuzzing;
 pub mod r#gen;

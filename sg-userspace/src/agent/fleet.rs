@@ -19,13 +19,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use etcd_client::{DeleteOptions, EventType, PutOptions, WatchOptions};
+use etcd_client::{DeleteOptions, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    policy::fleet::{self, PREFIX, Snapshot},
+    policy::fleet::{self, Interest, PREFIX, Snapshot},
     store::{Store, StoreUrl},
 };
 
@@ -62,18 +62,22 @@ pub struct StoreStatus {
 pub struct Composed {
     pub label: String,
     pub text: String,
+    /// The store revision it was composed at.
+    pub revision: i64,
 }
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// At most this many watch messages are folded into one compose.
+const WATCH_BATCH: usize = 256;
 
 /// Reads the store once and composes this host's rule file, for the agent's start.
 pub async fn initial(opts: &StoreOptions) -> Result<(Composed, i64)> {
     let mut store = Store::connect(&opts.url).await?;
     let read = store.read().await?;
     let text = fleet::compose(&read.snapshot, &opts.host)?;
-    Ok((Composed { label: label(opts, read.revision), text }, read.revision))
+    Ok((Composed { label: label(opts, read.revision), text, revision: read.revision }, read.revision))
 }
 
 fn label(opts: &StoreOptions, revision: i64) -> String {
@@ -90,13 +94,16 @@ pub async fn follow(
 ) {
     let mut last = applied;
     let mut backoff = FIRST_BACKOFF;
+    // The mirror and its revision outlive a connection: after an outage the watch resumes
+    // from where it was, and only a compacted revision costs a new snapshot.
+    let mut kept: Option<(Snapshot, i64)> = None;
     {
         let mut s = status.lock().expect("not poisoned");
         s.url = opts.url.to_string();
         s.host = opts.host.clone();
     }
     loop {
-        let outcome = session(&opts, &mut last, &updates, &status, &mut backoff).await;
+        let outcome = session(&opts, &mut kept, &mut last, &updates, &status, &mut backoff).await;
         if updates.is_closed() {
             return;
         }
@@ -119,9 +126,19 @@ pub async fn follow(
     }
 }
 
-/// One connection: lease, snapshot, registration, then the watch until something fails.
+/// The watch cannot go on from its revision: the next connection reads a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[error("the watch was cancelled ({reason}; compacted at {compacted}): reading a fresh snapshot")]
+struct Resync {
+    reason: String,
+    compacted: i64,
+}
+
+/// One connection: lease, snapshot (unless resuming), registration, then the watch until
+/// something fails.
 async fn session(
     opts: &StoreOptions,
+    kept: &mut Option<(Snapshot, i64)>,
     last: &mut Option<String>,
     updates: &mpsc::Sender<Composed>,
     status: &Arc<Mutex<StoreStatus>>,
@@ -129,25 +146,50 @@ async fn session(
 ) -> Result<()> {
     let mut store = Store::connect(&opts.url).await?;
     let lease = store.client().lease_grant(opts.lease_ttl, None).await.map_err(|e| store.error(e))?.id();
+    let resumed = kept.is_some();
+    if kept.is_none() {
+        let read = store.read().await?;
+        *kept = Some((read.snapshot, read.revision));
+    }
+    let (mirror, revision) = kept.as_mut().expect("set above");
+    let outcome =
+        follow_connected(opts, &mut store, lease, resumed, mirror, revision, last, updates, status, backoff).await;
+    if outcome.as_ref().err().is_some_and(|e| e.is::<Resync>()) {
+        *kept = None;
+    }
+    outcome
+}
+
+#[expect(clippy::too_many_arguments, reason = "one connection's state, passed down once")]
+async fn follow_connected(
+    opts: &StoreOptions,
+    store: &mut Store,
+    lease: i64,
+    resumed: bool,
+    mirror: &mut Snapshot,
+    revision: &mut i64,
+    last: &mut Option<String>,
+    updates: &mpsc::Sender<Composed>,
+    status: &Arc<Mutex<StoreStatus>>,
+    backoff: &mut Duration,
+) -> Result<()> {
     let (mut keeper, mut kept) = store.client().lease_keep_alive(lease).await.map_err(|e| store.error(e))?;
-    let read = store.read().await?;
-    let mut mirror = read.snapshot;
-    let mut revision = read.revision;
     *backoff = FIRST_BACKOFF;
     {
         let mut s = status.lock().expect("not poisoned");
         s.connected = true;
-        s.revision = revision;
+        s.revision = *revision;
         s.connects += 1;
         s.last_error = None;
     }
-    info!("store {}: connected at revision {revision} (lease {lease:x}, {} s)", opts.url, opts.lease_ttl);
+    let how = if resumed { "resuming the watch after" } else { "snapshot at" };
+    info!("store {}: connected, {how} revision {revision} (lease {lease:x}, {} s)", opts.url, opts.lease_ttl);
     // Every member key is written again under this connection's lease: an earlier
     // agent's lease may still hold them and would take them along when it expires.
     let mut held: BTreeSet<String> = BTreeSet::new();
-    register(&mut store, opts, &mirror, lease, &mut held, true).await?;
-    offer(opts, &mirror, revision, last, updates, status).await;
-    let watch_options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    register(store, opts, mirror, lease, &mut held, true).await?;
+    let mut interest = offer(opts, mirror, *revision, last, updates, status).await;
+    let watch_options = WatchOptions::new().with_prefix().with_start_revision(*revision + 1);
     let mut watch = store.client().watch(PREFIX, Some(watch_options)).await.map_err(|e| store.error(e))?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64((opts.lease_ttl as f64 / 3.0).max(0.5)));
     loop {
@@ -160,37 +202,67 @@ async fn session(
                 }
             }
             message = watch.message() => {
-                let Some(message) = message.map_err(|e| store.error(e))? else { bail!("the watch stream ended") };
-                if message.canceled() || message.compact_revision() > 0 {
-                    bail!("the watch was cancelled ({}; compacted at {}): reading a fresh snapshot",
-                        message.cancel_reason(), message.compact_revision());
-                }
-                for event in message.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let Some(relative) = kv.key_str().ok().and_then(|k| k.strip_prefix(PREFIX)) else { continue };
-                    match event.event_type() {
-                        EventType::Put => {
-                            mirror.insert(relative.to_string(), kv.value_str().unwrap_or_default().to_string());
-                        }
-                        EventType::Delete => {
-                            mirror.remove(relative);
-                        }
+                let Some(first) = message.map_err(|e| store.error(e))? else { bail!("the watch stream ended") };
+                // What else has arrived is taken in the same round: a burst of changes
+                // (many hosts registering at once) costs one compose, not one each.
+                let mut batch = vec![first];
+                while batch.len() < WATCH_BATCH {
+                    // A zero timeout polls once: only what is already there.
+                    match tokio::time::timeout(Duration::ZERO, watch.message()).await {
+                        Ok(Ok(Some(more))) => batch.push(more),
+                        Ok(Ok(None)) => bail!("the watch stream ended"),
+                        Ok(Err(e)) => return Err(store.error(e).into()),
+                        Err(_) => break,
                     }
-                    revision = revision.max(kv.mod_revision());
                 }
-                if let Some(header) = message.header() {
-                    revision = revision.max(header.revision());
-                }
-                status.lock().expect("not poisoned").revision = revision;
-                if message.events().is_empty() {
+                let relevant = fold(&batch, mirror, revision, interest.as_ref())?;
+                status.lock().expect("not poisoned").revision = *revision;
+                if !relevant {
                     continue;
                 }
-                register(&mut store, opts, &mirror, lease, &mut held, false).await?;
-                offer(opts, &mirror, revision, last, updates, status).await;
+                register(store, opts, mirror, lease, &mut held, false).await?;
+                interest = offer(opts, mirror, *revision, last, updates, status).await;
             }
             () = updates.closed() => return Ok(()),
         }
     }
+}
+
+/// Applies watched changes to the mirror and the revision; says whether any of them can
+/// change this host's rules (any at all while nothing is known of what they depend on).
+fn fold(
+    batch: &[etcd_client::WatchResponse],
+    mirror: &mut Snapshot,
+    revision: &mut i64,
+    interest: Option<&Interest>,
+) -> Result<bool> {
+    let mut relevant = false;
+    for message in batch {
+        if message.canceled() || message.compact_revision() > 0 {
+            let reason = message.cancel_reason().to_string();
+            return Err(Resync { reason, compacted: message.compact_revision() }.into());
+        }
+        for event in message.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Some(relative) = kv.key_str().ok().and_then(|k| k.strip_prefix(PREFIX)) else { continue };
+            // Most changes of a large fleet concern other hosts: only those that can
+            // change this host's rules (or its registrations) are worth a compose.
+            relevant |= interest.is_none_or(|i| i.touches(relative));
+            match event.event_type() {
+                EventType::Put => {
+                    mirror.insert(relative.to_string(), kv.value_str().unwrap_or_default().to_string());
+                }
+                EventType::Delete => {
+                    mirror.remove(relative);
+                }
+            }
+            *revision = (*revision).max(kv.mod_revision());
+        }
+        if let Some(header) = message.header() {
+            *revision = (*revision).max(header.revision());
+        }
+    }
+    Ok(relevant)
 }
 
 /// Brings this host's member keys in line with its bindings: puts the missing ones under
@@ -211,22 +283,27 @@ async fn register(
         }
     };
     let present = fleet::registered_by(mirror, &opts.host);
+    // One transaction, so the other hosts see this host's members change at one revision
+    // and compose once.
+    let mut ops = Vec::new();
     for key in &wanted {
         if all || !present.contains(key) || !held.contains(key) {
-            let put = PutOptions::new().with_lease(lease);
-            store.client().put(format!("{PREFIX}{key}"), "", Some(put)).await.map_err(|e| store.error(e))?;
-            held.insert(key.clone());
+            ops.push(TxnOp::put(format!("{PREFIX}{key}"), "", Some(PutOptions::new().with_lease(lease))));
         }
     }
     for key in present.difference(&wanted) {
-        store.client().delete(format!("{PREFIX}{key}"), None::<DeleteOptions>).await.map_err(|e| store.error(e))?;
-        held.remove(key);
+        ops.push(TxnOp::delete(format!("{PREFIX}{key}"), None::<DeleteOptions>));
     }
+    if !ops.is_empty() {
+        store.client().txn(Txn::new().and_then(ops)).await.map_err(|e| store.error(e))?;
+    }
+    held.extend(wanted.iter().cloned());
     held.retain(|k| wanted.contains(k));
     Ok(())
 }
 
-/// Composes this host's rules and hands them over when they changed.
+/// Composes this host's rules and hands them over when they changed; returns what they
+/// depend on (`None` after a failure: then every change is worth another try).
 async fn offer(
     opts: &StoreOptions,
     mirror: &Snapshot,
@@ -234,19 +311,21 @@ async fn offer(
     last: &mut Option<String>,
     updates: &mpsc::Sender<Composed>,
     status: &Arc<Mutex<StoreStatus>>,
-) {
+) -> Option<Interest> {
     let members = fleet::registered_by(mirror, &opts.host).len();
     status.lock().expect("not poisoned").members = members;
-    match fleet::compose(mirror, &opts.host) {
-        Ok(text) if last.as_deref() == Some(text.as_str()) => {}
-        Ok(text) => {
+    match fleet::compose_with_interest(mirror, &opts.host) {
+        Ok((text, interest)) if last.as_deref() == Some(text.as_str()) => Some(interest),
+        Ok((text, interest)) => {
             *last = Some(text.clone());
             status.lock().expect("not poisoned").composed_revision = revision;
-            let _ = updates.send(Composed { label: label(opts, revision), text }).await;
+            let _ = updates.send(Composed { label: label(opts, revision), text, revision }).await;
+            Some(interest)
         }
         Err(e) => {
             warn!("store {} at revision {revision}: {e}; the rules last applied stay in force", opts.url);
             status.lock().expect("not poisoned").last_error = Some(e.to_string());
+            None
         }
     }
 }

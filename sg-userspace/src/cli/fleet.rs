@@ -85,6 +85,9 @@ async fn push(file: &std::path::Path, url: &StoreUrl, host: Option<&str>) -> Res
             return Ok(ExitCode::from(1));
         }
     };
+    if host.is_none() && text.contains("[[interface]]") {
+        eprintln!("note: without --host the file's [[interface]] tables are not written (they are a host's bindings)");
+    }
     let mut store = Store::connect(url).await?;
     let pushed = match store.push(&items, host, &path).await {
         Ok(pushed) => pushed,

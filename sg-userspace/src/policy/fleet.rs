@@ -185,78 +185,141 @@ fn table_of(key: &str, value: &str) -> Result<toml::Table, FleetError> {
     toml::from_str(value).map_err(|e| FleetError::Value { key: key.to_string(), message: e.message().to_string() })
 }
 
-/// `host`'s rule file: every shared definition, each group with the members registered for
-/// it (by any host), and `host`'s own bindings. Validated, so an agent can apply it.
-pub fn compose(snapshot: &Snapshot, host: &str) -> Result<String, FleetError> {
-    let mut groups: BTreeMap<String, toml::Table> = BTreeMap::new();
-    let mut lists = Vec::new();
-    let mut interfaces = Vec::new();
-    let mut sessions = None;
-    let mut registered: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
-    for (key, value) in snapshot {
+/// The entries whose keys start with `prefix`, in order.
+fn prefixed<'s>(snapshot: &'s Snapshot, prefix: &'s str) -> impl Iterator<Item = (&'s String, &'s String)> + 's {
+    snapshot
+        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(move |(key, _)| key.starts_with(prefix))
+}
+
+/// The strings of array `field` of `table`.
+fn strings(table: &toml::Table, field: &str) -> Vec<String> {
+    table
+        .get(field)
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The group ids a group's rules name as peers (`ACCOUNT/id` references by their id).
+fn peer_groups(group: &toml::Table) -> BTreeSet<String> {
+    let rules = group.get("rule").and_then(toml::Value::as_array).into_iter().flatten();
+    rules
+        .filter_map(toml::Value::as_table)
+        .flat_map(|rule| ["source_group", "destination_group"].map(|f| rule.get(f).and_then(toml::Value::as_str)))
+        .flatten()
+        .map(|reference| reference.rsplit('/').next().unwrap_or(reference).to_string())
+        .collect()
+}
+
+/// What of the store one host's rules depend on: its bindings, the groups they name, the
+/// groups those groups' rules name as peers (for their members), every prefix list and
+/// the session settings. A change elsewhere cannot change the host's rules, so its agent
+/// need not compose them again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interest {
+    host: String,
+    /// Bound groups and their peer groups, present in the store or not (a group that
+    /// appears later is of interest too).
+    groups: BTreeSet<String>,
+}
+
+impl Interest {
+    /// Whether a change of `key` (relative to [`PREFIX`]) can change the host's rules.
+    pub fn touches(&self, key: &str) -> bool {
         match Key::parse(key) {
-            Some(Key::Group(id)) => {
-                groups.insert(id, table_of(key, value)?);
-            }
-            Some(Key::PrefixList(_)) => lists.push(toml::Value::Table(table_of(key, value)?)),
-            Some(Key::Sessions) => sessions = Some(table_of(key, value)?),
-            Some(Key::Binding { host: of, .. }) if of == host => {
-                interfaces.push(toml::Value::Table(table_of(key, value)?));
-            }
-            Some(Key::Member { group, address, .. }) => {
-                registered.entry(group).or_default().insert(address);
-            }
-            _ => {}
+            Some(Key::Group(id)) => self.groups.contains(&id),
+            Some(Key::Member { group, .. }) => self.groups.contains(&group),
+            Some(Key::Binding { host, .. }) => host == self.host,
+            Some(Key::PrefixList(_) | Key::Sessions) => true,
+            Some(Key::Pushed) | None => false,
         }
     }
+}
+
+/// `host`'s rule file: its bindings; the groups they name, whole, with the members
+/// registered for them by any host; the groups those groups' rules name as peers, with
+/// their members but without their rules (which apply only where they are bound); every
+/// prefix list; the session settings. Validated, so an agent can apply it.
+pub fn compose(snapshot: &Snapshot, host: &str) -> Result<String, FleetError> {
+    compose_with_interest(snapshot, host).map(|(text, _)| text)
+}
+
+/// [`compose`], and what the result depends on.
+pub fn compose_with_interest(snapshot: &Snapshot, host: &str) -> Result<(String, Interest), FleetError> {
+    let mut interfaces = Vec::new();
+    let mut bound = BTreeSet::new();
+    let binding_prefix = format!("bindings/{host}/");
+    for (key, value) in prefixed(snapshot, &binding_prefix) {
+        let table = table_of(key, value)?;
+        bound.extend(strings(&table, "security_groups"));
+        interfaces.push(toml::Value::Table(table));
+    }
+    let mut groups: BTreeMap<String, toml::Table> = BTreeMap::new();
+    let mut interest = Interest { host: host.to_string(), groups: bound.clone() };
+    for id in &bound {
+        let key = Key::Group(id.clone()).path();
+        if let Some(value) = snapshot.get(&key) {
+            let table = table_of(&key, value)?;
+            interest.groups.extend(peer_groups(&table));
+            groups.insert(id.clone(), table);
+        }
+    }
+    for id in &interest.groups {
+        let key = Key::Group(id.clone()).path();
+        if let (false, Some(value)) = (groups.contains_key(id), snapshot.get(&key)) {
+            let mut table = table_of(&key, value)?;
+            table.remove("rule");
+            groups.insert(id.clone(), table);
+        }
+    }
+    for (id, table) in &mut groups {
+        let member_prefix = format!("members/{id}/");
+        let registered: BTreeSet<IpAddr> = prefixed(snapshot, &member_prefix)
+            .filter_map(|(key, _)| match Key::parse(key) {
+                Some(Key::Member { address, .. }) => Some(address),
+                _ => None,
+            })
+            .collect();
+        if registered.is_empty() {
+            continue;
+        }
+        let members = table.entry("members").or_insert_with(|| toml::Value::Array(Vec::new()));
+        if let toml::Value::Array(members) = members {
+            members.extend(registered.iter().map(|a| toml::Value::String(a.to_string())));
+        }
+    }
+    let mut lists = Vec::new();
+    for (key, value) in prefixed(snapshot, "prefix-lists/") {
+        lists.push(toml::Value::Table(table_of(key, value)?));
+    }
     let mut root = toml::Table::new();
-    let groups: Vec<toml::Value> = groups
-        .into_iter()
-        .map(|(id, mut table)| {
-            if let Some(addresses) = registered.get(&id) {
-                let members = table.entry("members").or_insert_with(|| toml::Value::Array(Vec::new()));
-                if let toml::Value::Array(members) = members {
-                    members.extend(addresses.iter().map(|a| toml::Value::String(a.to_string())));
-                }
-            }
-            toml::Value::Table(table)
-        })
-        .collect();
+    let groups: Vec<toml::Value> = groups.into_values().map(toml::Value::Table).collect();
     for (field, values) in [("security_group", groups), ("prefix_list", lists), ("interface", interfaces)] {
         if !values.is_empty() {
             root.insert(field.to_string(), toml::Value::Array(values));
         }
     }
-    if let Some(sessions) = sessions {
-        root.insert("sessions".to_string(), toml::Value::Table(sessions));
+    if let Some(value) = snapshot.get(&Key::Sessions.path()) {
+        root.insert("sessions".to_string(), toml::Value::Table(table_of(&Key::Sessions.path(), value)?));
     }
     let text = toml::to_string(&root).expect("a TOML table serializes");
     parse_str(&text, &format!("{PREFIX} (host {host})"))
         .map_err(|errors| FleetError::Host { host: host.to_string(), errors })?;
-    Ok(text)
+    Ok((text, interest))
 }
 
 /// The member keys `host`'s agent holds: each address of each of its bindings, in each of
 /// the binding's groups.
 pub fn own_members(snapshot: &Snapshot, host: &str) -> Result<BTreeSet<String>, FleetError> {
     let mut keys = BTreeSet::new();
-    for (key, value) in snapshot {
-        let Some(Key::Binding { host: of, .. }) = Key::parse(key) else { continue };
-        if of != host {
-            continue;
-        }
+    let binding_prefix = format!("bindings/{host}/");
+    for (key, value) in prefixed(snapshot, &binding_prefix) {
         let table = table_of(key, value)?;
-        let strings = |field: &str| -> Vec<String> {
-            table
-                .get(field)
-                .and_then(toml::Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        };
-        for group in strings("security_groups") {
-            for address in strings("addresses") {
+        for group in strings(&table, "security_groups") {
+            for address in strings(&table, "addresses") {
                 let Ok(address) = address.parse::<IpAddr>() else { continue };
                 keys.insert(Key::Member { group: group.clone(), host: host.to_string(), address }.path());
             }
@@ -355,17 +418,41 @@ tcp_established = 600
         assert_eq!(cfg.group("sg-web").unwrap().members, vec!["198.18.1.1".parse::<IpAddr>().unwrap()]);
         // The host's own address is a member of its interface's group.
         assert_eq!(cfg.group("sg-db").unwrap().members, vec!["198.18.2.1".parse::<IpAddr>().unwrap()]);
-        for group in &original.groups {
-            let composed = cfg.group(&group.id).unwrap();
-            let rules = |g: &crate::policy::config::SecurityGroup, c: &crate::policy::config::Config| {
-                let mut keys: Vec<String> = g.rules.iter().map(|r| r.identity(c)).collect();
-                keys.sort();
-                keys
-            };
-            assert_eq!(rules(composed, &cfg), rules(group, &original), "{}", group.id);
+        // The bound group whole; its peer group for its members only.
+        let identities = |g: &crate::policy::config::SecurityGroup, c: &crate::policy::config::Config| {
+            let mut keys: Vec<String> = g.rules.iter().map(|r| r.identity(c)).collect();
+            keys.sort();
+            keys
+        };
+        let db = original.group("sg-db").unwrap();
+        assert_eq!(identities(cfg.group("sg-db").unwrap(), &cfg), identities(db, &original));
+        assert!(cfg.group("sg-web").unwrap().rules.is_empty(), "a peer group's rules do not apply here");
+        assert_eq!(cfg.prefix_lists.len(), 1);
+        // Another host has no bindings: nothing of the groups concerns it.
+        let c = parse_str(&compose(&snapshot, "host-c").unwrap(), "c").unwrap();
+        assert!(c.interfaces.is_empty() && c.groups.is_empty());
+    }
+
+    #[test]
+    fn a_host_is_interested_in_its_groups_their_peers_and_nothing_else() {
+        let items = split(FILE, "f.toml", Some("host-b")).unwrap();
+        let mut snapshot = after_push(&Snapshot::new(), &items, Some("host-b"));
+        snapshot.insert("groups/sg-unrelated".into(), "id = \"sg-unrelated\"\n".into());
+        let (_, interest) = compose_with_interest(&snapshot, "host-b").unwrap();
+        for key in [
+            "groups/sg-db",
+            "groups/sg-web",
+            "members/sg-web/host-a/198.18.1.1",
+            "members/sg-db/host-z/198.18.2.9",
+            "bindings/host-b/db1",
+            "prefix-lists/pl-new",
+            "sessions",
+        ] {
+            assert!(interest.touches(key), "{key}");
         }
-        // Another host has no bindings: its file has the groups and no interface.
-        assert!(parse_str(&compose(&snapshot, "host-c").unwrap(), "c").unwrap().interfaces.is_empty());
+        for key in ["groups/sg-unrelated", "members/sg-unrelated/h/198.18.0.1", "bindings/host-a/web0", "pushed", "x"] {
+            assert!(!interest.touches(key), "{key}");
+        }
     }
 
     #[test]
@@ -401,6 +488,7 @@ tcp_established = 600
     fn a_corrupt_value_is_named() {
         let mut snapshot = Snapshot::new();
         snapshot.insert("groups/sg-x".into(), "not = [toml".into());
+        snapshot.insert("bindings/h/eth0".into(), "name = \"eth0\"\nsecurity_groups = [\"sg-x\"]\n".into());
         let Err(FleetError::Value { key, .. }) = compose(&snapshot, "h") else { panic!("composed") };
         assert_eq!(key, "groups/sg-x");
     }

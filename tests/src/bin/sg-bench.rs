@@ -7,7 +7,8 @@
 //! trafgen, side by side with a minimal XDP program, nftables, iptables, ipset and
 //! xdp-filter (`sg_tests::throughput`). Part 3, control plane: compile and apply time
 //! and map memory. Part 4, sessions: memory and the fast path with the table filling up.
-//! Part 5, verdict events a second to `sgctl log --follow --json`, accounted. `--quick` runs a small version in seconds (part of `cargo xtask test`,
+//! Part 5, verdict events a second to `sgctl log --follow --json`, accounted. Part 6, a
+//! fleet of simulated agents on one etcd: membership change to compiled rules. `--quick` runs a small version in seconds (part of `cargo xtask test`,
 //! so the benchmark cannot rot).
 
 use std::{
@@ -39,7 +40,7 @@ const SEED: u64 = 0x5eed;
 
 struct Settings {
     quick: bool,
-    /// Parts to run (1-5); all unless `--only 1,3` narrows them.
+    /// Parts to run (1-6); all unless `--only 1,3` narrows them.
     parts: Vec<u8>,
     sizes: Vec<usize>,
     repeat: u32,
@@ -175,7 +176,7 @@ fn main() -> Result<()> {
     } else {
         Settings { quick, parts: vec![], sizes: vec![10, 100, 1000, 10_000, 16_384], repeat: 100_000, runs: 5, out }
     };
-    let s = Settings { parts: only.unwrap_or_else(|| vec![1, 2, 3, 4, 5]), ..s };
+    let s = Settings { parts: only.unwrap_or_else(|| vec![1, 2, 3, 4, 5, 6]), ..s };
     // Before any part runs: part 1 writes its plot data beside the report.
     if let Some(dir) = s.out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -427,6 +428,9 @@ fn main() -> Result<()> {
     }
     if s.parts.contains(&5) {
         report.push_str(&sg_tests::event_rate::event_rate_section(s.quick)?);
+    }
+    if s.parts.contains(&6) {
+        report.push_str(&sg_tests::fleet_bench::fleet_section(s.quick)?);
     }
     if !s.quick && s.parts.contains(&1) {
         plot(&per_size, &established, &s.out)?;
