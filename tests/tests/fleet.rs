@@ -3,7 +3,10 @@
 //! network. Group membership crosses hosts: host A's web instance joins `sg-web` and
 //! reaches host B's database through B's rule naming `sg-web`; it leaves and is cut;
 //! A's agent dies and its lease takes its members away everywhere. etcd stops and comes
-//! back without enforcement changing meanwhile, and an invalid push changes nothing.
+//! back without enforcement changing meanwhile (an agent restarted then carries on with
+//! its recorded rules, one that lived through it resumes its watch), an invalid push
+//! changes nothing, and an agent cut off while etcd compacts its history resyncs from a
+//! snapshot.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -17,8 +20,8 @@ use sg_tests::{
     deploy::DownOnDrop,
     fleet::Etcd,
     kernel::{kernel_tests_enabled, sgctl_bin},
-    netns::{Host, Lab},
-    traffic::{Proto, echo_over},
+    netns::{Host, Lab, ip},
+    traffic::{Proto, echo_over, in_netns},
 };
 
 const T: Duration = Duration::from_millis(800);
@@ -113,6 +116,12 @@ fn db_open(from: &Host) -> bool {
     from.reaches(Proto::Tcp, IpAddr::V4(DB), DB_PORT, T)
 }
 
+/// A quicker probe for waiting until the database opens (a dropped SYN is retried only
+/// after a second, so a failed probe says nothing more by waiting longer).
+fn db_opens(from: &Host) -> bool {
+    from.reaches(Proto::Tcp, IpAddr::V4(DB), DB_PORT, Duration::from_millis(150))
+}
+
 /// Waits up to `within` for `check` to hold; returns how long it took.
 fn converges(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -123,6 +132,21 @@ fn converges(within: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// Compacts etcd's history up to its current revision, from `host`'s namespace.
+fn compact(host: &Host, url: &str) {
+    let endpoint = url.replace("etcd://", "http://");
+    in_netns(&host.ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([endpoint], None).await?;
+            let revision = client.get("/", None).await?.header().map_or(0, |h| h.revision());
+            client.compact(revision, None).await?;
+            anyhow::Ok(())
+        })
+    })
+    .unwrap();
 }
 
 fn run_agent(host: &Host, url: &str, name: &str) -> Agent {
@@ -166,14 +190,14 @@ fn membership_crosses_hosts_through_the_store() {
     pushed(&db, &url, "a.toml", &host_file("web0", "sg-other", WEB, false), Some("a"));
     let mut agent_a = run_agent(&web, &url, "a");
     let mut agent_b = run_pinned_agent(&db, &url, "b");
-    let _agent_c = run_agent(&other, &url, "c");
+    let mut agent_c = run_agent(&other, &url, "c");
     assert!(!db_open(&web), "web reaches the database before it is in sg-web");
     assert!(!db_open(&other), "host C reaches the database");
 
     // Joining sg-web on host A: A's agent registers the address, B's rules follow.
     let start = Instant::now();
     pushed(&db, &url, "a-web.toml", &host_file("web0", "sg-web", WEB, false), Some("a"));
-    let joined = converges(Duration::from_secs(10), || db_open(&web)).map(|_| start.elapsed());
+    let joined = converges(Duration::from_secs(10), || db_opens(&web)).map(|_| start.elapsed());
     assert!(joined.is_some(), "web never reached the database after joining sg-web");
     assert_eq!(members(&db, &url, "sg-web"), [format!("{WEB}@a")]);
     assert!(!db_open(&other), "host C reaches the database");
@@ -190,7 +214,7 @@ fn membership_crosses_hosts_through_the_store() {
 
     // Back in, then host A's agent dies: its lease expires and its members go everywhere.
     pushed(&db, &url, "a-web.toml", &host_file("web0", "sg-web", WEB, false), Some("a"));
-    assert!(converges(Duration::from_secs(10), || db_open(&web)).is_some(), "web did not rejoin");
+    assert!(converges(Duration::from_secs(10), || db_opens(&web)).is_some(), "web did not rejoin");
     agent_a.stop_with(libc::SIGKILL).unwrap();
     let expired = converges(Duration::from_secs(15), || members(&db, &url, "sg-web").is_empty());
     assert!(expired.is_some(), "host A's members outlived its lease: {:?}", members(&db, &url, "sg-web"));
@@ -217,7 +241,7 @@ fn membership_crosses_hosts_through_the_store() {
     assert!(unreachable.is_some(), "status does not say the store is unreachable: {}", status(&db));
     // B's agent crashes and restarts during the outage: it carries on with what it had.
     agent_b.stop_with(libc::SIGKILL).unwrap();
-    let agent_b = run_pinned_agent(&db, &url, "b");
+    let mut agent_b = run_pinned_agent(&db, &url, "b");
     for said in ["enforcing the rules last applied here", "adopted generation"] {
         assert!(agent_b.seen.iter().any(|l| l.contains(said)), "no {said:?} in {:?}", agent_b.seen);
     }
@@ -227,17 +251,37 @@ fn membership_crosses_hosts_through_the_store() {
     etcd.resume().unwrap();
     let reconnected = converges(Duration::from_secs(15), || status(&db).contains(": connected;"));
     assert!(reconnected.is_some(), "B did not reconnect: {}", status(&db));
+    // C's agent lived through the outage: it resumed its watch rather than reading again.
+    agent_c.wait_for("resuming the watch after revision", Duration::from_secs(15)).unwrap();
     let start = Instant::now();
     pushed(&db, &url, "b-ops.toml", &host_file("db0", "sg-db", DB, true), Some("b"));
-    let ops = converges(Duration::from_secs(10), || db_open(&other)).map(|_| start.elapsed());
+    let ops = converges(Duration::from_secs(10), || db_opens(&other)).map(|_| start.elapsed());
     assert!(ops.is_some(), "the change made after etcd returned never reached B");
     assert!(!db_open(&web), "web reaches the database");
+
+    // B cut off from the store while a change lands and etcd compacts its history: B
+    // keeps its rules meanwhile, and back on the network its watch cannot resume from
+    // where it was, so it reads a fresh snapshot and converges.
+    ip(&["-n", &db.ns, "link", "set", "mgmt0", "down"]).unwrap();
+    let cut_off = converges(Duration::from_secs(20), || status(&db).contains("UNREACHABLE"));
+    assert!(cut_off.is_some(), "B does not notice it is cut off: {}", status(&db));
+    pushed(&other, &url, "b-no-ops.toml", &host_file("db0", "sg-db", DB, false), Some("b"));
+    compact(&other, &url);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(db_open(&other), "B changed its rules while cut off from the store");
+    ip(&["-n", &db.ns, "link", "set", "mgmt0", "up"]).unwrap();
+    agent_b.wait_for("reading a fresh snapshot", Duration::from_secs(30)).unwrap();
+    let resynced = converges(Duration::from_secs(20), || !db_open(&other));
+    assert!(resynced.is_some(), "B never applied the change made while it was cut off");
     println!(
         "fleet: push to reachable {:?} (join), leave seen within {:?} (one refused probe is 800 ms), members gone \
-         {:?} after the kill (TTL {LEASE_TTL} s), push to reachable after the outage {:?}",
+         {:?} after the kill (TTL {LEASE_TTL} s), push to reachable after the outage {:?}, cut off noticed in {:?}, \
+         resynced {:?} after reconnecting",
         joined.unwrap(),
         left.unwrap(),
         expired.unwrap(),
-        ops.unwrap()
+        ops.unwrap(),
+        cut_off.unwrap(),
+        resynced.unwrap()
     );
 }
