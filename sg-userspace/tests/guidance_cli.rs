@@ -221,3 +221,41 @@ fn import_alibaba_takes_members_and_types_from_context_responses() {
     ]);
     assert_eq!(bad.status.code(), Some(1), "an AWS file is no Alibaba context");
 }
+
+/// Neighbour and multicast listener discovery pass before any rule in the data plane;
+/// `trace` says so instead of judging them by the rules (which would drop them here).
+#[test]
+fn trace_passes_neighbour_discovery_before_the_rules() {
+    let file = example("guide-use-cases.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let iface =
+        text.lines().find_map(|l| l.trim().strip_prefix("name = \"")).unwrap().trim_end_matches('"').to_string();
+    let trace = |icmp_type: &str| {
+        let out = sgctl(&[
+            "trace",
+            &file,
+            "--iface",
+            &iface,
+            "--direction",
+            "ingress",
+            "--proto",
+            "icmpv6",
+            "--src",
+            "2001:db8::99",
+            "--dst",
+            "2001:db8::1",
+            "--icmp-type",
+            icmp_type,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json(&out)
+    };
+    for icmp_type in ["130", "133", "135", "136", "143"] {
+        let decision = trace(icmp_type);
+        assert_eq!(decision["action"], "accept", "type {icmp_type}: {decision}");
+        assert_eq!(decision["decided_by"]["step"], "neighbour_discovery", "type {icmp_type}: {decision}");
+    }
+    // An echo request is judged by the rules as usual.
+    assert_ne!(trace("128")["decided_by"]["step"], "neighbour_discovery");
+}

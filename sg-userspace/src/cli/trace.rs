@@ -76,6 +76,21 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         (args.sport, args.dport)
     };
+    // The data plane passes neighbour and multicast listener discovery before any rule
+    // (IPv6 cannot work without them), and so does the trace.
+    let icmp_type = (dst_port >> 8) as u8;
+    if icmp && sg_common::is_neighbour_discovery(protocol, icmp_type) {
+        if args.json {
+            let decided_by = serde_json::json!({ "step": "neighbour_discovery", "icmp_type": icmp_type });
+            println!("{}", serde_json::json!({ "action": "accept", "decided_by": decided_by, "skipped": [] }));
+        } else {
+            println!(
+                "accept: ICMPv6 type {icmp_type} is neighbour or multicast listener discovery, which always passes \
+                 (before sessions and rules; IPv6 does not work without it)"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let packet = PacketTuple { src: args.src, dst: args.dst, protocol, src_port, dst_port };
     let decision = evaluate(&cfg, iface, args.direction, &packet);
     if args.json {
