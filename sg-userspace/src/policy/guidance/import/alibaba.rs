@@ -393,11 +393,36 @@ fn permission_rule(
     let local_v4 = text(p, &format!("{local_side}CidrIp"));
     let local_v6 = text(p, &format!("Ipv6{local_side}CidrIp"));
     let mut local = None;
+    // Of one family with the peer and the protocol, or the rule file would not validate
+    // (found by the `import_alibaba` fuzz target).
+    let peer_family = match &peer {
+        Some((key, value)) if key.ends_with("_prefix_list") => {
+            draft.prefix_lists.iter().find(|l| &l.id == value).map(|l| l.family)
+        }
+        Some((key, _)) if key.ends_with("_group") => None,
+        Some((_, value)) => cidr_value(value).ok().map(|n| Family::of_net(&n)),
+        None => None,
+    };
     for (value, name) in [(local_v4, format!("{local_side}CidrIp")), (local_v6, format!("Ipv6{local_side}CidrIp"))] {
         let Some(value) = value else { continue };
         match cidr_value(&value) {
             Ok(_) if local.is_some() => problems.error(at(&name), "both an IPv4 and an IPv6 local address are set"),
-            Ok(_) => local = Some(value),
+            Ok(net) => {
+                let family = Family::of_net(&net);
+                if let Some(peer_family) = peer_family.filter(|&f| f != family) {
+                    problems.error(
+                        at(&name),
+                        format!("`{value}`: the local address is {family} but the peer is {peer_family}; the rule could never match"),
+                    );
+                } else if let Some(required) = protocol.family().filter(|&f| f != family) {
+                    problems.error(
+                        at(&name),
+                        format!("`{value}`: {protocol} is {required} only, but the local address is {family}"),
+                    );
+                } else {
+                    local = Some(value);
+                }
+            }
             Err(message) => problems.error(at(&name), format!("`{value}`: {message}")),
         }
     }
