@@ -157,13 +157,25 @@ fn run_agent(host: &Host, url: &str, name: &str) -> Agent {
 /// The agent through `sgctl --netns`, so its pins and state outlive it and the next one
 /// can adopt them.
 fn run_pinned_agent(host: &Host, url: &str, name: &str) -> Agent {
-    let args = ["run", "--store", url, "--host", name, "--lease-ttl", LEASE_TTL];
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    let args = ["run", "--store", url, "--host", name, "--lease-ttl", LEASE_TTL, "--metrics", &metrics];
     Agent::start_pinned(&sgctl_bin(), host, &args, "rules in force on")
         .unwrap_or_else(|e| panic!("agent of {name}: {e:#}"))
 }
 
 fn status(host: &Host) -> String {
     text(&sgctl_pinned(host, &["status"]))
+}
+
+/// The metrics port of the pinned agent (in its own namespace).
+const METRICS_PORT: u16 = 9464;
+
+/// The value of metric `name` in the agent's scrape.
+fn metric(host: &Host, name: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{METRICS_PORT}/metrics");
+    let out = host.run("curl", &["-sf", "--max-time", "5", &url]).ok()?;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[test]
@@ -239,6 +251,7 @@ fn membership_crosses_hosts_through_the_store() {
     assert!(!db_open(&web), "web reaches the database while etcd is down");
     let unreachable = converges(Duration::from_secs(10), || status(&db).contains("UNREACHABLE"));
     assert!(unreachable.is_some(), "status does not say the store is unreachable: {}", status(&db));
+    assert_eq!(metric(&db, "sgctl_store_connected"), Some(0.0), "the metrics do not say so");
     // B's agent crashes and restarts during the outage: it carries on with what it had.
     agent_b.stop_with(libc::SIGKILL).unwrap();
     let mut agent_b = run_pinned_agent(&db, &url, "b");
@@ -251,6 +264,8 @@ fn membership_crosses_hosts_through_the_store() {
     etcd.resume().unwrap();
     let reconnected = converges(Duration::from_secs(15), || status(&db).contains(": connected;"));
     assert!(reconnected.is_some(), "B did not reconnect: {}", status(&db));
+    assert_eq!(metric(&db, "sgctl_store_connected"), Some(1.0));
+    assert!(metric(&db, "sgctl_store_revision").is_some_and(|r| r > 0.0));
     // C's agent lived through the outage: it resumed its watch rather than reading again.
     agent_c.wait_for("resuming the watch after revision", Duration::from_secs(15)).unwrap();
     let start = Instant::now();
