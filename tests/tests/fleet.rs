@@ -204,6 +204,10 @@ fn membership_crosses_hosts_through_the_store() {
     let mut agent_b = run_pinned_agent(&db, &url, "b");
     let mut agent_c = run_agent(&other, &url, "c");
     assert!(!db_open(&web), "web reaches the database before it is in sg-web");
+    // The store decides this agent's rules: a local apply is refused, naming the way.
+    let local = write("local.toml", &host_file("db0", "sg-db", DB, true));
+    let refused = sgctl_pinned(&db, &["apply", local.to_str().unwrap()]);
+    assert!(!refused.status.success() && text(&refused).contains("sgctl fleet push"), "{}", text(&refused));
     assert!(!db_open(&other), "host C reaches the database");
 
     // Joining sg-web on host A: A's agent registers the address, B's rules follow.

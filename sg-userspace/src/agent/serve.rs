@@ -158,6 +158,10 @@ impl Agent<'_> {
             ));
         }
         match request.op {
+            Op::Apply { .. } if self.opts.store.is_some() => Reply::failed(format!(
+                "this agent's rules come from the store ({}); change them with `sgctl fleet push`",
+                self.opts.store.as_ref().map(|s| s.url.to_string()).unwrap_or_default()
+            )),
             Op::Apply { path, text, confirm_s } => {
                 let (before_path, before_text) = (self.live.config_path.clone(), self.live.config_text.clone());
                 match self.apply_text(&path, &text) {

@@ -277,9 +277,12 @@ pub fn compose_with_interest(snapshot: &Snapshot, host: &str) -> Result<(String,
     }
     for (id, table) in &mut groups {
         let member_prefix = format!("members/{id}/");
+        // This host's own registrations are left out: its bindings' addresses are members
+        // of its groups anyway (the validator adds them), and a stale registration of an
+        // earlier binding must not count.
         let registered: BTreeSet<IpAddr> = prefixed(snapshot, &member_prefix)
             .filter_map(|(key, _)| match Key::parse(key) {
-                Some(Key::Member { address, .. }) => Some(address),
+                Some(Key::Member { address, host: of, .. }) if of != host => Some(address),
                 _ => None,
             })
             .collect();
@@ -428,6 +431,11 @@ tcp_established = 600
         assert_eq!(identities(cfg.group("sg-db").unwrap(), &cfg), identities(db, &original));
         assert!(cfg.group("sg-web").unwrap().rules.is_empty(), "a peer group's rules do not apply here");
         assert_eq!(cfg.prefix_lists.len(), 1);
+        // Registering its own address changes nothing of the host's file.
+        let own = Key::Member { group: "sg-db".into(), host: "host-b".into(), address: "198.18.2.1".parse().unwrap() };
+        let mut registered = snapshot.clone();
+        registered.insert(own.path(), String::new());
+        assert_eq!(compose(&registered, "host-b").unwrap(), text);
         // Another host has no bindings: nothing of the groups concerns it.
         let c = parse_str(&compose(&snapshot, "host-c").unwrap(), "c").unwrap();
         assert!(c.interfaces.is_empty() && c.groups.is_empty());
