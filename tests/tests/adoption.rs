@@ -11,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use sg_tests::{
     r#gen::{self as generator, Case, GenOptions},
     kernel::kernel_tests_enabled,
-    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run},
+    testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run, test_capacity},
 };
 use sgctl::{
     control::{
@@ -19,7 +19,7 @@ use sgctl::{
         enforcer::{AdoptError, CompiledInterface, EnforcerState},
     },
     dataplane::{
-        Capacity, Dataplane, LoadOptions,
+        Dataplane, LoadOptions,
         pins::{Generation, Pins, pin_objects},
         sessions,
     },
@@ -83,11 +83,14 @@ fn a_successor_adopts_without_rewriting_and_applies_beside_the_live_rules() {
     let dir = PathBuf::from(format!("/sys/fs/bpf/sgt-adopt-{}", std::process::id()));
     let _remove = RemoveDir(dir.clone());
     let (pins, _) = Pins::open(&dir).expect("a pin directory on the BPF filesystem");
-    let capacity = Capacity::default();
+    // A small session table: every probe flushes it, and flushing scans every bucket.
+    let capacity = test_capacity();
+    // One load for every case (verifying the programs is most of a case's cost): each
+    // case starts from maps its predecessor cleared.
+    let id = 1;
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity, ..LoadOptions::default() }).expect("load");
+    pin_objects(&mut dp, &pins, id).expect("pin");
     for seed in 0..cases {
-        let id = seed as u32 + 1;
-        let mut dp = Dataplane::load(&LoadOptions { trace: true, capacity, ..LoadOptions::default() }).expect("load");
-        pin_objects(&mut dp, &pins, id).expect("pin");
         let (a, b) = (
             generator::case(2 * seed + 1, &GenOptions::default(), 20),
             generator::case(2 * seed + 2, &GenOptions::default(), 20),
@@ -132,8 +135,12 @@ fn a_successor_adopts_without_rewriting_and_applies_beside_the_live_rules() {
         let mut third = Generation::open(&pins, id).unwrap();
         let stale = Enforcer::adopt(&mut third, &capacity, &recorded, (&a.config, &ca), timeouts);
         assert!(matches!(stale, Err(AdoptError::Stale(_))), "seed {seed}: a stale record is refused");
-        drop((enforcer, second, third, dp));
-        pins.remove_generation(id).unwrap();
+        // Nothing of this case stays for the next.
+        enforcer.clear(TEST_RUN_IFINDEX).unwrap();
+        assert_eq!(enforcer.trie_entries().unwrap(), 0, "seed {seed}: cleared");
+        drop((enforcer, second, third));
     }
+    drop(dp);
+    pins.remove_generation(id).unwrap();
     eprintln!("adoption: {cases} pairs of rule files, adopted, applied twice, 0 mismatches");
 }
