@@ -235,9 +235,7 @@ impl Host {
         let path = format!("/run/netns/{}", self.ns);
         let (flag, count) = (stop.clone(), received.clone());
         let thread = thread::spawn(move || {
-            let socket = enter_netns(&path).and_then(|()| {
-                UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).map_err(anyhow::Error::from)
-            });
+            let socket = enter_netns(&path).and_then(|()| bind_udp_retrying(port));
             match socket {
                 Ok(socket) => {
                     let _ = ready_tx.send(Ok(()));
@@ -293,6 +291,21 @@ impl Host {
     pub fn delivers(&self, sink: &Sink, dst: IpAddr, port: u16) -> bool {
         let before = sink.count();
         self.send_udp(dst, port).is_ok() && sink.grew_from(before, Duration::from_millis(800))
+    }
+}
+
+/// Binds `[::]:port`, retrying for a second while the port is reported in use: a socket
+/// this process just closed on that port (`send_udp_from`) was once seen to hold it a
+/// moment longer on the loaded CI machine.
+fn bind_udp_retrying(port: u16) -> Result<UdpSocket> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.with_context(|| format!("binding UDP port {port}")),
+        }
     }
 }
 
