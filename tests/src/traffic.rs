@@ -294,9 +294,9 @@ impl Host {
     }
 }
 
-/// Binds `[::]:port`, retrying for a second while the port is reported in use: a socket
-/// this process just closed on that port (`send_udp_from`) was once seen to hold it a
-/// moment longer on the loaded CI machine.
+/// Binds `[::]:port`, retrying for a second while the port is reported in use: right
+/// after `send_udp_from` closed its socket on the port, a bind failed once with
+/// EADDRINUSE on the loaded CI machine (cause not found).
 fn bind_udp_retrying(port: u16) -> Result<UdpSocket> {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
