@@ -173,7 +173,7 @@ async fn follow_connected(
     status: &Arc<Mutex<StoreStatus>>,
     backoff: &mut Duration,
 ) -> Result<()> {
-    let (mut keeper, mut kept) = store.client().lease_keep_alive(lease).await.map_err(|e| store.error(e))?;
+    let (mut keeper, mut renewals) = store.client().lease_keep_alive(lease).await.map_err(|e| store.error(e))?;
     *backoff = FIRST_BACKOFF;
     {
         let mut s = status.lock().expect("not poisoned");
@@ -195,7 +195,7 @@ async fn follow_connected(
     loop {
         tokio::select! {
             _ = tick.tick() => keeper.keep_alive().await.map_err(|e| store.error(e))?,
-            answer = kept.message() => {
+            answer = renewals.message() => {
                 let answer = answer.map_err(|e| store.error(e))?.context("the lease's keep-alive stream ended")?;
                 if answer.ttl() <= 0 {
                     bail!("lease {lease:x} expired");
