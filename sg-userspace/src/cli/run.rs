@@ -16,8 +16,9 @@ pub struct Args {
     #[arg(long, required_unless_present = "store", conflicts_with = "store")]
     config: Option<PathBuf>,
     /// Build the rules from a fleet's store instead (etcd://HOST:PORT[,...]): this
-    /// host's bindings, every group and prefix list, and the members every host
-    /// registers; watched, and applied on every change.
+    /// host's bindings, their groups, the members of the groups their rules name (as
+    /// every host registers them) and the prefix lists; watched, and applied on every
+    /// change.
     #[arg(long, value_name = "URL", requires = "host", conflicts_with = "watch")]
     store: Option<StoreUrl>,
     /// This host's name in the store (with --store).
