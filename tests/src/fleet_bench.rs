@@ -26,7 +26,11 @@ use sgctl::{
 };
 use tokio::sync::mpsc;
 
-use crate::{fleet::Etcd, netns::Lab};
+use crate::{
+    fleet::Etcd,
+    netns::Lab,
+    procfs::{cpu_and_rss, ticks_per_second},
+};
 
 /// The fleet's size.
 struct Size {
@@ -75,24 +79,12 @@ struct Compiled {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    cpu_and_rss(pid).1
 }
 
 /// CPU seconds (user and system) process `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command: state is the 3rd field, utime the 14th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / per_second.max(1.0)
+    cpu_and_rss(pid).0 as f64 / ticks_per_second() as f64
 }
 
 fn raise_fd_limit() {

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod r#gen;
 pub mod kernel;
 pub mod netns;
+pub mod procfs;
 pub mod ref_parse;
 pub mod sessions_gen;
 pub mod testrun;

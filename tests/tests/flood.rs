@@ -17,6 +17,7 @@ use sg_tests::{
     agent::{Agent, sgctl},
     kernel::kernel_tests_enabled,
     netns::{Host, instance_and_outside},
+    procfs::cpu_and_rss,
     traffic::{Proto, echo_over},
 };
 
@@ -60,23 +61,6 @@ fn syn_flood_conf(inst: &Host, out: &Host) -> String {
         bytes(&inst.mac),
         bytes(&out.mac),
     )
-}
-
-/// utime + stime of `pid`, in clock ticks, and its resident set in KiB.
-fn cpu_and_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    let cpu = tick(11) + tick(12);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
 }
 
 fn status(inst: &Host) -> serde_json::Value {

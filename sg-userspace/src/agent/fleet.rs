@@ -187,7 +187,7 @@ async fn follow_connected(
     // Every member key is written again under this connection's lease: an earlier
     // agent's lease may still hold them and would take them along when it expires.
     let mut held: BTreeSet<String> = BTreeSet::new();
-    register(store, opts, mirror, lease, &mut held, true).await?;
+    register(store, opts, mirror, lease, &mut held).await?;
     let mut interest = offer(opts, mirror, *revision, last, updates, status).await;
     let watch_options = WatchOptions::new().with_prefix().with_start_revision(*revision + 1);
     let mut watch = store.client().watch(PREFIX, Some(watch_options)).await.map_err(|e| store.error(e))?;
@@ -220,7 +220,7 @@ async fn follow_connected(
                 if !relevant {
                     continue;
                 }
-                register(store, opts, mirror, lease, &mut held, false).await?;
+                register(store, opts, mirror, lease, &mut held).await?;
                 interest = offer(opts, mirror, *revision, last, updates, status).await;
             }
             () = updates.closed() => return Ok(()),
@@ -265,15 +265,14 @@ fn fold(
     Ok(relevant)
 }
 
-/// Brings this host's member keys in line with its bindings: puts the missing ones under
-/// `lease` (all of them when `all`), deletes those no binding lists any more.
+/// Brings this host's member keys in line with its bindings: puts those not yet held
+/// under `lease`, deletes those no binding lists any more.
 async fn register(
     store: &mut Store,
     opts: &StoreOptions,
     mirror: &Snapshot,
     lease: i64,
     held: &mut BTreeSet<String>,
-    all: bool,
 ) -> Result<()> {
     let wanted = match fleet::own_members(mirror, &opts.host) {
         Ok(wanted) => wanted,
@@ -287,7 +286,9 @@ async fn register(
     // and compose once.
     let mut ops = Vec::new();
     for key in &wanted {
-        if all || !present.contains(key) || !held.contains(key) {
+        // Missing from the store, or there under another (earlier) lease: `held` starts
+        // empty with each connection's lease, so its first call writes every key.
+        if !(present.contains(key) && held.contains(key)) {
             ops.push(TxnOp::put(format!("{PREFIX}{key}"), "", Some(PutOptions::new().with_lease(lease))));
         }
     }
