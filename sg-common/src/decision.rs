@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn sizes_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Decision>(), 8);
-        assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 56 + 8);
+        assert_eq!(core::mem::size_of::<TraceRecord>(), 8 + 64 + 8);
         assert_eq!(core::mem::size_of::<Event>(), 8 + 32 + 4 + 4 + 4 + 9 + 11);
         assert_eq!(core::mem::size_of::<EventConfig>(), 48);
         assert_eq!(core::mem::size_of::<TokenBucket>(), 16);

@@ -29,10 +29,11 @@
 
 use crate::{
     PacketMeta, Session, SessionKey, Timeouts, fragment, ip_proto,
-    session::{belongs_to_session, flow_ports, state, tcp_flag},
+    session::{anchor, belongs_to_session, flow_ports, state, tcp_flag},
+    stats,
 };
 
-/// Slots per CPU (a power of two). Two entries each, 104 bytes an entry: 1.6 MiB a CPU.
+/// Slots per CPU (a power of two). Two entries each, 128 bytes an entry: 2 MiB a CPU.
 pub const FLOW_CACHE_SLOTS: u32 = 8192;
 const SLOT_BITS: u32 = FLOW_CACHE_SLOTS.trailing_zeros();
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
@@ -55,9 +56,15 @@ pub struct FlowCacheEntry {
     /// The interface's configuration id (`SG_IFACE_INDEX`) when the entry was made.
     pub config: u32,
     /// `DECISION_AUDIT` when the interface is in audit mode, for the hit's decision.
-    pub decision_flags: u32,
-    /// The interface's counter slot (`IfaceConfig::counters`), for the hit's counters.
-    pub counters: u32,
+    pub decision_flags: u16,
+    /// The interface's counter slot (`IfaceConfig::counters`, below 64), for the hit's
+    /// counters.
+    pub counters: u16,
+    /// The TCP acknowledgement number of the latest hit; on an egress entry, the
+    /// instance's, which [`FlowCacheEntry::fold_into`] hands to the session
+    /// (`Session::instance_ack`). Kept in the 4 bytes before the counts, so an entry
+    /// stays two cache lines.
+    pub acked: u32,
     /// The session's `created_ns`: which incarnation of the flow this is.
     pub created_ns: u64,
     /// When the slow-path packet that made the entry went by: coarse ns and jiffies.
@@ -270,8 +277,9 @@ impl FlowCacheEntry {
 
     /// Records a hit.
     #[inline(always)]
-    pub fn hit(&mut self, jiffies: u64, len: u64) {
+    pub fn hit(&mut self, jiffies: u64, len: u64, ack: u32) {
         self.last_hit_jiffies = jiffies;
+        self.acked = ack;
         self.packets += 1;
         self.uncounted += 1;
         self.bytes += len;
@@ -316,8 +324,9 @@ impl FlowCacheEntry {
         self.ifindex = tuple.ifindex;
         self.kind = tuple.kind;
         self.config = config;
-        self.decision_flags = decision_flags;
-        self.counters = counters;
+        self.decision_flags = decision_flags as u16;
+        self.counters = counters as u16;
+        self.acked = meta.tcp_ack;
         self.created_ns = session.created_ns;
         self.made_ns = now.0;
         self.made_jiffies = now.1;
@@ -328,6 +337,14 @@ impl FlowCacheEntry {
         clear(&mut self.bytes);
         self.epoch = epoch;
         self.rule_id = session.rule_id;
+    }
+
+    /// The instance's latest acknowledgement among the hits not folded yet: on an egress
+    /// TCP entry with hits, the latest hit's.
+    #[inline(always)]
+    pub fn pending_ack(&self) -> Option<u32> {
+        let egress_tcp = self.kind >> 16 == stats::HOOK_EGRESS && (self.kind >> 8) as u8 == ip_proto::TCP;
+        (self.packets != 0 && egress_tcp).then_some(self.acked)
     }
 
     /// Hits of `session` (under `key`) this entry holds that the session does not have
@@ -371,6 +388,14 @@ impl FlowCacheEntry {
                 if last_hit > session.last_seen_ns {
                     session.last_seen_ns = last_hit;
                 }
+            }
+            // An egress entry's hits are the instance's segments: the latest one's
+            // acknowledgement is the instance's latest (hits come after the slow-path
+            // packet that made the entry, and the slow path folds before it updates).
+            if let Some(ack) = self.pending_ack()
+                && session.anchors & anchor::INSTANCE_ACK != 0
+            {
+                session.instance_ack = ack;
             }
             session.packets += self.packets;
             self.packets = 0;

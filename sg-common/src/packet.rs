@@ -101,17 +101,22 @@ pub struct PacketMeta {
     /// Offset of the transport header from the frame start (0 when not reached).
     pub l4_offset: u16,
     pub _pad: u16,
+    /// TCP sequence and acknowledgement numbers; 0 otherwise. Sessions check an
+    /// arriving RST or FIN against the instance's own acknowledgements
+    /// (`session::tcp_plausible`).
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
 }
 
 impl PacketMeta {
-    /// Zeroes every field with seven word stores. `*meta = PacketMeta::default()`
-    /// compiles to a call of a byte-at-a-time `memset` on the BPF target: 56 stores and
+    /// Zeroes every field with eight word stores. `*meta = PacketMeta::default()`
+    /// compiles to a call of a byte-at-a-time `memset` on the BPF target: 64 stores and
     /// a loop, on every packet.
     #[inline(always)]
     pub fn clear(&mut self) {
         let words = (self as *mut Self).cast::<u64>();
         for i in 0..size_of::<Self>() / 8 {
-            // SAFETY: `Self` is 8-byte aligned, 56 bytes long and all integers, so seven
+            // SAFETY: `Self` is 8-byte aligned, 64 bytes long and all integers, so eight
             // u64 zeros are a valid value.
             unsafe { words.add(i).write_volatile(0) };
         }
@@ -138,8 +143,8 @@ mod tests {
 
     #[test]
     fn packet_meta_has_no_implicit_padding() {
-        // 16 + 16 + 4*2 + 4 + 8*1 + 2*2 = 56 bytes, 8-byte aligned.
-        assert_eq!(core::mem::size_of::<PacketMeta>(), 56);
+        // 16 + 16 + 4*2 + 4 + 8*1 + 2*2 + 2*4 = 64 bytes, 8-byte aligned.
+        assert_eq!(core::mem::size_of::<PacketMeta>(), 64);
         assert_eq!(core::mem::align_of::<PacketMeta>(), 8);
     }
 

@@ -28,7 +28,8 @@ use sg_common::{
     },
     fragment, is_icmp_error, is_neighbour_discovery,
     session::{
-        FRAGMENT_TIMEOUT_NS, assures, belongs_to_session, continues_session, expired, next_state, opening_state, table,
+        FRAGMENT_TIMEOUT_NS, assures, belongs_to_session, continues_session, expired, next_state, opening_anchors,
+        opening_state, table, take_anchors, tcp_plausible,
     },
     session_hints, stats as slots, step, verdict,
 };
@@ -222,8 +223,8 @@ fn cached(
     if !(entry.is_for(&tuple, meta) && entry.trusted(config, flow_cache::epoch(), jiffies)) {
         return None;
     }
-    entry.hit(jiffies, at.len);
-    at.iface = entry.counters;
+    entry.hit(jiffies, at.len, meta.tcp_ack);
+    at.iface = u32::from(entry.counters);
     at.cached = 1;
     let decision = Decision { rule_id: entry.rule_id, ..Decision::new(verdict::PASS, step::SESSION) };
     Some(Decision { flags: entry.decision_flags as u8, ..decision })
@@ -398,7 +399,9 @@ fn live_session(flow: &mut Flow) -> Option<*mut Session> {
 fn continues(flow: &Flow, entry: *mut Session) -> bool {
     // SAFETY: a map value pointer, valid for this program run.
     let s = unsafe { &*entry };
-    continues_session(s.state, flow.src_is_low == (s.opener_is_low != 0), flow.packet.meta)
+    let meta = flow.packet.meta;
+    continues_session(s.state, flow.src_is_low == (s.opener_is_low != 0), meta)
+        && tcp_plausible(s, flow.packet.hook == slots::HOOK_INGRESS, meta)
 }
 
 /// Step 2 for a live session: re-check it if the rules changed since it was admitted
@@ -430,6 +433,7 @@ fn on_session(flow: &Flow, entry: *mut Session, opening: &mut PacketMeta) -> Dec
 fn refresh(flow: &Flow, s: &mut Session) -> Decision {
     let from_opener = flow.src_is_low == (s.opener_is_low != 0);
     s.state = next_state(s.state, from_opener, flow.packet.meta);
+    take_anchors(s, flow.packet.hook == slots::HOOK_INGRESS, flow.packet.meta);
     if s.assured == table::OPENING_VALUE && assures(s.state, !from_opener) {
         // `stateful` moves it to the assured table once done with it.
         s.assured = table::PROMOTE;
@@ -474,6 +478,8 @@ fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKe
     }
     let src_is_low = key.set(flow.packet.ifindex, flow.packet.meta);
     let now = session::now();
+    let (anchors, instance_ack, instance_syn) =
+        opening_anchors(flow.packet.hook == slots::HOOK_INGRESS, flow.packet.meta);
     let opened = Session {
         last_seen_ns: now,
         created_ns: now,
@@ -485,7 +491,10 @@ fn open_session(flow: &Flow, decision: &Decision, hint: u32, key: &mut SessionKe
         opened_on: flow.packet.hook as u8,
         step: decision.step,
         assured: table::OPENING_VALUE,
-        _pad: [0; 3],
+        anchors,
+        _pad: [0; 2],
+        instance_ack,
+        instance_syn,
     };
     session::insert(key, &opened, hint)
 }

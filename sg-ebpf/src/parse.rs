@@ -235,6 +235,8 @@ fn parse_transport(frame: &Frame, offset: usize, meta: &mut PacketMeta) -> Resul
             meta.src_port = u16::from_be_bytes([header[0], header[1]]);
             meta.dst_port = u16::from_be_bytes([header[2], header[3]]);
             meta.tcp_flags = header[13];
+            meta.tcp_seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            meta.tcp_ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         }
         ip_proto::UDP => {
             let header: [u8; 8] = frame.read(offset).ok_or(malformed::TRUNCATED_UDP)?;

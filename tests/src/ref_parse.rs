@@ -157,6 +157,8 @@ fn transport(frame: &[u8], at: usize, meta: &mut PacketMeta) -> Result<(), u8> {
             meta.src_port = u16_at(t, 0);
             meta.dst_port = u16_at(t, 2);
             meta.tcp_flags = t[13];
+            meta.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            meta.tcp_ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
         }
         ip_proto::UDP => {
             let u = bytes(frame, at, 8).ok_or(malformed::TRUNCATED_UDP)?;

@@ -17,6 +17,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use sg_common::session::{RECEIVE_AHEAD, RECEIVE_BEHIND};
 use sg_common::{PacketMeta, Timeouts, family, ip_proto};
 use sgctl::policy::addr::addr_to_bytes;
 use sgctl::policy::config::{Config, Direction, InterfaceBinding};
@@ -279,6 +280,17 @@ impl SeqPacket {
         }
     }
 
+    /// Writes a TCP segment's sequence and acknowledgement numbers into its frame and
+    /// meta (frames of [`SeqPacket::new`]: no VLAN tag, no IP options or extensions).
+    pub fn set_tcp_numbers(&mut self, seq: u32, ack: u32) {
+        assert_eq!(self.tuple.protocol, ip_proto::TCP, "{}", self.what);
+        let at = 14 + if self.tuple.src.is_ipv4() { usize::from(self.frame[14] & 0x0f) * 4 } else { 40 };
+        self.frame[at + 4..at + 8].copy_from_slice(&seq.to_be_bytes());
+        self.frame[at + 8..at + 12].copy_from_slice(&ack.to_be_bytes());
+        self.meta.tcp_seq = seq;
+        self.meta.tcp_ack = ack;
+    }
+
     /// The IP packet inside the frame (the frames of [`SeqPacket::new`] have no VLAN tag).
     pub fn ip_packet(&self) -> &[u8] {
         &self.frame[14..]
@@ -386,6 +398,14 @@ struct Flow {
     /// (from the opener, TCP flags) of the packets to come.
     script: Vec<(bool, u8)>,
     next: usize,
+    /// TCP sequence numbers: its own stream, so a sequence does not shift when they
+    /// change. Every segment the instance sends carries `instance_seq` and
+    /// `instance_ack`; an arriving RST or FIN a sequence number near `instance_ack` or
+    /// far from it, and a RST an acknowledgement of `instance_seq` + 1 or not
+    /// (`sg_common::session::tcp_plausible`).
+    numbers: Rng,
+    instance_seq: u32,
+    instance_ack: u32,
 }
 
 const OPENER: bool = true;
@@ -404,6 +424,27 @@ impl Flow {
         let icmp_type = echo_type(self.tuple.protocol, from_opener != (flags & SWAP_ECHO != 0));
         let side = if from_opener { "opener" } else { "responder" };
         SeqPacket::new(direction, tuple, flags, icmp_type, self.icmp_id, format!("flow {} {side}{what}", self.id))
+    }
+
+    /// The sequence and acknowledgement numbers of a TCP segment of this flow going
+    /// `direction` with `flags` (see [`Flow::numbers`]).
+    fn tcp_numbers(&mut self, direction: Direction, flags: u8) -> (u32, u32) {
+        if direction == Direction::Egress {
+            return (self.instance_seq, self.instance_ack);
+        }
+        if flags & (TCP_RST | TCP_FIN) == 0 {
+            return (0, 0);
+        }
+        let r = &mut self.numbers;
+        let seq = match r.below(5) {
+            0 => self.instance_ack,
+            1 => self.instance_ack.wrapping_add(r.below(u64::from(RECEIVE_AHEAD) + 2) as u32),
+            2 => self.instance_ack.wrapping_sub(r.below(u64::from(RECEIVE_BEHIND) + 2) as u32),
+            3 => self.instance_ack.wrapping_add(1 << 31),
+            _ => r.next_u64() as u32,
+        };
+        let ack = if r.chance(0.7) { self.instance_seq.wrapping_add(1) } else { r.next_u64() as u32 };
+        (seq, ack)
     }
 }
 
@@ -574,7 +615,10 @@ impl Writer<'_> {
         let icmp_id = self.icmp_id();
         let script =
             if tuple.protocol == ip_proto::TCP { tcp_script(&mut self.rng) } else { datagram_script(&mut self.rng) };
-        self.flows.push(Flow { id: self.flows.len(), direction, tuple, icmp_id, script, next: 0 });
+        let mut numbers = Rng::new(self.rng.next_u64());
+        let (instance_seq, instance_ack) = (numbers.next_u64() as u32, numbers.next_u64() as u32);
+        let id = self.flows.len();
+        self.flows.push(Flow { id, direction, tuple, icmp_id, script, next: 0, numbers, instance_seq, instance_ack });
         let last = self.flows.len() - 1;
         self.advance(last);
     }
@@ -594,7 +638,11 @@ impl Writer<'_> {
         let (from_opener, flags) = flow.script[flow.next];
         let what = if flow.next == 0 { " (opening)" } else { "" };
         flow.next += 1;
-        let packet = flow.packet(from_opener, flags, what);
+        let mut packet = flow.packet(from_opener, flags, what);
+        if packet.tuple.protocol == ip_proto::TCP {
+            let (seq, ack) = flow.tcp_numbers(packet.direction, flags);
+            packet.set_tcp_numbers(seq, ack);
+        }
         self.emit(packet, true);
     }
 

@@ -779,7 +779,128 @@ fn forged_segments_neither_pass_as_the_session_nor_move_its_state() {
         expect(run(&mut dp, x, &tcp_in(443, 40000, TCP_FIN | TCP_ACK)).unwrap(), verdict::PASS, step::SESSION, "FIN");
         assert_eq!(only_session_state(&mut e), state::TCP_FIN_FROM_RESPONDER, "FIN {i} from the same side");
     }
-    // RST: sequence numbers are not tracked, so one with the exact ports closes it.
+    // A RST near what the instance acknowledged (every segment here carries 0) closes it.
     expect(run(&mut dp, x, &tcp_in(443, 40000, TCP_RST)).unwrap(), verdict::PASS, step::SESSION, "RST");
     assert_eq!(only_session_state(&mut e), state::TCP_CLOSED);
+}
+
+/// `frame` (from [`tcp_in`] or [`tcp_out`]) with TCP sequence and acknowledgement
+/// numbers.
+fn numbered(mut frame: Vec<u8>, seq: u32, ack: u32) -> Vec<u8> {
+    let tcp = 14 + 20;
+    frame[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+    frame[tcp + 8..tcp + 12].copy_from_slice(&ack.to_be_bytes());
+    frame
+}
+
+#[test]
+fn an_arriving_rst_or_fin_must_fall_near_what_the_instance_acknowledged() {
+    if !kernel_tests_enabled("an_arriving_rst_or_fin_must_fall_near_what_the_instance_acknowledged") {
+        return;
+    }
+    use sg_common::session::{RECEIVE_AHEAD, RECEIVE_BEHIND, anchor};
+    let egress = "[[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\ndestination = \"0.0.0.0/0\"\n";
+    let (mut dp, mut e, _cfg) = setup(egress, "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    let inbound = |flags, seq, ack| numbered(tcp_in(443, 40000, flags), seq, ack);
+    let outbound = |flags, seq, ack| numbered(tcp_out(40000, 443, flags), seq, ack);
+    let forged = |dp: &mut Dataplane, e: &mut Enforcer, frame: Vec<u8>, state_after: u8, what: &str| {
+        expect(run(dp, x, &frame).unwrap(), verdict::DROP, step::DEFAULT, what);
+        assert_eq!(only_session_state(e), state_after, "{what} moved the state");
+    };
+    let syn = 4_000_000_000u32;
+    expect(run(&mut dp, t, &outbound(TCP_SYN, syn - 1, 0)).unwrap(), verdict::PASS, step::RULE, "SYN");
+    // Before the handshake a RST must acknowledge the SYN (a closed port's RST+ACK).
+    let rst_ack = TCP_RST | TCP_ACK;
+    forged(&mut dp, &mut e, inbound(rst_ack, 0, syn + 1), state::TCP_SYN_SENT, "RST acknowledging another byte");
+    forged(&mut dp, &mut e, inbound(TCP_RST, 0, syn), state::TCP_SYN_SENT, "RST without ACK");
+    let peer = 7_000u32;
+    expect(
+        run(&mut dp, x, &inbound(TCP_SYN | TCP_ACK, peer - 1, syn)).unwrap(),
+        verdict::PASS,
+        step::SESSION,
+        "SYN-ACK",
+    );
+    expect(run(&mut dp, t, &outbound(TCP_ACK, syn, peer)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED);
+    // The instance acknowledges 40 MiB of the peer's data; the fast path serves these
+    // ACKs, and the session table's own copy keeps the first acknowledgement until the
+    // slow path folds the cache's in.
+    let mut acked = peer;
+    for _ in 0..10 {
+        acked = acked.wrapping_add(4 << 20);
+        expect(run(&mut dp, t, &outbound(TCP_ACK, syn, acked)).unwrap(), verdict::PASS, step::SESSION, "ACK of data");
+    }
+    let entries = e.sessions().entries().unwrap();
+    let key = entries[0].0;
+    let stored = e.sessions().stored(&key).expect("stored");
+    assert_eq!(stored.anchors & anchor::INSTANCE_ACK, anchor::INSTANCE_ACK);
+    assert_ne!(stored.instance_ack, acked, "the ACKs were served by the flow cache, not the session table");
+    // Out of the window: the old acknowledgement, just past either bound, the far side.
+    for (seq, what) in [
+        (peer, "RST at the first acknowledgement"),
+        (acked.wrapping_add(RECEIVE_AHEAD + 1), "RST just past the window"),
+        (acked.wrapping_sub(RECEIVE_BEHIND + 1), "RST just before the window"),
+        (acked.wrapping_add(1 << 31), "RST across the sequence space"),
+    ] {
+        forged(&mut dp, &mut e, inbound(TCP_RST, seq, 0), state::TCP_ESTABLISHED, what);
+        forged(&mut dp, &mut e, inbound(rst_ack, seq, syn), state::TCP_ESTABLISHED, what);
+        forged(&mut dp, &mut e, inbound(TCP_FIN | TCP_ACK, seq, syn), state::TCP_ESTABLISHED, what);
+    }
+    // In the window: the peer's FIN with 1 MiB still in flight half-closes, then its RST
+    // closes.
+    let fin = inbound(TCP_FIN | TCP_ACK, acked.wrapping_add(1 << 20), syn);
+    expect(run(&mut dp, x, &fin).unwrap(), verdict::PASS, step::SESSION, "FIN in the window");
+    assert_eq!(only_session_state(&mut e), state::TCP_FIN_FROM_RESPONDER);
+    let rst = inbound(TCP_RST, acked.wrapping_sub(100), 0);
+    expect(run(&mut dp, x, &rst).unwrap(), verdict::PASS, step::SESSION, "RST in the window");
+    assert_eq!(only_session_state(&mut e), state::TCP_CLOSED);
+}
+
+#[test]
+fn the_instance_own_rst_is_not_checked() {
+    if !kernel_tests_enabled("the_instance_own_rst_is_not_checked") {
+        return;
+    }
+    let (mut dp, mut e, _cfg) = setup(&rule("tcp", "80/80"), "advanced");
+    let (x, t) = (Hook::Xdp, Hook::Tc);
+    let inbound = |flags, seq, ack| numbered(tcp_in(40000, 80, flags), seq, ack);
+    let outbound = |flags, seq, ack| numbered(tcp_out(80, 40000, flags), seq, ack);
+    expect(run(&mut dp, x, &inbound(TCP_SYN, 99, 0)).unwrap(), verdict::PASS, step::RULE, "SYN");
+    // The peer's RST before the instance answered: nothing to check it against.
+    expect(run(&mut dp, t, &outbound(TCP_SYN | TCP_ACK, 500, 100)).unwrap(), verdict::PASS, step::SESSION, "SYN-ACK");
+    expect(run(&mut dp, x, &inbound(TCP_ACK, 100, 501)).unwrap(), verdict::PASS, step::SESSION, "ACK");
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED);
+    // A far RST from the peer is not the session's: the ingress rule admits it as it
+    // would any segment to port 80, and the session does not move.
+    expect(run(&mut dp, x, &inbound(TCP_RST, 100 + (1 << 30), 0)).unwrap(), verdict::PASS, step::RULE, "far RST in");
+    assert_eq!(only_session_state(&mut e), state::TCP_ESTABLISHED);
+    // The instance's own RST closes it, whatever its sequence number.
+    expect(run(&mut dp, t, &outbound(TCP_RST, 1 << 31, 0)).unwrap(), verdict::PASS, step::SESSION, "RST out");
+    assert_eq!(only_session_state(&mut e), state::TCP_CLOSED);
+}
+
+#[test]
+fn a_session_costs_the_documented_bytes() {
+    if !kernel_tests_enabled("a_session_costs_the_documented_bytes") {
+        return;
+    }
+    // The default size, as documented (maps of the same size cost the same).
+    let entries = 262_144u32;
+    let _dp = Dataplane::load(&LoadOptions {
+        capacity: Capacity { sessions: entries, ..Default::default() },
+        ..LoadOptions::default()
+    })
+    .expect("load");
+    let out = std::process::Command::new("bpftool").args(["-j", "map", "show", "name", "SG_SESSIONS"]).output();
+    let out = out.expect("bpftool");
+    // One object for one map of the name, an array for several.
+    let maps = match serde_json::from_slice(&out.stdout).expect("bpftool's JSON") {
+        serde_json::Value::Array(maps) => maps,
+        one => vec![one],
+    };
+    let table = maps.iter().find(|m| m["max_entries"] == entries).expect("the table just loaded");
+    let memlock = table["bytes_memlock"].as_u64().expect("bytes_memlock");
+    let per_entry = sgctl::dataplane::sessions::BYTES_PER_SESSION as u64;
+    assert_eq!(memlock / u64::from(entries), per_entry, "{memlock} bytes for {entries} entries");
 }

@@ -7,6 +7,10 @@
 //! segment, and the connection's session is neither closed nor refreshed. The same
 //! frames sent to the interface the connection uses do pass as its session, so the
 //! crafting itself is sound.
+//!
+//! Then blind RSTs and FINs on the connection's own interface: with sequence numbers
+//! away from the instance's receive window they are dropped and cut nothing; one at the
+//! window's start passes and resets the instance's real socket.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -162,4 +166,75 @@ fn segments_forged_on_another_interface_or_namespace_leave_the_session_alone() {
     assert_eq!(forged_drops(&inst, "inst0", client_port), 0, "the session carries them on inst0");
     assert!(ingress_passed(&inst, "inst0") >= passed + 3, "the crafted frames reached inst0's program");
     assert!(echo_over(&mut stream, b"still"), "the connection still carries data");
+}
+
+/// A segment from the server to the instance's `client_port` with `flags`, `seq` and `ack`,
+/// framed for the bridge (with checksums).
+fn from_server(client_port: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut segment = tcp(SERVER_PORT, client_port, flags, b"");
+    segment[4..8].copy_from_slice(&seq.to_be_bytes());
+    segment[8..12].copy_from_slice(&ack.to_be_bytes());
+    with_checksums(ether(ETHERTYPE_IPV4, &[], &ipv4(6, OUT, INST, &[], Frag4::default(), &segment)))
+}
+
+#[test]
+fn a_blind_rst_or_fin_cuts_nothing_and_one_in_the_window_resets_the_socket() {
+    if !kernel_tests_enabled("a_blind_rst_or_fin_cuts_nothing_and_one_in_the_window_resets_the_socket") {
+        return;
+    }
+    use sg_common::session::RECEIVE_AHEAD;
+    let mut lab = Lab::new("blind").unwrap();
+    let inst =
+        lab.add_host_on("inst", "inst0", Ipv4Addr::new(198, 18, 1, 1), "2001:db8::1:1".parse().unwrap()).unwrap();
+    let out = lab.add_host("out", Ipv4Addr::new(198, 18, 0, 1), "2001:db8::1".parse().unwrap()).unwrap();
+    let evil = lab.add_host("evil", Ipv4Addr::new(198, 18, 0, 66), "2001:db8::66".parse().unwrap()).unwrap();
+    lab.resolve_neighbours().unwrap();
+    let a = write("blind.toml", &rules(&["198.18.1.1"], &["inst0"]));
+    let _agent = enforce(&inst, &a, &["--drop-events", "unlimited"]).unwrap();
+
+    // A closed port answers the SYN with a RST+ACK acknowledging it: that one passes.
+    let refused = inst.connect(IpAddr::V4(OUT.into()), SERVER_PORT + 1, T).expect_err("nothing listens there");
+    let kind = refused.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{refused:#}");
+
+    let _server = out.serve(Proto::Tcp, SERVER_PORT).unwrap();
+    let mut stream = inst.connect(IpAddr::V4(OUT.into()), SERVER_PORT, T).unwrap();
+    assert!(echo_over(&mut stream, b"before"), "the connection carries data");
+    let client_port = stream.local_addr().unwrap().port();
+    // Past any delayed ACK: the instance has acknowledged everything it received.
+    sleep(Duration::from_millis(500));
+    let anchor = |inst: &Host| session(inst, client_port)["instance_ack"].as_u64().expect("an acknowledgement") as u32;
+    let ack = anchor(&inst);
+
+    // Blind guesses: far across the sequence space, and just past the window.
+    let blind: Vec<Vec<u8>> = [
+        (TCP_RST, ack.wrapping_add(1 << 31)),
+        (TCP_RST | TCP_ACK, ack.wrapping_add(RECEIVE_AHEAD + 1)),
+        (TCP_FIN | TCP_ACK, ack.wrapping_add(1 << 31)),
+        (TCP_FIN | TCP_ACK, ack.wrapping_sub(1 << 20)),
+    ]
+    .map(|(flags, seq)| from_server(client_port, flags, seq, 0))
+    .to_vec();
+    evil.send_frames(&inst.mac, &blind).unwrap();
+    sleep(Duration::from_millis(300));
+    assert_eq!(forged_drops(&inst, "inst0", client_port), blind.len(), "each dropped by the rules");
+    let after = session(&inst, client_port);
+    assert_eq!(after["state"], "established", "a blind RST or FIN moved the session: {after}");
+    assert!(echo_over(&mut stream, b"after"), "the connection still carries data");
+
+    // A RST exactly where the instance's receive window starts: the session's, and the
+    // instance's own stack takes it too (RFC 5961), so the socket is reset.
+    sleep(Duration::from_millis(500));
+    let ack = anchor(&inst);
+    evil.send_frames(&inst.mac, &[from_server(client_port, TCP_RST, ack, 0)]).unwrap();
+    sleep(Duration::from_millis(300));
+    assert_eq!(forged_drops(&inst, "inst0", client_port), blind.len(), "the RST in the window passed");
+    assert_eq!(session(&inst, client_port)["state"], "closed");
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut stream, &mut byte);
+    assert_eq!(
+        read.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the instance's socket was reset: {read:?}"
+    );
 }

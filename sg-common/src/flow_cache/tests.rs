@@ -26,7 +26,9 @@ fn session(created_ns: u64) -> Session {
 
 #[test]
 fn layouts_have_no_implicit_padding() {
-    assert_eq!(size_of::<FlowCacheEntry>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 8 * 8 + 4 + 4);
+    assert_eq!(size_of::<FlowCacheEntry>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 2 + 2 + 4 + 8 * 8 + 4 + 4);
+    // Two cache lines.
+    assert_eq!(size_of::<FlowCacheEntry>(), 128);
     assert_eq!(size_of::<FlowCacheSlot>(), 2 * size_of::<FlowCacheEntry>());
 }
 
@@ -133,8 +135,8 @@ fn an_entry_is_trusted_only_for_its_tuple_generation_epoch_and_time() {
     assert!(!e.trusted(2, 5, 120), "validity over");
     assert!(!e.trusted(3, 5, 50), "configuration changed");
     assert!(!e.trusted(2, 6, 50), "sessions flushed");
-    e.hit(25, 100);
-    e.hit(26, 100);
+    e.hit(25, 100, 0);
+    e.hit(26, 100, 0);
     assert_eq!((e.packets, e.last_hit_jiffies, e.rule_id), (2, 26, 7));
     assert_eq!(e.last_hit_ns(10), 2_000 + 6 * 10, "jiffies since the entry was made, in ns");
     assert_eq!(e.drain(), (2, 200), "hits and their bytes, for the rule's counters");
@@ -150,8 +152,8 @@ fn hits_fold_into_their_own_session_once() {
     let mut s = session(1_000);
     let mut e = FlowCacheEntry::default();
     e.confirm((&m, &tuple, &s), (2, 0, 1), (5, (2_000, 20)), 100);
-    e.hit(21, 100);
-    e.hit(22, 100);
+    e.hit(21, 100, 0);
+    e.hit(22, 100, 0);
     assert_eq!(e.pending_for(&key, &s, 5, 10), Some((2, 2_020)));
     assert_eq!(e.pending_for(&key, &s, 6, 10), None, "older epoch");
     assert_eq!(e.pending_for(&key, &session(999), 5, 10), None, "another incarnation");
@@ -163,7 +165,7 @@ fn hits_fold_into_their_own_session_once() {
     assert_eq!(s.packets, 5, "folded once");
     assert_eq!(e.pending_for(&key, &s, 5, 10), None);
     let mut other = session(999);
-    e.hit(23, 100);
+    e.hit(23, 100, 0);
     e.fold_into(&mut other, 5, 10);
     assert_eq!(other.packets, 3, "another incarnation gets nothing");
 }

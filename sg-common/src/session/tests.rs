@@ -679,8 +679,8 @@ fn map_types_have_no_implicit_padding() {
     // 4 + 1 + 1 + 2 + 16 + 16 + 2 + 2.
     assert_eq!(size_of::<SessionKey>(), 44);
     assert_eq!(align_of::<SessionKey>(), 4);
-    // 3 * 8 + 2 * 4 + 4 * 1 + 4.
-    assert_eq!(size_of::<Session>(), 40);
+    // 3 * 8 + 2 * 4 + 6 * 1 + 2 + 2 * 4.
+    assert_eq!(size_of::<Session>(), 48);
     assert_eq!(align_of::<Session>(), 8);
     assert_eq!(size_of::<Timeouts>(), 64);
     // 4 + 1 + 1 + 2 + 16 + 16 + 4.
@@ -744,4 +744,92 @@ fn the_opening_table_is_a_quarter_of_the_assured_one() {
     assert_eq!(table::opening_entries(262_144), 65_536);
     assert_eq!(table::opening_entries(4096), 1024);
     assert_eq!(table::opening_entries(100), 64, "never below 64");
+}
+
+fn segment(flags: u8, seq: u32, ack: u32) -> PacketMeta {
+    PacketMeta { tcp_seq: seq, tcp_ack: ack, ..tcp_meta(flags) }
+}
+
+const INGRESS: bool = true;
+const EGRESS: bool = false;
+
+/// A session the instance answered: the peer's SYN, then the instance's SYN-ACK.
+fn answered(instance_ack: u32) -> Session {
+    let mut s = Session { state: TCP_SYN_SENT, ..Session::default() };
+    take_anchors(&mut s, INGRESS, &segment(SYN, instance_ack.wrapping_sub(1), 0));
+    assert_eq!(s.anchors, 0, "an arriving SYN sets no anchor");
+    assert!(tcp_plausible(&s, INGRESS, &segment(RST, 12345, 0)), "nothing known yet: any RST");
+    take_anchors(&mut s, EGRESS, &segment(SYN_ACK, 777, instance_ack));
+    assert_eq!((s.anchors, s.instance_ack), (anchor::INSTANCE_ACK, instance_ack));
+    s
+}
+
+#[test]
+fn an_arriving_rst_or_fin_must_fall_near_the_instance_acknowledgement() {
+    // Near the wrap, so both bounds wrap too.
+    let ack = u32::MAX - 1000;
+    let s = answered(ack);
+    for flags in [RST, RST_ACK, FIN, FIN_ACK] {
+        let plausible = |seq: u32| tcp_plausible(&s, INGRESS, &segment(flags, seq, 0));
+        assert!(plausible(ack), "{}: exactly the acknowledgement", flags_name(flags));
+        assert!(plausible(ack.wrapping_add(RECEIVE_AHEAD)), "{}: the last byte ahead", flags_name(flags));
+        assert!(!plausible(ack.wrapping_add(RECEIVE_AHEAD + 1)), "{}: one past", flags_name(flags));
+        assert!(plausible(ack.wrapping_sub(RECEIVE_BEHIND)), "{}: the last byte behind", flags_name(flags));
+        assert!(!plausible(ack.wrapping_sub(RECEIVE_BEHIND + 1)), "{}: one before", flags_name(flags));
+        assert!(!plausible(ack.wrapping_add(1 << 31)), "{}: the far side of the space", flags_name(flags));
+        // What the instance sends is its own: never checked.
+        assert!(tcp_plausible(&s, EGRESS, &segment(flags, ack.wrapping_add(1 << 31), 0)));
+    }
+    // Segments without RST or FIN are not checked.
+    for flags in [ACK, PSH_ACK, SYN, SYN_ACK] {
+        assert!(tcp_plausible(&s, INGRESS, &segment(flags, ack.wrapping_add(1 << 31), 0)), "{}", flags_name(flags));
+    }
+    // Nor other protocols.
+    let udp = PacketMeta { protocol: ip_proto::UDP, ..segment(RST, 1, 0) };
+    assert!(tcp_plausible(&s, INGRESS, &udp));
+}
+
+#[test]
+fn the_anchor_follows_the_instance_latest_acknowledgement() {
+    let mut s = answered(1000);
+    take_anchors(&mut s, EGRESS, &segment(PSH_ACK, 5, 90_000_000));
+    assert_eq!(s.instance_ack, 90_000_000);
+    assert!(!tcp_plausible(&s, INGRESS, &segment(RST, 1000, 0)), "the old acknowledgement is far behind now");
+    assert!(tcp_plausible(&s, INGRESS, &segment(RST, 90_000_000, 0)));
+    // Arriving segments move nothing, whatever they acknowledge or carry.
+    take_anchors(&mut s, INGRESS, &segment(PSH_ACK, 1, 2));
+    take_anchors(&mut s, INGRESS, &segment(RST_ACK, 1, 2));
+    assert_eq!((s.anchors, s.instance_ack), (anchor::INSTANCE_ACK, 90_000_000));
+    // Nor does the instance's own RST (it acknowledges nothing that matters any more).
+    take_anchors(&mut s, EGRESS, &segment(RST_ACK, 5, 7));
+    assert_eq!(s.instance_ack, 90_000_000);
+}
+
+#[test]
+fn before_its_first_acknowledgement_an_opening_instance_takes_only_a_rst_acknowledging_its_syn() {
+    let mut s = Session { state: TCP_SYN_SENT, ..Session::default() };
+    take_anchors(&mut s, EGRESS, &segment(SYN, 41, 0));
+    assert_eq!((s.anchors, s.instance_syn), (anchor::INSTANCE_SYN, 42));
+    // A closed port's answer: RST+ACK acknowledging the SYN.
+    assert!(tcp_plausible(&s, INGRESS, &segment(RST_ACK, 0, 42)));
+    assert!(!tcp_plausible(&s, INGRESS, &segment(RST_ACK, 0, 43)), "acknowledges something else");
+    assert!(!tcp_plausible(&s, INGRESS, &segment(RST, 0, 42)), "no ACK bit: acknowledges nothing");
+    // The handshake completes: from then on the acknowledgement is the anchor.
+    take_anchors(&mut s, EGRESS, &segment(ACK, 42, 5001));
+    assert_eq!(s.anchors, anchor::INSTANCE_SYN | anchor::INSTANCE_ACK);
+    assert!(tcp_plausible(&s, INGRESS, &segment(RST, 5001, 0)));
+    assert!(!tcp_plausible(&s, INGRESS, &segment(RST_ACK, 1 << 31, 42)), "acknowledging the SYN is not enough now");
+}
+
+#[test]
+fn a_new_syn_on_the_tuple_forgets_the_old_connection_anchors() {
+    let mut s = answered(1000);
+    // The instance reuses the tuple: only its new SYN is known.
+    take_anchors(&mut s, EGRESS, &segment(SYN, 9, 0));
+    assert_eq!((s.anchors, s.instance_syn), (anchor::INSTANCE_SYN, 10));
+    // The peer reuses it: nothing is known.
+    let mut s = answered(1000);
+    take_anchors(&mut s, INGRESS, &segment(SYN, 9, 0));
+    assert_eq!(s.anchors, 0);
+    assert!(tcp_plausible(&s, INGRESS, &segment(RST, 1 << 31, 0)));
 }

@@ -11,7 +11,7 @@ use sg_common::{
     FlowCacheSlot, FragmentKey, FragmentVerdict, Session, SessionKey, Timeouts,
     flow_cache::slot_of_key,
     ip_proto, map,
-    session::{assures, echo_identifier, state, table},
+    session::{anchor, assures, echo_identifier, state, table},
     session_hints::{HINT_FLAGS, SessionHints, key_bit},
     stats,
 };
@@ -52,10 +52,10 @@ pub fn fragment_fill(dp: &mut impl MapSource) -> Result<Fill> {
 }
 
 /// Bytes one session costs in the kernel, preallocated for every entry of the table:
-/// key (44) and value (40) plus the LRU hash element's header and rounding. Measured:
-/// `bpftool map show name SG_SESSIONS` reports 39,846,784 bytes of memlock for 262,144
-/// entries on kernel 6.18.
-pub const BYTES_PER_SESSION: usize = 152;
+/// key (44) and value (48) plus the LRU hash element's header and rounding. Measured:
+/// `bpftool map show name SG_SESSIONS` reports 41,944,000 bytes of memlock for 262,144
+/// entries on kernel 6.18 (`session_sequences::a_session_costs_the_documented_bytes`).
+pub const BYTES_PER_SESSION: usize = 160;
 
 /// The session tables (assured and opening, `sg_common::session::table`) and the
 /// per-CPU flow cache in front of them: what a session looks like is its table entry
@@ -196,6 +196,10 @@ pub struct SessionView {
     /// The admitting rule's handle (`control::handles`; `sgctl stats --json` names it).
     pub rule_handle: u32,
     pub packets: u64,
+    /// TCP: the acknowledgement number of the instance's latest segment, near which an
+    /// arriving RST or FIN must fall to end the session (none before the instance has
+    /// acknowledged anything).
+    pub instance_ack: Option<u32>,
 }
 
 fn end(family: u8, (bytes, port): ([u8; 16], u16)) -> String {
@@ -222,6 +226,8 @@ impl SessionView {
             opened: if u32::from(s.opened_on) == stats::HOOK_INGRESS { "ingress" } else { "egress" },
             rule_handle: s.rule_id,
             packets: s.packets,
+            instance_ack: (key.protocol == ip_proto::TCP && s.anchors & anchor::INSTANCE_ACK != 0)
+                .then_some(s.instance_ack),
         }
     }
 }
@@ -545,12 +551,24 @@ fn add_pending(
     epoch: u32,
     ns_per_jiffy: u64,
 ) {
+    // The instance's latest acknowledgement: the latest pending egress hit's, on any CPU.
+    let mut latest_ack: Option<(u64, u32)> = None;
     for cpu in slot.iter() {
         for entry in &cpu.entries {
             if let Some((packets, last_seen)) = entry.pending_for(key, session, epoch, ns_per_jiffy) {
                 session.packets += packets;
                 session.last_seen_ns = session.last_seen_ns.max(last_seen);
+                if let Some(ack) = entry.pending_ack()
+                    && latest_ack.is_none_or(|(at, _)| last_seen > at)
+                {
+                    latest_ack = Some((last_seen, ack));
+                }
             }
         }
+    }
+    if let Some((_, ack)) = latest_ack
+        && session.anchors & anchor::INSTANCE_ACK != 0
+    {
+        session.instance_ack = ack;
     }
 }

@@ -571,7 +571,7 @@ fn sessions_section(report: &mut String, s: &Settings) -> Result<()> {
     writeln!(report, "## 4. Sessions\n")?;
     writeln!(
         report,
-        "Memory: {} bytes per entry (key 44 + value 40 + the LRU hash element; bpftool's memlock for the table), \
+        "Memory: {} bytes per entry (key 44 + value 48 + the LRU hash element; bpftool's memlock for the table), \
          {:.0} MiB for {size} entries, preallocated. Cost of a packet of a live session (XDP, IPv4 ACK) with the table \
          filled to a share of {size} entries by other flows; same rule set (1,000 rules).\n",
         sgctl::dataplane::sessions::BYTES_PER_SESSION,
@@ -619,7 +619,10 @@ fn fill_sessions(enforcer: &mut Enforcer, from: u32, to: u32, generation: u32) -
         opened_on: stats::HOOK_INGRESS as u8,
         step: sg_common::step::DEFAULT,
         assured: sg_common::session::table::ASSURED_VALUE,
-        _pad: [0; 3],
+        anchors: 0,
+        _pad: [0; 2],
+        instance_ack: 0,
+        instance_syn: 0,
     };
     let table = enforcer.sessions();
     for i in from..to {
@@ -699,7 +702,10 @@ fn establish(enforcer: &mut Enforcer, frame: &[u8], generation: u32) -> Result<(
         opened_on: stats::HOOK_INGRESS as u8,
         step: sg_common::step::DEFAULT,
         assured: sg_common::session::table::ASSURED_VALUE,
-        _pad: [0; 3],
+        anchors: 0,
+        _pad: [0; 2],
+        instance_ack: 0,
+        instance_syn: 0,
     };
     Ok(enforcer.sessions().insert(&key, &session)?)
 }

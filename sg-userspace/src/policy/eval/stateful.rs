@@ -30,7 +30,9 @@
 
 use std::collections::HashMap;
 
-use sg_common::session::{assures, continues_session, expired, next_state, opening_state, table};
+use sg_common::session::{
+    assures, continues_session, expired, next_state, opening_anchors, opening_state, table, take_anchors, tcp_plausible,
+};
 use sg_common::{
     PacketMeta, Session, SessionKey, Timeouts, echo_request_type, icmp_key, ip_proto, stats, step, verdict,
 };
@@ -160,7 +162,9 @@ impl<'c> Tracker<'c> {
             let from_opener = src_is_low == (session.opener_is_low == 1);
             if expired(session.state, session.last_seen_ns, now_ns, &self.timeouts) {
                 self.sessions.remove(&key);
-            } else if continues_session(session.state, from_opener, meta) {
+            } else if continues_session(session.state, from_opener, meta)
+                && tcp_plausible(&session, dir == Direction::Ingress, meta)
+            {
                 if session.generation != self.generation {
                     let opening = opening_tuple(&key, &session);
                     let decision = evaluate(self.cfg, iface, direction_of_hook(session.opened_on), &opening);
@@ -173,6 +177,7 @@ impl<'c> Tracker<'c> {
                     session.rule_id = rule_id;
                 }
                 session.state = next_state(session.state, from_opener, meta);
+                take_anchors(&mut session, dir == Direction::Ingress, meta);
                 // The kernel moves it to the assured table on this packet.
                 if session.assured == table::OPENING_VALUE && assures(session.state, !from_opener) {
                     session.assured = table::ASSURED_VALUE;
@@ -204,6 +209,7 @@ impl<'c> Tracker<'c> {
             && !icmp_error
             && let Some(state) = opening_state(meta)
         {
+            let (anchors, instance_ack, instance_syn) = opening_anchors(dir == Direction::Ingress, meta);
             let session = Session {
                 last_seen_ns: now_ns,
                 created_ns: now_ns,
@@ -215,7 +221,10 @@ impl<'c> Tracker<'c> {
                 opened_on: hook_of(dir),
                 step: outcome.step,
                 assured: table::OPENING_VALUE,
-                _pad: [0; 3],
+                anchors,
+                _pad: [0; 2],
+                instance_ack,
+                instance_syn,
             };
             self.sessions.insert(key, session);
         }
