@@ -10,6 +10,7 @@ pub mod frames;
 pub mod fuzzing;
 pub mod r#gen;
 pub mod kernel;
+pub mod memcg;
 pub mod netns;
 pub mod procfs;
 pub mod ref_parse;

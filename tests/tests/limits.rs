@@ -3,7 +3,8 @@
 //! running agent keeps its old rules in force; the largest files within the limits load;
 //! and an apply that fails half-way through writing the maps (`SGCTL_FAULT_APPLY` makes
 //! a write fail), in place or into a new generation of larger maps, leaves nothing of
-//! the new rules behind.
+//! the new rules behind; so does a new generation whose maps a memory cgroup's limit
+//! refuses (a real `ENOMEM` from the kernel).
 
 use std::{
     fmt::Write as _,
@@ -16,6 +17,7 @@ use sg_tests::{
     agent::{Agent, sgctl},
     deploy::enforce,
     kernel::kernel_tests_enabled,
+    memcg::MemoryCgroup,
     netns::{Host, instance_and_outside, ip},
     traffic::Proto,
 };
@@ -272,4 +274,38 @@ fn the_largest_files_load_and_a_failure_half_way_through_an_apply_changes_nothin
     eprintln!("10 MB file applied in {:.2} s, agent peak {} KiB", started.elapsed().as_secs_f64(), peak_kib(&agent));
     assert_eq!(open_ports(&out), (true, false));
     assert!(peak_kib(&agent) < MAX_AGENT_KIB, "agent peak {} KiB", peak_kib(&agent));
+}
+
+#[test]
+fn a_map_allocation_a_memory_limit_refuses_leaves_the_old_generation_in_force() {
+    if !kernel_tests_enabled("a_map_allocation_a_memory_limit_refuses_leaves_the_old_generation_in_force") {
+        return;
+    }
+    let (_lab, inst, out) = instance_and_outside("limits-mem").unwrap();
+    // Declared before the agent, so it is removed after the agent is gone.
+    let cgroup = MemoryCgroup::new("limits", 192 << 20).unwrap();
+    let small = write("mem-small.toml", &file(3, 8080));
+    let agent =
+        Agent::start(&inst, &["run", "--config", small.to_str().unwrap(), "--xdp-mode", "generic"], "applied").unwrap();
+    // From here on what the agent allocates, its maps included, counts against 192 MiB.
+    cgroup.add(agent.pid()).unwrap();
+    assert_eq!(open_ports(&out), (true, false));
+    let programs = status(&inst)["programs_generation"].clone();
+    let capacity = status(&inst)["session_capacity"].clone();
+
+    // 4,194,304 sessions need 640 MiB for the assured table alone: the kernel refuses the
+    // new generation's maps half-way through creating them.
+    let huge = write("mem-huge.toml", &(file(3, 9090) + "[sessions]\nmax_sessions = 4194304\n"));
+    refused(&inst, &out, &agent, &huge, &["Cannot allocate memory"]);
+    assert!(cgroup.limit_hits() > 0, "the memory limit refused an allocation");
+    assert_eq!(status(&inst)["programs_generation"], programs, "the old generation is still in force");
+    assert_eq!(status(&inst)["session_capacity"], capacity);
+
+    // A larger table that fits under the limit then moves to a new generation.
+    let fits = write("mem-fits.toml", &(file(3, 9090) + "[sessions]\nmax_sessions = 65536\n"));
+    let applied = sgctl(&inst, &["apply", fits.to_str().unwrap()]);
+    assert!(applied.status.success(), "{applied:?}");
+    assert_eq!(open_ports(&out), (false, true));
+    assert_ne!(status(&inst)["programs_generation"], programs);
+    assert_eq!(status(&inst)["session_capacity"], 65536);
 }

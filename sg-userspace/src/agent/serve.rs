@@ -90,7 +90,7 @@ impl Agent<'_> {
         let cfg = parse_str(text, path)
             .map_err(|errors| ApplyError::Invalid(errors.errors.iter().map(ToString::to_string).collect()))?;
         let rules_before = self.live.now.rules;
-        let applied = self.live.apply(&cfg, path, text).map_err(|e| ApplyError::Refused(format!("{e:#}")))?;
+        let applied = self.live.apply(&cfg, path, text).map_err(|e| ApplyError::Refused(one_line(&e)))?;
         let report = &applied.report;
         let view = ApplyView {
             config: path.to_string(),
@@ -246,6 +246,20 @@ impl Agent<'_> {
 }
 
 /// What `sgctl status` lists under fallbacks.
+/// An error and its causes on one line, as `{:#}` writes them, without a cause that only
+/// repeats the one before (aya's map errors carry their own message again as a source:
+/// `failed to create map X: failed to create map X: Cannot allocate memory`).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
 fn fallbacks(features: &crate::dataplane::object::KernelFeatures) -> Vec<String> {
     let mut taken = Vec::new();
     if !features.coarse_clock {
@@ -539,5 +553,21 @@ pub(super) async fn serve(
                 println!("{}", counter_line(&counters_of(&mut agent.live.now.generation)?, opts.json));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_drops_a_cause_that_repeats_the_one_before() {
+        let io = std::io::Error::from_raw_os_error(12);
+        let e = anyhow::Error::new(io).context("failed to create map `X`").context("failed to create map `X`");
+        let e = e.context("loading the eBPF object");
+        assert_eq!(
+            one_line(&e),
+            "loading the eBPF object: failed to create map `X`: Cannot allocate memory (os error 12)"
+        );
     }
 }
