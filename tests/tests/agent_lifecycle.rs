@@ -453,8 +453,11 @@ fn an_upgrade_whose_sessions_cannot_be_carried_keeps_the_old_programs_unless_rep
     // new agent reads; the old programs keep their own).
     let sessions = format!("{pin_dir}/gen-1/SG_SESSIONS");
     std::fs::remove_file(&sessions).unwrap();
+    // A value 8 bytes shorter than this build's (what the build before the sequence
+    // anchors had), so it never matches whatever this build's layout is.
+    let value = (size_of::<sg_common::Session>() - 8).to_string();
     let made = Command::new("bpftool")
-        .args(["map", "create", &sessions, "type", "lru_hash", "key", "44", "value", "48", "entries", "1024"])
+        .args(["map", "create", &sessions, "type", "lru_hash", "key", "44", "value", &value, "entries", "1024"])
         .args(["name", "SG_SESSIONS"])
         .output()
         .unwrap();
