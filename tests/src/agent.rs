@@ -39,6 +39,40 @@ pub fn pinned_command(bin: &Path, host: &Host, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd` to completion, but for at most `limit`: a command that should refuse and
+/// exit and instead runs on (an agent that accepted what it should not) is killed, and
+/// the test fails with what it printed, rather than hanging the run.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process::Output> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            bail!("still running after {limit:?}, killed; it said: {said}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout, stderr })
+}
+
 /// Runs `sgctl --netns NS ARGS` to completion.
 pub fn sgctl_pinned(host: &Host, args: &[&str]) -> std::process::Output {
     pinned_command(&sgctl_bin(), host, args).output().expect("spawning sgctl")

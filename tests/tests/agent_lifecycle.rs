@@ -466,7 +466,8 @@ fn an_upgrade_whose_sessions_cannot_be_carried_keeps_the_old_programs_unless_rep
     // The new build refuses, and the old programs stay attached and enforcing.
     let args = run_args(&rules);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let refused = sg_tests::agent::pinned_command(&variant, &inst, &args).output().unwrap();
+    let mut refusing = sg_tests::agent::pinned_command(&variant, &inst, &args);
+    let refused = sg_tests::agent::output_within(&mut refusing, Duration::from_secs(30)).unwrap();
     let said = text(&refused.stderr);
     assert!(!refused.status.success(), "the new build must refuse: {said}");
     assert!(said.contains("cannot hold the old ones") && said.contains("--replace"), "{said}");
