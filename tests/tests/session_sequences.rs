@@ -739,6 +739,17 @@ fn echo_request_only_rules_admit_pings_and_survive_a_recheck() {
     }
 }
 
+/// An egress rule to TCP 443 anywhere: the instance connects out, and in an advanced
+/// group nothing inbound passes but as a session's.
+const EGRESS_443: &str = "[[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\ndestination = \"0.0.0.0/0\"\n";
+
+/// An inbound `frame` is dropped by the rules (no session's) and leaves the only session
+/// in `state_after`.
+fn forged(dp: &mut Dataplane, e: &mut Enforcer, frame: Vec<u8>, state_after: u8, what: &str) {
+    expect(run(dp, Hook::Xdp, &frame).unwrap(), verdict::DROP, step::DEFAULT, what);
+    assert_eq!(only_session_state(e), state_after, "{what} moved the state");
+}
+
 #[test]
 fn forged_segments_neither_pass_as_the_session_nor_move_its_state() {
     if !kernel_tests_enabled("forged_segments_neither_pass_as_the_session_nor_move_its_state") {
@@ -746,13 +757,8 @@ fn forged_segments_neither_pass_as_the_session_nor_move_its_state() {
     }
     // The instance connects out to the peer's 443; inbound the advanced group drops
     // everything, so an inbound segment passes only as the session's.
-    let egress = "[[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\ndestination = \"0.0.0.0/0\"\n";
-    let (mut dp, mut e, _cfg) = setup(egress, "advanced");
+    let (mut dp, mut e, _cfg) = setup(EGRESS_443, "advanced");
     let (x, t) = (Hook::Xdp, Hook::Tc);
-    let forged = |dp: &mut Dataplane, e: &mut Enforcer, frame: Vec<u8>, state_after: u8, what: &str| {
-        expect(run(dp, x, &frame).unwrap(), verdict::DROP, step::DEFAULT, what);
-        assert_eq!(only_session_state(e), state_after, "{what} moved the state");
-    };
     expect(run(&mut dp, t, &tcp_out(40000, 443, TCP_SYN)).unwrap(), verdict::PASS, step::RULE, "SYN");
     // Before the SYN-ACK: the wrong ports, and a FIN or data from the peer.
     forged(&mut dp, &mut e, tcp_in(444, 40000, TCP_SYN | TCP_ACK), state::TCP_SYN_SENT, "SYN-ACK from another port");
@@ -799,15 +805,10 @@ fn an_arriving_rst_or_fin_must_fall_near_what_the_instance_acknowledged() {
         return;
     }
     use sg_common::session::{RECEIVE_AHEAD, RECEIVE_BEHIND, anchor};
-    let egress = "[[security_group.rule]]\ndirection = \"egress\"\nprotocol = \"tcp\"\nport_range = \"443/443\"\ndestination = \"0.0.0.0/0\"\n";
-    let (mut dp, mut e, _cfg) = setup(egress, "advanced");
+    let (mut dp, mut e, _cfg) = setup(EGRESS_443, "advanced");
     let (x, t) = (Hook::Xdp, Hook::Tc);
     let inbound = |flags, seq, ack| numbered(tcp_in(443, 40000, flags), seq, ack);
     let outbound = |flags, seq, ack| numbered(tcp_out(40000, 443, flags), seq, ack);
-    let forged = |dp: &mut Dataplane, e: &mut Enforcer, frame: Vec<u8>, state_after: u8, what: &str| {
-        expect(run(dp, x, &frame).unwrap(), verdict::DROP, step::DEFAULT, what);
-        assert_eq!(only_session_state(e), state_after, "{what} moved the state");
-    };
     let syn = 4_000_000_000u32;
     expect(run(&mut dp, t, &outbound(TCP_SYN, syn - 1, 0)).unwrap(), verdict::PASS, step::RULE, "SYN");
     // Before the handshake a RST must acknowledge the SYN (a closed port's RST+ACK).
