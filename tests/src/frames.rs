@@ -107,6 +107,13 @@ pub fn tcp(src_port: u16, dst_port: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     h
 }
 
+/// Writes the sequence and acknowledgement numbers into the TCP header at the start of
+/// `header` ([`tcp`] leaves both 0).
+pub fn set_tcp_numbers(header: &mut [u8], seq: u32, ack: u32) {
+    header[4..8].copy_from_slice(&seq.to_be_bytes());
+    header[8..12].copy_from_slice(&ack.to_be_bytes());
+}
+
 /// A UDP header followed by `payload`.
 pub fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let mut h = vec![0u8; 8];

@@ -285,8 +285,7 @@ impl SeqPacket {
     pub fn set_tcp_numbers(&mut self, seq: u32, ack: u32) {
         assert_eq!(self.tuple.protocol, ip_proto::TCP, "{}", self.what);
         let at = 14 + if self.tuple.src.is_ipv4() { usize::from(self.frame[14] & 0x0f) * 4 } else { 40 };
-        self.frame[at + 4..at + 8].copy_from_slice(&seq.to_be_bytes());
-        self.frame[at + 8..at + 12].copy_from_slice(&ack.to_be_bytes());
+        frames::set_tcp_numbers(&mut self.frame[at..], seq, ack);
         self.meta.tcp_seq = seq;
         self.meta.tcp_ack = ack;
     }

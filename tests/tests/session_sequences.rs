@@ -793,9 +793,7 @@ fn forged_segments_neither_pass_as_the_session_nor_move_its_state() {
 /// `frame` (from [`tcp_in`] or [`tcp_out`]) with TCP sequence and acknowledgement
 /// numbers.
 fn numbered(mut frame: Vec<u8>, seq: u32, ack: u32) -> Vec<u8> {
-    let tcp = 14 + 20;
-    frame[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
-    frame[tcp + 8..tcp + 12].copy_from_slice(&ack.to_be_bytes());
+    set_tcp_numbers(&mut frame[14 + 20..], seq, ack);
     frame
 }
 

@@ -135,13 +135,7 @@ fn segments_forged_on_another_interface_or_namespace_leave_the_session_alone() {
     // Let the session idle, so a refresh would show.
     sleep(Duration::from_millis(1500));
 
-    let reply = |flags: u8| {
-        with_checksums(ether(
-            ETHERTYPE_IPV4,
-            &[],
-            &ipv4(6, OUT, INST, &[], Frag4::default(), &tcp(SERVER_PORT, client_port, flags, b"")),
-        ))
-    };
+    let reply = |flags: u8| from_server(client_port, flags, 0, 0);
     let forged: Vec<Vec<u8>> =
         [TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK, TCP_SYN | TCP_ACK].map(reply).to_vec();
     // To the instance's other NIC, and to the other namespace's.
@@ -172,8 +166,7 @@ fn segments_forged_on_another_interface_or_namespace_leave_the_session_alone() {
 /// framed for the bridge (with checksums).
 fn from_server(client_port: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     let mut segment = tcp(SERVER_PORT, client_port, flags, b"");
-    segment[4..8].copy_from_slice(&seq.to_be_bytes());
-    segment[8..12].copy_from_slice(&ack.to_be_bytes());
+    set_tcp_numbers(&mut segment, seq, ack);
     with_checksums(ether(ETHERTYPE_IPV4, &[], &ipv4(6, OUT, INST, &[], Frag4::default(), &segment)))
 }
 

@@ -245,21 +245,22 @@ impl Agent<'_> {
     }
 }
 
-/// What `sgctl status` lists under fallbacks.
-/// An error and its causes on one line, as `{:#}` writes them, without a cause that only
-/// repeats the one before (aya's map errors carry their own message again as a source:
-/// `failed to create map X: failed to create map X: Cannot allocate memory`).
+/// An error and its causes on one line, as `{:#}` writes them, without a cause whose
+/// text the one before already ends with: an error that prints its source inside its
+/// own message and also returns it as `source()` (aya's `map error: {0}` around
+/// `failed to create map X`) would otherwise say it twice.
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if parts.last() != Some(&text) {
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
             parts.push(text);
         }
     }
     parts.join(": ")
 }
 
+/// What `sgctl status` lists under fallbacks.
 fn fallbacks(features: &crate::dataplane::object::KernelFeatures) -> Vec<String> {
     let mut taken = Vec::new();
     if !features.coarse_clock {
@@ -560,6 +561,23 @@ pub(super) async fn serve(
 mod tests {
     use super::one_line;
 
+    /// Prints its source inside its own message and returns it as `source()` too, as a
+    /// thiserror `#[error("map error: {0}")]` around a `#[from]` field does.
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+
+    impl std::fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "map error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     #[test]
     fn one_line_drops_a_cause_that_repeats_the_one_before() {
         let io = std::io::Error::from_raw_os_error(12);
@@ -569,5 +587,7 @@ mod tests {
             one_line(&e),
             "loading the eBPF object: failed to create map `X`: Cannot allocate memory (os error 12)"
         );
+        let e = anyhow::Error::new(Wrapping(std::io::Error::from_raw_os_error(12))).context("loading");
+        assert_eq!(one_line(&e), "loading: map error: Cannot allocate memory (os error 12)");
     }
 }
