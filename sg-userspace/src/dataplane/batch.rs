@@ -1,5 +1,7 @@
-//! Batched map writes (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`), which aya does
-//! not wrap. A 16,384-rule set is ~20,000 vectors and ~40,000 trie entries: one syscall
+//! Batched map operations (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, and
+//! `BPF_MAP_LOOKUP_BATCH` for reading whole per-CPU arrays), which aya does not wrap. A
+//! 16,384-rule set is ~20,000 vectors and ~40,000 trie entries, and the counter arrays
+//! hold 8,328 (interface counters) and up to 65,537 (rule counters) slots: one syscall
 //! each costs more than the kernel's work on the element, so they go in batches.
 //!
 //! The kernel applies a batch element by element and stops at the first failure; the
@@ -18,8 +20,10 @@ use std::{
 
 use aya::{Pod, maps::MapData};
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// The kernel's ENOTSUPP (not in libc): a map type without batch operations.
@@ -147,4 +151,100 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
     }
     let layout = Layout { key: size_of::<K>(), value: 0 };
     call(BPF_MAP_DELETE_BATCH, map, keys.as_ptr().cast(), std::ptr::null(), keys.len(), layout)
+}
+
+/// Every slot of a per-CPU array, each CPU's copy: what `BPF_MAP_LOOKUP_BATCH` returns
+/// for the whole map in one syscall.
+#[derive(Clone, Debug)]
+pub struct PerCpuSlots<V> {
+    cpus: usize,
+    values: Vec<V>,
+}
+
+impl<V> PerCpuSlots<V> {
+    /// Slots read (the map's size).
+    pub fn len(&self) -> usize {
+        self.values.len().checked_div(self.cpus).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slot `index`'s value on every possible CPU (empty past the end).
+    pub fn get(&self, index: usize) -> &[V] {
+        self.values.get(index * self.cpus..(index + 1) * self.cpus).unwrap_or(&[])
+    }
+
+    /// Each slot's copies, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &[V]> {
+        self.values.chunks(self.cpus.max(1))
+    }
+}
+
+/// Reads all `entries` slots of a per-CPU array at once. The kernel lays each slot out
+/// as one value per possible CPU, each rounded up to 8 bytes; `V` is a multiple of 8
+/// (the map types of `sg_common` are), so a `Vec<V>` is that layout. Kernels without
+/// batched lookups on arrays (before 5.6) or `SGCTL_FALLBACKS=1` read slot by slot.
+pub fn read_percpu_array<V: Pod>(map: &MapData, entries: u32) -> io::Result<PerCpuSlots<V>> {
+    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are laid out 8-byte aligned");
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let count = entries as usize;
+    // SAFETY: `Pod` types are plain data, for which all zeroes is a value.
+    let mut values: Vec<V> = (0..count * cpus).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut keys: Vec<u32> = vec![0; count];
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    if count == 0 {
+        return Ok(PerCpuSlots { cpus, values });
+    }
+    if !super::object::fallbacks_forced() {
+        let mut next_key = 0u32;
+        let mut attr = BatchAttr {
+            out_batch: (&raw mut next_key) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: entries,
+            map_fd: fd,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` holds
+        // `entries` u32 keys, `values` `entries` times the map's per-CPU value size,
+        // `next_key` one key, and all outlive the call.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>() as libc::c_uint) };
+        let err = io::Error::last_os_error();
+        // ENOENT: the whole map was read (the end was reached); `count` says how much.
+        if rc == 0 || err.raw_os_error() == Some(libc::ENOENT) {
+            if attr.count != entries || keys.iter().enumerate().any(|(i, &k)| k as usize != i) {
+                return Err(io::Error::other(format!(
+                    "batched lookup returned {} of {entries} slots, not in order",
+                    attr.count
+                )));
+            }
+            return Ok(PerCpuSlots { cpus, values });
+        }
+        if !matches!(err.raw_os_error(), Some(ENOTSUPP | libc::EINVAL)) {
+            return Err(io::Error::new(err.kind(), format!("batched lookup of {entries} slots: {err}")));
+        }
+    }
+    PER_ELEMENT_USED.store(true, std::sync::atomic::Ordering::Relaxed);
+    for index in 0..entries {
+        let mut key = index;
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: (&raw mut key) as u64,
+            // SAFETY: slot `index`'s copies are in bounds of `values`.
+            value: unsafe { values.as_mut_ptr().add(index as usize * cpus) } as u64,
+            ..Default::default()
+        };
+        // SAFETY: one key and one slot's per-CPU values, both live across the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &raw mut attr, size_of::<ElemAttr>() as libc::c_uint)
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return Err(io::Error::new(err.kind(), format!("{err} reading slot {index} of {entries}")));
+        }
+    }
+    Ok(PerCpuSlots { cpus, values })
 }

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray};
 use serde::Serialize;
 use sg_common::{FlowCacheSlot, RuleCounters, malformed, map, stats, step};
 
 use super::{
-    MapSource,
-    error::{DataplaneError, Result},
+    MapSource, batch,
+    error::{DataplaneError, Doing as _, Result},
     object::Dataplane,
 };
 
@@ -27,8 +27,18 @@ pub fn counters_of(source: &mut impl MapSource) -> Result<Vec<u64>> {
     sum_slots(&array)
 }
 
+/// All of a per-CPU array in one batched read (the counter arrays have thousands of
+/// slots, read every second by `sgctl run --interval 1` and on every `sgctl stats`).
+fn read_all<T: std::borrow::Borrow<MapData>, V: aya::Pod>(
+    array: &PerCpuArray<T, V>,
+    what: &str,
+) -> Result<batch::PerCpuSlots<V>> {
+    batch::read_percpu_array(array.map(), array.len()).doing_with(|| format!("reading {what}"))
+}
+
 pub(super) fn sum_slots<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
-    (0..stats::SLOTS).map(|slot| Ok(array.get(&slot, 0)?.iter().sum())).collect()
+    let all = read_all(array, map::STATS)?;
+    Ok((0..stats::SLOTS as usize).map(|slot| all.get(slot).iter().sum()).collect())
 }
 
 /// What each rule handle decided, summed over CPUs, with the hits flow-cache entries
@@ -36,20 +46,21 @@ pub(super) fn sum_slots<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, 
 pub fn rule_counters(source: &mut impl MapSource) -> Result<HashMap<u32, RuleCounters>> {
     let rules: PerCpuArray<MapData, RuleCounters> = source.take_map(map::RULE_STATS)?;
     let mut out: HashMap<u32, RuleCounters> = HashMap::new();
-    for handle in 1..rules.len() {
+    let all = read_all(&rules, map::RULE_STATS)?;
+    for (handle, copies) in all.iter().enumerate().skip(1) {
         let mut sum = RuleCounters::default();
-        for c in rules.get(&handle, 0)?.iter() {
+        for c in copies {
             sum.packets += c.packets;
             sum.bytes += c.bytes;
             sum.sessions += c.sessions;
         }
         if sum != RuleCounters::default() {
-            out.insert(handle, sum);
+            out.insert(handle as u32, sum);
         }
     }
     let cache: PerCpuArray<MapData, FlowCacheSlot> = source.take_map(map::FLOW_CACHE)?;
-    for slot in 0..cache.len() {
-        for per_cpu in cache.get(&slot, 0)?.iter() {
+    for copies in read_all(&cache, map::FLOW_CACHE)?.iter() {
+        for per_cpu in copies {
             for e in &per_cpu.entries {
                 if e.uncounted != 0 && e.rule_id != 0 {
                     let c = out.entry(e.rule_id).or_default();
@@ -124,8 +135,9 @@ pub fn carry_counters(from: &mut impl MapSource, to: &mut impl MapSource) -> Res
     if old.len() != new.len() {
         return Ok(());
     }
+    let all = read_all(&old, map::STATS)?;
     for slot in 0..stats::SLOTS {
-        let before = old.get(&slot, 0)?;
+        let before = all.get(slot as usize);
         if before.iter().all(|v| *v == 0) {
             continue;
         }
