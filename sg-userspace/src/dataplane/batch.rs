@@ -210,8 +210,9 @@ pub fn read_percpu_array<V: Pod>(map: &MapData, entries: u32) -> io::Result<PerC
         // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` holds
         // `entries` u32 keys, `values` `entries` times the map's per-CPU value size,
         // `next_key` one key, and all outlive the call.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>() as libc::c_uint) };
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>() as libc::c_uint)
+        };
         let err = io::Error::last_os_error();
         // ENOENT: the whole map was read (the end was reached); `count` says how much.
         if rc == 0 || err.raw_os_error() == Some(libc::ENOENT) {
