@@ -129,6 +129,12 @@ fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
 pub fn flow_hash(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8; 16], port_b: u16) -> u64 {
     let (a0, a1) = words(a);
     let (b0, b1) = words(b);
+    hash_words(ifindex, protocol, (a0, a1, port_a), (b0, b1, port_b))
+}
+
+/// [`flow_hash`] of the ends as address words and port.
+#[inline(always)]
+fn hash_words(ifindex: u32, protocol: u8, (a0, a1, port_a): (u64, u64, u16), (b0, b1, port_b): (u64, u64, u16)) -> u64 {
     // Multiply between the parts, so that no part can cancel another's bits.
     let mut h = (a0 ^ b0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h = (h ^ a1 ^ b1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
@@ -149,8 +155,14 @@ pub fn slot_of_hash(hash: u64) -> u32 {
 /// The hash of a packet's flow ([`flow_hash`]).
 #[inline(always)]
 pub fn packet_hash(ifindex: u32, meta: &PacketMeta) -> u64 {
-    let (sport, dport) = flow_ports(meta);
-    flow_hash(ifindex, meta.protocol, &meta.src, sport, &meta.dst, dport)
+    hash_with_ports(ifindex, meta, flow_ports(meta))
+}
+
+/// [`packet_hash`] with the packet's [`flow_ports`] at hand.
+#[inline(always)]
+fn hash_with_ports(ifindex: u32, meta: &PacketMeta, (sport, dport): (u16, u16)) -> u64 {
+    let [a0, a1, b0, b1] = meta.addr_words();
+    hash_words(ifindex, meta.protocol, (a0, a1, sport), (b0, b1, dport))
 }
 
 /// The hash of a session's flow ([`flow_hash`]).
@@ -170,8 +182,15 @@ pub fn position(ifindex: u32, meta: &PacketMeta) -> (u32, usize) {
 /// native-order words compare without the byte swaps of [`SessionKey::set`]'s order.
 #[inline(always)]
 pub fn direction(meta: &PacketMeta) -> usize {
-    let (sport, dport) = flow_ports(meta);
-    usize::from((words(&meta.src), sport) > (words(&meta.dst), dport))
+    direction_with_ports(meta, flow_ports(meta))
+}
+
+/// [`direction`] with the packet's [`flow_ports`] at hand: the fast path computes them
+/// once for the direction and the tuple (each a branch on the protocol).
+#[inline(always)]
+pub fn direction_with_ports(meta: &PacketMeta, (sport, dport): (u16, u16)) -> usize {
+    let [s0, s1, d0, d1] = meta.addr_words();
+    usize::from(((s0, s1), sport) > ((d0, d1), dport))
 }
 
 /// The slot of a session's flow (userspace, to find its pending hits).
@@ -227,7 +246,12 @@ pub struct Tuple {
 impl Tuple {
     #[inline(always)]
     pub fn of(ifindex: u32, hook: u32, meta: &PacketMeta) -> Self {
-        let (sport, dport) = flow_ports(meta);
+        Self::with_ports(ifindex, hook, meta, flow_ports(meta))
+    }
+
+    /// [`Tuple::of`] with the packet's [`flow_ports`] at hand (see [`direction_with_ports`]).
+    #[inline(always)]
+    pub fn with_ports(ifindex: u32, hook: u32, meta: &PacketMeta, (sport, dport): (u16, u16)) -> Self {
         Self { ifindex, kind: kind(meta.family, meta.protocol, hook), ports: u32::from(sport) | u32::from(dport) << 16 }
     }
 }
@@ -237,15 +261,14 @@ impl FlowCacheEntry {
     /// `reversed`) the other way.
     #[inline(always)]
     fn ends_match(&self, tuple: &Tuple, meta: &PacketMeta, reversed: bool) -> bool {
-        let (from, to, ports) = if reversed {
-            (&meta.dst, &meta.src, tuple.ports.rotate_left(16))
+        let [m0, m1, m2, m3] = meta.addr_words();
+        let ((f0, f1), (t0, t1), ports) = if reversed {
+            ((m2, m3), (m0, m1), tuple.ports.rotate_left(16))
         } else {
-            (&meta.src, &meta.dst, tuple.ports)
+            ((m0, m1), (m2, m3), tuple.ports)
         };
         let (s0, s1) = words(&self.src);
         let (d0, d1) = words(&self.dst);
-        let (f0, f1) = words(from);
-        let (t0, t1) = words(to);
         (u32::from(self.src_port) | u32::from(self.dst_port) << 16) == ports
             && s0 == f0
             && s1 == f1

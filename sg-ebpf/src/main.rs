@@ -23,13 +23,13 @@ use sg_common::{
     DECISION_AUDIT, DECISION_OPENED, Decision, FlowCacheEntry, FragmentKey, FragmentVerdict, IFACE_AUDIT, IfaceConfig,
     PacketMeta, Session, SessionKey, Timeouts, echo_request_type, family,
     flow_cache::{
-        Tuple, direction, packet_hash as flow_cache_hash, packet_may_hit, position, slot_of_hash, state_is_stable,
-        validity_jiffies,
+        Tuple, direction, direction_with_ports, packet_hash as flow_cache_hash, packet_may_hit, position, slot_of_hash,
+        state_is_stable, validity_jiffies,
     },
     fragment, is_icmp_error, is_neighbour_discovery,
     session::{
-        FRAGMENT_TIMEOUT_NS, assures, belongs_to_session, continues_session, expired, next_state, opening_anchors,
-        opening_state, table, take_anchors, tcp_plausible,
+        FRAGMENT_TIMEOUT_NS, assures, belongs_to_session, continues_session, expired, flow_ports, next_state,
+        opening_anchors, opening_state, table, take_anchors, tcp_plausible,
     },
     session_hints, stats as slots, step, verdict,
 };
@@ -217,8 +217,10 @@ fn cached(
     if !flow_cache::slot_used(used, index) {
         return None;
     }
-    let entry = flow_cache::entry(index, direction(meta))?;
-    let tuple = Tuple::of(ifindex, hook, meta);
+    // Computed once for the direction and the tuple (a branch on the protocol each).
+    let ports = flow_ports(meta);
+    let entry = flow_cache::entry(index, direction_with_ports(meta, ports))?;
+    let tuple = Tuple::with_ports(ifindex, hook, meta, ports);
     let jiffies = flow_cache::jiffies();
     if !(entry.is_for(&tuple, meta) && entry.trusted(config, flow_cache::epoch(), jiffies)) {
         return None;
