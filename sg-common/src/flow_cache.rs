@@ -135,15 +135,16 @@ pub fn flow_hash(ifindex: u32, protocol: u8, a: &[u8; 16], port_a: u16, b: &[u8;
 /// [`flow_hash`] of the ends as address words and port.
 #[inline(always)]
 fn hash_words(ifindex: u32, protocol: u8, (a0, a1, port_a): (u64, u64, u16), (b0, b1, port_b): (u64, u64, u16)) -> u64 {
-    // Multiply between the parts, so that no part can cancel another's bits.
-    let mut h = (a0 ^ b0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h = (h ^ a1 ^ b1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     // The ports in a fixed order (neither their sum nor their XOR: an ICMP echo flow's
     // ports are X and !X, whose sum and XOR are the same for every X).
     let (lo, hi) = if port_a <= port_b { (port_a, port_b) } else { (port_b, port_a) };
-    h = (h ^ (u64::from(lo) | u64::from(hi) << 16 | u64::from(ifindex) << 32)).wrapping_mul(0x1656_67b1_9e37_79f9);
+    let tail = u64::from(lo) | u64::from(hi) << 16 | u64::from(ifindex) << 32;
+    // Two products that do not wait for each other, then one that mixes both.
+    let x = (a0 ^ b0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let y = (a1 ^ b1 ^ tail).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let h = x ^ y.rotate_left(32);
     // The shift brings the well-mixed high bits down to the ones the hint flag uses.
-    (h ^ h >> 29 ^ u64::from(protocol)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    (h ^ h >> 29 ^ u64::from(protocol)).wrapping_mul(0x1656_67b1_9e37_79f9)
 }
 
 /// The cache slot of a flow hash.

@@ -56,6 +56,23 @@ fn slots_spread_flows() {
 }
 
 #[test]
+fn slots_spread_ipv6_flows_that_differ_in_the_interface_id_or_the_port() {
+    let v6 = |i: u16, port: u16| {
+        let mut m = PacketMeta { family: family::IPV6, protocol: ip_proto::TCP, ..Default::default() };
+        m.src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        m.src[14..].copy_from_slice(&i.to_be_bytes());
+        m.dst[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        m.dst[15] = 1;
+        (m.src_port, m.dst_port) = (port, 443);
+        m
+    };
+    let by_address: std::collections::HashSet<_> = (0..4096).map(|i| position(1, &v6(i, 40000)).0).collect();
+    let by_port: std::collections::HashSet<_> = (0..4096).map(|p| position(1, &v6(7, 30000 + p)).0).collect();
+    assert!(by_address.len() > 2_800, "{} distinct slots by address", by_address.len());
+    assert!(by_port.len() > 2_800, "{} distinct slots by port", by_port.len());
+}
+
+#[test]
 fn only_packets_that_cannot_change_a_stable_state_may_hit() {
     let mut m = meta(ip_proto::TCP, [198, 18, 0, 1], 40000, [198, 18, 0, 2], 80);
     m.tcp_flags = tcp_flag::ACK;
