@@ -139,7 +139,10 @@ fn hash_words(ifindex: u32, protocol: u8, (a0, a1, port_a): (u64, u64, u16), (b0
     // ports are X and !X, whose sum and XOR are the same for every X).
     let (lo, hi) = if port_a <= port_b { (port_a, port_b) } else { (port_b, port_a) };
     let tail = u64::from(lo) | u64::from(hi) << 16 | u64::from(ifindex) << 32;
-    // Two products that do not wait for each other, then one that mixes both.
+    // Two products that do not wait for each other, then one that mixes both. The
+    // addresses' last words share a product with the ports: bits that cancel there cost
+    // a shared cache slot or hint flag, never a wrong verdict (entries and sessions are
+    // matched by their whole tuple).
     let x = (a0 ^ b0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let y = (a1 ^ b1 ^ tail).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     let h = x ^ y.rotate_left(32);
@@ -156,12 +159,7 @@ pub fn slot_of_hash(hash: u64) -> u32 {
 /// The hash of a packet's flow ([`flow_hash`]).
 #[inline(always)]
 pub fn packet_hash(ifindex: u32, meta: &PacketMeta) -> u64 {
-    hash_with_ports(ifindex, meta, flow_ports(meta))
-}
-
-/// [`packet_hash`] with the packet's [`flow_ports`] at hand.
-#[inline(always)]
-fn hash_with_ports(ifindex: u32, meta: &PacketMeta, (sport, dport): (u16, u16)) -> u64 {
+    let (sport, dport) = flow_ports(meta);
     let [a0, a1, b0, b1] = meta.addr_words();
     hash_words(ifindex, meta.protocol, (a0, a1, sport), (b0, b1, dport))
 }

@@ -56,7 +56,7 @@ fn slots_spread_flows() {
 }
 
 #[test]
-fn slots_spread_ipv6_flows_that_differ_in_the_interface_id_or_the_port() {
+fn slots_spread_ipv6_flows_that_differ_in_the_address_or_the_port() {
     let v6 = |i: u16, port: u16| {
         let mut m = PacketMeta { family: family::IPV6, protocol: ip_proto::TCP, ..Default::default() };
         m.src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
