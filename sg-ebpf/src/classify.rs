@@ -6,7 +6,8 @@
 //! destination port: a two-level table for TCP and UDP, the port trie otherwise; and,
 //! when the best candidate needs them, local address and source port) each return a
 //! vector of rules; the lowest bit of their AND is the deciding rule, found by ANDing the summary words first
-//! so only words non-zero in every vector are read. The default pseudo-rule matches
+//! so only words non-zero in every vector are read, each from the shared chunk its vector
+//! points to. The default pseudo-rule matches
 //! every packet, so a lookup that finds nothing means broken maps: the packet is dropped.
 
 use aya_ebpf::{
@@ -14,10 +15,10 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, lpm_trie::Key},
 };
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, Decision, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, MAX_WORDS,
-    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PortBlock, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
-    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleInfo, RuleVector, RulesetHeader, SUMMARY_WORDS, config_version,
-    family, field, icmp_key, ip_proto, lowest_bit, port_table, step, verdict,
+    ADDR_KEY_FIXED_BITS, AddrKey, CHUNK_WORDS, Decision, IfaceConfig, MAX_CHUNKS, MAX_IFACE_VERSIONS, MAX_IFINDEX,
+    MAX_RULESETS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PortBlock, PortKey, RULE_NEEDS_LOCAL,
+    RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, RulesetHeader,
+    config_version, family, field, icmp_key, ip_proto, lowest_bit, port_table, step, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -37,6 +38,8 @@ static SG_PORT_TABLES: Array<PortBlock> = Array::with_max_entries(64, 0);
 static SG_PORT_BLOCKS: Array<PortBlock> = Array::with_max_entries(64, 0);
 #[map(name = "SG_VECTORS")]
 static SG_VECTORS: Array<RuleVector> = Array::with_max_entries(64, 0);
+#[map(name = "SG_CHUNKS")]
+static SG_CHUNKS: Array<RuleChunk> = Array::with_max_entries(64, 0);
 #[map(name = "SG_RULE_INFO")]
 static SG_RULE_INFO: Array<RuleInfo> = Array::with_max_entries(1024, 0);
 
@@ -117,67 +120,140 @@ fn destination_vector(slot: u32, header: &RulesetHeader, meta: &PacketMeta) -> O
     table_vector(header, table, key)
 }
 
-/// The lowest bit set in all four vectors, if any.
+/// The vectors one round of the bit search ANDs.
+trait Vectors {
+    const N: usize;
+    fn vector(&self, i: usize) -> &RuleVector;
+}
+
+impl<const N: usize> Vectors for [&RuleVector; N] {
+    const N: usize = N;
+    #[inline(always)]
+    fn vector(&self, i: usize) -> &RuleVector {
+        self[i % N]
+    }
+}
+
+/// The lowest bit set in all the vectors, if any (`None` also when a chunk is missing:
+/// broken maps).
+///
+/// Chunk by chunk, only those non-zero in every vector (the AND of the summaries): each
+/// vector's chunk is looked up once, then its eight words are ANDed without further
+/// lookups, so the verifier walks at most `MAX_CHUNKS` rounds of straight-line code.
 #[inline(always)]
-fn first_common_bit(a: &RuleVector, b: &RuleVector, c: &RuleVector, d: &RuleVector) -> Option<u32> {
-    for s in 0..SUMMARY_WORDS {
-        let mut candidates = a.summary[s] & b.summary[s] & c.summary[s] & d.summary[s];
-        for _ in 0..64 {
-            if candidates == 0 {
-                break;
-            }
-            let w = s * 64 + lowest_bit(candidates) as usize;
-            if w >= MAX_WORDS {
-                return None;
-            }
-            let word = a.words[w] & b.words[w] & c.words[w] & d.words[w];
-            if word != 0 {
-                return Some(w as u32 * 64 + lowest_bit(word));
-            }
-            candidates &= candidates - 1;
+fn first_common_bit<V: Vectors>(vectors: &V) -> Option<u32> {
+    let mut summary = u64::MAX;
+    for i in 0..V::N {
+        summary &= vectors.vector(i).summary;
+    }
+    // The first 32 chunks by their summary bits. The chunk number is masked, not only
+    // compared: LLVM spills it between a bounds check and the index, and verifiers
+    // before 6.x do not carry a check over to the spilled copy, but they keep a mask's
+    // bound. `black_box` keeps LLVM from dropping the mask as redundant.
+    let mut candidates = summary & u64::from(u32::MAX);
+    for _ in 0..32 {
+        if candidates == 0 {
+            break;
+        }
+        let c = (core::hint::black_box(lowest_bit(candidates)) & 31) as usize;
+        if let Some(bit) = common_bit_in_chunk(vectors, c)? {
+            return Some(bit);
+        }
+        candidates &= candidates - 1;
+    }
+    // The rest (one chunk: the pseudo-rules past 16,384 rules) by constant numbers.
+    for c in 32..MAX_CHUNKS {
+        if summary >> c & 1 != 0
+            && let Some(bit) = common_bit_in_chunk(vectors, c)?
+        {
+            return Some(bit);
         }
     }
     None
 }
 
-/// [`first_common_bit`] as a call, for the rarer rounds of [`constrained`].
-#[inline(never)]
-fn first_common_bit_call(a: &RuleVector, b: &RuleVector, c: &RuleVector, d: &RuleVector) -> Option<u32> {
-    first_common_bit(a, b, c, d)
+/// The lowest bit set in chunk `c` (below `MAX_CHUNKS`) of every vector: `Some(None)`
+/// when there is none, `None` when a chunk is missing.
+#[inline(always)]
+fn common_bit_in_chunk<V: Vectors>(vectors: &V, c: usize) -> Option<Option<u32>> {
+    let chunk = |i: usize| SG_CHUNKS.get(*vectors.vector(i).chunks.get(c)?);
+    // Unused places (fewer than four vectors) repeat the first chunk.
+    let first = chunk(0)?;
+    let chunks: [&RuleChunk; 4] = [
+        first,
+        if V::N > 1 { chunk(1)? } else { first },
+        if V::N > 2 { chunk(2)? } else { first },
+        if V::N > 3 { chunk(3)? } else { first },
+    ];
+    for j in 0..CHUNK_WORDS {
+        let mut word = u64::MAX;
+        for chunk in &chunks[..V::N] {
+            word &= chunk.words[j];
+        }
+        if word != 0 {
+            return Some(Some(((c * CHUNK_WORDS + j) * 64) as u32 + lowest_bit(word)));
+        }
+    }
+    Some(None)
 }
 
 const BROKEN_MAPS: Decision = Decision::new(verdict::DROP, step::DEFAULT);
 
 /// Decides a parsed IP packet with the rule set in `slot`; `ingress` tells which address
-/// is the peer. Not inlined: called for new flows and for re-checks.
+/// is the peer. Called for new flows and for re-checks.
 ///
 /// The peer address and the destination port are always looked up. The local address
 /// and the source port are looked up only when the best candidate so far is a rule that
 /// constrains them (`RuleInfo::fields`): a field's vector only removes bits, so a
 /// candidate that does not constrain it stays the answer once it is looked up.
-#[inline(never)]
+///
+/// Two calls side by side rather than one inside the other: a round of the bit search
+/// holds its vectors across map lookups, and nested frames would pass the 512 bytes of
+/// stack older kernels allow.
+#[inline(always)]
 pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
-    let Some(header) = SG_RULESETS.get(slot) else { return BROKEN_MAPS };
+    match first_round(slot, meta, ingress) {
+        FirstRound::Decided(decision) => decision,
+        FirstRound::Needs(fields) => constrained(slot, meta, ingress, fields),
+    }
+}
+
+/// What the peer-address and destination-port round found.
+enum FirstRound {
+    Decided(Decision),
+    /// The best candidate constrains these optional fields (`RULE_NEEDS_*`).
+    Needs(u8),
+}
+
+/// The vectors of the two fields every packet is looked up by: peer address and
+/// destination port.
+#[inline(always)]
+fn peer_and_port(
+    slot: u32,
+    header: &RulesetHeader,
+    meta: &PacketMeta,
+    ingress: bool,
+) -> Option<(&'static RuleVector, &'static RuleVector)> {
     // Rules name the packet's destination port in both directions; only the addresses
     // swap roles.
-    let (peer, local) = if ingress { (&meta.src, &meta.dst) } else { (&meta.dst, &meta.src) };
+    let peer = if ingress { &meta.src } else { &meta.dst };
     // IPv4 peers from the multibit table, IPv6 peers from the trie.
     let peer_vector = if meta.family == family::IPV4 {
         peer_v4_vector(header, peer)
     } else {
         addr_vector(slot, field::PEER, meta, peer)
-    };
-    let Some(peer_vector) = peer_vector else { return BROKEN_MAPS };
-    let Some(dport_vector) = destination_vector(slot, header, meta) else { return BROKEN_MAPS };
-    // Fields not looked up (yet) are stood in for by the peer vector (x & x == x).
-    let Some(bit) = first_common_bit(peer_vector, dport_vector, peer_vector, peer_vector) else {
-        return BROKEN_MAPS;
-    };
-    let Some(info) = rule_info(header, bit) else { return BROKEN_MAPS };
-    if info.fields == 0 {
-        return decision(info);
-    }
-    constrained(slot, meta, local, &[peer_vector, dport_vector], info.fields)
+    }?;
+    Some((peer_vector, destination_vector(slot, header, meta)?))
+}
+
+#[inline(never)]
+fn first_round(slot: u32, meta: &PacketMeta, ingress: bool) -> FirstRound {
+    let broken = FirstRound::Decided(BROKEN_MAPS);
+    let Some(header) = SG_RULESETS.get(slot) else { return broken };
+    let Some((peer_vector, dport_vector)) = peer_and_port(slot, header, meta, ingress) else { return broken };
+    let Some(bit) = first_common_bit(&[peer_vector, dport_vector]) else { return broken };
+    let Some(info) = rule_info(header, bit) else { return broken };
+    if info.fields == 0 { FirstRound::Decided(decision(info)) } else { FirstRound::Needs(info.fields) }
 }
 
 /// The rule `bit` of a rule set.
@@ -197,17 +273,14 @@ fn decision(info: &RuleInfo) -> Decision {
 /// [`classify`] once the best candidate constrains the local address or the source
 /// port (`fields`): looks them up as candidates need them. Each round loads at least
 /// one more field, so two rounds always decide.
-#[inline(always)]
-fn constrained(
-    slot: u32,
-    meta: &PacketMeta,
-    local: &[u8; 16],
-    &[peer_vector, dport_vector]: &[&RuleVector; 2],
-    mut fields: u8,
-) -> Decision {
+#[inline(never)]
+fn constrained(slot: u32, meta: &PacketMeta, ingress: bool, mut fields: u8) -> Decision {
     let Some(header) = SG_RULESETS.get(slot) else { return BROKEN_MAPS };
+    let Some((peer_vector, dport_vector)) = peer_and_port(slot, header, meta, ingress) else { return BROKEN_MAPS };
+    // Fields not looked up (yet) are stood in for by the peer vector (x & x == x).
     let mut local_vector = peer_vector;
     let mut source_vector = peer_vector;
+    let local = if ingress { &meta.dst } else { &meta.src };
     let mut loaded = 0u8;
     for _ in 0..2 {
         let missing = fields & !loaded;
@@ -230,7 +303,7 @@ fn constrained(
             }
         }
         loaded |= missing;
-        let Some(bit) = first_common_bit_call(peer_vector, dport_vector, local_vector, source_vector) else {
+        let Some(bit) = first_common_bit(&[peer_vector, dport_vector, local_vector, source_vector]) else {
             return BROKEN_MAPS;
         };
         let Some(info) = rule_info(header, bit) else { return BROKEN_MAPS };

@@ -128,6 +128,10 @@ struct InterfaceState {
 pub struct PlacedSet {
     pub slot: u32,
     pub vectors: Range<u32>,
+    /// Absent from state files written before vectors were chunked (their maps are
+    /// replaced, not adopted).
+    #[serde(default)]
+    pub chunks: Range<u32>,
     pub rules: Range<u32>,
     pub tables: Range<u32>,
     pub blocks: Range<u32>,
@@ -172,9 +176,11 @@ pub struct MapFills {
     pub evicted: Evictions,
     /// Remembered first-fragment verdicts.
     pub fragments: Fill,
-    /// Rule vectors, rule-info entries and port blocks: the rule sets in force, and
-    /// those a switch replaced that are not retired yet.
+    /// Rule vectors, their chunks, rule-info entries and port blocks: the rule sets in
+    /// force, and those a switch replaced that are not retired yet.
     pub rule_vectors: Fill,
+    #[serde(default)]
+    pub rule_chunks: Fill,
     pub rule_info: Fill,
     pub port_blocks: Fill,
     /// Rule counter handles (one for each distinct rule of an interface and direction).
@@ -183,13 +189,15 @@ pub struct MapFills {
 
 impl MapFills {
     /// Each map's fill with its name (`sessions`, `opening_sessions`, `fragments`,
-    /// `rule_vectors`, `rule_info`, `port_blocks`, `rule_handles`), in that order.
-    pub fn named(&self) -> [(&'static str, Fill); 7] {
+    /// `rule_vectors`, `rule_chunks`, `rule_info`, `port_blocks`, `rule_handles`), in that
+    /// order.
+    pub fn named(&self) -> [(&'static str, Fill); 8] {
         [
             ("sessions", self.sessions),
             ("opening_sessions", self.opening_sessions),
             ("fragments", self.fragments),
             ("rule_vectors", self.rule_vectors),
+            ("rule_chunks", self.rule_chunks),
             ("rule_info", self.rule_info),
             ("port_blocks", self.port_blocks),
             ("rule_handles", self.rule_handles),
@@ -256,6 +264,7 @@ pub struct Enforcer {
     /// Counts applies, for configuration ids.
     config_serial: u32,
     vector_ranges: Ranges,
+    chunk_ranges: Ranges,
     rule_ranges: Ranges,
     table_ranges: Ranges,
     block_ranges: Ranges,
@@ -280,6 +289,7 @@ impl Enforcer {
             free_versions: (1..MAX_IFACE_VERSIONS).rev().collect(),
             config_serial: 0,
             vector_ranges: Ranges::new(capacity.vectors),
+            chunk_ranges: Ranges::new(capacity.chunks),
             rule_ranges: Ranges::new(capacity.rule_info),
             table_ranges: Ranges::new(capacity.port_tables),
             block_ranges: Ranges::new(capacity.port_blocks),
@@ -431,10 +441,12 @@ impl Enforcer {
             let mut place =
                 |p: &PlacedSet, rules: &Compiled, hook: u32| -> std::result::Result<Installed, AdoptError> {
                     let fits = p.vectors.len() == rules.vectors.len()
+                        && p.chunks.len() == rules.chunks.len()
                         && p.rules.len() == rules.rules.len()
                         && p.tables.len() == rules.port_tables.len()
                         && p.blocks.len() == rules.port_blocks.len();
                     let free = this.vector_ranges.reserve(&p.vectors)
+                        && this.chunk_ranges.reserve(&p.chunks)
                         && this.rule_ranges.reserve(&p.rules)
                         && this.table_ranges.reserve(&p.tables)
                         && this.block_ranges.reserve(&p.blocks)
@@ -453,6 +465,7 @@ impl Enforcer {
                     Ok(Installed {
                         slot: p.slot,
                         vectors: p.vectors.clone(),
+                        chunks: p.chunks.clone(),
                         rules: p.rules.clone(),
                         tables: p.tables.clone(),
                         blocks: p.blocks.clone(),
@@ -493,6 +506,7 @@ impl Enforcer {
         let place = |i: &Installed| PlacedSet {
             slot: i.slot,
             vectors: i.vectors.clone(),
+            chunks: i.chunks.clone(),
             rules: i.rules.clone(),
             tables: i.tables.clone(),
             blocks: i.blocks.clone(),
@@ -605,6 +619,7 @@ impl Enforcer {
             evicted: SessionTable::evictions(&counters, [sessions.used, opening_sessions.used]),
             fragments,
             rule_vectors: self.vector_ranges.fill(),
+            rule_chunks: self.chunk_ranges.fill(),
             rule_info: self.rule_ranges.fill(),
             port_blocks: self.block_ranges.fill(),
             rule_handles: self.handles.fill(),
@@ -690,6 +705,7 @@ impl Enforcer {
         }
         self.maps.delete_keys(&installed);
         self.vector_ranges.give(installed.vectors);
+        self.chunk_ranges.give(installed.chunks);
         self.rule_ranges.give(installed.rules);
         self.table_ranges.give(installed.tables);
         self.block_ranges.give(installed.blocks);
@@ -725,9 +741,16 @@ impl Enforcer {
             release(self, &handles);
             return Err(ControlError::NoRoom { count: c.vectors.len(), what: "vectors" });
         };
+        let Some(chunks) = self.chunk_ranges.take(c.chunks.len() as u32) else {
+            self.free_slots.push(slot);
+            self.vector_ranges.give(vectors);
+            release(self, &handles);
+            return Err(ControlError::NoRoom { count: c.chunks.len(), what: "vector chunks" });
+        };
         let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
+            self.chunk_ranges.give(chunks);
             release(self, &handles);
             return Err(ControlError::NoRoom { count: c.rules.len(), what: "rules" });
         };
@@ -736,14 +759,24 @@ impl Enforcer {
         let (Some(tables), Some(blocks)) = (tables.clone(), blocks.clone()) else {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
+            self.chunk_ranges.give(chunks);
             self.rule_ranges.give(rules);
             self.table_ranges.give(tables.unwrap_or(0..0));
             self.block_ranges.give(blocks.unwrap_or(0..0));
             release(self, &handles);
             return Err(ControlError::NoRoom { count: c.port_blocks.len(), what: "port blocks" });
         };
-        let mut installed =
-            Installed { slot, vectors, rules, tables, blocks, addr_keys: Vec::new(), port_keys: Vec::new(), handles };
+        let mut installed = Installed {
+            slot,
+            vectors,
+            chunks,
+            rules,
+            tables,
+            blocks,
+            addr_keys: Vec::new(),
+            port_keys: Vec::new(),
+            handles,
+        };
         match self.maps.write(c, &mut installed) {
             Ok(()) => Ok(installed),
             Err(e) => {

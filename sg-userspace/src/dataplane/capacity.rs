@@ -1,6 +1,6 @@
 //! The sizes of the classification and session maps, fixed when the programs load.
 
-use sg_common::{MAX_RULESETS, PortBlock, RuleInfo, RuleVector};
+use sg_common::{MAX_RULESETS, PortBlock, RuleChunk, RuleInfo, RuleVector};
 
 use crate::policy::compile::Compiled;
 
@@ -18,6 +18,10 @@ pub struct Capacity {
     /// quarter as many ([`Capacity::opening_sessions`]).
     pub sessions: u32,
     pub vectors: u32,
+    /// Distinct vector chunks (`sg_common::RuleChunk`). State files written before
+    /// vectors were chunked lack it; their programs differ, so their maps are replaced.
+    #[serde(default = "default_chunks")]
+    pub chunks: u32,
     pub rule_info: u32,
     pub addr_entries: u32,
     pub port_entries: u32,
@@ -27,12 +31,17 @@ pub struct Capacity {
     pub port_blocks: u32,
 }
 
+fn default_chunks() -> u32 {
+    Capacity::default().chunks
+}
+
 impl Default for Capacity {
-    /// Enough for a few interfaces with some thousand rules (about 9 MiB of vectors).
+    /// Enough for a few interfaces with some thousand rules (about 2 MiB of vectors).
     fn default() -> Self {
         Self {
             sessions: 262_144,
             vectors: 4096,
+            chunks: 16_384,
             rule_info: 65_536,
             addr_entries: 65_536,
             port_entries: 4096,
@@ -54,6 +63,7 @@ impl Capacity {
         let mut need = Self {
             sessions: 0,
             vectors: 0,
+            chunks: 0,
             rule_info: 0,
             addr_entries: 0,
             port_entries: 0,
@@ -62,6 +72,7 @@ impl Capacity {
         };
         for c in compiled {
             need.vectors += c.vectors.len() as u32;
+            need.chunks += c.chunks.len() as u32;
             need.rule_info += c.rules.len() as u32;
             need.addr_entries += c.addr_entries.len() as u32;
             need.port_entries += c.port_entries.len() as u32;
@@ -71,6 +82,7 @@ impl Capacity {
         Self {
             sessions: d.sessions,
             vectors: (need.vectors * 2 + 64).max(d.vectors),
+            chunks: (need.chunks * 2 + 64).max(d.chunks),
             rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
             addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
             port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
@@ -83,6 +95,7 @@ impl Capacity {
     pub fn holds(&self, need: &Capacity) -> bool {
         self.sessions >= need.sessions
             && self.vectors >= need.vectors
+            && self.chunks >= need.chunks
             && self.rule_info >= need.rule_info
             && self.addr_entries >= need.addr_entries
             && self.port_entries >= need.port_entries
@@ -94,6 +107,7 @@ impl Capacity {
     /// grow with their entries, about 100 bytes each).
     pub fn array_bytes(&self) -> u64 {
         u64::from(self.vectors) * size_of::<RuleVector>() as u64
+            + u64::from(self.chunks) * size_of::<RuleChunk>() as u64
             + u64::from(self.rule_info) * size_of::<RuleInfo>() as u64
             + u64::from(self.port_tables + self.port_blocks) * size_of::<PortBlock>() as u64
     }

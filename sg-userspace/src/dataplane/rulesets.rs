@@ -10,7 +10,7 @@ use std::ops::Range;
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey,
-    RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
+    RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
 };
 
 use super::{
@@ -24,6 +24,7 @@ use crate::policy::compile::Compiled;
 pub struct Installed {
     pub slot: u32,
     pub vectors: Range<u32>,
+    pub chunks: Range<u32>,
     pub rules: Range<u32>,
     pub tables: Range<u32>,
     pub blocks: Range<u32>,
@@ -41,6 +42,7 @@ pub struct RuleSetMaps {
     addr_trie: LpmTrie<MapData, AddrKey, u32>,
     port_trie: LpmTrie<MapData, PortKey, u32>,
     vectors: Array<MapData, RuleVector>,
+    chunks: Array<MapData, RuleChunk>,
     rule_info: Array<MapData, RuleInfo>,
     port_tables: Array<MapData, PortBlock>,
     port_blocks: Array<MapData, PortBlock>,
@@ -130,6 +132,7 @@ impl RuleSetMaps {
             addr_trie: dp.take_map(map::ADDR_TRIE)?,
             port_trie: dp.take_map(map::PORT_TRIE)?,
             vectors: dp.take_map(map::VECTORS)?,
+            chunks: dp.take_map(map::CHUNKS)?,
             rule_info: dp.take_map(map::RULE_INFO)?,
             port_tables: dp.take_map(map::PORT_TABLES)?,
             port_blocks: dp.take_map(map::PORT_BLOCKS)?,
@@ -220,28 +223,21 @@ impl RuleSetMaps {
     /// Writes compiled rule set `c` at the place `at` reserves (its slot and index
     /// ranges), recording the trie keys it writes in `at`; live rule sets are not touched.
     pub fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<()> {
-        let words = c.words();
-        debug_assert!(words <= MAX_WORDS);
-        // Vectors go in chunks: each is 2 KiB, and a chunk's buffer is reused.
-        const CHUNK: usize = 256;
-        let mut indices = Vec::with_capacity(CHUNK);
-        let mut values = Vec::with_capacity(CHUNK);
-        for (chunk_no, chunk) in c.vectors.chunks(CHUNK).enumerate() {
-            indices.clear();
-            values.clear();
-            for (i, v) in chunk.iter().enumerate() {
-                let mut value = RuleVector::default();
-                value.words[..words].copy_from_slice(v);
-                for (w, word) in v.iter().enumerate() {
-                    if *word != 0 {
-                        value.summary[w / 64] |= 1 << (w % 64);
-                    }
-                }
-                indices.push(at.vectors.start + (chunk_no * CHUNK + i) as u32);
-                values.push(value);
-            }
-            batch::update(self.vectors.map(), &indices, &values).doing("writing rule vectors")?;
-        }
+        debug_assert!(c.words() <= MAX_WORDS);
+        // Chunks first, then the vectors pointing to them (moved to this set's range).
+        let chunk_indices: Vec<u32> = at.chunks.clone().collect();
+        batch::update(self.chunks.map(), &chunk_indices, &c.chunks).doing("writing rule vector chunks")?;
+        let vectors: Vec<RuleVector> = c
+            .vectors
+            .iter()
+            .map(|v| {
+                let mut out = *v;
+                out.chunks.iter_mut().for_each(|n| *n += at.chunks.start);
+                out
+            })
+            .collect();
+        let vector_indices: Vec<u32> = at.vectors.clone().collect();
+        batch::update(self.vectors.map(), &vector_indices, &vectors).doing("writing rule vectors")?;
         let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
         let infos: Vec<RuleInfo> =
             c.rules.iter().zip(&at.handles).map(|(info, handle)| RuleInfo { rule_id: *handle, ..*info }).collect();

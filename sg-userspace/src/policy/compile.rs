@@ -10,7 +10,8 @@
 //! For each field the compiler lists the distinct prefixes (addresses) or elementary
 //! intervals (ports) that rules mention, and gives each one the vector of rules matching
 //! every value under it: an LPM lookup then returns the complete answer for that field.
-//! Equal vectors are stored once.
+//! Equal vectors are stored once, and so are equal chunks of them (`sg_common::RuleChunk`):
+//! a vector is a row of chunk numbers.
 
 use std::{collections::BTreeSet, hash::BuildHasher as _, net::IpAddr};
 
@@ -20,8 +21,9 @@ use ipnet::IpNet;
 use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 use sg_common::{
-    MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PortBlock, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL,
-    RULESET_HAS_SOURCE_PORT, RuleInfo, field, ip_proto, port_table, step, verdict,
+    CHUNK_WORDS, MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PortBlock, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
+    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, field, ip_proto, port_table, step,
+    verdict,
 };
 
 use super::{
@@ -61,8 +63,11 @@ pub struct Compiled {
     pub rules: Vec<RuleInfo>,
     /// `RULESET_HAS_LOCAL` | `RULESET_HAS_SOURCE_PORT`.
     pub flags: u32,
-    /// Distinct vectors, each `words()` long; entries refer to them by index.
-    pub vectors: Vec<Vec<u64>>,
+    /// Distinct vectors; entries refer to them by index. Their chunk numbers index
+    /// `chunks`.
+    pub vectors: Vec<RuleVector>,
+    /// Distinct chunks of the vectors' words.
+    pub chunks: Vec<RuleChunk>,
     pub addr_entries: Vec<AddrEntry>,
     /// Port-trie entries: the any-protocol entry and one per other protocol (no ports).
     pub port_entries: Vec<PortEntry>,
@@ -480,8 +485,45 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
     }
     tables[port_table::PEER_V4 as usize] = peer_v4;
     compiled.port_tables = tables;
-    compiled.vectors = table.vectors;
+    (compiled.vectors, compiled.chunks) = chunked(table.vectors, words);
     Ok(compiled)
+}
+
+/// The vectors (each `words` long) as summaries and rows of chunk numbers, and the
+/// distinct chunks they point to.
+fn chunked(vectors: Vec<Vec<u64>>, words: usize) -> (Vec<RuleVector>, Vec<RuleChunk>) {
+    let mut chunks: Vec<RuleChunk> = Vec::new();
+    let mut numbers: HashMap<RuleChunk, u32> = HashMap::default();
+    // Vectors come in the order they were made, each mostly its predecessor's words:
+    // comparing a chunk with the one before it in its column skips most hash lookups.
+    let mut previous: Vec<Option<(RuleChunk, u32)>> = vec![None; words.div_ceil(CHUNK_WORDS)];
+    let rows = vectors
+        .iter()
+        .map(|v| {
+            debug_assert_eq!(v.len(), words);
+            let mut row = RuleVector::default();
+            for (c, part) in v.chunks(CHUNK_WORDS).enumerate() {
+                if part.iter().any(|w| *w != 0) {
+                    row.summary |= 1 << c;
+                }
+                let mut chunk = RuleChunk::default();
+                chunk.words[..part.len()].copy_from_slice(part);
+                row.chunks[c] = match previous[c] {
+                    Some((last, number)) if last == chunk => number,
+                    _ => {
+                        let number = *numbers.entry(chunk).or_insert_with(|| {
+                            chunks.push(chunk);
+                            (chunks.len() - 1) as u32
+                        });
+                        previous[c] = Some((chunk, number));
+                        number
+                    }
+                };
+            }
+            row
+        })
+        .collect();
+    (rows, chunks)
 }
 
 /// What a compiled rule set decides for one packet, found the way the kernel finds it
@@ -499,7 +541,18 @@ impl Compiled {
         self.rules.len().div_ceil(64)
     }
 
-    fn addr_lookup(&self, field: u8, addr: IpAddr) -> Option<&[u64]> {
+    /// Word `w` of vector `v`, through its chunk as the kernel reads it.
+    fn word(&self, v: &RuleVector, w: usize) -> u64 {
+        self.chunks[v.chunks[w / CHUNK_WORDS] as usize].words[w % CHUNK_WORDS]
+    }
+
+    /// The words of vector `index`.
+    pub fn vector_words(&self, index: u32) -> Vec<u64> {
+        let v = &self.vectors[index as usize];
+        (0..self.words()).map(|w| self.word(v, w)).collect()
+    }
+
+    fn addr_lookup(&self, field: u8, addr: IpAddr) -> Option<&RuleVector> {
         if let (field::PEER, IpAddr::V4(v4)) = (field, addr) {
             let mut entry = self.port_tables.get(port_table::PEER_V4 as usize)?.entries[usize::from(v4.octets()[0])];
             for &byte in &v4.octets()[1..] {
@@ -508,16 +561,16 @@ impl Compiled {
                 }
                 entry = self.port_blocks.get((entry & !PORT_BLOCK_REF) as usize)?.entries[usize::from(byte)];
             }
-            return (entry & PORT_BLOCK_REF == 0).then(|| self.vectors[entry as usize].as_slice());
+            return (entry & PORT_BLOCK_REF == 0).then(|| &self.vectors[entry as usize]);
         }
         self.addr_entries
             .iter()
             .filter(|e| e.field == field && e.net.contains(&addr))
             .max_by_key(|e| e.net.prefix_len())
-            .map(|e| self.vectors[e.vector as usize].as_slice())
+            .map(|e| &self.vectors[e.vector as usize])
     }
 
-    fn port_lookup(&self, field: u8, protocol: u8, port: u16) -> Option<&[u64]> {
+    fn port_lookup(&self, field: u8, protocol: u8, port: u16) -> Option<&RuleVector> {
         let table = match (field, protocol) {
             (field::SOURCE_PORT, _) => Some(port_table::SOURCE),
             (_, ip_proto::TCP) => Some(port_table::TCP_DESTINATION),
@@ -533,14 +586,14 @@ impl Compiled {
             } else {
                 self.port_blocks.get((first & !PORT_BLOCK_REF) as usize)?.entries[usize::from(port & 0xff)]
             };
-            return self.vectors.get(vector as usize).map(Vec::as_slice);
+            return self.vectors.get(vector as usize);
         }
         // Other protocols: their own entry, else the any-protocol one.
         self.port_entries
             .iter()
             .find(|e| e.protocol == Some(protocol))
             .or_else(|| self.port_entries.iter().find(|e| e.protocol.is_none()))
-            .map(|e| self.vectors[e.vector as usize].as_slice())
+            .map(|e| &self.vectors[e.vector as usize])
     }
 
     /// Simulates the kernel's classification of a packet.
@@ -561,7 +614,7 @@ impl Compiled {
             fields.push(self.port_lookup(field::SOURCE_PORT, 0, src_port)?);
         }
         (0..self.words()).find_map(|w| {
-            let word = fields.iter().fold(u64::MAX, |acc, v| acc & v[w]);
+            let word = fields.iter().fold(u64::MAX, |acc, v| acc & self.word(v, w));
             (word != 0).then(|| {
                 let info = self.rules[w * 64 + word.trailing_zeros() as usize];
                 Simulated { verdict: info.verdict, step: info.step, rule_id: info.rule_id }

@@ -80,8 +80,27 @@ fn equal_vectors_are_stored_once() {
     let cfg = parse_str(WEB, "web.toml").unwrap();
     let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
     let mut seen = std::collections::HashSet::new();
-    assert!(c.vectors.iter().all(|v| seen.insert(v.clone())));
-    assert!(c.vectors.iter().all(|v| v.len() == c.words()));
+    assert!((0..c.vectors.len() as u32).all(|i| seen.insert(c.vector_words(i))));
+    let mut chunks = std::collections::HashSet::new();
+    assert!(c.chunks.iter().all(|chunk| chunks.insert(*chunk)));
+}
+
+/// Each vector's summary marks exactly its non-zero chunks, and its chunk row covers
+/// every word of the rule set.
+#[test]
+fn vectors_are_summaries_over_shared_chunks() {
+    let cfg = parse_str(WEB, "web.toml").unwrap();
+    let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
+    assert!(c.chunks.len() <= c.vectors.len() * c.words().div_ceil(sg_common::CHUNK_WORDS));
+    for (i, v) in c.vectors.iter().enumerate() {
+        let words = c.vector_words(i as u32);
+        for (n, part) in words.chunks(sg_common::CHUNK_WORDS).enumerate() {
+            assert_eq!(v.summary >> n & 1 == 1, part.iter().any(|w| *w != 0), "vector {i} chunk {n}");
+        }
+        let used = c.words().div_ceil(sg_common::CHUNK_WORDS);
+        assert!(v.summary >> used == 0, "no summary bits past the rule set's chunks");
+        assert!(v.chunks[..used].iter().all(|&n| (n as usize) < c.chunks.len()));
+    }
 }
 
 /// Every port of every table, against the rules' ranges directly: blocks shared where a
