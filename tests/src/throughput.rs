@@ -582,7 +582,11 @@ fn install(filter: Filter, pair: &Pair, work: &Path) -> Result<Installed> {
             Ok(Installed::Link(link))
         }
         Filter::Sgctl(n) => {
-            let opts = RealisticOptions { iface: SINK_IF.into(), drop_all_from: Some(DROP_NET.into()) };
+            let opts = RealisticOptions {
+                iface: SINK_IF.into(),
+                drop_all_from: Some(DROP_NET.into()),
+                drop_all_from_v6: None,
+            };
             let path = work.join(format!("sgctl-{n}.toml"));
             fs::write(&path, realistic_ruleset_with(SEED, n, &opts))?;
             let config = path.to_str().context("temp path is not UTF-8")?;

@@ -235,7 +235,11 @@ fn realistic_rule_sets_parse_compile_and_agree() {
 
 #[test]
 fn realistic_drop_all_from_is_decided_by_the_last_ranked_rule() {
-    let opts = RealisticOptions { iface: "bench0".to_string(), drop_all_from: Some("192.0.2.0/24".to_string()) };
+    let opts = RealisticOptions {
+        iface: "bench0".to_string(),
+        drop_all_from: Some("192.0.2.0/24".to_string()),
+        drop_all_from_v6: None,
+    };
     let from: IpAddr = "192.0.2.77".parse().unwrap();
     for n in [1, 10, 100, 1000] {
         let toml = generator::realistic_ruleset_with(3, n, &opts);
