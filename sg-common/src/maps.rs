@@ -50,6 +50,8 @@ pub mod map {
     pub const VECTORS: &str = "SG_VECTORS";
     /// Array: chunk number -> [`crate::RuleChunk`], the words vectors point to.
     pub const CHUNKS: &str = "SG_CHUNKS";
+    /// Array: bound -> [`crate::PeerV6Bound`], each rule set's IPv6 peer intervals.
+    pub const PEER_V6: &str = "SG_PEER_V6";
     /// Array: rule-set base + bit -> [`crate::RuleInfo`].
     pub const RULE_INFO: &str = "SG_RULE_INFO";
     /// LRU hash: [`crate::SessionKey`] -> [`crate::Session`]: the assured sessions
@@ -163,6 +165,39 @@ pub struct RulesetHeader {
     pub flags: u32,
     /// First of this rule set's [`PORT_TABLES`] first-level port tables.
     pub port_tables: u32,
+    /// First of this rule set's [`PeerV6Bound`]s in `SG_PEER_V6`.
+    pub peer_v6: u32,
+    /// How many (at least one: the bound at `::`).
+    pub peer_v6_count: u32,
+}
+
+/// Where an interval of IPv6 peer addresses starts: addresses from `start` up to the
+/// next bound's start get `vector`. A rule set's bounds are sorted, the first at `::`,
+/// so a binary search finds any address's interval in at most [`PEER_V6_STEPS`] array
+/// lookups, where the LPM trie walks a node per branching bit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerV6Bound {
+    /// The address as two host-order words, high first, so words compare as the address.
+    pub start: [u64; 2],
+    /// Vector index.
+    pub vector: u32,
+    pub _pad: u32,
+}
+
+/// Halvings of the binary search over a rule set's IPv6 peer bounds.
+pub const PEER_V6_STEPS: u32 = 20;
+/// Bounds one rule set may have: what [`PEER_V6_STEPS`] halvings narrow to one.
+pub const MAX_PEER_V6_BOUNDS: u32 = 1 << PEER_V6_STEPS;
+
+/// The two words [`PeerV6Bound::start`] holds for an address in network order.
+#[inline(always)]
+pub fn v6_words(addr: &[u8; 16]) -> [u64; 2] {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&addr[..8]);
+    lo.copy_from_slice(&addr[8..]);
+    [u64::from_be_bytes(hi), u64::from_be_bytes(lo)]
 }
 
 /// Port tables of one rule set, in `SG_PORT_TABLES` from `RulesetHeader::port_tables`:
@@ -312,6 +347,7 @@ mod pod {
     unsafe impl aya::Pod for super::RuleInfo {}
     unsafe impl aya::Pod for super::RuleVector {}
     unsafe impl aya::Pod for super::RuleChunk {}
+    unsafe impl aya::Pod for super::PeerV6Bound {}
     unsafe impl aya::Pod for super::PortBlock {}
 }
 
@@ -336,7 +372,8 @@ mod tests {
     #[test]
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<IfaceConfig>(), 24);
-        assert_eq!(size_of::<RulesetHeader>(), 16);
+        assert_eq!(size_of::<RulesetHeader>(), 24);
+        assert_eq!(size_of::<PeerV6Bound>(), 24);
         assert_eq!(size_of::<AddrKey>(), 4 + 1 + 1 + 2 + 16);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<RuleInfo>(), 8);

@@ -16,9 +16,10 @@ use aya_ebpf::{
 };
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, CHUNK_WORDS, Decision, IfaceConfig, MAX_CHUNKS, MAX_IFACE_VERSIONS, MAX_IFINDEX,
-    MAX_RULESETS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PortBlock, PortKey, RULE_NEEDS_LOCAL,
-    RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, RulesetHeader,
-    config_version, family, field, icmp_key, ip_proto, lowest_bit, port_table, step, verdict,
+    MAX_RULESETS, PEER_V6_STEPS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PeerV6Bound, PortBlock, PortKey,
+    RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo,
+    RuleVector, RulesetHeader, config_version, family, field, icmp_key, ip_proto, lowest_bit, port_table, step,
+    v6_words, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -40,6 +41,8 @@ static SG_PORT_BLOCKS: Array<PortBlock> = Array::with_max_entries(64, 0);
 static SG_VECTORS: Array<RuleVector> = Array::with_max_entries(64, 0);
 #[map(name = "SG_CHUNKS")]
 static SG_CHUNKS: Array<RuleChunk> = Array::with_max_entries(64, 0);
+#[map(name = "SG_PEER_V6")]
+static SG_PEER_V6: Array<PeerV6Bound> = Array::with_max_entries(64, 0);
 #[map(name = "SG_RULE_INFO")]
 static SG_RULE_INFO: Array<RuleInfo> = Array::with_max_entries(1024, 0);
 
@@ -103,6 +106,28 @@ fn peer_v4_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static Ru
         return None;
     }
     SG_VECTORS.get(entry)
+}
+
+/// The vector of an IPv6 peer address: the last of the rule set's sorted interval bounds
+/// at or below it, by binary search (the range that holds it halves each step, so at
+/// most `PEER_V6_STEPS` lookups; the first bound is `::`, below every address).
+#[inline(always)]
+fn peer_v6_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static RuleVector> {
+    let [hi, lo] = v6_words(addr);
+    let mut first = header.peer_v6;
+    let mut len = header.peer_v6_count;
+    for _ in 0..PEER_V6_STEPS {
+        if len <= 1 {
+            break;
+        }
+        let half = len / 2;
+        let bound = SG_PEER_V6.get(first + half)?;
+        if bound.start[0] < hi || (bound.start[0] == hi && bound.start[1] <= lo) {
+            first += half;
+        }
+        len -= half;
+    }
+    SG_VECTORS.get(SG_PEER_V6.get(first)?.vector)
 }
 
 /// The destination-port vector: TCP and UDP from their tables, ICMP and ICMPv6 from
@@ -237,12 +262,9 @@ fn peer_and_port(
     // Rules name the packet's destination port in both directions; only the addresses
     // swap roles.
     let peer = if ingress { &meta.src } else { &meta.dst };
-    // IPv4 peers from the multibit table, IPv6 peers from the trie.
-    let peer_vector = if meta.family == family::IPV4 {
-        peer_v4_vector(header, peer)
-    } else {
-        addr_vector(slot, field::PEER, meta, peer)
-    }?;
+    // IPv4 peers from the multibit table, IPv6 peers from the sorted intervals.
+    let peer_vector =
+        if meta.family == family::IPV4 { peer_v4_vector(header, peer) } else { peer_v6_vector(header, peer) }?;
     Some((peer_vector, destination_vector(slot, header, meta)?))
 }
 

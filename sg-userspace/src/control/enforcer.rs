@@ -132,6 +132,8 @@ pub struct PlacedSet {
     /// replaced, not adopted).
     #[serde(default)]
     pub chunks: Range<u32>,
+    #[serde(default)]
+    pub peer_v6: Range<u32>,
     pub rules: Range<u32>,
     pub tables: Range<u32>,
     pub blocks: Range<u32>,
@@ -265,6 +267,7 @@ pub struct Enforcer {
     config_serial: u32,
     vector_ranges: Ranges,
     chunk_ranges: Ranges,
+    peer_v6_ranges: Ranges,
     rule_ranges: Ranges,
     table_ranges: Ranges,
     block_ranges: Ranges,
@@ -290,6 +293,7 @@ impl Enforcer {
             config_serial: 0,
             vector_ranges: Ranges::new(capacity.vectors),
             chunk_ranges: Ranges::new(capacity.chunks),
+            peer_v6_ranges: Ranges::new(capacity.peer_v6),
             rule_ranges: Ranges::new(capacity.rule_info),
             table_ranges: Ranges::new(capacity.port_tables),
             block_ranges: Ranges::new(capacity.port_blocks),
@@ -442,11 +446,13 @@ impl Enforcer {
                 |p: &PlacedSet, rules: &Compiled, hook: u32| -> std::result::Result<Installed, AdoptError> {
                     let fits = p.vectors.len() == rules.vectors.len()
                         && p.chunks.len() == rules.chunks.len()
+                        && p.peer_v6.len() == rules.peer_v6.len()
                         && p.rules.len() == rules.rules.len()
                         && p.tables.len() == rules.port_tables.len()
                         && p.blocks.len() == rules.port_blocks.len();
                     let free = this.vector_ranges.reserve(&p.vectors)
                         && this.chunk_ranges.reserve(&p.chunks)
+                        && this.peer_v6_ranges.reserve(&p.peer_v6)
                         && this.rule_ranges.reserve(&p.rules)
                         && this.table_ranges.reserve(&p.tables)
                         && this.block_ranges.reserve(&p.blocks)
@@ -466,6 +472,7 @@ impl Enforcer {
                         slot: p.slot,
                         vectors: p.vectors.clone(),
                         chunks: p.chunks.clone(),
+                        peer_v6: p.peer_v6.clone(),
                         rules: p.rules.clone(),
                         tables: p.tables.clone(),
                         blocks: p.blocks.clone(),
@@ -507,6 +514,7 @@ impl Enforcer {
             slot: i.slot,
             vectors: i.vectors.clone(),
             chunks: i.chunks.clone(),
+            peer_v6: i.peer_v6.clone(),
             rules: i.rules.clone(),
             tables: i.tables.clone(),
             blocks: i.blocks.clone(),
@@ -706,6 +714,7 @@ impl Enforcer {
         self.maps.delete_keys(&installed);
         self.vector_ranges.give(installed.vectors);
         self.chunk_ranges.give(installed.chunks);
+        self.peer_v6_ranges.give(installed.peer_v6);
         self.rule_ranges.give(installed.rules);
         self.table_ranges.give(installed.tables);
         self.block_ranges.give(installed.blocks);
@@ -747,10 +756,18 @@ impl Enforcer {
             release(self, &handles);
             return Err(ControlError::NoRoom { count: c.chunks.len(), what: "vector chunks" });
         };
+        let Some(peer_v6) = self.peer_v6_ranges.take(c.peer_v6.len() as u32) else {
+            self.free_slots.push(slot);
+            self.vector_ranges.give(vectors);
+            self.chunk_ranges.give(chunks);
+            release(self, &handles);
+            return Err(ControlError::NoRoom { count: c.peer_v6.len(), what: "IPv6 peer intervals" });
+        };
         let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
             self.chunk_ranges.give(chunks);
+            self.peer_v6_ranges.give(peer_v6);
             release(self, &handles);
             return Err(ControlError::NoRoom { count: c.rules.len(), what: "rules" });
         };
@@ -760,6 +777,7 @@ impl Enforcer {
             self.free_slots.push(slot);
             self.vector_ranges.give(vectors);
             self.chunk_ranges.give(chunks);
+            self.peer_v6_ranges.give(peer_v6);
             self.rule_ranges.give(rules);
             self.table_ranges.give(tables.unwrap_or(0..0));
             self.block_ranges.give(blocks.unwrap_or(0..0));
@@ -770,6 +788,7 @@ impl Enforcer {
             slot,
             vectors,
             chunks,
+            peer_v6,
             rules,
             tables,
             blocks,

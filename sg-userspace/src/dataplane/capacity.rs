@@ -1,6 +1,6 @@
 //! The sizes of the classification and session maps, fixed when the programs load.
 
-use sg_common::{MAX_RULESETS, PortBlock, RuleChunk, RuleInfo, RuleVector};
+use sg_common::{MAX_RULESETS, PeerV6Bound, PortBlock, RuleChunk, RuleInfo, RuleVector};
 
 use crate::policy::compile::Compiled;
 
@@ -22,6 +22,10 @@ pub struct Capacity {
     /// vectors were chunked lack it; their programs differ, so their maps are replaced.
     #[serde(default = "default_chunks")]
     pub chunks: u32,
+    /// IPv6 peer interval bounds (`sg_common::PeerV6Bound`); absent from older state
+    /// files, as `chunks` is.
+    #[serde(default = "default_peer_v6")]
+    pub peer_v6: u32,
     pub rule_info: u32,
     pub addr_entries: u32,
     pub port_entries: u32,
@@ -35,6 +39,10 @@ fn default_chunks() -> u32 {
     Capacity::default().chunks
 }
 
+fn default_peer_v6() -> u32 {
+    Capacity::default().peer_v6
+}
+
 impl Default for Capacity {
     /// Enough for a few interfaces with some thousand rules (about 2 MiB of vectors).
     fn default() -> Self {
@@ -42,6 +50,7 @@ impl Default for Capacity {
             sessions: 262_144,
             vectors: 4096,
             chunks: 16_384,
+            peer_v6: 16_384,
             rule_info: 65_536,
             addr_entries: 65_536,
             port_entries: 4096,
@@ -64,6 +73,7 @@ impl Capacity {
             sessions: 0,
             vectors: 0,
             chunks: 0,
+            peer_v6: 0,
             rule_info: 0,
             addr_entries: 0,
             port_entries: 0,
@@ -73,6 +83,7 @@ impl Capacity {
         for c in compiled {
             need.vectors += c.vectors.len() as u32;
             need.chunks += c.chunks.len() as u32;
+            need.peer_v6 += c.peer_v6.len() as u32;
             need.rule_info += c.rules.len() as u32;
             need.addr_entries += c.addr_entries.len() as u32;
             need.port_entries += c.port_entries.len() as u32;
@@ -83,6 +94,7 @@ impl Capacity {
             sessions: d.sessions,
             vectors: (need.vectors * 2 + 64).max(d.vectors),
             chunks: (need.chunks * 2 + 64).max(d.chunks),
+            peer_v6: (need.peer_v6 * 2 + 64).max(d.peer_v6),
             rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
             addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
             port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
@@ -96,6 +108,7 @@ impl Capacity {
         self.sessions >= need.sessions
             && self.vectors >= need.vectors
             && self.chunks >= need.chunks
+            && self.peer_v6 >= need.peer_v6
             && self.rule_info >= need.rule_info
             && self.addr_entries >= need.addr_entries
             && self.port_entries >= need.port_entries
@@ -108,6 +121,7 @@ impl Capacity {
     pub fn array_bytes(&self) -> u64 {
         u64::from(self.vectors) * size_of::<RuleVector>() as u64
             + u64::from(self.chunks) * size_of::<RuleChunk>() as u64
+            + u64::from(self.peer_v6) * size_of::<PeerV6Bound>() as u64
             + u64::from(self.rule_info) * size_of::<RuleInfo>() as u64
             + u64::from(self.port_tables + self.port_blocks) * size_of::<PortBlock>() as u64
     }

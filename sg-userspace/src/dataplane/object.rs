@@ -74,6 +74,7 @@ impl Dataplane {
             .map_max_entries(map::OPENING_SESSIONS, c.opening_sessions())
             .map_max_entries(map::VECTORS, c.vectors)
             .map_max_entries(map::CHUNKS, c.chunks)
+            .map_max_entries(map::PEER_V6, c.peer_v6)
             .map_max_entries(map::RULE_INFO, c.rule_info)
             .map_max_entries(map::ADDR_TRIE, c.addr_entries)
             .map_max_entries(map::PORT_TRIE, c.port_entries)

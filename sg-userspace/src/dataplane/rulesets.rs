@@ -9,8 +9,8 @@ use std::ops::Range;
 
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PortBlock, PortKey,
-    RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
+    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PeerV6Bound, PortBlock,
+    PortKey, RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
 };
 
 use super::{
@@ -25,6 +25,7 @@ pub struct Installed {
     pub slot: u32,
     pub vectors: Range<u32>,
     pub chunks: Range<u32>,
+    pub peer_v6: Range<u32>,
     pub rules: Range<u32>,
     pub tables: Range<u32>,
     pub blocks: Range<u32>,
@@ -43,6 +44,7 @@ pub struct RuleSetMaps {
     port_trie: LpmTrie<MapData, PortKey, u32>,
     vectors: Array<MapData, RuleVector>,
     chunks: Array<MapData, RuleChunk>,
+    peer_v6: Array<MapData, PeerV6Bound>,
     rule_info: Array<MapData, RuleInfo>,
     port_tables: Array<MapData, PortBlock>,
     port_blocks: Array<MapData, PortBlock>,
@@ -133,6 +135,7 @@ impl RuleSetMaps {
             port_trie: dp.take_map(map::PORT_TRIE)?,
             vectors: dp.take_map(map::VECTORS)?,
             chunks: dp.take_map(map::CHUNKS)?,
+            peer_v6: dp.take_map(map::PEER_V6)?,
             rule_info: dp.take_map(map::RULE_INFO)?,
             port_tables: dp.take_map(map::PORT_TABLES)?,
             port_blocks: dp.take_map(map::PORT_BLOCKS)?,
@@ -238,6 +241,10 @@ impl RuleSetMaps {
             .collect();
         let vector_indices: Vec<u32> = at.vectors.clone().collect();
         batch::update(self.vectors.map(), &vector_indices, &vectors).doing("writing rule vectors")?;
+        let bounds: Vec<PeerV6Bound> =
+            c.peer_v6.iter().map(|b| PeerV6Bound { vector: at.vectors.start + b.vector, ..*b }).collect();
+        let bound_indices: Vec<u32> = at.peer_v6.clone().collect();
+        batch::update(self.peer_v6.map(), &bound_indices, &bounds).doing("writing IPv6 peer intervals")?;
         let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
         let infos: Vec<RuleInfo> =
             c.rules.iter().zip(&at.handles).map(|(info, handle)| RuleInfo { rule_id: *handle, ..*info }).collect();
@@ -273,6 +280,8 @@ impl RuleSetMaps {
             rule_count: c.rules.len() as u32,
             flags: c.flags,
             port_tables: at.tables.start,
+            peer_v6: at.peer_v6.start,
+            peer_v6_count: c.peer_v6.len() as u32,
         };
         self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
         Ok(())

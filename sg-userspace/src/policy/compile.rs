@@ -21,9 +21,9 @@ use ipnet::IpNet;
 use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 use sg_common::{
-    CHUNK_WORDS, MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PortBlock, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
-    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, field, ip_proto, port_table, step,
-    verdict,
+    CHUNK_WORDS, MAX_PEER_V6_BOUNDS, MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PeerV6Bound, PortBlock,
+    RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo,
+    RuleVector, field, ip_proto, port_table, step, verdict,
 };
 
 use super::{
@@ -38,6 +38,8 @@ pub enum CompileError {
     TooManyRules { iface: String, direction: Direction, count: usize },
     #[error("{iface}: {count} rules do not fit a vector")]
     TooWide { iface: String, count: usize },
+    #[error("{iface}: {count} IPv6 peer intervals, more than the {MAX_PEER_V6_BOUNDS} one rule set holds")]
+    TooManyPeerV6 { iface: String, count: usize },
 }
 
 /// An address-trie entry: `field` value within `net` maps to `vector`.
@@ -68,6 +70,8 @@ pub struct Compiled {
     pub vectors: Vec<RuleVector>,
     /// Distinct chunks of the vectors' words.
     pub chunks: Vec<RuleChunk>,
+    /// The IPv6 peer intervals, sorted, the first at `::` (vector indices into `vectors`).
+    pub peer_v6: Vec<PeerV6Bound>,
     pub addr_entries: Vec<AddrEntry>,
     /// Port-trie entries: the any-protocol entry and one per other protocol (no ports).
     pub port_entries: Vec<PortEntry>,
@@ -326,6 +330,61 @@ fn port_table(intervals: Vec<(u32, u32, Bits)>, table: &mut VectorTable, blocks:
     first
 }
 
+/// The IPv6 peer intervals from the address entries of the peer field (prefixes with the
+/// vector answering for addresses under them, `::/0` among them): where each interval
+/// starts and the vector of the longest prefix covering it, neighbours with equal
+/// vectors merged.
+///
+/// Sorted by (network, length), the prefixes still containing the next one form a stack;
+/// a prefix opens an interval at its network, and closing one resumes its parent's
+/// vector after its last address.
+fn v6_bounds(mut entries: Vec<AddrEntry>) -> Vec<PeerV6Bound> {
+    let as_u128 = |net: &IpNet| match net.network() {
+        IpAddr::V6(a) => u128::from(a),
+        IpAddr::V4(_) => unreachable!("IPv6 entries only"),
+    };
+    let last_of = |net: &IpNet| as_u128(net) | u128::MAX.checked_shr(u32::from(net.prefix_len())).unwrap_or(0);
+    entries.sort_unstable_by_key(|e| (as_u128(&e.net), e.net.prefix_len()));
+    let mut starts: Vec<(u128, u32)> = Vec::with_capacity(2 * entries.len() + 1);
+    // The prefixes containing the current point: (last address, vector).
+    let mut open: Vec<(u128, u32)> = Vec::new();
+    let close_before = |open: &mut Vec<(u128, u32)>, starts: &mut Vec<(u128, u32)>, at: Option<u128>| {
+        while let Some(&(last, _)) = open.last() {
+            if at.is_some_and(|at| last >= at) {
+                break;
+            }
+            open.pop();
+            if let (Some(&(_, parent)), Some(next)) = (open.last(), last.checked_add(1)) {
+                starts.push((next, parent));
+            }
+        }
+    };
+    for e in &entries {
+        let first = as_u128(&e.net);
+        close_before(&mut open, &mut starts, Some(first));
+        starts.push((first, e.vector));
+        open.push((last_of(&e.net), e.vector));
+    }
+    close_before(&mut open, &mut starts, None);
+    // A later start at the same address wins (a prefix beginning where its parent
+    // resumed), and neighbours that answer alike merge.
+    let mut bounds: Vec<PeerV6Bound> = Vec::with_capacity(starts.len());
+    for (start, vector) in starts {
+        if bounds.last().is_some_and(|b| b.start == v6_start(start)) {
+            bounds.pop();
+        }
+        if bounds.last().is_some_and(|b| b.vector == vector) {
+            continue;
+        }
+        bounds.push(PeerV6Bound { start: v6_start(start), vector, _pad: 0 });
+    }
+    bounds
+}
+
+fn v6_start(addr: u128) -> [u64; 2] {
+    [(addr >> 64) as u64, addr as u64]
+}
+
 /// The IPv4 peer table from the address entries of the peer field (each a prefix and the
 /// vector answering for addresses under it): a root block indexed by the first address
 /// byte, and blocks below it for the following bytes where a longer prefix needs one.
@@ -407,11 +466,14 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         }
     }
     compiled.addr_entries = address_vectors(field::PEER, peers, words, &mut table);
-    // IPv4 peers go in a multibit table; IPv6 peers stay in the trie.
-    let (v4, rest): (Vec<AddrEntry>, Vec<AddrEntry>) =
+    // IPv4 peers go in a multibit table, IPv6 peers in sorted intervals.
+    let (v4, v6): (Vec<AddrEntry>, Vec<AddrEntry>) =
         compiled.addr_entries.drain(..).partition(|e| matches!(e.net, IpNet::V4(_)));
-    compiled.addr_entries = rest;
     let peer_v4 = v4_table(v4, &mut compiled.port_blocks);
+    compiled.peer_v6 = v6_bounds(v6);
+    if compiled.peer_v6.len() > MAX_PEER_V6_BOUNDS as usize {
+        return Err(CompileError::TooManyPeerV6 { iface: iface.name.clone(), count: compiled.peer_v6.len() });
+    }
 
     if matchers.iter().any(|m| m.local.is_some()) {
         compiled.flags |= RULESET_HAS_LOCAL;
@@ -562,6 +624,13 @@ impl Compiled {
                 entry = self.port_blocks.get((entry & !PORT_BLOCK_REF) as usize)?.entries[usize::from(byte)];
             }
             return (entry & PORT_BLOCK_REF == 0).then(|| &self.vectors[entry as usize]);
+        }
+        if let (field::PEER, IpAddr::V6(v6)) = (field, addr) {
+            // The last interval starting at or below the address, as the kernel's
+            // binary search finds it.
+            let key = sg_common::v6_words(&v6.octets());
+            let at = self.peer_v6.partition_point(|b| b.start <= key).checked_sub(1)?;
+            return self.vectors.get(self.peer_v6[at].vector as usize);
         }
         self.addr_entries
             .iter()
