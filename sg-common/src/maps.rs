@@ -4,8 +4,9 @@
 //! Classification is a linear bit-vector search (bpf-iptables' LBVS): the rules of one
 //! interface and direction (a *rule set*) are sorted by rank and numbered; each field
 //! lookup (peer address, destination port and protocol, optional local address and
-//! source port) returns the vector of rules matching that field (from an LPM trie, or
-//! for IPv4 peers and TCP/UDP ports from direct tables of 256-entry blocks); the lowest bit set in
+//! source port) returns the vector of rules matching that field (from an LPM trie; for
+//! IPv4 peers and TCP/UDP ports from direct tables of 256-entry blocks; for IPv6 peers
+//! from sorted intervals, [`PeerV6Bound`]); the lowest bit set in
 //! the AND of the vectors is the deciding rule. Per-packet work does not grow with the
 //! number of rules, only with the number of 64-rule words that must be ANDed before a
 //! match is found, and a summary level skips chunks of words that are zero in any vector.

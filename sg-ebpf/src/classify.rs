@@ -2,12 +2,12 @@
 //! bit-vector search over the maps the userspace compiler fills (see `sg_common::maps`
 //! for the scheme).
 //!
-//! Two to four lookups (peer address: a multibit table for IPv4, the LPM trie for IPv6;
-//! destination port: a two-level table for TCP and UDP, the port trie otherwise; and,
-//! when the best candidate needs them, local address and source port) each return a
-//! vector of rules; the lowest bit of their AND is the deciding rule, found by ANDing the summary words first
-//! so only words non-zero in every vector are read, each from the shared chunk its vector
-//! points to. The default pseudo-rule matches
+//! Two to four lookups (peer address: a multibit table for IPv4, a binary search over
+//! sorted intervals for IPv6; destination port: a two-level table for TCP and UDP, the
+//! port trie otherwise; and, when the best candidate needs them, local address and
+//! source port) each return a vector of rules; the lowest bit of their AND is the
+//! deciding rule, found by ANDing the summaries first so only chunks non-zero in every
+//! vector are read, each from the shared chunk pool. The default pseudo-rule matches
 //! every packet, so a lookup that finds nothing means broken maps: the packet is dropped.
 
 use aya_ebpf::{
