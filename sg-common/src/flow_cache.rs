@@ -159,7 +159,13 @@ pub fn slot_of_hash(hash: u64) -> u32 {
 /// The hash of a packet's flow ([`flow_hash`]).
 #[inline(always)]
 pub fn packet_hash(ifindex: u32, meta: &PacketMeta) -> u64 {
-    let (sport, dport) = flow_ports(meta);
+    packet_hash_with_ports(ifindex, meta, flow_ports(meta))
+}
+
+/// [`packet_hash`] with the packet's [`flow_ports`] at hand (the fast path computes them
+/// once, see [`direction_with_ports`]).
+#[inline(always)]
+pub fn packet_hash_with_ports(ifindex: u32, meta: &PacketMeta, (sport, dport): (u16, u16)) -> u64 {
     let [a0, a1, b0, b1] = meta.addr_words();
     hash_words(ifindex, meta.protocol, (a0, a1, sport), (b0, b1, dport))
 }

@@ -24,6 +24,14 @@ pub mod program {
     /// Parse-and-count baselines for benchmarks (not loaded by sgctl).
     pub const BASELINE_XDP: &str = "sg_baseline_xdp";
     pub const BASELINE_TC: &str = "sg_baseline_tc";
+    /// The baselines plus finding the flow's cache entry, for benchmarks (not loaded by
+    /// sgctl).
+    pub const PROBE_XDP: &str = "sg_probe_xdp";
+    pub const PROBE_TC: &str = "sg_probe_tc";
+    /// The baselines plus the interface lookup and the classification, for benchmarks
+    /// (not loaded by sgctl).
+    pub const CLASSIFY_XDP: &str = "sg_classify_xdp";
+    pub const CLASSIFY_TC: &str = "sg_classify_tc";
 }
 
 /// Map names (the static names in `sg-ebpf`).

@@ -37,7 +37,10 @@ pub struct Counted {
     pub len: u64,
     /// 1 when the flow cache passed it (its entry counts it for the rule).
     pub cached: u32,
-    pub _pad: u32,
+    /// The packet's `flow_ports`, source in the low half: computed once in `decide` for
+    /// the hash, the direction and the tuple (each a branch on the protocol and the ICMP
+    /// type), and kept here rather than passed, which would cost stack.
+    pub ports: u32,
 }
 
 #[inline(always)]
