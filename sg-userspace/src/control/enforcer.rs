@@ -112,6 +112,29 @@ impl Ranges {
     }
 }
 
+/// Takes `counts[i]` entries from `ranges[i]` for every `i`, or nothing: at the first
+/// array without room, what was taken is given back and that array's index returned.
+fn take_all<const N: usize>(mut ranges: [&mut Ranges; N], counts: [u32; N]) -> Result<[Range<u32>; N], usize> {
+    let mut taken: Vec<Range<u32>> = Vec::with_capacity(N);
+    for (i, &count) in counts.iter().enumerate() {
+        match ranges[i].take(count) {
+            Some(range) => taken.push(range),
+            None => {
+                give_all(&mut ranges[..i], taken);
+                return Err(i);
+            }
+        }
+    }
+    Ok(taken.try_into().unwrap_or_else(|_| unreachable!("one range per array")))
+}
+
+/// Gives each range back to its array (`ranges[i]` gets the `i`th).
+fn give_all(ranges: &mut [&mut Ranges], taken: impl IntoIterator<Item = Range<u32>>) {
+    for (to, range) in ranges.iter_mut().zip(taken) {
+        to.give(range);
+    }
+}
+
 #[derive(Default)]
 struct InterfaceState {
     ingress: Option<Installed>,
@@ -712,14 +735,26 @@ impl Enforcer {
             self.handles.release(*handle);
         }
         self.maps.delete_keys(&installed);
-        self.vector_ranges.give(installed.vectors);
-        self.chunk_ranges.give(installed.chunks);
-        self.peer_v6_ranges.give(installed.peer_v6);
-        self.rule_ranges.give(installed.rules);
-        self.table_ranges.give(installed.tables);
-        self.block_ranges.give(installed.blocks);
-        self.free_slots.push(installed.slot);
+        let Installed { slot, vectors, chunks, peer_v6, rules, tables, blocks, .. } = installed;
+        give_all(&mut self.arrays(), [vectors, chunks, peer_v6, rules, tables, blocks]);
+        self.free_slots.push(slot);
     }
+
+    /// The allocators of the rule-set arrays, in the order of [`Self::ARRAYS`].
+    fn arrays(&mut self) -> [&mut Ranges; 6] {
+        [
+            &mut self.vector_ranges,
+            &mut self.chunk_ranges,
+            &mut self.peer_v6_ranges,
+            &mut self.rule_ranges,
+            &mut self.table_ranges,
+            &mut self.block_ranges,
+        ]
+    }
+
+    /// What the arrays of [`Self::arrays`] hold, for the error that one is full.
+    const ARRAYS: [&str; 6] =
+        ["vectors", "vector chunks", "IPv6 peer intervals", "rules", "port tables", "port blocks"];
 
     /// Writes one compiled rule set into free space; live rule sets are not touched.
     fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>) -> Result<Installed> {
@@ -745,44 +780,16 @@ impl Enforcer {
             release(self, &handles);
             return Err(ControlError::NoFreeSlot);
         };
-        let Some(vectors) = self.vector_ranges.take(c.vectors.len() as u32) else {
-            self.free_slots.push(slot);
-            release(self, &handles);
-            return Err(ControlError::NoRoom { count: c.vectors.len(), what: "vectors" });
-        };
-        let Some(chunks) = self.chunk_ranges.take(c.chunks.len() as u32) else {
-            self.free_slots.push(slot);
-            self.vector_ranges.give(vectors);
-            release(self, &handles);
-            return Err(ControlError::NoRoom { count: c.chunks.len(), what: "vector chunks" });
-        };
-        let Some(peer_v6) = self.peer_v6_ranges.take(c.peer_v6.len() as u32) else {
-            self.free_slots.push(slot);
-            self.vector_ranges.give(vectors);
-            self.chunk_ranges.give(chunks);
-            release(self, &handles);
-            return Err(ControlError::NoRoom { count: c.peer_v6.len(), what: "IPv6 peer intervals" });
-        };
-        let Some(rules) = self.rule_ranges.take(c.rules.len() as u32) else {
-            self.free_slots.push(slot);
-            self.vector_ranges.give(vectors);
-            self.chunk_ranges.give(chunks);
-            self.peer_v6_ranges.give(peer_v6);
-            release(self, &handles);
-            return Err(ControlError::NoRoom { count: c.rules.len(), what: "rules" });
-        };
-        let tables = self.table_ranges.take(c.port_tables.len() as u32);
-        let blocks = self.block_ranges.take(c.port_blocks.len() as u32);
-        let (Some(tables), Some(blocks)) = (tables.clone(), blocks.clone()) else {
-            self.free_slots.push(slot);
-            self.vector_ranges.give(vectors);
-            self.chunk_ranges.give(chunks);
-            self.peer_v6_ranges.give(peer_v6);
-            self.rule_ranges.give(rules);
-            self.table_ranges.give(tables.unwrap_or(0..0));
-            self.block_ranges.give(blocks.unwrap_or(0..0));
-            release(self, &handles);
-            return Err(ControlError::NoRoom { count: c.port_blocks.len(), what: "port blocks" });
+        let counts =
+            [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
+        let space = take_all(self.arrays(), counts.map(|n| n as u32));
+        let [vectors, chunks, peer_v6, rules, tables, blocks] = match space {
+            Ok(space) => space,
+            Err(full) => {
+                self.free_slots.push(slot);
+                release(self, &handles);
+                return Err(ControlError::NoRoom { count: counts[full], what: Self::ARRAYS[full] });
+            }
         };
         let mut installed = Installed {
             slot,
@@ -808,7 +815,16 @@ impl Enforcer {
 
 #[cfg(test)]
 mod tests {
-    use super::Ranges;
+    use super::{Ranges, take_all};
+
+    #[test]
+    fn taking_space_for_a_rule_set_is_all_or_nothing() {
+        let (mut a, mut b, mut c) = (Ranges::new(10), Ranges::new(10), Ranges::new(10));
+        assert_eq!(take_all([&mut a, &mut b, &mut c], [4, 11, 2]), Err(1), "the second array is too small");
+        assert_eq!(take_all([&mut a, &mut b, &mut c], [10, 10, 10]), Ok([0..10, 0..10, 0..10]), "nothing was kept");
+        assert_eq!(take_all([&mut a, &mut b, &mut c], [0, 0, 1]), Err(2));
+        assert_eq!(take_all([&mut a, &mut b, &mut c], [0, 0, 0]), Ok([0..0, 0..0, 0..0]));
+    }
 
     #[test]
     fn ranges_are_reused_and_merged() {
