@@ -96,6 +96,7 @@ fn apply_switches_a_running_agent_and_a_bad_file_changes_nothing() {
     assert!(applied.status.success(), "{applied:?}");
     let said = text(&applied.stdout);
     assert!(said.starts_with(&format!("applied {}: generation 2 on inst0", second.display())), "{said}");
+    assert!(said.contains(" read ") && said.contains(" compile "), "the apply's phases: {said}");
     assert_eq!(open_ports(&out), (false, true), "the applied file's rules");
 
     // A bad file: every error with file:line:col, exit 1, nothing changes.
@@ -114,6 +115,8 @@ fn apply_switches_a_running_agent_and_a_bad_file_changes_nothing() {
     assert_eq!(reply["applied"]["rules_after"], reply["applied"]["rules_before"], "{reply}");
     assert!(reply["applied"]["rules_after"].as_u64().is_some_and(|n| n > 0), "{reply}");
     assert!(reply["applied"]["generation"].as_u64().is_some_and(|g| g >= 3), "{reply}");
+    // The agent times its own read of the file: a real, positive figure.
+    assert!(reply["applied"]["parse_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{reply}");
     assert_eq!(open_ports(&out), (true, false));
 }
 

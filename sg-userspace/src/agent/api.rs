@@ -54,6 +54,14 @@ pub struct Request {
     pub op: Op,
 }
 
+impl ApplyView {
+    /// The apply from the file's text to the new rules in force: read, compile, write
+    /// and switch (not the deletion of the old sets, which happens after).
+    pub fn duration_s(&self) -> f64 {
+        (self.parse_ms + self.compile_ms + self.switch_ms) / 1000.0
+    }
+}
+
 /// What an apply did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ApplyView {
@@ -65,6 +73,10 @@ pub struct ApplyView {
     pub rules_before: usize,
     pub rules_after: usize,
     pub rule_sets: usize,
+    /// Reading and validating the rule file (the agent's own pass; `sgctl apply` also
+    /// validates before sending it). On a large file this is the biggest part.
+    #[serde(default)]
+    pub parse_ms: f64,
     pub compile_ms: f64,
     /// Writing the new rule sets beside the old ones and switching to them.
     pub switch_ms: f64,

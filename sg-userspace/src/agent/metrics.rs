@@ -111,7 +111,11 @@ pub fn render(view: &StatsView, agent: &AgentFigures) -> String {
     registry.register("applies", "Rule files applied since the agent started", applies);
     let last = Gauge::<f64, AtomicU64>::default();
     last.set(agent.last_apply_s);
-    registry.register("last_apply_seconds", "How long the last apply took (compile and switch)", last);
+    registry.register(
+        "last_apply_seconds",
+        "How long the last apply took (read the file, compile, write and switch)",
+        last,
+    );
     for (name, help, value) in [
         ("rules", "Rules in force", agent.rules),
         ("session_capacity", "Entries of the session table", agent.session_capacity),

@@ -87,8 +87,10 @@ impl ApplyError {
 impl Agent<'_> {
     /// Validates `text` and applies it: the rules, and the interfaces it names.
     fn apply_text(&mut self, path: &str, text: &str) -> Result<ApplyView, ApplyError> {
+        let parse_started = std::time::Instant::now();
         let cfg = parse_str(text, path)
             .map_err(|errors| ApplyError::Invalid(errors.errors.iter().map(ToString::to_string).collect()))?;
+        let parse_time = parse_started.elapsed();
         let rules_before = self.live.now.rules;
         let applied = self.live.apply(&cfg, path, text).map_err(|e| ApplyError::Refused(one_line(&e)))?;
         let report = &applied.report;
@@ -99,6 +101,7 @@ impl Agent<'_> {
             rules_before,
             rules_after: report.rules,
             rule_sets: report.rule_sets,
+            parse_ms: parse_time.as_secs_f64() * 1e3,
             compile_ms: report.compile_time.as_secs_f64() * 1e3,
             switch_ms: report.write_time.as_secs_f64() * 1e3,
             retire_ms: applied.retire.as_secs_f64() * 1e3,
@@ -109,9 +112,15 @@ impl Agent<'_> {
             detached: applied.detached.clone(),
         };
         info!(
-            "applied {path}: generation {}, {} rules (was {}; compile {:.1} ms, write and switch {:.1} ms; old rules \
-             removed in {:.1} ms after the switch)",
-            view.generation, view.rules_after, view.rules_before, view.compile_ms, view.switch_ms, view.retire_ms
+            "applied {path}: generation {}, {} rules (was {}; read {:.1} ms, compile {:.1} ms, write and switch {:.1} \
+             ms; old rules removed in {:.1} ms after the switch)",
+            view.generation,
+            view.rules_after,
+            view.rules_before,
+            view.parse_ms,
+            view.compile_ms,
+            view.switch_ms,
+            view.retire_ms
         );
         for name in &applied.attached {
             info!("attached to {name}");
@@ -471,7 +480,7 @@ pub(super) async fn serve(
                         let reply = agent.handle(request);
                         if let Some(view) = &reply.applied {
                             figures.applies += 1;
-                            figures.last_apply_s = (view.compile_ms + view.switch_ms) / 1000.0;
+                            figures.last_apply_s = view.duration_s();
                         }
                         refresh(&mut observer, agent.live);
                         reply
@@ -506,7 +515,7 @@ pub(super) async fn serve(
                 match agent.apply_text(&composed.label, &composed.text) {
                     Ok(view) => {
                         figures.applies += 1;
-                        figures.last_apply_s = (view.compile_ms + view.switch_ms) / 1000.0;
+                        figures.last_apply_s = view.duration_s();
                         agent.rollback = None;
                     }
                     Err(e) => {
