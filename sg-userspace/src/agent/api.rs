@@ -54,14 +54,6 @@ pub struct Request {
     pub op: Op,
 }
 
-impl ApplyView {
-    /// The apply from the file's text to the new rules in force: read, compile, write
-    /// and switch (not the deletion of the old sets, which happens after).
-    pub fn duration_s(&self) -> f64 {
-        (self.parse_ms + self.compile_ms + self.switch_ms) / 1000.0
-    }
-}
-
 /// What an apply did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ApplyView {
@@ -95,6 +87,14 @@ pub struct ApplyView {
     pub attached: Vec<String>,
     #[serde(default)]
     pub detached: Vec<String>,
+}
+
+impl ApplyView {
+    /// The apply from the file's text to the new rules in force: read, compile, write
+    /// and switch (not the deletion of the old sets, which happens after).
+    pub fn duration_s(&self) -> f64 {
+        (self.parse_ms + self.compile_ms + self.switch_ms) / 1000.0
+    }
 }
 
 /// One held interface, for `Op::Status`.

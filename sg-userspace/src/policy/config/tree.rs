@@ -83,18 +83,8 @@ fn known(span: Span) -> Option<Span> {
 /// Why a rule file is not TOML, and where.
 #[derive(Debug)]
 pub(crate) struct SyntaxError {
-    span: Option<Span>,
-    message: String,
-}
-
-impl SyntaxError {
-    pub(crate) fn span(&self) -> Option<Span> {
-        self.span.clone()
-    }
-
-    pub(crate) fn message(&self) -> &str {
-        &self.message
-    }
+    pub(crate) span: Option<Span>,
+    pub(crate) message: String,
 }
 
 fn table(entries: DeTable<'_>) -> Result<Node<'_>, SyntaxError> {
@@ -114,23 +104,14 @@ fn located(value: Spanned<DeValue<'_>>) -> Result<Located<'_>, SyntaxError> {
             Ok(v) => Node::Integer(v),
             Err(_) => return Err(SyntaxError { span: Some(span), message: "integer out of range".to_string() }),
         },
-        DeValue::Float(f) => Node::Float(float(f.as_str())),
+        // toml has checked the syntax and removed underscores; Rust reads `inf` and `nan`.
+        DeValue::Float(f) => Node::Float(f.as_str().parse().unwrap_or(f64::NAN)),
         DeValue::Boolean(b) => Node::Boolean(b),
         DeValue::Datetime(d) => Node::Datetime(d.to_string()),
         DeValue::Array(items) => Node::Array(items.into_iter().map(located).collect::<Result<_, _>>()?),
         DeValue::Table(entries) => table(entries)?,
     };
     Ok(Located { node, span: known(span) })
-}
-
-/// A TOML float's text as a number (the parser has checked its syntax).
-fn float(text: &str) -> f64 {
-    match text.trim_start_matches('+') {
-        "inf" => f64::INFINITY,
-        "-inf" => f64::NEG_INFINITY,
-        t if t.ends_with("nan") => f64::NAN,
-        t => t.parse().unwrap_or(f64::NAN),
-    }
 }
 
 impl Located<'_> {
@@ -202,16 +183,7 @@ impl<'a> Table<'a> {
 
     /// `path.key`, or `key` for the document root.
     pub(crate) fn field_path(&self, key: &str) -> String {
-        // Built by hand, not with `format!`: every field read makes one, and a
-        // 16,384-rule file reads ~150,000 of them.
-        if self.path.is_empty() {
-            return key.to_string();
-        }
-        let mut path = String::with_capacity(self.path.len() + 1 + key.len());
-        path.push_str(&self.path);
-        path.push('.');
-        path.push_str(key);
-        path
+        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
     }
 
     pub(crate) fn has(&self, key: &str) -> bool {
@@ -263,7 +235,7 @@ impl<'a> Table<'a> {
             .enumerate()
             .filter_map(|(i, item)| {
                 let item_field =
-                    Field { value: item, span: item.span_or(&field.span), path: item_path(&field.path, i) };
+                    Field { value: item, span: item.span_or(&field.span), path: format!("{}[{}]", field.path, i + 1) };
                 as_string(diag, item_field)
             })
             .collect();
@@ -286,23 +258,11 @@ impl<'a> Table<'a> {
             .iter()
             .enumerate()
             .filter_map(|(i, item)| {
-                let path = item_path(&field.path, i);
+                let path = format!("{}[{}]", field.path, i + 1);
                 Table::open(diag, item, path, &field.span, allowed).ok()
             })
             .collect()
     }
-}
-
-/// `path[i + 1]`: items are numbered from 1, as the file's reader counts them.
-fn item_path(path: &str, i: usize) -> String {
-    let mut number = itoa::Buffer::new();
-    let number = number.format(i + 1);
-    let mut item = String::with_capacity(path.len() + number.len() + 2);
-    item.push_str(path);
-    item.push('[');
-    item.push_str(number);
-    item.push(']');
-    item
 }
 
 fn as_string<'a>(diag: &mut Diagnostics<'_>, field: Field<&'a Located<'a>>) -> Option<Field<&'a str>> {

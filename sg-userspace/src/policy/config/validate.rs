@@ -68,7 +68,7 @@ pub(crate) fn validate(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let root = match tree::parse(text) {
         Ok(root) => root,
         Err(error) => {
-            diag.report_syntax(error.span().map(|span| span.start), error.message());
+            diag.report_syntax(error.span.map(|span| span.start), &error.message);
             return Err(diag.into_errors());
         }
     };
