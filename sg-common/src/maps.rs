@@ -6,7 +6,7 @@
 //! lookup (peer address, destination port and protocol, optional local address and
 //! source port) returns the vector of rules matching that field (from an LPM trie; for
 //! IPv4 peers and TCP/UDP ports from direct tables of 256-entry blocks; for IPv6 peers
-//! from sorted intervals, [`PeerV6Bound`]); the lowest bit set in
+//! from the same blocks over sorted intervals, [`PEER_V6_BOUNDS`]); the lowest bit set in
 //! the AND of the vectors is the deciding rule. Per-packet work does not grow with the
 //! number of rules, only with the number of 64-rule words that must be ANDed before a
 //! match is found, and a summary level skips chunks of words that are zero in any vector.
@@ -178,12 +178,16 @@ pub struct RulesetHeader {
     pub peer_v6: u32,
     /// How many (at least one: the bound at `::`).
     pub peer_v6_count: u32,
+    /// Where an IPv6 peer's lookup starts ([`PEER_V6_BOUNDS`]): a vector, a leaf, or
+    /// [`PORT_BLOCK_REF`] | the block of the address's first byte.
+    pub peer_v6_root: u32,
+    pub _pad: u32,
 }
 
 /// Where an interval of IPv6 peer addresses starts: addresses from `start` up to the
-/// next bound's start get `vector`. A rule set's bounds are sorted, the first at `::`,
-/// so a binary search finds any address's interval in at most [`PEER_V6_STEPS`] array
-/// lookups, where the LPM trie walks a node per branching bit.
+/// next bound's start get `vector`. A rule set's bounds are sorted, the first at `::`;
+/// its IPv6 peer table ([`PEER_V6_BOUNDS`]) narrows an address down to a few of them,
+/// where the LPM trie walks a node per branching bit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerV6Bound {
@@ -194,10 +198,31 @@ pub struct PeerV6Bound {
     pub _pad: u32,
 }
 
-/// Halvings of the binary search over a rule set's IPv6 peer bounds.
-pub const PEER_V6_STEPS: u32 = 20;
-/// Bounds one rule set may have: what [`PEER_V6_STEPS`] halvings narrow to one.
-pub const MAX_PEER_V6_BOUNDS: u32 = 1 << PEER_V6_STEPS;
+/// Bounds one rule set may have (the index bits of a [`PEER_V6_BOUNDS`] entry).
+pub const MAX_PEER_V6_BOUNDS: u32 = 1 << 20;
+
+/// A rule set's IPv6 peer table: the IPv4 peer table's multibit trie of 256-entry
+/// [`PortBlock`]s, an address byte a level, over the sorted bounds instead of prefixes,
+/// so it can stop early: where the range of an entry holds at most
+/// [`PEER_V6_LEAF_BOUNDS`] bounds (the one covering its first address and those starting
+/// inside), the entry is a leaf, [`PEER_V6_BOUNDS`] | count << [`PEER_V6_COUNT_SHIFT`] |
+/// the first of them (counted from the rule set's first), searched in at most
+/// [`PEER_V6_LEAF_STEPS`] halvings; where one bound covers it all, the entry is its
+/// vector. Blocks exist only where more bounds crowd one range, so a rule set of
+/// thousands of IPv6 hosts and prefixes needs a few hundred, and an address costs a
+/// lookup per byte down to where its range thins out (seven for a /56) where a binary
+/// search over every bound costs a halving per doubling of them, each twice the work.
+pub const PEER_V6_BOUNDS: u32 = 1 << 30;
+pub const PEER_V6_COUNT_SHIFT: u32 = 24;
+/// The bits of a leaf entry that hold its first bound.
+pub const PEER_V6_FIRST_MASK: u32 = (1 << PEER_V6_COUNT_SHIFT) - 1;
+/// Most bounds a leaf holds; more in one entry's range make a block.
+pub const PEER_V6_LEAF_BOUNDS: u32 = 8;
+/// Halvings that narrow a leaf's bounds to one.
+pub const PEER_V6_LEAF_STEPS: u32 = 3;
+const _: () = assert!(1 << PEER_V6_LEAF_STEPS >= PEER_V6_LEAF_BOUNDS);
+const _: () = assert!(PEER_V6_LEAF_BOUNDS < 1 << (30 - PEER_V6_COUNT_SHIFT));
+const _: () = assert!(MAX_PEER_V6_BOUNDS - 1 <= PEER_V6_FIRST_MASK);
 
 /// The two words [`PeerV6Bound::start`] holds for an address in network order.
 #[inline(always)]
@@ -381,7 +406,7 @@ mod tests {
     #[test]
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<IfaceConfig>(), 24);
-        assert_eq!(size_of::<RulesetHeader>(), 24);
+        assert_eq!(size_of::<RulesetHeader>(), 32);
         assert_eq!(size_of::<PeerV6Bound>(), 24);
         assert_eq!(size_of::<AddrKey>(), 4 + 1 + 1 + 2 + 16);
         assert_eq!(size_of::<PortKey>(), 8);

@@ -2,8 +2,8 @@
 //! bit-vector search over the maps the userspace compiler fills (see `sg_common::maps`
 //! for the scheme).
 //!
-//! Two to four lookups (peer address: a multibit table for IPv4, a binary search over
-//! sorted intervals for IPv6; destination port: a two-level table for TCP and UDP, the
+//! Two to four lookups (peer address: a multibit table, for IPv6 over sorted intervals
+//! and ending in a short search of a few of them; destination port: a two-level table for TCP and UDP, the
 //! port trie otherwise; and, when the best candidate needs them, local address and
 //! source port) each return a vector of rules; the lowest bit of their AND is the
 //! deciding rule, found by ANDing the summaries first so only chunks non-zero in every
@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use sg_common::{
     ADDR_KEY_FIXED_BITS, AddrKey, CHUNK_WORDS, Decision, IfaceConfig, MAX_CHUNKS, MAX_IFACE_VERSIONS, MAX_IFINDEX,
-    MAX_RULESETS, PEER_V6_STEPS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PeerV6Bound, PortBlock, PortKey,
-    RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo,
-    RuleVector, RulesetHeader, config_version, family, field, icmp_key, ip_proto, lowest_bit, port_table, step,
-    v6_words, verdict,
+    MAX_RULESETS, PEER_V6_BOUNDS, PEER_V6_COUNT_SHIFT, PEER_V6_FIRST_MASK, PEER_V6_LEAF_STEPS, PORT_BLOCK_REF,
+    PORT_KEY_FIXED_BITS, PacketMeta, PeerV6Bound, PortBlock, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
+    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, RulesetHeader, config_version, family,
+    field, icmp_key, ip_proto, lowest_bit, port_table, step, v6_words, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -109,14 +109,28 @@ fn peer_v4_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static Ru
 }
 
 /// The vector of an IPv6 peer address: the last of the rule set's sorted interval bounds
-/// at or below it, by binary search (the range that holds it halves each step, so at
-/// most `PEER_V6_STEPS` lookups; the first bound is `::`, below every address).
+/// at or below it, found through the rule set's IPv6 peer table (`sg_common::PEER_V6_BOUNDS`):
+/// a block per address byte while the entry is one, then a vector, or a leaf of a few
+/// bounds that `PEER_V6_LEAF_STEPS` halvings narrow to one.
 #[inline(always)]
 fn peer_v6_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static RuleVector> {
+    let mut entry = header.peer_v6_root;
+    for &byte in addr {
+        if entry & PORT_BLOCK_REF == 0 {
+            break;
+        }
+        entry = SG_PORT_BLOCKS.get(entry & !PORT_BLOCK_REF)?.entries[usize::from(byte)];
+    }
+    if entry & PORT_BLOCK_REF != 0 {
+        return None;
+    }
+    if entry & PEER_V6_BOUNDS == 0 {
+        return SG_VECTORS.get(entry);
+    }
     let [hi, lo] = v6_words(addr);
-    let mut first = header.peer_v6;
-    let mut len = header.peer_v6_count;
-    for _ in 0..PEER_V6_STEPS {
+    let mut first = header.peer_v6 + (entry & PEER_V6_FIRST_MASK);
+    let mut len = (entry & !PEER_V6_BOUNDS) >> PEER_V6_COUNT_SHIFT;
+    for _ in 0..PEER_V6_LEAF_STEPS {
         if len <= 1 {
             break;
         }
@@ -126,6 +140,9 @@ fn peer_v6_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static Ru
             first += half;
         }
         len -= half;
+    }
+    if len > 1 {
+        return None;
     }
     SG_VECTORS.get(SG_PEER_V6.get(first)?.vector)
 }
@@ -262,7 +279,7 @@ fn peer_and_port(
     // Rules name the packet's destination port in both directions; only the addresses
     // swap roles.
     let peer = if ingress { &meta.src } else { &meta.dst };
-    // IPv4 peers from the multibit table, IPv6 peers from the sorted intervals.
+    // Both peer tables are multibit; the IPv6 one ends in a short search of its bounds.
     let peer_vector =
         if meta.family == family::IPV4 { peer_v4_vector(header, peer) } else { peer_v6_vector(header, peer) }?;
     Some((peer_vector, destination_vector(slot, header, meta)?))

@@ -131,3 +131,74 @@ fn a_reload_writes_beside_the_live_set_and_retires_the_old_one() {
     assert_eq!(enforcer.trie_entries().unwrap(), new_report.trie_entries, "only the new set is left");
     check(&mut dp, &mut enforcer, &new);
 }
+
+/// IPv6 peers crowded into one /64 (hosts, short prefixes inside it, a drop of the rest):
+/// the IPv6 peer table needs blocks several bytes deep and leaves of a few bounds, and
+/// every address at, just below and just above each bound must be decided as the
+/// reference decides it, on both hooks.
+#[test]
+fn crowded_ipv6_peers_match_the_reference_at_every_bound() {
+    if !kernel_tests_enabled("crowded_ipv6_peers_match_the_reference_at_every_bound") {
+        return;
+    }
+    use std::fmt::Write as _;
+    let mut toml = String::from(
+        "[[security_group]]\nid = \"sg-v6\"\ntype = \"advanced\"\nmembers = [\"2001:db8::10\", \"198.18.0.10\"]\n",
+    );
+    let mut peers: Vec<String> = Vec::new();
+    for i in 0..48u32 {
+        // Hosts a few apart, some /126 and /120 networks among them.
+        let host = 0x100 + 7 * i;
+        peers.push(match i % 6 {
+            0 => format!("2001:db8:0:1::{:x}/126", host & !3),
+            3 => format!("2001:db8:0:1::{:x}/120", host & !0xff),
+            _ => format!("2001:db8:0:1::{host:x}"),
+        });
+    }
+    peers.extend(["2001:db8:0:1::/64".into(), "2001:db8:ff::/48".into(), "fd00::/8".into()]);
+    for (rank, peer) in peers.iter().enumerate() {
+        let (action, port) = if rank % 4 == 3 { ("drop", 443) } else { ("accept", 443 + rank % 3) };
+        write!(
+            toml,
+            "  [[security_group.rule]]\n  direction = \"ingress\"\n  protocol = \"tcp\"\n  port_range = \"{port}/{port}\"\n  \
+             source = \"{peer}\"\n  policy = \"{action}\"\n  priority = {}\n  [[security_group.rule]]\n  direction = \
+             \"egress\"\n  protocol = \"tcp\"\n  port_range = \"{port}/{port}\"\n  destination = \"{peer}\"\n  policy = \
+             \"{action}\"\n  priority = {}\n",
+            rank + 1,
+            rank + 1
+        )
+        .unwrap();
+    }
+    toml.push_str("[[interface]]\nname = \"lo\"\nsecurity_groups = [\"sg-v6\"]\n");
+    let cfg = parse_str(&toml, "crowded-v6.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let binding = &cfg.interfaces[0];
+    let compiled = sgctl::policy::compile::compile(&cfg, binding, Direction::Ingress).expect("compiles");
+    assert!(compiled.peer_v6.len() > 50, "{} bounds: not crowded", compiled.peer_v6.len());
+    assert!(compiled.peer_v6_root & sg_common::PORT_BLOCK_REF != 0, "the table must start with a block");
+
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    enforcer.apply(&cfg, &[(TEST_RUN_IFINDEX, binding)]).expect("apply");
+    let mut addresses: Vec<u128> = Vec::new();
+    for b in &compiled.peer_v6 {
+        let start = (u128::from(b.start[0]) << 64) | u128::from(b.start[1]);
+        addresses.extend([start, start.wrapping_sub(1), start.wrapping_add(1)]);
+    }
+    let mut checked = 0;
+    for addr in addresses {
+        let peer = std::net::Ipv6Addr::from(addr).to_string();
+        for port in [443, 444, 445] {
+            for (direction, p) in [
+                (Direction::Ingress, packet(&peer, "2001:db8::10", 6, 40000, port)),
+                (Direction::Egress, packet("2001:db8::10", &peer, 6, 40000, port)),
+            ] {
+                enforcer.sessions().flush().expect("flush");
+                let got = run(&mut dp, hook_for(direction), &frame_for(&p)).expect("run");
+                compare(&cfg, binding, direction, &p, &named(&enforcer, got))
+                    .unwrap_or_else(|e| panic!("{peer} port {port} {direction:?}: {e}"));
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("crowded IPv6 peers: {checked} probes, 0 mismatches");
+}

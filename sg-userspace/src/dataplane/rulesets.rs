@@ -9,8 +9,9 @@ use std::ops::Range;
 
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PeerV6Bound, PortBlock,
-    PortKey, RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
+    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PEER_V6_BOUNDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS,
+    PeerV6Bound, PortBlock, PortKey, RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field,
+    map,
 };
 
 use super::{
@@ -256,17 +257,21 @@ impl RuleSetMaps {
         batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).doing("writing address entries")?;
         let port_values: Vec<u32> = c.port_entries.iter().map(|e| at.vectors.start + e.vector).collect();
         batch::update(self.port_trie.map(), &at.port_keys, &port_values).doing("writing port entries")?;
-        // Port and IPv4 peer tables: vector indices move to this set's vector range, block
-        // references to its block range.
+        // Port and peer tables: vector indices move to this set's vector range, block
+        // references to its block range; IPv6 leaves count from the set's first bound,
+        // which the header gives.
+        let relocate_entry = |e: u32| {
+            if e & PORT_BLOCK_REF != 0 {
+                PORT_BLOCK_REF | (at.blocks.start + (e & !PORT_BLOCK_REF))
+            } else if e & PEER_V6_BOUNDS != 0 {
+                e
+            } else {
+                at.vectors.start + e
+            }
+        };
         let relocate = |block: &PortBlock| {
             let mut out = *block;
-            for e in &mut out.entries {
-                *e = if *e & PORT_BLOCK_REF != 0 {
-                    PORT_BLOCK_REF | (at.blocks.start + (*e & !PORT_BLOCK_REF))
-                } else {
-                    at.vectors.start + *e
-                };
-            }
+            out.entries.iter_mut().for_each(|e| *e = relocate_entry(*e));
             out
         };
         let blocks: Vec<PortBlock> = c.port_blocks.iter().map(relocate).collect();
@@ -282,6 +287,8 @@ impl RuleSetMaps {
             port_tables: at.tables.start,
             peer_v6: at.peer_v6.start,
             peer_v6_count: c.peer_v6.len() as u32,
+            peer_v6_root: relocate_entry(c.peer_v6_root),
+            _pad: 0,
         };
         self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
         Ok(())

@@ -72,6 +72,10 @@ pub struct Compiled {
     pub chunks: Vec<RuleChunk>,
     /// The IPv6 peer intervals, sorted, the first at `::` (vector indices into `vectors`).
     pub peer_v6: Vec<PeerV6Bound>,
+    /// Where the IPv6 peer table (`sg_common::PEER_V6_BOUNDS`), which narrows a peer to a
+    /// few of `peer_v6`, starts: a vector, a leaf, or `PORT_BLOCK_REF` | a block of
+    /// `port_blocks`.
+    pub peer_v6_root: u32,
     pub addr_entries: Vec<AddrEntry>,
     /// Port-trie entries: the any-protocol entry and one per other protocol (no ports).
     pub port_entries: Vec<PortEntry>,
@@ -474,6 +478,7 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
     if compiled.peer_v6.len() > MAX_PEER_V6_BOUNDS as usize {
         return Err(CompileError::TooManyPeerV6 { iface: iface.name.clone(), count: compiled.peer_v6.len() });
     }
+    compiled.peer_v6_root = peer_v6::table(&compiled.peer_v6, &mut compiled.port_blocks);
 
     if matchers.iter().any(|m| m.local.is_some()) {
         compiled.flags |= RULESET_HAS_LOCAL;
@@ -626,11 +631,10 @@ impl Compiled {
             return (entry & PORT_BLOCK_REF == 0).then(|| &self.vectors[entry as usize]);
         }
         if let (field::PEER, IpAddr::V6(v6)) = (field, addr) {
-            // The last interval starting at or below the address, as the kernel's
-            // binary search finds it.
-            let key = sg_common::v6_words(&v6.octets());
-            let at = self.peer_v6.partition_point(|b| b.start <= key).checked_sub(1)?;
-            return self.vectors.get(self.peer_v6[at].vector as usize);
+            // The last interval starting at or below the address, found through the
+            // index as the kernel finds it.
+            let vector = peer_v6::lookup(self.peer_v6_root, &self.port_blocks, &self.peer_v6, &v6.octets())?;
+            return self.vectors.get(vector as usize);
         }
         self.addr_entries
             .iter()
@@ -692,5 +696,6 @@ impl Compiled {
     }
 }
 
+mod peer_v6;
 #[cfg(test)]
 mod tests;
