@@ -188,6 +188,9 @@ fn rule_counters_follow_real_traffic_and_survive_an_apply_that_keeps_the_rule() 
     assert_eq!(maps["rule_handles"]["used"], status["rules"], "one handle a rule: {status}");
     assert_eq!(maps["rule_info"]["used"], status["rules"], "{status}");
     assert!(maps["rule_vectors"]["used"].as_u64().unwrap() > 0, "{status}");
+    // Every rule set has at least the IPv6 bound at `::`: two rule sets, two bounds.
+    assert!(maps["ipv6_peer_bounds"]["used"].as_u64().unwrap() >= 2, "{status}");
+    assert!(maps["ipv6_peer_bounds"]["capacity"].as_u64().unwrap() > 0, "{status}");
     assert!(maps["fragments"]["capacity"].as_u64().unwrap() > 0, "{status}");
     assert!(status["uptime_s"].as_f64().unwrap() > 0.0, "{status}");
     // A TCP connection carrying 200 echoes: most of its packets are flow-cache hits.
@@ -361,6 +364,7 @@ fn the_metrics_endpoint_serves_the_counters_and_answers_during_applies() {
     assert_eq!(metric(&text, r#"sgctl_sessions_live{iface="inst0",direction="ingress"}"#), 3, "{text}");
     assert_eq!(metric(&text, r#"sgctl_sessions_live{iface="inst0",direction="egress"}"#), 0, "{text}");
     assert_eq!(metric(&text, r#"sgctl_map_entries{map="rule_handles"}"#), metric(&text, "sgctl_rules"));
+    assert!(metric(&text, r#"sgctl_map_capacity{map="ipv6_peer_bounds"}"#) > 0, "{text}");
     // Scrapes while applies switch the rules back and forth: every one answers.
     let path = config.to_str().unwrap().to_string();
     let applier = {

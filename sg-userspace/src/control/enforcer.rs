@@ -207,16 +207,20 @@ pub struct MapFills {
     #[serde(default)]
     pub rule_chunks: Fill,
     pub rule_info: Fill,
+    /// Port-table and peer-table blocks.
     pub port_blocks: Fill,
+    /// The IPv6 peer intervals' bounds (`sg_common::PeerV6Bound`).
+    #[serde(default)]
+    pub ipv6_peer_bounds: Fill,
     /// Rule counter handles (one for each distinct rule of an interface and direction).
     pub rule_handles: Fill,
 }
 
 impl MapFills {
     /// Each map's fill with its name (`sessions`, `opening_sessions`, `fragments`,
-    /// `rule_vectors`, `rule_chunks`, `rule_info`, `port_blocks`, `rule_handles`), in that
-    /// order.
-    pub fn named(&self) -> [(&'static str, Fill); 8] {
+    /// `rule_vectors`, `rule_chunks`, `rule_info`, `port_blocks`, `ipv6_peer_bounds`,
+    /// `rule_handles`), in that order.
+    pub fn named(&self) -> [(&'static str, Fill); 9] {
         [
             ("sessions", self.sessions),
             ("opening_sessions", self.opening_sessions),
@@ -225,6 +229,7 @@ impl MapFills {
             ("rule_chunks", self.rule_chunks),
             ("rule_info", self.rule_info),
             ("port_blocks", self.port_blocks),
+            ("ipv6_peer_bounds", self.ipv6_peer_bounds),
             ("rule_handles", self.rule_handles),
         ]
     }
@@ -653,6 +658,7 @@ impl Enforcer {
             rule_chunks: self.chunk_ranges.fill(),
             rule_info: self.rule_ranges.fill(),
             port_blocks: self.block_ranges.fill(),
+            ipv6_peer_bounds: self.peer_v6_ranges.fill(),
             rule_handles: self.handles.fill(),
         })
     }
