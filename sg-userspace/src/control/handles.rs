@@ -8,7 +8,11 @@
 //! still naming a freed handle is unlikely to count for its successor before the
 //! session's next packet re-checks it and takes its new rule's handle.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Looked up for every rule of both directions on every apply; the keys are the
+// operator's own rules, so a fast non-cryptographic hash is enough.
+use rustc_hash::FxHashMap as HashMap;
 
 /// What a handle stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -46,7 +50,12 @@ pub struct Handles {
 impl Handles {
     /// Handles 1 to `capacity - 1` (0 means "no rule").
     pub fn new(capacity: u32) -> Self {
-        Self { by_key: HashMap::new(), used: HashMap::new(), free: (1..capacity).collect(), last: HashMap::new() }
+        Self {
+            by_key: HashMap::default(),
+            used: HashMap::default(),
+            free: (1..capacity).collect(),
+            last: HashMap::default(),
+        }
     }
 
     /// Handles in use, of those there are.

@@ -296,18 +296,30 @@ impl Rule {
     /// decides what it matches and does, but not its id, line or description. Counters
     /// follow a rule across applies by this, so moving a rule in the file or rewording
     /// its description keeps its counts, and changing what it matches starts them anew.
+    ///
+    /// Written into one string without intermediate ones: every apply computes it for
+    /// every rule of both directions (at 16,384 rules it was an eighth of an apply).
     pub fn identity(&self, cfg: &Config) -> String {
-        let peer = match &self.peer {
-            Peer::Cidr(net) => net.to_string(),
-            Peer::Group { group_index } => format!("group:{}", cfg.groups[*group_index].id),
-            Peer::PrefixList { list_index } => format!("prefix-list:{}", cfg.prefix_lists[*list_index].id),
-        };
-        let source = self.source_port_range.map(|r| r.to_string()).unwrap_or_default();
-        let local = self.local.map(|n| n.to_string()).unwrap_or_default();
-        format!(
-            "{}|{:?}|{:?}|{}|{}|{}|{source}|{peer}|{local}",
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(96);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            key,
+            "{}|{:?}|{:?}|{}|{}|{}|",
             cfg.groups[self.group_index].id, self.direction, self.action, self.priority, self.protocol, self.port_range
-        )
+        );
+        if let Some(range) = self.source_port_range {
+            let _ = write!(key, "{range}");
+        }
+        let _ = match &self.peer {
+            Peer::Cidr(net) => write!(key, "|{net}|"),
+            Peer::Group { group_index } => write!(key, "|group:{}|", cfg.groups[*group_index].id),
+            Peer::PrefixList { list_index } => write!(key, "|prefix-list:{}|", cfg.prefix_lists[*list_index].id),
+        };
+        if let Some(local) = self.local {
+            let _ = write!(key, "{local}");
+        }
+        key
     }
 }
 

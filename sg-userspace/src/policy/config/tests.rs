@@ -1275,3 +1275,46 @@ fn interface_addresses_are_members_of_its_groups() {
         &["single addresses"],
     );
 }
+
+/// Rule counters follow a rule by its identity across applies, agent restarts and
+/// upgrades (handles are adopted by it): its text must not change between versions.
+#[test]
+fn rule_identities_keep_their_exact_text() {
+    let text = format!(
+        "{BASE}
+[[security_group.rule]]
+direction = \"ingress\"
+protocol = \"tcp\"
+port_range = \"80/80\"
+source = \"198.18.64.0/24\"
+policy = \"accept\"
+priority = 5
+
+[[security_group.rule]]
+direction = \"ingress\"
+protocol = \"udp\"
+port_range = \"53/53\"
+source_port_range = \"1024/2047\"
+source_group = \"sg-db\"
+destination = \"198.18.0.10\"
+policy = \"drop\"
+priority = 2
+
+[[security_group.rule]]
+direction = \"egress\"
+protocol = \"tcp\"
+port_range = \"443/443\"
+destination_prefix_list = \"pl-v6\"
+"
+    );
+    let cfg = parse_str(&text, FILE).expect("valid");
+    let identities: Vec<String> = cfg.rules().map(|r| r.identity(&cfg)).collect();
+    assert_eq!(
+        identities,
+        [
+            "sg-web|Ingress|Accept|5|tcp|80/80||198.18.64.0/24|",
+            "sg-web|Ingress|Drop|2|udp|53/53|1024/2047|group:sg-db|198.18.0.10/32",
+            "sg-web|Egress|Accept|1|tcp|443/443||prefix-list:pl-v6|",
+        ]
+    );
+}
