@@ -4,8 +4,9 @@
 //! Built top down: the range of an entry holding at most `PEER_V6_LEAF_BOUNDS` bounds
 //! (the one covering the range's first address and those starting inside) becomes a
 //! leaf, or just the vector when one bound covers it all; a larger one becomes a block
-//! indexed by the next address byte, each entry built the same way. A range at the last
-//! byte is one address, with at most two bounds, so no block is deeper than 16 levels.
+//! indexed by the next address byte, each entry built the same way. Below the last byte
+//! a range is one address, which only its covering bound answers for, so there are at
+//! most 16 levels of blocks.
 
 use sg_common::{
     PEER_V6_BOUNDS, PEER_V6_COUNT_SHIFT, PEER_V6_FIRST_MASK, PEER_V6_LEAF_BOUNDS, PEER_V6_LEAF_STEPS, PORT_BLOCK_REF,
@@ -42,7 +43,7 @@ impl Builder<'_> {
         if count <= PEER_V6_LEAF_BOUNDS as usize {
             return PEER_V6_BOUNDS | ((count as u32) << PEER_V6_COUNT_SHIFT) | cover as u32;
         }
-        debug_assert!(depth < 16, "a one-address range holds at most two bounds");
+        debug_assert!(depth < 16, "a one-address range has only its covering bound");
         let index = self.blocks.len();
         self.blocks.push(PortBlock::default());
         let shift = 120 - 8 * depth;
