@@ -3,8 +3,8 @@
 //! for the scheme).
 //!
 //! Two to four lookups (peer address: a multibit table, for IPv6 over sorted intervals
-//! and ending in a short search of a few of them; destination port: a two-level table for TCP and UDP, the
-//! port trie otherwise; and, when the best candidate needs them, local address and
+//! and ending in a short search of a few of them; destination port: a two-level table
+//! for TCP and UDP, the port trie otherwise; and, when the best candidate needs them, local address and
 //! source port) each return a vector of rules; the lowest bit of their AND is the
 //! deciding rule, found by ANDing the summaries first so only chunks non-zero in every
 //! vector are read, each from the shared chunk pool. The default pseudo-rule matches

@@ -191,8 +191,8 @@ impl Bits {
     }
 }
 
-/// Stores each distinct vector once. The index holds vector numbers only, so each
-/// kilobytes-long vector lives in one allocation.
+/// Stores each distinct vector once. The index holds vector numbers (and their hashes)
+/// only, so each kilobytes-long vector lives in one allocation.
 struct VectorTable {
     /// (hash, vector index): the hash is kept so growing the table rehashes without
     /// reading every 2 KiB vector again (that was a seventh of a 16,384-rule compile).
@@ -472,7 +472,8 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         }
     }
     compiled.addr_entries = address_vectors(field::PEER, peers, words, &mut table);
-    // IPv4 peers go in a multibit table, IPv6 peers in sorted intervals.
+    // IPv4 peers go in a multibit table, IPv6 peers in sorted intervals with a multibit
+    // table over them.
     let (v4, v6): (Vec<AddrEntry>, Vec<AddrEntry>) =
         compiled.addr_entries.drain(..).partition(|e| matches!(e.net, IpNet::V4(_)));
     let peer_v4 = v4_table(v4, &mut compiled.port_blocks);
