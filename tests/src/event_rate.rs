@@ -83,10 +83,12 @@ fn socket_send(outside: &crate::netns::Host, datagrams: u64) -> Result<(u64, Dur
     })
 }
 
-/// Sends `datagrams` UDP frames to the instance's port with `trafgen` (one process, as
-/// fast as it goes: what the agent cannot read in time is lost, and counted): a socket's
-/// send path costs the sender several times what the
-/// frame costs the receiver, so it cannot reach the rate the agent is measured at.
+/// Sends `datagrams` UDP frames to the instance's port with `trafgen` (a process on each
+/// of the two CPUs, as fast as they go, so the agent and the follower compete with the
+/// sender for the machine: what the agent cannot read in time is lost, and counted). A
+/// socket's send path costs the sender several times what the frame costs the receiver,
+/// so it cannot reach the rate the agent is measured at; one trafgen process alone
+/// reaches only about 200k frames/s through the lab's bridge.
 /// `None` when trafgen is not installed (the full benchmark's part 2 installs it).
 fn trafgen_send(
     outside: &crate::netns::Host,
@@ -118,7 +120,7 @@ fn trafgen_send(
         .command("trafgen")
         .args(["--dev", &outside.iface, "--conf"])
         .arg(&conf)
-        .args(["--num", &datagrams.to_string(), "--cpus", "1"])
+        .args(["--num", &datagrams.to_string(), "--cpus", "2"])
         .args(["--no-sock-mem", "--notouch-irq", "--no-cpu-stats"])
         .stdin(Stdio::null())
         .output()

@@ -68,6 +68,29 @@ fn human(event: &Value) -> String {
     )
 }
 
+/// `--json` without a filter: the agent already sends one JSON object a line, so what
+/// it sends is copied out as it comes, up to 256 KiB a read (no line splitting, no
+/// UTF-8 check, one write a read), and each write reaches a follower at once. Stops
+/// when the agent closes the stream or the output is gone.
+fn passthrough<R: std::io::Read>(reader: std::io::BufReader<R>, out: &mut impl std::io::Write) {
+    if out.write_all(reader.buffer()).and_then(|()| out.flush()).is_err() {
+        return;
+    }
+    let mut stream = reader.into_inner();
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if out.write_all(&chunk[..n]).and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
     let socket = args.socket.clone().unwrap_or_else(api::default_socket);
     let timeout = if args.follow { None } else { Some(Duration::from_secs(10)) };
@@ -76,9 +99,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         bail!("{}", reply.error.unwrap_or_else(|| "the agent refused".into()));
     }
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.json && args.iface.is_none() && args.verdict.is_none() && args.rule.is_none() {
+        passthrough(reader, &mut stdout.lock());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut reader = reader;
-    let passthrough = args.json && args.iface.is_none() && args.verdict.is_none() && args.rule.is_none();
+    let mut out = std::io::BufWriter::new(stdout.lock());
     let mut line = String::new();
     loop {
         line.clear();
@@ -87,16 +113,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             Ok(_) => {}
         }
         let text = line.trim_end_matches('\n');
-        let written = if passthrough {
-            // The agent sends one JSON object a line: nothing to parse or filter.
-            writeln!(out, "{text}")
-        } else {
-            let Ok(event) = serde_json::from_str::<Value>(text) else { continue };
-            if !wanted(args, &event) {
-                continue;
-            }
-            if args.json { writeln!(out, "{text}") } else { writeln!(out, "{}", human(&event)) }
-        };
+        let Ok(event) = serde_json::from_str::<Value>(text) else { continue };
+        if !wanted(args, &event) {
+            continue;
+        }
+        let written = if args.json { writeln!(out, "{text}") } else { writeln!(out, "{}", human(&event)) };
         if written.is_err() {
             break;
         }
@@ -109,4 +130,23 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_copies_the_buffered_part_and_the_rest_byte_for_byte() {
+        // Longer than the reader's buffer and than one read, lines cut anywhere.
+        let text: String = (0..40_000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let mut reader = std::io::BufReader::with_capacity(100, text.as_bytes());
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("reads");
+        assert!(!reader.buffer().is_empty(), "the reader holds part of what follows");
+        let mut out = Vec::new();
+        passthrough(reader, &mut out);
+        assert_eq!(first.len() + out.len(), text.len());
+        assert_eq!(format!("{first}{}", String::from_utf8(out).expect("utf-8")), text);
+    }
 }
