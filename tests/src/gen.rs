@@ -1087,6 +1087,15 @@ pub fn as_egress(toml: &str) -> String {
 /// [`realistic_ruleset`] with options, e.g. a last-ranked drop for the load generator's
 /// traffic.
 pub fn realistic_ruleset_with(seed: u64, n: usize, opts: &RealisticOptions) -> String {
+    let out = realistic_ruleset_text(seed, n, opts);
+    let config = parse_generated(&out);
+    assert_eq!(config.rules().count(), n, "generator bug: duplicate rules in a realistic rule set");
+    out
+}
+
+/// The text of [`realistic_ruleset_with`], not checked: also for sizes past what one
+/// interface may hold, to show what sgctl says of them.
+pub fn realistic_ruleset_text(seed: u64, n: usize, opts: &RealisticOptions) -> String {
     let mut rng = Rng::new(seed);
     let avoid: Vec<Net> = [&opts.drop_all_from, &opts.drop_all_from_v6]
         .into_iter()
@@ -1163,8 +1172,6 @@ pub fn realistic_ruleset_with(seed: u64, n: usize, opts: &RealisticOptions) -> S
         quote(&opts.iface),
         quote(REALISTIC_GROUP)
     ));
-    let config = parse_generated(&out);
-    assert_eq!(config.rules().count(), n, "generator bug: duplicate rules in a realistic rule set");
     out
 }
 

@@ -584,6 +584,7 @@ fn main() -> Result<()> {
         let cp_sizes: Vec<usize> = if s.quick { vec![1000] } else { vec![1000, 10_000, 16_384] };
         let mut memory_16k = None;
         let mut parse_median = None;
+        let mut compile_medians = Vec::new();
         for n in cp_sizes {
             let text = ruleset_text(n, Direction::Ingress);
             let mut parse_ms = Vec::new();
@@ -625,6 +626,7 @@ fn main() -> Result<()> {
             }
             let (r, chunks, blocks, v6_bounds, bytes) = last_report.context("no runs")?;
             let c = Stat::of(compile_ms);
+            compile_medians.push((n, c.median));
             let a = Stat::of(apply_ms);
             let part = |i: usize| Stat::of(parts_ms.iter().map(|p| p[i]).collect()).median;
             writeln!(
@@ -642,11 +644,11 @@ fn main() -> Result<()> {
                 bytes / n
             )?;
             if n == 16_384 {
-                memory_16k = Some(bytes);
+                memory_16k = Some((bytes, r.vectors));
             }
         }
         writeln!(report, "\nTarget: 16,384 rules applied in at most 200 ms.\n")?;
-        if let Some(bytes) = memory_16k {
+        if let Some((bytes, _)) = memory_16k {
             let mib = bytes as f64 / (1024.0 * 1024.0);
             let verdict = if mib <= 11.0 { "met" } else { "missed" };
             writeln!(report, "Map memory of the 16,384-rule set: {mib:.1} MiB. Target: at most 11 MiB: {verdict}.\n")?;
@@ -688,6 +690,9 @@ fn main() -> Result<()> {
             one.max,
             one.median + parse
         )?;
+        if !s.quick {
+            beyond_the_limit(&mut report, &compile_medians, memory_16k)?;
+        }
     }
 
     // ---- Part 4 ----
@@ -714,6 +719,72 @@ fn main() -> Result<()> {
     std::fs::write(&s.out, &report)?;
     print!("{report}");
     println!("\nwritten to {}", s.out.display());
+    Ok(())
+}
+
+/// Part 3's 65,536-rule attempt: what reading such a file costs and what sgctl says of
+/// it, and where this run's compile times (rules, median ms, both directions) and the
+/// 16,384-rule set's map bytes and vectors lead at that size.
+fn beyond_the_limit(
+    report: &mut String,
+    compile_medians: &[(usize, f64)],
+    memory_16k: Option<(usize, usize)>,
+) -> Result<()> {
+    const N: usize = 65_536;
+    let opts = RealisticOptions {
+        iface: "lo".into(),
+        drop_all_from: Some(DROP_ALL_FROM.into()),
+        drop_all_from_v6: Some(DROP_ALL_FROM_V6.into()),
+    };
+    let text = sg_tests::r#gen::realistic_ruleset_text(SEED + N as u64, N, &opts);
+    let t = Instant::now();
+    let parsed = parse_str(&text, "bench.toml");
+    let parse = t.elapsed().as_secs_f64() * 1e3;
+    let outcome = match parsed {
+        Err(e) => format!("validation refuses it: \"{}\"", e.to_string().trim()),
+        Ok(cfg) => match compile(&cfg, &cfg.interfaces[0], Direction::Ingress) {
+            Ok(c) => anyhow::bail!("{N} rules compiled to {} vectors: update this report", c.vectors.len()),
+            Err(e) => format!("the compiler refuses it: \"{e}\""),
+        },
+    };
+    // Compile time as a power of the rule count between the two largest sizes measured.
+    let growth = match compile_medians {
+        [.., (n0, t0), (n1, t1)] if t0 > &0.0 && n1 > n0 => {
+            let k = (t1 / t0).ln() / (*n1 as f64 / *n0 as f64).ln();
+            format!(
+                "compile builds every interval's vector over every rule: in this run its time grew as the {k:.2}th \
+                 power of the rule count from {n0} to {n1} rules, so at that rate 65,536 rules would take about \
+                 {:.0} ms to compile (both directions; target 200 ms for the whole apply)",
+                t1 * (N as f64 / *n1 as f64).powf(k)
+            )
+        }
+        _ => "compile builds every interval's vector over every rule".to_string(),
+    };
+    let chunks_needed = (N + 3).div_ceil(sg_common::CHUNK_WORDS * 64);
+    let summary_words = chunks_needed.div_ceil(64);
+    let vector_bytes = (summary_words * 8 + chunks_needed * 4).next_multiple_of(8);
+    let memory = match memory_16k {
+        Some((bytes, vectors)) => format!(
+            ", which would take the 16,384-rule set from {:.1} to {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0),
+            (bytes + vectors * (vector_bytes - size_of::<sg_common::RuleVector>())) as f64 / (1024.0 * 1024.0)
+        ),
+        None => String::new(),
+    };
+    writeln!(
+        report,
+        "65,536 rules per interface and direction: not supported. The realistic set of that size is a {:.1} MiB file, \
+         read in {parse:.0} ms; {outcome}. A vector holds at most {} user rules: a row of {} chunk numbers behind a \
+         one-word summary, {} bytes. 65,536 rules would need {chunks_needed} chunks and a {summary_words}-word \
+         summary: {vector_bytes} bytes a vector in a map of fixed value size, for every rule set{memory} (target \
+         11 MiB); and {growth}. Both need another layout: vectors that list only their \
+         non-zero chunks, built by sweeping the interval bounds in order so each step changes only the rules that \
+         start or end there.\n",
+        text.len() as f64 / (1024.0 * 1024.0),
+        sg_common::MAX_USER_RULES,
+        sg_common::MAX_CHUNKS,
+        size_of::<sg_common::RuleVector>()
+    )?;
     Ok(())
 }
 
