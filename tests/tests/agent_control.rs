@@ -118,6 +118,17 @@ fn apply_switches_a_running_agent_and_a_bad_file_changes_nothing() {
     // The agent times its own read of the file: a real, positive figure.
     assert!(reply["applied"]["parse_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{reply}");
     assert_eq!(open_ports(&out), (true, false));
+
+    // The same file again: both rule sets are kept as they are, nothing is switched.
+    let generation = reply["applied"]["generation"].clone();
+    let again = sgctl(&inst, &["apply", "--json", first.to_str().unwrap()]);
+    let reply: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(reply["applied"]["unchanged"], 2, "{reply}");
+    assert_eq!(reply["applied"]["rule_sets"], 2, "{reply}");
+    assert_eq!(reply["applied"]["generation"], generation, "no new generation: {reply}");
+    let said = text(&sgctl(&inst, &["apply", first.to_str().unwrap()]).stdout);
+    assert!(said.contains("2 of 2 rule sets unchanged"), "{said}");
+    assert_eq!(open_ports(&out), (true, false), "the rules still enforce");
 }
 
 #[test]

@@ -132,6 +132,96 @@ fn a_reload_writes_beside_the_live_set_and_retires_the_old_one() {
     check(&mut dp, &mut enforcer, &new);
 }
 
+/// An apply that compiles a direction exactly as it is installed leaves that rule set
+/// where it is; when nothing changed at all, the published configuration stands (so the
+/// flow cache's entries and the sessions' generation do too). What changed is written
+/// and decides, checked against the reference.
+#[test]
+fn an_apply_rewrites_only_the_rule_sets_that_changed() {
+    if !kernel_tests_enabled("an_apply_rewrites_only_the_rule_sets_that_changed") {
+        return;
+    }
+    let rules = |ingress_port: u16, audit: bool| {
+        parse_str(
+            &format!(
+                r#"
+[[security_group]]
+id = "sg-web"
+type = "basic"
+members = ["198.18.0.10"]
+  [[security_group.rule]]
+  direction = "ingress"
+  policy = "accept"
+  protocol = "tcp"
+  port_range = "{ingress_port}/{ingress_port}"
+  source = "198.19.0.0/16"
+  [[security_group.rule]]
+  direction = "egress"
+  policy = "accept"
+  protocol = "udp"
+  port_range = "53/53"
+  destination = "198.19.0.53/32"
+[[interface]]
+name = "lo"
+security_groups = ["sg-web"]
+mode = "{}"
+"#,
+                if audit { "audit" } else { "enforce" }
+            ),
+            "reuse.toml",
+        )
+        .unwrap()
+    };
+    let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");
+    let apply = |enforcer: &mut Enforcer, cfg: &sgctl::policy::config::Config| {
+        let report = enforcer.apply(cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).expect("apply");
+        enforcer.retire_pending();
+        let placed = enforcer.state().interfaces.into_iter().next().expect("one interface");
+        (report, placed)
+    };
+    let check = |dp: &mut Dataplane, enforcer: &mut Enforcer, cfg: &sgctl::policy::config::Config| {
+        let probes = [
+            (Direction::Ingress, packet("198.19.0.9", "198.18.0.10", 6, 40000, 80)),
+            (Direction::Ingress, packet("198.19.0.9", "198.18.0.10", 6, 40000, 8080)),
+            (Direction::Egress, packet("198.18.0.10", "198.19.0.53", 17, 40000, 53)),
+            (Direction::Egress, packet("198.18.0.10", "198.19.0.54", 17, 40000, 53)),
+        ];
+        for (direction, p) in &probes {
+            enforcer.sessions().flush().expect("flush");
+            let got = run(dp, hook_for(*direction), &frame_for(p)).expect("run");
+            compare(cfg, &cfg.interfaces[0], *direction, p, &named(enforcer, got)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    let first = rules(80, false);
+    let (report, placed) = apply(&mut enforcer, &first);
+    assert_eq!((report.rule_sets, report.unchanged), (2, 0), "the first apply writes both");
+    check(&mut dp, &mut enforcer, &first);
+
+    let (report, again) = apply(&mut enforcer, &rules(80, false));
+    assert_eq!(report.unchanged, 2, "the same rules again: nothing written");
+    assert_eq!(again, placed, "same slots, same published configuration, same generation");
+    check(&mut dp, &mut enforcer, &first);
+
+    let moved = rules(8080, false);
+    let (report, after) = apply(&mut enforcer, &moved);
+    assert_eq!(report.unchanged, 1, "only the ingress rule changed");
+    assert_ne!(after.ingress.slot, placed.ingress.slot, "the ingress set is written anew");
+    assert_eq!(after.egress, placed.egress, "the egress set stays where it was");
+    assert_ne!(after.published, placed.published, "the interface switched to the new ingress set");
+    assert_eq!(after.generation, placed.generation + 1, "its sessions are checked again");
+    check(&mut dp, &mut enforcer, &moved);
+
+    let audit = rules(8080, true);
+    let (report, audited) = apply(&mut enforcer, &audit);
+    assert_eq!(report.unchanged, 2, "the mode is not in the rule sets");
+    assert_eq!((audited.ingress.slot, audited.egress.slot), (after.ingress.slot, after.egress.slot));
+    assert_ne!(audited.published, after.published, "a mode change is published");
+    let frame = frame_for(&packet("198.19.0.9", "198.18.0.10", 6, 40000, 80));
+    let got = run(&mut dp, hook_for(Direction::Ingress), &frame).expect("run");
+    assert_ne!(got.decision.flags & sg_common::DECISION_AUDIT, 0, "decided in audit mode: {got:?}");
+}
+
 /// IPv6 peers crowded into one /64 (hosts, short prefixes inside it, a drop of the rest):
 /// the IPv6 peer table needs blocks several bytes deep and leaves of a few bounds, and
 /// every address at, just below and just above each bound must be decided as the

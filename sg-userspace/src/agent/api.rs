@@ -65,6 +65,9 @@ pub struct ApplyView {
     pub rules_before: usize,
     pub rules_after: usize,
     pub rule_sets: usize,
+    /// Rule sets compiled exactly as the ones in force, left as they were (not written).
+    #[serde(default)]
+    pub unchanged: usize,
     /// Reading and validating the rule file (the agent's own pass; `sgctl apply` also
     /// validates before sending it). On a large file this is the biggest part.
     #[serde(default)]

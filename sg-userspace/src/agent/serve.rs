@@ -101,6 +101,7 @@ impl Agent<'_> {
             rules_before,
             rules_after: report.rules,
             rule_sets: report.rule_sets,
+            unchanged: report.unchanged,
             parse_ms: parse_time.as_secs_f64() * 1e3,
             compile_ms: report.compile_time.as_secs_f64() * 1e3,
             switch_ms: report.write_time.as_secs_f64() * 1e3,
@@ -112,11 +113,13 @@ impl Agent<'_> {
             detached: applied.detached.clone(),
         };
         info!(
-            "applied {path}: generation {}, {} rules (was {}; read {:.1} ms, compile {:.1} ms, write and switch {:.1} \
-             ms; old rules removed in {:.1} ms after the switch)",
+            "applied {path}: generation {}, {} rules (was {}; {} of {} rule sets unchanged; read {:.1} ms, compile \
+             {:.1} ms, write and switch {:.1} ms; old rules removed in {:.1} ms after the switch)",
             view.generation,
             view.rules_after,
             view.rules_before,
+            view.unchanged,
+            view.rule_sets,
             view.parse_ms,
             view.compile_ms,
             view.switch_ms,

@@ -91,13 +91,15 @@ fn show(reply: &Reply, json: bool) -> ExitCode {
         }
         if let Some(a) = &reply.applied {
             println!(
-                "applied {}: generation {} on {}, {} rules (was {}), read {:.1} ms, compile {:.1} ms, write and \
-                 switch {:.1} ms, old rules removed in {:.1} ms",
+                "applied {}: generation {} on {}, {} rules (was {}), {} of {} rule sets unchanged, read {:.1} ms, \
+                 compile {:.1} ms, write and switch {:.1} ms, old rules removed in {:.1} ms",
                 a.config,
                 a.generation,
                 a.interfaces.join(", "),
                 a.rules_after,
                 a.rules_before,
+                a.unchanged,
+                a.rule_sets,
                 a.parse_ms,
                 a.compile_ms,
                 a.switch_ms,

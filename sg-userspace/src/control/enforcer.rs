@@ -139,11 +139,37 @@ fn give_all(ranges: &mut [&mut Ranges], taken: impl IntoIterator<Item = Range<u3
 struct InterfaceState {
     ingress: Option<Installed>,
     egress: Option<Installed>,
+    /// What the installed rule sets were written from, when this enforcer wrote them (not
+    /// when it adopted them): an apply that compiles the same again keeps them.
+    ingress_source: Option<Source>,
+    egress_source: Option<Source>,
+    /// `IfaceConfig::flags` as published, when this enforcer published them.
+    flags: Option<u32>,
     generation: u32,
     /// The published version of its configuration (0: none yet).
     version: u32,
     /// The configuration id published for it (version and serial).
     published: u32,
+}
+
+/// A compiled rule set and the handle keys of its bits: equal ones write equal maps and
+/// count under the same handles, so the installed set can stay as it is.
+#[derive(PartialEq)]
+struct Source {
+    compiled: Compiled,
+    keys: Vec<HandleKey>,
+}
+
+impl InterfaceState {
+    /// Whether the installed set of `hook` was written from `compiled` with `keys`.
+    fn holds(&self, hook: u32, compiled: &Compiled, keys: &[HandleKey]) -> bool {
+        let (installed, source) = if hook == stats::HOOK_INGRESS {
+            (&self.ingress, &self.ingress_source)
+        } else {
+            (&self.egress, &self.egress_source)
+        };
+        installed.is_some() && source.as_ref().is_some_and(|s| s.compiled == *compiled && s.keys == keys)
+    }
 }
 
 /// Where an installed rule set lives in the maps, as the agent's state file records it.
@@ -235,15 +261,26 @@ impl MapFills {
     }
 }
 
-/// Figures from one apply.
+/// Figures from one apply: the rule sets in force after it, and how many of them it
+/// kept as they were.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ApplyReport {
     pub rule_sets: usize,
+    /// Rule sets the apply found compiled exactly as the installed ones (same rules, in
+    /// the same order, under the same handles) and left in place, writing nothing.
+    pub unchanged: usize,
     pub rules: usize,
     pub vectors: usize,
     pub trie_entries: usize,
     pub compile_time: Duration,
     pub write_time: Duration,
+}
+
+/// What an apply wrote for one interface before switching it: the new rule set of each
+/// direction and what it was written from, or `None` where the installed one stays.
+struct Fresh {
+    ingress: Option<(Installed, Source)>,
+    egress: Option<(Installed, Source)>,
 }
 
 /// Rule sets replaced by a switch, deleted once no program run can still read them.
@@ -376,21 +413,36 @@ impl Enforcer {
         for CompiledInterface { ifindex, mode, ingress, egress } in compiled {
             let keys_in = handle_keys(cfg, &rules, ingress, *ifindex, stats::HOOK_INGRESS);
             let keys_out = handle_keys(cfg, &rules, egress, *ifindex, stats::HOOK_EGRESS);
-            let pair = self.install(ingress, keys_in).and_then(|i| match self.install(egress, keys_out) {
-                Ok(e) => Ok((i, e)),
-                Err(err) => {
-                    self.remove(i);
-                    Err(err)
+            // A rule set compiled exactly as the installed one stays where it is.
+            let holds =
+                |hook, c, keys: &[HandleKey]| self.installed.get(ifindex).is_some_and(|s| s.holds(hook, c, keys));
+            let keep_in = holds(stats::HOOK_INGRESS, ingress, &keys_in);
+            let keep_out = holds(stats::HOOK_EGRESS, egress, &keys_out);
+            let mut pair = Fresh { ingress: None, egress: None };
+            let mut written = Ok(());
+            for (keep, c, keys, place) in
+                [(keep_in, ingress, keys_in, &mut pair.ingress), (keep_out, egress, keys_out, &mut pair.egress)]
+            {
+                if keep {
+                    report.unchanged += 1;
+                    continue;
                 }
-            });
-            match pair {
-                Ok(pair) => fresh.push((*ifindex, *mode, pair)),
-                Err(err) => {
-                    // Nothing was switched yet: drop what this apply wrote.
-                    self.discard(fresh);
-                    return Err(err);
+                let source = Source { compiled: c.clone(), keys: keys.clone() };
+                match self.install(c, keys) {
+                    Ok(installed) => *place = Some((installed, source)),
+                    Err(err) => {
+                        written = Err(err);
+                        break;
+                    }
                 }
             }
+            if let Err(err) = written {
+                // Nothing was switched yet: drop what this apply wrote.
+                fresh.push((*ifindex, *mode, pair));
+                self.discard(fresh);
+                return Err(err);
+            }
+            fresh.push((*ifindex, *mode, pair));
             for c in [ingress, egress] {
                 report.rule_sets += 1;
                 report.rules += c.rules.len();
@@ -405,19 +457,34 @@ impl Enforcer {
             self.discard(fresh);
             return Err(err.into());
         }
+        // Flow-cache entries are trusted for a time derived from the timeouts: new ones
+        // need every interface's configuration published anew, so none outlives them.
+        let timeouts_changed = timeouts != self.current_timeouts;
         self.current_timeouts = timeouts;
         let mut retired = Vec::new();
         let mut retired_versions = Vec::new();
-        for (ifindex, mode, (ingress, egress)) in fresh {
+        for (ifindex, mode, Fresh { ingress, egress }) in fresh {
+            let flags = if mode == Mode::Audit { IFACE_AUDIT } else { 0 };
+            let state = self.installed.entry(ifindex).or_default();
+            if ingress.is_none() && egress.is_none() && state.flags == Some(flags) && !timeouts_changed {
+                // The same rules in the same mode: the published configuration stands, and
+                // with it the flow cache's entries and every session's generation.
+                continue;
+            }
             let version = self.free_versions.pop().ok_or(ControlError::NoFreeVersion)?;
             let counters = self.iface_slot(ifindex)?;
             let state = self.installed.entry(ifindex).or_default();
+            let slot = |new: &Option<(Installed, Source)>, old: &Option<Installed>| match (new, old) {
+                (Some((installed, _)), _) | (None, Some(installed)) => installed.slot,
+                (None, None) => 0,
+            };
+            let (ingress_slot, egress_slot) = (slot(&ingress, &state.ingress), slot(&egress, &state.egress));
             state.generation = state.generation.wrapping_add(1);
             let config = IfaceConfig {
-                ingress: ingress.slot,
-                egress: egress.slot,
+                ingress: ingress_slot,
+                egress: egress_slot,
                 generation: state.generation,
-                flags: if mode == Mode::Audit { IFACE_AUDIT } else { 0 },
+                flags,
                 counters,
                 _pad: 0,
             };
@@ -430,8 +497,15 @@ impl Enforcer {
             retired_versions.extend((state.version != 0).then_some(state.version));
             state.version = version;
             state.published = id;
-            retired.extend(state.ingress.replace(ingress));
-            retired.extend(state.egress.replace(egress));
+            state.flags = Some(flags);
+            if let Some((installed, source)) = ingress {
+                retired.extend(state.ingress.replace(installed));
+                state.ingress_source = Some(source);
+            }
+            if let Some((installed, source)) = egress {
+                retired.extend(state.egress.replace(installed));
+                state.egress_source = Some(source);
+            }
         }
         report.write_time = written.elapsed();
         // The new rules are in force; deleting the old ones is cleanup that can wait
@@ -523,6 +597,10 @@ impl Enforcer {
                 InterfaceState {
                     ingress: Some(ingress),
                     egress: Some(egress),
+                    // Sources unknown: the first apply writes both sets anew.
+                    ingress_source: None,
+                    egress_source: None,
+                    flags: None,
                     generation: placed.generation,
                     version: placed.version,
                     published: placed.published,
@@ -728,11 +806,12 @@ impl Enforcer {
         self.handles.drop_unused();
     }
 
-    /// Deletes the rule-set pairs an apply wrote before it failed, none of them switched in.
-    fn discard<T, M>(&mut self, fresh: Vec<(T, M, (Installed, Installed))>) {
-        for (_, _, (ingress, egress)) in fresh {
-            self.remove(ingress);
-            self.remove(egress);
+    /// Deletes the rule sets an apply wrote before it failed, none of them switched in.
+    fn discard<T, M>(&mut self, fresh: Vec<(T, M, Fresh)>) {
+        for (_, _, Fresh { ingress, egress }) in fresh {
+            for (installed, _) in ingress.into_iter().chain(egress) {
+                self.remove(installed);
+            }
         }
     }
 
@@ -765,23 +844,27 @@ impl Enforcer {
     /// Writes one compiled rule set into free space; live rule sets are not touched.
     fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>) -> Result<Installed> {
         let mut handles = Vec::with_capacity(keys.len());
+        // Handles new to a rule start their counters at zero (all in one batch).
+        let mut new_handles = Vec::new();
+        let release = |this: &mut Self, handles: &[u32]| handles.iter().for_each(|h| this.handles.release(*h));
         for (key, info) in keys.into_iter().zip(&c.rules) {
-            let acquired = self.handles.acquire(key, info.rule_id, info.step);
-            let zeroed = match acquired {
-                Some((handle, true)) => self.maps.zero_rule_counters(handle).map(|()| handle).map_err(Into::into),
-                Some((handle, false)) => Ok(handle),
-                None => Err(ControlError::NoRoom { count: c.rules.len(), what: "rule handles" }),
-            };
-            match zeroed {
-                Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    acquired.inspect(|(h, _)| self.handles.release(*h));
-                    handles.iter().for_each(|h| self.handles.release(*h));
-                    return Err(e);
+            match self.handles.acquire(key, info.rule_id, info.step) {
+                Some((handle, fresh)) => {
+                    handles.push(handle);
+                    if fresh {
+                        new_handles.push(handle);
+                    }
+                }
+                None => {
+                    release(self, &handles);
+                    return Err(ControlError::NoRoom { count: c.rules.len(), what: "rule handles" });
                 }
             }
         }
-        let release = |this: &mut Self, handles: &[u32]| handles.iter().for_each(|h| this.handles.release(*h));
+        if let Err(e) = self.maps.zero_rule_counters(&new_handles) {
+            release(self, &handles);
+            return Err(e.into());
+        }
         let Some(slot) = self.free_slots.pop() else {
             release(self, &handles);
             return Err(ControlError::NoFreeSlot);

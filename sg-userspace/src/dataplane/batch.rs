@@ -144,6 +144,20 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> io::Re
     call(BPF_MAP_UPDATE_BATCH, map, keys.as_ptr().cast(), values.as_ptr().cast(), keys.len(), layout)
 }
 
+/// Sets every CPU's copy of each slot in `keys` of a per-CPU map to `V::default()`, in
+/// one syscall (a per-CPU value is one `V` for each of the `cpus` possible CPUs).
+pub fn zero_per_cpu<K: Pod, V: Pod + Default>(map: &MapData, keys: &[K], cpus: usize) -> io::Result<()> {
+    // The kernel lays each CPU's copy out at a multiple of 8 bytes.
+    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values padded to 8 bytes");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    super::fault::before_write()?;
+    let values = vec![V::default(); keys.len() * cpus];
+    let layout = Layout { key: size_of::<K>(), value: size_of::<V>() * cpus };
+    call(BPF_MAP_UPDATE_BATCH, map, keys.as_ptr().cast(), values.as_ptr().cast(), keys.len(), layout)
+}
+
 /// Deletes every key of `keys`, in one syscall.
 pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
     if keys.is_empty() {

@@ -94,10 +94,12 @@ pub fn carry_rule_counters(from: &mut impl MapSource, to: &mut impl MapSource) -
     Ok(())
 }
 
-/// Zeroes rule handle `handle`'s counters on every CPU (before it is given to a rule).
-pub fn zero_rule(rules: &mut PerCpuArray<MapData, RuleCounters>, handle: u32) -> Result<()> {
+/// Zeroes the counters of rule handles `handles` on every CPU, in one batch (before
+/// they are given to rules).
+pub fn zero_rules(rules: &PerCpuArray<MapData, RuleCounters>, handles: &[u32]) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    rules.set(handle, aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); cpus])?, 0)?;
+    super::batch::zero_per_cpu::<u32, RuleCounters>(rules.map(), handles, cpus)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("zeroing rule counters: {e}")))?;
     Ok(())
 }
 

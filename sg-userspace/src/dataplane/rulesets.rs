@@ -146,9 +146,9 @@ impl RuleSetMaps {
         })
     }
 
-    /// Zeroes a rule handle's counters, before a rule starts using it.
-    pub fn zero_rule_counters(&mut self, handle: u32) -> Result<()> {
-        counters::zero_rule(&mut self.rule_counters, handle)
+    /// Zeroes rule handles' counters (one batch), before rules start using them.
+    pub fn zero_rule_counters(&mut self, handles: &[u32]) -> Result<()> {
+        counters::zero_rules(&self.rule_counters, handles)
     }
 
     /// Zeroes an interface counter slot, before an interface starts using it.
