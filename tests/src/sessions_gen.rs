@@ -9,7 +9,8 @@
 //! random identifiers; GRE and other protocols both ways. Between them: replies whose
 //! opening packet was never sent, ICMP errors quoting a packet of a flow (related) or of
 //! an unknown flow, neighbour discovery, and rule changes (another random rule file with
-//! the same interface names, or the same one again: each is a generation bump).
+//! the same interface names, or the same one again: a generation bump, except for the
+//! same file again, which changes nothing).
 //!
 //! Every packet comes with its frame, the [`PacketMeta`] the kernel parser must extract
 //! from it, and for ICMP errors the quoted packet as the kernel parses it.
@@ -61,8 +62,9 @@ pub struct SessionCase {
 /// One step of a sequence.
 #[derive(Debug, Clone)]
 pub enum Step {
-    /// Apply `configs[index]` (its first interface): a generation bump, even when it is
-    /// the rule file already in force.
+    /// Apply `configs[index]` (its first interface): a generation bump, unless it is the
+    /// rule file already in force (then the apply keeps every rule set and switches
+    /// nothing).
     Apply(usize),
     Packet(Box<SeqPacket>),
 }

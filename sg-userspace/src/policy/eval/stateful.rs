@@ -91,8 +91,8 @@ pub struct Tracker<'c> {
     timeouts: Timeouts,
     sessions: HashMap<SessionKey, Session>,
     /// The rule-set generation of every interface. The kernel keeps one per interface,
-    /// but here every interface starts at 1 and every [`Tracker::replace_config`] bumps
-    /// them all, so they are always equal.
+    /// but here every interface starts at 1 and every [`Tracker::replace_config`] that
+    /// changes the configuration bumps them all, so they are always equal.
     generation: u32,
 }
 
@@ -103,8 +103,14 @@ impl<'c> Tracker<'c> {
     }
 
     /// Switches to `cfg`, bumping every interface's generation; sessions are kept and
-    /// re-checked at their next packet.
+    /// re-checked at their next packet. The configuration in force again changes
+    /// nothing, as an apply that compiles every rule set as installed leaves the
+    /// interfaces unswitched (a different file that happens to compile the same for an
+    /// interface is not told apart here: its generation count is the only difference).
     pub fn replace_config(&mut self, cfg: &'c Config) {
+        if *cfg == *self.cfg {
+            return;
+        }
         self.cfg = cfg;
         self.generation = self.generation.wrapping_add(1);
     }
