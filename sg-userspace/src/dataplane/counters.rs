@@ -98,9 +98,7 @@ pub fn carry_rule_counters(from: &mut impl MapSource, to: &mut impl MapSource) -
 /// they are given to rules).
 pub fn zero_rules(rules: &PerCpuArray<MapData, RuleCounters>, handles: &[u32]) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    super::batch::zero_per_cpu::<u32, RuleCounters>(rules.map(), handles, cpus)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("zeroing rule counters: {e}")))?;
-    Ok(())
+    super::batch::zero_per_cpu::<u32, RuleCounters>(rules.map(), handles, cpus).doing("zeroing rule counters")
 }
 
 /// Zeroes interface counter slot `iface`'s blocks on every CPU (before it is given to an

@@ -174,14 +174,19 @@ fn ruleset(n: usize, direction: Direction) -> Result<Config> {
     parse_str(&ruleset_text(n, direction), "bench.toml").map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// The text of the rule file [`ruleset`] reads.
-fn ruleset_text(n: usize, direction: Direction) -> String {
-    let opts = RealisticOptions {
+/// The options of every benchmark rule set: on `lo`, ending in the drops of the
+/// last-ranked networks the new-flow SYNs come from.
+fn ruleset_options() -> RealisticOptions {
+    RealisticOptions {
         iface: "lo".into(),
         drop_all_from: Some(DROP_ALL_FROM.into()),
         drop_all_from_v6: Some(DROP_ALL_FROM_V6.into()),
-    };
-    let text = realistic_ruleset_with(SEED + n as u64, n, &opts);
+    }
+}
+
+/// The text of the rule file [`ruleset`] reads.
+fn ruleset_text(n: usize, direction: Direction) -> String {
+    let text = realistic_ruleset_with(SEED + n as u64, n, &ruleset_options());
     if direction == Direction::Egress { as_egress(&text) } else { text }
 }
 
@@ -748,12 +753,7 @@ fn beyond_the_limit(
     memory_16k: Option<(usize, usize)>,
 ) -> Result<()> {
     const N: usize = 65_536;
-    let opts = RealisticOptions {
-        iface: "lo".into(),
-        drop_all_from: Some(DROP_ALL_FROM.into()),
-        drop_all_from_v6: Some(DROP_ALL_FROM_V6.into()),
-    };
-    let text = sg_tests::r#gen::realistic_ruleset_text(SEED + N as u64, N, &opts);
+    let text = sg_tests::r#gen::realistic_ruleset_text(SEED + N as u64, N, &ruleset_options());
     let t = Instant::now();
     let parsed = parse_str(&text, "bench.toml");
     let parse = t.elapsed().as_secs_f64() * 1e3;
