@@ -262,7 +262,7 @@ pub mod port_table {
 /// `SG_PORT_BLOCKS`, whose entries are vector indices. The IPv4 peer table
 /// ([`port_table::PEER_V4`]) uses the same blocks, one level an address byte.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortBlock {
     pub entries: [u32; 256],
 }
@@ -347,7 +347,7 @@ pub const RULE_NEEDS_SOURCE_PORT: u8 = 2;
 /// stands for rule `64 * w + b` in rank order; word `w` is word `w % CHUNK_WORDS` of
 /// chunk `chunks[w / CHUNK_WORDS]` in `SG_CHUNKS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleVector {
     /// The chunks holding the words, in order (those past the rule set's words: any).
     pub chunks: [u32; MAX_CHUNKS],

@@ -75,6 +75,10 @@ pub struct ApplyView {
     pub compile_ms: f64,
     /// Writing the new rule sets beside the old ones and switching to them.
     pub switch_ms: f64,
+    /// Map array entries the apply wrote: a rule set written over the ranges of the one
+    /// it replaced the time before writes only the entries that differ.
+    #[serde(default)]
+    pub entries_written: usize,
     /// Deleting the replaced rule sets after the switch.
     pub retire_ms: f64,
     /// Seconds left to `sgctl confirm` before the agent rolls back, for a confirmed apply.

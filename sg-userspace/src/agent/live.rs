@@ -105,7 +105,7 @@ pub struct Applied {
 
 /// The maps a rule file needs.
 fn capacity_for(cfg: &Config, compiled: &[CompiledInterface]) -> Capacity {
-    let sets = compiled.iter().flat_map(|c| [&c.ingress, &c.egress]);
+    let sets = compiled.iter().flat_map(|c| [&*c.ingress, &*c.egress]);
     Capacity { sessions: cfg.sessions.max_sessions, ..Capacity::for_rule_sets(sets) }
 }
 
@@ -511,7 +511,7 @@ impl Live {
     pub fn apply(&mut self, cfg: &Config, path: &str, text: &str) -> Result<Applied> {
         let here = targets(cfg, &self.ctx.only)?;
         let started = std::time::Instant::now();
-        let compiled = compile_targets(cfg, &here)?;
+        let compiled = self.now.enforcer.compile(cfg, &here)?;
         let compile_time = started.elapsed();
         let mut applied = Applied::default();
         let need = capacity_for(cfg, &compiled);

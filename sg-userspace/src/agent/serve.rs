@@ -105,6 +105,7 @@ impl Agent<'_> {
             parse_ms: parse_time.as_secs_f64() * 1e3,
             compile_ms: report.compile_time.as_secs_f64() * 1e3,
             switch_ms: report.write_time.as_secs_f64() * 1e3,
+            entries_written: report.entries_written,
             retire_ms: applied.retire.as_secs_f64() * 1e3,
             confirm_within_s: None,
             programs_generation: self.live.now.generation.id,
@@ -114,7 +115,7 @@ impl Agent<'_> {
         };
         info!(
             "applied {path}: generation {}, {} rules (was {}; {} of {} rule sets unchanged; read {:.1} ms, compile \
-             {:.1} ms, write and switch {:.1} ms; old rules removed in {:.1} ms after the switch)",
+             {:.1} ms, write and switch {:.1} ms ({} entries written); old rules removed in {:.1} ms after the switch)",
             view.generation,
             view.rules_after,
             view.rules_before,
@@ -123,6 +124,7 @@ impl Agent<'_> {
             view.parse_ms,
             view.compile_ms,
             view.switch_ms,
+            view.entries_written,
             view.retire_ms
         );
         for name in &applied.attached {

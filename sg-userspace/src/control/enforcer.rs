@@ -8,7 +8,7 @@
 //! replaced rule sets are deleted afterwards ([`Enforcer::retire_pending`]), after the
 //! grace period ([`super::GRACE_PERIOD`]).
 
-use std::{collections::HashMap, ops::Range, time::Duration, time::Instant};
+use std::{collections::HashMap, ops::Range, sync::Arc, time::Duration, time::Instant};
 
 use sg_common::{IFACE_AUDIT, IfaceConfig, MAX_IFACE_VERSIONS, MAX_IFINDEX, MAX_RULESETS, Timeouts, stats, step};
 
@@ -21,12 +21,13 @@ use super::{
 use crate::{
     dataplane::{
         Capacity, MapSource,
-        capacity::Fill,
+        capacity::{Fill, with_slack},
+        placement::Contents,
         rulesets::{Installed, RuleSetMaps, trie_keys},
         sessions::{self, Evictions, SessionTable},
     },
     policy::{
-        compile::{Compiled, compile},
+        compile::{CompileCache, Compiled},
         config::{Config, Direction, InterfaceBinding, Mode, Rule},
     },
 };
@@ -156,18 +157,20 @@ struct InterfaceState {
 /// count under the same handles, so the installed set can stay as it is.
 #[derive(PartialEq)]
 struct Source {
-    compiled: Compiled,
+    compiled: Arc<Compiled>,
     keys: Vec<HandleKey>,
 }
 
 impl InterfaceState {
     /// Whether the installed set of `hook` was written from `compiled` with `keys`.
-    fn holds(&self, hook: u32, compiled: &Compiled, keys: &[HandleKey]) -> bool {
+    fn holds(&self, hook: u32, compiled: &Arc<Compiled>, keys: &[HandleKey]) -> bool {
         let (installed, source) = if hook == stats::HOOK_INGRESS {
             (&self.ingress, &self.ingress_source)
         } else {
             (&self.egress, &self.egress_source)
         };
+        // Mostly the very rule set the compile cache returned: `Arc`'s comparison is then
+        // a pointer compare.
         installed.is_some() && source.as_ref().is_some_and(|s| s.compiled == *compiled && s.keys == keys)
     }
 }
@@ -228,7 +231,9 @@ pub struct MapFills {
     /// Remembered first-fragment verdicts.
     pub fragments: Fill,
     /// Rule vectors, their chunks, rule-info entries and port blocks: the rule sets in
-    /// force, and those a switch replaced that are not retired yet.
+    /// force, those a switch replaced that are not retired yet, and the ranges of
+    /// retired ones kept for the next apply to write over (each interface and
+    /// direction's spare, given back when an apply needs the room).
     pub rule_vectors: Fill,
     #[serde(default)]
     pub rule_chunks: Fill,
@@ -274,6 +279,9 @@ pub struct ApplyReport {
     pub trie_entries: usize,
     pub compile_time: Duration,
     pub write_time: Duration,
+    /// Array entries written (vectors, chunks, blocks, bounds, rule info, tables): a
+    /// rule set written over its spare writes only what differs.
+    pub entries_written: usize,
 }
 
 /// What an apply wrote for one interface before switching it: the new rule set of each
@@ -286,31 +294,55 @@ struct Fresh {
 /// Rule sets replaced by a switch, deleted once no program run can still read them.
 struct Retiring {
     switched: Instant,
-    sets: Vec<Installed>,
+    /// Each with the (ifindex, hook) whose spare it becomes, if any.
+    sets: Vec<(Option<(u32, u32)>, Installed)>,
     versions: Vec<u32>,
 }
 
-/// Both directions of one interface, compiled.
+/// The array ranges of a retired rule set, kept for the next rule set of the same
+/// interface and direction with what they hold: written over them, it changes only the
+/// entries that differ (`dataplane::placement`). Nothing reads them (they are past the
+/// grace period), so they are free space the enforcer gives back when it needs room.
+struct Spare {
+    /// In the order of [`Enforcer::arrays`].
+    ranges: [Range<u32>; 6],
+    contents: Contents,
+}
+
+/// Both directions of one interface, compiled (shared with the compile cache and the
+/// record of what is installed: a rule set is megabytes).
 pub struct CompiledInterface {
     pub ifindex: u32,
     pub mode: Mode,
-    pub ingress: Compiled,
-    pub egress: Compiled,
+    pub ingress: Arc<Compiled>,
+    pub egress: Arc<Compiled>,
 }
 
 /// Compiles every (ifindex, binding) in both directions; the first error stops it.
 pub fn compile_targets(cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Result<Vec<CompiledInterface>> {
-    targets
+    compile_targets_with(&mut CompileCache::default(), cfg, targets)
+}
+
+/// [`compile_targets`] through `cache`: rule sets whose rules did not change since the
+/// cache's last compile are taken from it as they are.
+pub fn compile_targets_with(
+    cache: &mut CompileCache,
+    cfg: &Config,
+    targets: &[(u32, &InterfaceBinding)],
+) -> Result<Vec<CompiledInterface>> {
+    let compiled = targets
         .iter()
         .map(|(ifindex, binding)| {
             Ok(CompiledInterface {
                 ifindex: *ifindex,
                 mode: binding.mode,
-                ingress: compile(cfg, binding, Direction::Ingress)?,
-                egress: compile(cfg, binding, Direction::Egress)?,
+                ingress: cache.compile(cfg, binding, Direction::Ingress)?,
+                egress: cache.compile(cfg, binding, Direction::Egress)?,
             })
         })
-        .collect()
+        .collect();
+    cache.keep_used();
+    compiled
 }
 
 /// An adoption that did not happen.
@@ -339,6 +371,7 @@ pub struct Enforcer {
     free_slots: Vec<u32>,
     installed: HashMap<u32, InterfaceState>,
     retiring: Vec<Retiring>,
+    spares: HashMap<(u32, u32), Spare>,
     grace: Duration,
     sessions: SessionTable,
     current_timeouts: Timeouts,
@@ -346,6 +379,7 @@ pub struct Enforcer {
     /// Interface counter slots (`IfaceConfig::counters`) by ifindex, and the free ones.
     iface_slots: HashMap<u32, u32>,
     free_iface_slots: Vec<u32>,
+    compile_cache: CompileCache,
 }
 
 impl Enforcer {
@@ -366,6 +400,7 @@ impl Enforcer {
             free_slots: (1..MAX_RULESETS).rev().collect(),
             installed: HashMap::new(),
             retiring: Vec::new(),
+            spares: HashMap::new(),
             grace: GRACE_PERIOD,
             sessions: SessionTable::take(dp)?,
             current_timeouts: Timeouts::default(),
@@ -373,13 +408,20 @@ impl Enforcer {
             handles: Handles::new(capacity.rule_info + 1),
             iface_slots: HashMap::new(),
             free_iface_slots: (1..stats::IFACES).rev().collect(),
+            compile_cache: CompileCache::default(),
         })
+    }
+
+    /// Compiles `targets` (ifindex, binding) through this enforcer's compile cache
+    /// ([`compile_targets_with`]).
+    pub fn compile(&mut self, cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Result<Vec<CompiledInterface>> {
+        compile_targets_with(&mut self.compile_cache, cfg, targets)
     }
 
     /// Applies `cfg` to the interfaces in `targets` (ifindex, binding): all or nothing.
     pub fn apply(&mut self, cfg: &Config, targets: &[(u32, &InterfaceBinding)]) -> Result<ApplyReport> {
         let started = Instant::now();
-        let compiled = compile_targets(cfg, targets)?;
+        let compiled = self.compile(cfg, targets)?;
         let compile_time = started.elapsed();
         let mut report = self.apply_compiled(cfg, &compiled)?;
         report.compile_time = compile_time;
@@ -420,16 +462,21 @@ impl Enforcer {
             let keep_out = holds(stats::HOOK_EGRESS, egress, &keys_out);
             let mut pair = Fresh { ingress: None, egress: None };
             let mut written = Ok(());
-            for (keep, c, keys, place) in
-                [(keep_in, ingress, keys_in, &mut pair.ingress), (keep_out, egress, keys_out, &mut pair.egress)]
-            {
+            for (keep, hook, c, keys, place) in [
+                (keep_in, stats::HOOK_INGRESS, ingress, keys_in, &mut pair.ingress),
+                (keep_out, stats::HOOK_EGRESS, egress, keys_out, &mut pair.egress),
+            ] {
                 if keep {
                     report.unchanged += 1;
                     continue;
                 }
-                let source = Source { compiled: c.clone(), keys: keys.clone() };
-                match self.install(c, keys) {
-                    Ok(installed) => *place = Some((installed, source)),
+                let source = Source { compiled: Arc::clone(c), keys: keys.clone() };
+                let spare = self.spares.remove(&(*ifindex, hook));
+                match self.install(c, keys, spare) {
+                    Ok((installed, written)) => {
+                        report.entries_written += written;
+                        *place = Some((installed, source));
+                    }
                     Err(err) => {
                         written = Err(err);
                         break;
@@ -499,11 +546,11 @@ impl Enforcer {
             state.published = id;
             state.flags = Some(flags);
             if let Some((installed, source)) = ingress {
-                retired.extend(state.ingress.replace(installed));
+                retired.extend(state.ingress.replace(installed).map(|i| (Some((ifindex, stats::HOOK_INGRESS)), i)));
                 state.ingress_source = Some(source);
             }
             if let Some((installed, source)) = egress {
-                retired.extend(state.egress.replace(installed));
+                retired.extend(state.egress.replace(installed).map(|i| (Some((ifindex, stats::HOOK_EGRESS)), i)));
                 state.egress_source = Some(source);
             }
         }
@@ -546,12 +593,13 @@ impl Enforcer {
             }
             let mut place =
                 |p: &PlacedSet, rules: &Compiled, hook: u32| -> std::result::Result<Installed, AdoptError> {
-                    let fits = p.vectors.len() == rules.vectors.len()
-                        && p.chunks.len() == rules.chunks.len()
-                        && p.peer_v6.len() == rules.peer_v6.len()
-                        && p.rules.len() == rules.rules.len()
-                        && p.tables.len() == rules.port_tables.len()
-                        && p.blocks.len() == rules.port_blocks.len();
+                    // Ranges have some room beyond what the set needs (`with_slack`).
+                    let fits = p.vectors.len() >= rules.vectors.len()
+                        && p.chunks.len() >= rules.chunks.len()
+                        && p.peer_v6.len() >= rules.peer_v6.len()
+                        && p.rules.len() >= rules.rules.len()
+                        && p.tables.len() >= rules.port_tables.len()
+                        && p.blocks.len() >= rules.port_blocks.len();
                     let free = this.vector_ranges.reserve(&p.vectors)
                         && this.chunk_ranges.reserve(&p.chunks)
                         && this.peer_v6_ranges.reserve(&p.peer_v6)
@@ -565,7 +613,7 @@ impl Enforcer {
                     this.free_slots.retain(|s| *s != p.slot);
                     let (addr_keys, port_keys) = trie_keys(rules, p.slot);
                     // The handles the kernel counts these rules by, as the maps hold them.
-                    let handles = this.maps.handles(p.rules.clone())?;
+                    let handles = this.maps.handles(p.rules.start..p.rules.start + rules.rules.len() as u32)?;
                     let keys = handle_keys(cfg, &rules_by_id, rules, placed.ifindex, hook);
                     for ((handle, key), info) in handles.iter().zip(keys).zip(&rules.rules) {
                         this.handles.adopt(*handle, key, info.rule_id, info.step);
@@ -581,6 +629,11 @@ impl Enforcer {
                         addr_keys,
                         port_keys,
                         handles,
+                        // What an earlier process wrote there is not known here: the
+                        // next rule set goes to fresh ranges, written whole.
+                        contents: Contents::unknown(
+                            [&p.vectors, &p.chunks, &p.peer_v6, &p.rules, &p.tables, &p.blocks].map(|r| r.len()),
+                        ),
                     })
                 };
             let ingress = place(&placed.ingress, &c.ingress, stats::HOOK_INGRESS)?;
@@ -663,9 +716,14 @@ impl Enforcer {
         }
         if let Some(state) = self.installed.remove(&ifindex) {
             self.maps.clear(ifindex)?;
-            let sets = state.ingress.into_iter().chain(state.egress).collect();
+            let sets = state.ingress.into_iter().chain(state.egress).map(|i| (None, i)).collect();
             self.retiring.push(Retiring { switched: Instant::now(), sets, versions: vec![state.version] });
             self.retire_pending();
+        }
+        for hook in [stats::HOOK_INGRESS, stats::HOOK_EGRESS] {
+            if let Some(spare) = self.spares.remove(&(ifindex, hook)) {
+                give_all(&mut self.arrays(), spare.ranges);
+            }
         }
         Ok(())
     }
@@ -764,8 +822,11 @@ impl Enforcer {
             // Programs run to completion in microseconds; a packet that read the old slot
             // before the switch is long done after the grace period.
             std::thread::sleep(self.grace.saturating_sub(switched.elapsed()));
-            for installed in sets {
-                self.remove(installed);
+            for (owner, installed) in sets {
+                match owner {
+                    Some(owner) => self.keep_as_spare(owner, installed),
+                    None => self.remove(installed),
+                }
             }
             self.free_versions.extend(versions);
         }
@@ -815,6 +876,28 @@ impl Enforcer {
         }
     }
 
+    /// Retires `installed` but keeps its array ranges, with what they hold, as the
+    /// spare of `owner` (replacing an older spare, whose ranges go back).
+    fn keep_as_spare(&mut self, owner: (u32, u32), installed: Installed) {
+        for handle in &installed.handles {
+            self.handles.release(*handle);
+        }
+        self.maps.delete_keys(&installed);
+        self.free_slots.push(installed.slot);
+        let Installed { vectors, chunks, peer_v6, rules, tables, blocks, contents, .. } = installed;
+        let spare = Spare { ranges: [vectors, chunks, peer_v6, rules, tables, blocks], contents };
+        if let Some(old) = self.spares.insert(owner, spare) {
+            give_all(&mut self.arrays(), old.ranges);
+        }
+    }
+
+    /// Gives every spare's ranges back (an install needs the room).
+    fn drop_spares(&mut self) {
+        for (_, spare) in std::mem::take(&mut self.spares) {
+            give_all(&mut self.arrays(), spare.ranges);
+        }
+    }
+
     fn remove(&mut self, installed: Installed) {
         for handle in &installed.handles {
             self.handles.release(*handle);
@@ -841,8 +924,10 @@ impl Enforcer {
     const ARRAYS: [&str; 6] =
         ["vectors", "vector chunks", "IPv6 peer intervals", "rules", "port tables", "port blocks"];
 
-    /// Writes one compiled rule set into free space; live rule sets are not touched.
-    fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>) -> Result<Installed> {
+    /// Writes one compiled rule set into free space, over `spare` when the set fits its
+    /// ranges (only the entries that differ are written); live rule sets are not
+    /// touched. Returns it and the entries written.
+    fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>, spare: Option<Spare>) -> Result<(Installed, usize)> {
         let mut handles = Vec::with_capacity(keys.len());
         // Handles new to a rule start their counters at zero (all in one batch).
         let mut new_handles = Vec::new();
@@ -871,15 +956,38 @@ impl Enforcer {
         };
         let counts =
             [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
-        let space = take_all(self.arrays(), counts.map(|n| n as u32));
-        let [vectors, chunks, peer_v6, rules, tables, blocks] = match space {
-            Ok(space) => space,
-            Err(full) => {
-                self.free_slots.push(slot);
-                release(self, &handles);
-                return Err(ControlError::NoRoom { count: counts[full], what: Self::ARRAYS[full] });
+        let fits = |s: &Spare| counts.iter().zip(&s.ranges).all(|(n, r)| *n <= r.len());
+        let (space, contents) = match spare {
+            Some(spare) if fits(&spare) => (spare.ranges, spare.contents),
+            other => {
+                if let Some(spare) = other {
+                    give_all(&mut self.arrays(), spare.ranges);
+                }
+                // Every set has the same number of first-level tables: no slack there.
+                let mut want = counts.map(with_slack);
+                want[4] = counts[4] as u32;
+                let space = match take_all(self.arrays(), want) {
+                    Ok(space) => Ok(space),
+                    Err(_) => {
+                        // Spares are free space: give them back and try again.
+                        self.drop_spares();
+                        take_all(self.arrays(), want)
+                    }
+                };
+                match space {
+                    Ok(space) => {
+                        let lens = space.clone().map(|r| r.len());
+                        (space, Contents::unknown(lens))
+                    }
+                    Err(full) => {
+                        self.free_slots.push(slot);
+                        release(self, &handles);
+                        return Err(ControlError::NoRoom { count: counts[full], what: Self::ARRAYS[full] });
+                    }
+                }
             }
         };
+        let [vectors, chunks, peer_v6, rules, tables, blocks] = space;
         let mut installed = Installed {
             slot,
             vectors,
@@ -891,9 +999,10 @@ impl Enforcer {
             addr_keys: Vec::new(),
             port_keys: Vec::new(),
             handles,
+            contents,
         };
         match self.maps.write(c, &mut installed) {
-            Ok(()) => Ok(installed),
+            Ok(written) => Ok((installed, written)),
             Err(e) => {
                 self.remove(installed);
                 Err(e.into())

@@ -10,7 +10,7 @@ pub mod handles;
 
 use std::time::Duration;
 
-pub use enforcer::{ApplyReport, CompiledInterface, Enforcer, compile_targets};
+pub use enforcer::{ApplyReport, CompiledInterface, Enforcer, compile_targets, compile_targets_with};
 pub use error::ControlError;
 
 /// How long a program run can still be reading memory it looked up before a change: a

@@ -60,14 +60,21 @@ impl Default for Capacity {
     }
 }
 
+/// The entries a rule set of `n` gets in an array: a few more than it needs, so a later
+/// rule set of the same interface and direction one or two entries larger still fits
+/// those ranges, written over them (`control::enforcer`'s spares).
+pub fn with_slack(n: usize) -> u32 {
+    (n + n / 32 + 4) as u32
+}
+
 impl Capacity {
     /// The opening session table's entries (`sg_common::session::table::opening_entries`).
     pub fn opening_sessions(&self) -> u32 {
         sg_common::session::table::opening_entries(self.sessions)
     }
 
-    /// Room for twice what `compiled` needs (a new rule set is written beside the live
-    /// one), and never less than the default.
+    /// Room for twice what `compiled` needs, with each set's slack ([`with_slack`]): a
+    /// new rule set is written beside the live one. Never less than the default.
     pub fn for_rule_sets<'a>(compiled: impl IntoIterator<Item = &'a Compiled>) -> Self {
         let mut need = Self {
             sessions: 0,
@@ -81,13 +88,13 @@ impl Capacity {
             port_blocks: 0,
         };
         for c in compiled {
-            need.vectors += c.vectors.len() as u32;
-            need.chunks += c.chunks.len() as u32;
-            need.peer_v6 += c.peer_v6.len() as u32;
-            need.rule_info += c.rules.len() as u32;
+            need.vectors += with_slack(c.vectors.len());
+            need.chunks += with_slack(c.chunks.len());
+            need.peer_v6 += with_slack(c.peer_v6.len());
+            need.rule_info += with_slack(c.rules.len());
             need.addr_entries += c.addr_entries.len() as u32;
             need.port_entries += c.port_entries.len() as u32;
-            need.port_blocks += c.port_blocks.len() as u32;
+            need.port_blocks += with_slack(c.port_blocks.len());
         }
         let d = Self::default();
         Self {

@@ -17,6 +17,7 @@ pub mod fault;
 pub mod links;
 pub mod object;
 pub mod pins;
+pub mod placement;
 pub mod rulesets;
 pub mod sessions;
 

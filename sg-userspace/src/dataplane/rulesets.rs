@@ -9,14 +9,14 @@ use std::ops::Range;
 
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PEER_V6_BOUNDS, PORT_BLOCK_REF, PORT_KEY_FIXED_BITS,
-    PeerV6Bound, PortBlock, PortKey, RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field,
-    map,
+    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_KEY_FIXED_BITS, PeerV6Bound, PortBlock, PortKey,
+    RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
 };
 
 use super::{
     MapSource, batch, counters,
-    error::{Doing as _, Result},
+    error::{DataplaneError, Doing as _, Result},
+    placement::{self, Bases, Contents, Writes},
 };
 use crate::policy::compile::Compiled;
 
@@ -34,6 +34,8 @@ pub struct Installed {
     pub port_keys: Vec<Key<PortKey>>,
     /// Each bit's rule handle (`control::handles`), written as its `RuleInfo::rule_id`.
     pub handles: Vec<u32>,
+    /// What the array ranges hold, entry by entry, as far as this process knows.
+    pub contents: Contents,
 }
 
 /// The classification maps and the timeouts map, taken out of a loaded [`Dataplane`].
@@ -226,60 +228,33 @@ impl RuleSetMaps {
 
     /// Writes compiled rule set `c` at the place `at` reserves (its slot and index
     /// ranges), recording the trie keys it writes in `at`; live rule sets are not touched.
-    pub fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<()> {
+    /// Only the entries that differ from what `at.contents` says the ranges hold are
+    /// written (everything, when they are unknown); returns how many.
+    pub fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<usize> {
         debug_assert!(c.words() <= MAX_WORDS);
-        // Chunks first, then the vectors pointing to them (moved to this set's range).
-        let chunk_indices: Vec<u32> = at.chunks.clone().collect();
-        batch::update(self.chunks.map(), &chunk_indices, &c.chunks).doing("writing rule vector chunks")?;
-        let vectors: Vec<RuleVector> = c
-            .vectors
-            .iter()
-            .map(|v| {
-                let mut out = *v;
-                out.chunks.iter_mut().for_each(|n| *n += at.chunks.start);
-                out
-            })
-            .collect();
-        let vector_indices: Vec<u32> = at.vectors.clone().collect();
-        batch::update(self.vectors.map(), &vector_indices, &vectors).doing("writing rule vectors")?;
-        let bounds: Vec<PeerV6Bound> =
-            c.peer_v6.iter().map(|b| PeerV6Bound { vector: at.vectors.start + b.vector, ..*b }).collect();
-        let bound_indices: Vec<u32> = at.peer_v6.clone().collect();
-        batch::update(self.peer_v6.map(), &bound_indices, &bounds).doing("writing IPv6 peer intervals")?;
-        let rule_indices: Vec<u32> = (0..c.rules.len() as u32).map(|i| at.rules.start + i).collect();
-        let infos: Vec<RuleInfo> =
-            c.rules.iter().zip(&at.handles).map(|(info, handle)| RuleInfo { rule_id: *handle, ..*info }).collect();
-        debug_assert_eq!(infos.len(), c.rules.len());
-        batch::update(self.rule_info.map(), &rule_indices, &infos).doing("writing rule info")?;
+        let bases = Bases { vectors: at.vectors.start, chunks: at.chunks.start, blocks: at.blocks.start };
+        let plan = placement::plan(c, &at.handles, &at.contents, bases)
+            .ok_or_else(|| DataplaneError::Refused("a rule set's ranges are shorter than the rule set".into()))?;
+        fn update<V: aya::Pod>(map: &MapData, start: u32, writes: &Writes<V>) -> std::io::Result<()> {
+            let keys: Vec<u32> = writes.iter().map(|(at, _)| start + at).collect();
+            let values: Vec<V> = writes.iter().map(|(_, v)| *v).collect();
+            batch::update(map, &keys, &values)
+        }
+        // What the others point to first: chunks, vectors, bounds, rule info, then the
+        // tries, blocks and tables pointing to them, and the header last.
+        update(self.chunks.map(), at.chunks.start, &plan.chunks).doing("writing rule vector chunks")?;
+        update(self.vectors.map(), at.vectors.start, &plan.vectors).doing("writing rule vectors")?;
+        update(self.peer_v6.map(), at.peer_v6.start, &plan.peer_v6).doing("writing IPv6 peer intervals")?;
+        update(self.rule_info.map(), at.rules.start, &plan.rules).doing("writing rule info")?;
         // Recorded before writing, so a failed batch is undone in full by `remove`.
         (at.addr_keys, at.port_keys) = trie_keys(c, at.slot);
-        let addr_values: Vec<u32> = c.addr_entries.iter().map(|e| at.vectors.start + e.vector).collect();
+        let vector = |v: u32| at.vectors.start + plan.vector_at[v as usize];
+        let addr_values: Vec<u32> = c.addr_entries.iter().map(|e| vector(e.vector)).collect();
         batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).doing("writing address entries")?;
-        let port_values: Vec<u32> = c.port_entries.iter().map(|e| at.vectors.start + e.vector).collect();
+        let port_values: Vec<u32> = c.port_entries.iter().map(|e| vector(e.vector)).collect();
         batch::update(self.port_trie.map(), &at.port_keys, &port_values).doing("writing port entries")?;
-        // Port and peer tables: vector indices move to this set's vector range, block
-        // references to its block range; IPv6 leaves count from the set's first bound,
-        // which the header gives.
-        let relocate_entry = |e: u32| {
-            if e & PORT_BLOCK_REF != 0 {
-                PORT_BLOCK_REF | (at.blocks.start + (e & !PORT_BLOCK_REF))
-            } else if e & PEER_V6_BOUNDS != 0 {
-                e
-            } else {
-                at.vectors.start + e
-            }
-        };
-        let relocate = |block: &PortBlock| {
-            let mut out = *block;
-            out.entries.iter_mut().for_each(|e| *e = relocate_entry(*e));
-            out
-        };
-        let blocks: Vec<PortBlock> = c.port_blocks.iter().map(relocate).collect();
-        let block_indices: Vec<u32> = at.blocks.clone().collect();
-        batch::update(self.port_blocks.map(), &block_indices, &blocks).doing("writing port blocks")?;
-        let tables: Vec<PortBlock> = c.port_tables.iter().map(relocate).collect();
-        let table_indices: Vec<u32> = at.tables.clone().collect();
-        batch::update(self.port_tables.map(), &table_indices, &tables).doing("writing port tables")?;
+        update(self.port_blocks.map(), at.blocks.start, &plan.blocks).doing("writing port blocks")?;
+        update(self.port_tables.map(), at.tables.start, &plan.tables).doing("writing port tables")?;
         let header = RulesetHeader {
             rule_base: at.rules.start,
             rule_count: c.rules.len() as u32,
@@ -287,10 +262,11 @@ impl RuleSetMaps {
             port_tables: at.tables.start,
             peer_v6: at.peer_v6.start,
             peer_v6_count: c.peer_v6.len() as u32,
-            peer_v6_root: relocate_entry(c.peer_v6_root),
+            peer_v6_root: plan.peer_v6_root,
             _pad: 0,
         };
         self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
-        Ok(())
+        at.contents.record(&plan);
+        Ok(plan.entries())
     }
 }

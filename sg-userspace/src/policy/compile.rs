@@ -13,13 +13,13 @@
 //! Equal vectors are stored once, and so are equal chunks of them (`sg_common::RuleChunk`):
 //! a vector is a row of chunk numbers.
 
-use std::{collections::BTreeSet, hash::BuildHasher as _, net::IpAddr};
+use std::{collections::BTreeSet, hash::BuildHasher as _, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
-// Vectors are kilobytes long and there are tens of thousands: a fast non-cryptographic
-// hash keeps interning them cheap (the inputs are our own, not an attacker's).
+// Tens of thousands of chunks and vectors are interned: a fast non-cryptographic hash
+// keeps that cheap (the inputs are our own, not an attacker's).
 use hashbrown::HashTable;
-use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap, FxHashSet as HashSet};
 use sg_common::{
     CHUNK_WORDS, MAX_PEER_V6_BOUNDS, MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PeerV6Bound, PortBlock,
     RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo,
@@ -87,6 +87,7 @@ pub struct Compiled {
 }
 
 /// A rule as the compiler sees it: its sets of matching values per field.
+#[derive(Clone, PartialEq)]
 struct Matcher {
     info: RuleInfo,
     peers: Vec<IpNet>,
@@ -175,53 +176,129 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
     Ok(out)
 }
 
-/// A growing set of bits, `words` long.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+/// The distinct chunks ([`CHUNK_WORDS`] words) of the vectors being built. A vector
+/// under construction is a row of chunk numbers ([`Bits`]), so copying, hashing and
+/// comparing one costs its 33 columns rather than its 260 words, and changing a bit
+/// re-interns one 64-byte chunk. Number 0 is the all-zero chunk.
+///
+/// Chunks of intermediate vectors (a port sweep's running set) stay here unused;
+/// [`chunked`] keeps only the ones final vectors name.
+struct ChunkPool {
+    index: HashMap<RuleChunk, u32>,
+    chunks: Vec<RuleChunk>,
+    /// `a | b` of chunk numbers already computed (`a < b`).
+    ors: HashMap<(u32, u32), u32>,
+}
 
-impl Bits {
-    fn new(words: usize) -> Self {
-        Self(vec![0; words])
+impl ChunkPool {
+    const ZERO: u32 = 0;
+
+    fn new() -> Self {
+        let mut pool = Self { index: HashMap::default(), chunks: Vec::new(), ors: HashMap::default() };
+        pool.intern(RuleChunk::default());
+        pool
     }
-    fn set(&mut self, bit: usize) {
-        self.0[bit / 64] |= 1 << (bit % 64);
+
+    fn intern(&mut self, chunk: RuleChunk) -> u32 {
+        let Self { index, chunks, .. } = self;
+        *index.entry(chunk).or_insert_with(|| {
+            chunks.push(chunk);
+            (chunks.len() - 1) as u32
+        })
     }
-    fn clear(&mut self, bit: usize) {
-        self.0[bit / 64] &= !(1 << (bit % 64));
+
+    fn or(&mut self, a: u32, b: u32) -> u32 {
+        if a == b || b == Self::ZERO {
+            return a;
+        }
+        if a == Self::ZERO {
+            return b;
+        }
+        let key = (a.min(b), a.max(b));
+        if let Some(&c) = self.ors.get(&key) {
+            return c;
+        }
+        let mut chunk = self.chunks[a as usize];
+        for (w, o) in chunk.words.iter_mut().zip(&self.chunks[b as usize].words) {
+            *w |= o;
+        }
+        let c = self.intern(chunk);
+        self.ors.insert(key, c);
+        c
     }
 }
 
-/// Stores each distinct vector once. The index holds vector numbers (and their hashes)
-/// only, so each kilobytes-long vector lives in one allocation.
+/// A vector being built: the [`ChunkPool`] number of each of its chunks.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u32>);
+
+impl Bits {
+    /// All clear, `words` long.
+    fn new(words: usize) -> Self {
+        Self(vec![ChunkPool::ZERO; words.div_ceil(CHUNK_WORDS)])
+    }
+
+    /// Sets or clears `bits` (each chunk they touch is interned once per run of bits in
+    /// it, so ascending bits cost one intern a chunk).
+    fn update(&mut self, pool: &mut ChunkPool, bits: impl IntoIterator<Item = usize>, on: bool) {
+        const CHUNK_BITS: usize = CHUNK_WORDS * 64;
+        let mut open: Option<(usize, RuleChunk)> = None;
+        for bit in bits {
+            let column = bit / CHUNK_BITS;
+            if open.as_ref().is_none_or(|(c, _)| *c != column) {
+                if let Some((c, chunk)) = open.take() {
+                    self.0[c] = pool.intern(chunk);
+                }
+                open = Some((column, pool.chunks[self.0[column] as usize]));
+            }
+            let (_, chunk) = open.as_mut().expect("opened above");
+            let (word, mask) = ((bit % CHUNK_BITS) / 64, 1u64 << (bit % 64));
+            if on {
+                chunk.words[word] |= mask;
+            } else {
+                chunk.words[word] &= !mask;
+            }
+        }
+        if let Some((c, chunk)) = open {
+            self.0[c] = pool.intern(chunk);
+        }
+    }
+
+    fn set(&mut self, pool: &mut ChunkPool, bit: usize) {
+        self.update(pool, [bit], true);
+    }
+
+    fn clear(&mut self, pool: &mut ChunkPool, bit: usize) {
+        self.update(pool, [bit], false);
+    }
+}
+
+/// Stores each distinct vector once, with the chunk pool its rows point into. The
+/// index holds vector numbers only, so each row lives in one allocation.
 struct VectorTable {
-    /// (hash, vector index): the hash is kept so growing the table rehashes without
-    /// reading every 2 KiB vector again (that was a seventh of a 16,384-rule compile).
-    index: HashTable<(u64, u32)>,
-    vectors: Vec<Vec<u64>>,
+    index: HashTable<u32>,
+    vectors: Vec<Bits>,
+    pool: ChunkPool,
 }
 
 impl VectorTable {
     fn new() -> Self {
-        Self { index: HashTable::new(), vectors: Vec::new() }
-    }
-
-    fn hash(words: &[u64]) -> u64 {
-        FxBuildHasher.hash_one(words)
+        Self { index: HashTable::new(), vectors: Vec::new(), pool: ChunkPool::new() }
     }
 
     fn intern(&mut self, bits: Bits) -> u32 {
-        let hash = Self::hash(&bits.0);
-        let Self { index, vectors } = self;
-        if let Some(&(_, i)) = index.find(hash, |&(h, i)| h == hash && vectors[i as usize] == bits.0) {
+        let Self { index, vectors, .. } = self;
+        let hash = FxBuildHasher.hash_one(&bits);
+        if let Some(&i) = index.find(hash, |&i| vectors[i as usize] == bits) {
             return i;
         }
         let i = vectors.len() as u32;
-        vectors.push(bits.0);
-        index.insert_unique(hash, (hash, i), |&(h, _)| h);
+        vectors.push(bits);
+        index.insert_unique(hash, i, |&i| FxBuildHasher.hash_one(&vectors[i as usize]));
         i
     }
 
-    fn get(&self, i: u32) -> &[u64] {
+    fn get(&self, i: u32) -> &Bits {
         &self.vectors[i as usize]
     }
 }
@@ -250,12 +327,10 @@ fn address_vectors(
             ancestors.pop();
         }
         let mut bits = match ancestors.last() {
-            Some(&(_, vector)) => Bits(table.get(vector).to_vec()),
+            Some(&(_, vector)) => table.get(vector).clone(),
             None => Bits::new(words),
         };
-        for bit in own {
-            bits.set(bit);
-        }
+        bits.update(&mut table.pool, own, true);
         let vector = table.intern(bits);
         entries.push(AddrEntry { field, net, vector });
         ancestors.push((net, vector));
@@ -265,7 +340,7 @@ fn address_vectors(
 
 /// The elementary intervals of a port field: `[start, end]` with `base` plus the rules
 /// whose range covers it; neighbours with equal vectors merged.
-fn port_intervals(base: &Bits, ranges: &[(usize, PortRange)]) -> Vec<(u32, u32, Bits)> {
+fn port_intervals(base: &Bits, ranges: &[(usize, PortRange)], pool: &mut ChunkPool) -> Vec<(u32, u32, Bits)> {
     let mut edges: Vec<u32> = Vec::with_capacity(2 * ranges.len() + 2);
     edges.extend([0, 65536]);
     for (_, r) in ranges {
@@ -281,33 +356,38 @@ fn port_intervals(base: &Bits, ranges: &[(usize, PortRange)]) -> Vec<(u32, u32, 
     closing.sort_unstable();
     let (mut next_open, mut next_close) = (0, 0);
     // How many of the open ranges carry each bit (a rule could be listed twice).
-    let mut open_count: HashMap<usize, u32> = HashMap::default();
-    let mut covering = Bits::new(base.0.len());
+    let mut open_count: Vec<u32> = vec![0; ranges.iter().map(|(bit, _)| bit + 1).max().unwrap_or(0)];
+    let mut covering = Bits(vec![ChunkPool::ZERO; base.0.len()]);
+    // `covering | base`, kept up to date in the chunks an edge changed.
+    let mut bits = base.clone();
+    let mut changed: Vec<usize> = Vec::new();
     let mut intervals: Vec<(u32, u32, Bits)> = Vec::new();
+    const CHUNK_BITS: usize = CHUNK_WORDS * 64;
     for pair in edges.windows(2) {
         let (start, end) = (pair[0], pair[1] - 1);
         while next_close < closing.len() && closing[next_close].0 <= start {
             let bit = closing[next_close].1;
-            let count = open_count.entry(bit).or_default();
+            let count = &mut open_count[bit];
             *count -= 1;
             if *count == 0 {
-                covering.clear(bit);
+                covering.clear(pool, bit);
+                changed.push(bit / CHUNK_BITS);
             }
             next_close += 1;
         }
         while next_open < opening.len() && opening[next_open].0 <= start {
             let bit = opening[next_open].1;
-            *open_count.entry(bit).or_default() += 1;
-            covering.set(bit);
+            open_count[bit] += 1;
+            covering.set(pool, bit);
+            changed.push(bit / CHUNK_BITS);
             next_open += 1;
         }
-        let mut bits = covering.clone();
-        for (word, base_word) in bits.0.iter_mut().zip(&base.0) {
-            *word |= base_word;
+        for c in changed.drain(..) {
+            bits.0[c] = pool.or(covering.0[c], base.0[c]);
         }
         match intervals.last_mut() {
             Some(last) if last.2 == bits => last.1 = end,
-            _ => intervals.push((start, end, bits)),
+            _ => intervals.push((start, end, bits.clone())),
         }
     }
     intervals
@@ -457,7 +537,52 @@ fn uniform_table(vector: u32) -> PortBlock {
 
 /// Compiles the rules of `iface` in direction `dir`.
 pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Compiled, CompileError> {
-    let matchers = matchers(cfg, iface, dir)?;
+    from_matchers(iface, &matchers(cfg, iface, dir)?)
+}
+
+/// The last rule set compiled for each interface and direction, with the rules it was
+/// compiled from. A rule set depends on nothing else, so when an interface's rules in a
+/// direction are the same as last time, the same rule set is returned without compiling
+/// it again: a one-rule change recompiles one direction of the interfaces that use the
+/// rule, not every rule set of the file.
+#[derive(Default)]
+pub struct CompileCache {
+    last: HashMap<(String, Direction), (Vec<Matcher>, Arc<Compiled>)>,
+    /// The entries used since [`CompileCache::keep_used`] last ran.
+    used: HashSet<(String, Direction)>,
+}
+
+impl CompileCache {
+    /// [`compile`], or the rule set compiled last time from the same rules.
+    pub fn compile(
+        &mut self,
+        cfg: &Config,
+        iface: &InterfaceBinding,
+        dir: Direction,
+    ) -> Result<Arc<Compiled>, CompileError> {
+        let matchers = matchers(cfg, iface, dir)?;
+        let key = (iface.name.clone(), dir);
+        self.used.insert(key.clone());
+        if let Some((from, compiled)) = self.last.get(&key)
+            && *from == matchers
+        {
+            return Ok(Arc::clone(compiled));
+        }
+        let compiled = Arc::new(from_matchers(iface, &matchers)?);
+        self.last.insert(key, (matchers, Arc::clone(&compiled)));
+        Ok(compiled)
+    }
+
+    /// Forgets the interfaces and directions not compiled since the last call, so the
+    /// cache holds what the latest rule file compiled to and no more.
+    pub fn keep_used(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.last.retain(|key, _| used.contains(key));
+    }
+}
+
+/// Compiles `matchers`, the rules of `iface` in one direction in bit order.
+fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compiled, CompileError> {
     let words = matchers.len().div_ceil(64);
     if words > MAX_WORDS {
         return Err(CompileError::TooWide { iface: iface.name.clone(), count: matchers.len() });
@@ -501,11 +626,8 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
 
     // Destination port and protocol: rules of any protocol are in every entry.
     let mut any_protocol = Bits::new(words);
-    for (bit, m) in matchers.iter().enumerate() {
-        if m.protocol.is_none() {
-            any_protocol.set(bit);
-        }
-    }
+    let any_bits = matchers.iter().enumerate().filter(|(_, m)| m.protocol.is_none()).map(|(bit, _)| bit);
+    any_protocol.update(&mut table.pool, any_bits, true);
     compiled.port_entries.push(PortEntry { protocol: None, vector: table.intern(any_protocol.clone()) });
     let protocols: BTreeSet<u8> = matchers.iter().filter_map(|m| m.protocol).collect();
     // TCP and UDP destination ports, and ICMP and ICMPv6 keys, go in tables (a protocol
@@ -528,13 +650,11 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
             _ => None,
         };
         if let Some(which) = which {
-            let intervals = port_intervals(&any_protocol, &ranges);
+            let intervals = port_intervals(&any_protocol, &ranges, &mut table.pool);
             tables[which as usize] = port_table(intervals, &mut table, &mut compiled.port_blocks);
         } else {
             let mut bits = any_protocol.clone();
-            for (bit, _) in &ranges {
-                bits.set(*bit);
-            }
+            bits.update(&mut table.pool, ranges.iter().map(|(bit, _)| *bit), true);
             let vector = table.intern(bits);
             compiled.port_entries.push(PortEntry { protocol: Some(protocol), vector });
         }
@@ -544,51 +664,42 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
         compiled.flags |= RULESET_HAS_SOURCE_PORT;
         let mut unconstrained = Bits::new(words);
         let mut ranges = Vec::new();
+        let mut free = Vec::new();
         for (bit, m) in matchers.iter().enumerate() {
             match m.source_ports {
                 Some(r) => ranges.push((bit, r)),
-                None => unconstrained.set(bit),
+                None => free.push(bit),
             }
         }
-        let intervals = port_intervals(&unconstrained, &ranges);
+        unconstrained.update(&mut table.pool, free, true);
+        let intervals = port_intervals(&unconstrained, &ranges, &mut table.pool);
         tables[port_table::SOURCE as usize] = port_table(intervals, &mut table, &mut compiled.port_blocks);
     }
     tables[port_table::PEER_V4 as usize] = peer_v4;
     compiled.port_tables = tables;
-    (compiled.vectors, compiled.chunks) = chunked(table.vectors, words);
+    (compiled.vectors, compiled.chunks) = chunked(&table.vectors, &table.pool);
     Ok(compiled)
 }
 
-/// The vectors (each `words` long) as summaries and rows of chunk numbers, and the
-/// distinct chunks they point to.
-fn chunked(vectors: Vec<Vec<u64>>, words: usize) -> (Vec<RuleVector>, Vec<RuleChunk>) {
+/// The vectors as summaries and rows of chunk numbers, and the chunks they point to:
+/// those of `pool` some vector names, numbered in the order vectors first name them.
+fn chunked(vectors: &[Bits], pool: &ChunkPool) -> (Vec<RuleVector>, Vec<RuleChunk>) {
+    let mut renumbered: Vec<u32> = vec![u32::MAX; pool.chunks.len()];
     let mut chunks: Vec<RuleChunk> = Vec::new();
-    let mut numbers: HashMap<RuleChunk, u32> = HashMap::default();
-    // Vectors come in the order they were made, each mostly its predecessor's words:
-    // comparing a chunk with the one before it in its column skips most hash lookups.
-    let mut previous: Vec<Option<(RuleChunk, u32)>> = vec![None; words.div_ceil(CHUNK_WORDS)];
     let rows = vectors
         .iter()
         .map(|v| {
-            debug_assert_eq!(v.len(), words);
             let mut row = RuleVector::default();
-            for (c, part) in v.chunks(CHUNK_WORDS).enumerate() {
-                if part.iter().any(|w| *w != 0) {
+            for (c, &n) in v.0.iter().enumerate() {
+                if n != ChunkPool::ZERO {
                     row.summary |= 1 << c;
                 }
-                let mut chunk = RuleChunk::default();
-                chunk.words[..part.len()].copy_from_slice(part);
-                row.chunks[c] = match previous[c] {
-                    Some((last, number)) if last == chunk => number,
-                    _ => {
-                        let number = *numbers.entry(chunk).or_insert_with(|| {
-                            chunks.push(chunk);
-                            (chunks.len() - 1) as u32
-                        });
-                        previous[c] = Some((chunk, number));
-                        number
-                    }
-                };
+                let number = &mut renumbered[n as usize];
+                if *number == u32::MAX {
+                    chunks.push(pool.chunks[n as usize]);
+                    *number = (chunks.len() - 1) as u32;
+                }
+                row.chunks[c] = *number;
             }
             row
         })

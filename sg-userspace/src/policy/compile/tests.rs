@@ -236,3 +236,79 @@ fn v4_table_is_a_longest_prefix_match() {
         assert_eq!(lookup(addr), brute(addr), "{addr}");
     }
 }
+
+/// A rule file of `n` ingress rules over varied ports and sources, spread over many
+/// chunks, plus one egress rule.
+fn many_rules(n: usize, first_port: u16) -> String {
+    let mut text = String::from(
+        "[[security_group]]\nid = \"sg-many\"\nmembers = [\"198.18.0.10\"]\n\n  [[security_group.rule]]\n  \
+         direction = \"egress\"\n  protocol = \"udp\"\n  port_range = \"53/53\"\n  destination = \"198.19.0.0/16\"\n",
+    );
+    for i in 0..n {
+        let port = first_port + (i as u16 * 37) % 2000;
+        let (proto, range) = match i % 3 {
+            0 => ("tcp", format!("{port}/{port}")),
+            1 => ("udp", format!("{port}/{}", port + (i as u16 % 300))),
+            _ => ("icmp", String::new()),
+        };
+        let range = if range.is_empty() { String::new() } else { format!("  port_range = \"{range}\"\n") };
+        let (a, b) = (18 + i % 2, (i / 7) % 256);
+        let source = match i % 5 {
+            0 => format!("198.{a}.0.0/16"),
+            1 | 2 => format!("198.{a}.{b}.0/24"),
+            _ => format!("198.{a}.{b}.{}", i % 256),
+        };
+        text += &format!(
+            "\n  [[security_group.rule]]\n  direction = \"ingress\"\n  protocol = \"{proto}\"\n{range}  source = \
+             \"{source}\"\n"
+        );
+    }
+    text + "\n[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-many\"]\n"
+}
+
+/// Vectors are built as rows of interned chunks (and a port sweep interns chunks of
+/// running sets no final vector keeps): the rule set keeps only chunks some vector
+/// names, each once, and each vector's words are what the rules say.
+#[test]
+fn a_large_rule_set_keeps_only_the_chunks_its_vectors_name() {
+    let cfg = parse_str(&many_rules(1500, 1000), "many.toml").unwrap();
+    let c = compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap();
+    let used = c.words().div_ceil(sg_common::CHUNK_WORDS);
+    assert!(used > 2, "spread over several chunks");
+    let named: std::collections::HashSet<u32> = c.vectors.iter().flat_map(|v| v.chunks[..used].to_vec()).collect();
+    assert_eq!(named.len(), c.chunks.len(), "every chunk is named, none twice");
+    let mut distinct = std::collections::HashSet::new();
+    assert!(c.chunks.iter().all(|chunk| distinct.insert(*chunk)));
+    // A TCP packet to port 1000 from 198.18.0.1: the first ingress rule (tcp 1000,
+    // 198.18.0.0/16) decides it.
+    let first = c.rules.iter().find(|r| r.step == step::RULE).unwrap();
+    let s = c.simulate(ip("198.18.0.1"), ip("198.18.0.10"), ip_proto::TCP, 40000, 1000).unwrap();
+    assert_eq!((s.step, s.rule_id), (step::RULE, first.rule_id));
+}
+
+/// The compile cache hands back the very rule set it compiled when an interface's rules
+/// in a direction did not change, and compiles again (to what a plain compile gives)
+/// where they did.
+#[test]
+fn the_cache_compiles_again_only_what_changed() {
+    let before = parse_str(&many_rules(700, 1000), "many.toml").unwrap();
+    let after = parse_str(&many_rules(700, 1001), "many.toml").unwrap();
+    let iface = |cfg: &Config| cfg.interfaces[0].clone();
+    let mut cache = CompileCache::default();
+    let ingress = cache.compile(&before, &iface(&before), Direction::Ingress).unwrap();
+    let egress = cache.compile(&before, &iface(&before), Direction::Egress).unwrap();
+    cache.keep_used();
+    assert!(Arc::ptr_eq(&ingress, &cache.compile(&before, &iface(&before), Direction::Ingress).unwrap()));
+    let changed = cache.compile(&after, &iface(&after), Direction::Ingress).unwrap();
+    assert!(!Arc::ptr_eq(&ingress, &changed));
+    assert_eq!(*changed, compile(&after, &after.interfaces[0], Direction::Ingress).unwrap());
+    assert_ne!(*changed, *ingress);
+    assert!(Arc::ptr_eq(&egress, &cache.compile(&after, &iface(&after), Direction::Egress).unwrap()));
+    // What the latest compile did not ask for is forgotten.
+    cache.keep_used();
+    cache.compile(&after, &iface(&after), Direction::Ingress).unwrap();
+    cache.keep_used();
+    let again = cache.compile(&after, &iface(&after), Direction::Egress).unwrap();
+    assert!(!Arc::ptr_eq(&egress, &again));
+    assert_eq!(*again, *egress);
+}

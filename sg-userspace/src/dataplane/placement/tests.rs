@@ -1,0 +1,188 @@
+use sg_common::CHUNK_WORDS;
+
+use super::*;
+use crate::policy::{
+    compile::compile,
+    config::{Direction, parse_str},
+};
+
+/// `n` ingress rules over varied ports and sources; `moved` moves that rule's port up by
+/// one, `extra` adds one rule from a network no other rule names.
+fn rules(n: usize, moved: Option<usize>, extra: bool) -> Compiled {
+    let mut text = String::from("[[security_group]]\nid = \"sg-a\"\nmembers = [\"198.18.0.10\", \"2001:db8::10\"]\n");
+    for i in 0..n {
+        let port = 1000 + (i * 37) % 3000 + usize::from(moved == Some(i));
+        let (proto, range) = match i % 3 {
+            0 => ("tcp", format!("  port_range = \"{port}/{port}\"\n")),
+            1 => ("udp", format!("  port_range = \"{port}/{}\"\n", port + i % 300)),
+            _ => ("icmp", String::new()),
+        };
+        let source = match i % 6 {
+            0 => format!("198.{}.0.0/16", 18 + i % 2),
+            1 | 2 => format!("198.18.{}.0/24", (i / 7) % 256),
+            3 => format!("2001:db8:{:x}::/48", i % 4096),
+            _ => format!("198.19.{}.{}", (i / 5) % 256, i % 256),
+        };
+        text += &format!(
+            "\n  [[security_group.rule]]\n  direction = \"ingress\"\n  protocol = \"{proto}\"\n{range}  source = \
+             \"{source}\"\n"
+        );
+    }
+    if extra {
+        text += "\n  [[security_group.rule]]\n  direction = \"ingress\"\n  protocol = \"tcp\"\n  port_range = \
+                 \"61000/61010\"\n  source = \"203.0.113.0/25\"\n";
+    }
+    text += "\n[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-a\"]\n";
+    let cfg = parse_str(&text, "a.toml").unwrap();
+    compile(&cfg, &cfg.interfaces[0], Direction::Ingress).unwrap()
+}
+
+const BASES: Bases = Bases { vectors: 1000, chunks: 2000, blocks: 3000 };
+
+/// Ranges a little longer than `c` needs, contents unknown.
+fn fresh(c: &Compiled) -> Contents {
+    let lens =
+        [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
+    Contents::unknown(lens.map(|n| n + n / 8 + 4))
+}
+
+fn handles(c: &Compiled) -> Vec<u32> {
+    (0..c.rules.len() as u32).map(|i| 7 + i).collect()
+}
+
+/// The words of the vector the maps number `at`, read from `image`.
+fn image_words(image: &Contents, at: u32, words: usize) -> Vec<u64> {
+    let v = image.vectors[(at - BASES.vectors) as usize].expect("a written vector");
+    (0..words)
+        .map(|w| {
+            image.chunks[(v.chunks[w / CHUNK_WORDS] - BASES.chunks) as usize].expect("a written chunk").words
+                [w % CHUNK_WORDS]
+        })
+        .collect()
+}
+
+/// Entry `compiled` of `c` and entry `image` of the maps answer alike: the same vector
+/// words, or blocks answering alike entry by entry.
+fn same_answer(c: &Compiled, image: &Contents, compiled: u32, written: u32) {
+    if compiled & PORT_BLOCK_REF != 0 {
+        assert_ne!(written & PORT_BLOCK_REF, 0, "a block stays a block");
+        let a = c.port_blocks[(compiled & !PORT_BLOCK_REF) as usize];
+        let b = image.blocks[((written & !PORT_BLOCK_REF) - BASES.blocks) as usize].expect("a written block");
+        for (x, y) in a.entries.iter().zip(&b.entries) {
+            same_answer(c, image, *x, *y);
+        }
+    } else if compiled & PEER_V6_BOUNDS != 0 {
+        assert_eq!(compiled, written);
+    } else {
+        assert_eq!(c.vector_words(compiled), image_words(image, written, c.words()));
+    }
+}
+
+/// Everything `c` decides, read back through `image` as the kernel would.
+fn check_image(c: &Compiled, image: &Contents, plan: &Plan) {
+    for (t, table) in c.port_tables.iter().enumerate() {
+        let written = image.tables[t].expect("a written table");
+        for (x, y) in table.entries.iter().zip(&written.entries) {
+            same_answer(c, image, *x, *y);
+        }
+    }
+    for (i, bound) in c.peer_v6.iter().enumerate() {
+        let written = image.peer_v6[i].expect("a written bound");
+        assert_eq!(written.start, bound.start);
+        assert_eq!(c.vector_words(bound.vector), image_words(image, written.vector, c.words()));
+    }
+    same_answer(c, image, c.peer_v6_root, plan.peer_v6_root);
+    for (i, info) in c.rules.iter().enumerate() {
+        assert_eq!(image.rules[i], Some(RuleInfo { rule_id: handles(c)[i], ..*info }));
+    }
+    for (i, at) in plan.vector_at.iter().enumerate() {
+        assert_eq!(c.vector_words(i as u32), image_words(image, BASES.vectors + at, c.words()));
+    }
+}
+
+/// Plans `c` over `image` and records the writes in it.
+fn write(c: &Compiled, image: &mut Contents) -> Plan {
+    let plan = plan(c, &handles(c), image, BASES).expect("fits");
+    image.record(&plan);
+    check_image(c, image, &plan);
+    plan
+}
+
+#[test]
+fn equal_items_stay_where_they_are_and_new_ones_take_free_places() {
+    let slots = [Some('a'), Some('b'), None, Some('c'), Some('b')];
+    // 'b' twice in the slots: one item takes one of them.
+    assert_eq!(place(&['c', 'b', 'x'], &slots), Some(vec![3, 1, 2]));
+    // A new item's own index first when it is free, else the lowest free one.
+    assert_eq!(place(&['x', 'y', 'a'], &slots), Some(vec![1, 2, 0]));
+    assert_eq!(place(&['a'; 6], &slots), None, "a range shorter than the items");
+}
+
+#[test]
+fn unknown_contents_are_written_whole_and_known_ones_not_again() {
+    let c = rules(1500, None, false);
+    let mut image = fresh(&c);
+    let first = write(&c, &mut image);
+    let whole =
+        c.vectors.len() + c.chunks.len() + c.peer_v6.len() + c.rules.len() + c.port_tables.len() + c.port_blocks.len();
+    assert_eq!(first.entries(), whole);
+    assert!(c.words() > 2 * CHUNK_WORDS, "several chunks a vector");
+    let again = write(&c, &mut image);
+    assert_eq!(again.entries(), 0, "{again:?}");
+}
+
+/// A one-rule change over the contents of the set before it writes a few entries, and
+/// a sequence of changes, each over the contents two sets back (as the enforcer
+/// alternates ranges), always reads back as the set compiled.
+#[test]
+fn a_one_rule_change_writes_only_what_changed() {
+    let base = rules(1500, None, false);
+    let mut image = fresh(&base);
+    let whole = write(&base, &mut image).entries();
+    let moved = rules(1500, Some(3), false);
+    let changed = write(&moved, &mut image);
+    assert!(changed.entries() > 0);
+    assert!(changed.entries() * 20 < whole, "{} of {whole} entries", changed.entries());
+    // A rule added at the end, from a network no other rule names: new peer-table
+    // blocks (the blocks after them shift in the compiled set, not in the maps), and the
+    // pseudo-rules after the user rules move one bit, which changes every vector's last
+    // chunk; most port and peer blocks stay.
+    let grown = rules(1500, Some(3), true);
+    let added = write(&grown, &mut image);
+    assert!(
+        added.blocks.len() * 4 < grown.port_blocks.len(),
+        "{} of {} blocks",
+        added.blocks.len(),
+        grown.port_blocks.len()
+    );
+    assert!(added.entries() < whole);
+
+    let sets =
+        [base, moved, grown, rules(1500, Some(700), true), rules(1499, None, false), rules(1500, Some(9), false)];
+    let mut ranges = [fresh(&sets[0]), fresh(&sets[0])];
+    for (i, c) in sets.iter().enumerate() {
+        write(c, &mut ranges[i % 2]);
+    }
+}
+
+#[test]
+fn a_set_larger_than_its_ranges_does_not_fit() {
+    let small = rules(200, None, false);
+    let large = rules(1500, None, false);
+    let image = fresh(&small);
+    assert!(plan(&large, &handles(&large), &image, BASES).is_none());
+}
+
+#[test]
+fn children_come_before_their_parents() {
+    // 0 -> {2, 3}, 3 -> {1}
+    let children = |i: usize| match i {
+        0 => vec![2, 3],
+        3 => vec![1],
+        _ => vec![],
+    };
+    let order = children_first(4, children);
+    let at = |n: usize| order.iter().position(|&x| x == n).unwrap();
+    assert_eq!(order.len(), 4);
+    assert!(at(2) < at(0) && at(3) < at(0) && at(1) < at(3));
+}
