@@ -186,7 +186,11 @@ fn rule_counters_follow_real_traffic_and_survive_an_apply_that_keeps_the_rule() 
     assert_eq!(maps["sessions"]["used"], 5, "{status}");
     assert_eq!(maps["sessions"]["capacity"], 262_144, "{status}");
     assert_eq!(maps["rule_handles"]["used"], status["rules"], "one handle a rule: {status}");
-    assert_eq!(maps["rule_info"]["used"], status["rules"], "{status}");
+    // Rule info is taken in ranges with a little room beyond each set's rules
+    // (`capacity::with_slack`: 4 + 1/32 more), so the next set fits them.
+    let in_force = status["rules"].as_u64().unwrap();
+    let rule_info = maps["rule_info"]["used"].as_u64().unwrap();
+    assert!(rule_info >= in_force && rule_info <= in_force + in_force / 32 + 2 * 4, "{status}");
     assert!(maps["rule_vectors"]["used"].as_u64().unwrap() > 0, "{status}");
     // Every rule set has at least the IPv6 bound at `::`: two rule sets, two bounds.
     assert!(maps["ipv6_peer_bounds"]["used"].as_u64().unwrap() >= 2, "{status}");

@@ -926,8 +926,24 @@ impl Enforcer {
 
     /// Writes one compiled rule set into free space, over `spare` when the set fits its
     /// ranges (only the entries that differ are written); live rule sets are not
-    /// touched. Returns it and the entries written.
+    /// touched. Returns it and the entries written. A spare it does not use, or that it
+    /// fails before using, goes back to free space.
     fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>, spare: Option<Spare>) -> Result<(Installed, usize)> {
+        let mut spare = spare;
+        let result = self.install_over(c, keys, &mut spare);
+        if let Some(unused) = spare {
+            give_all(&mut self.arrays(), unused.ranges);
+        }
+        result
+    }
+
+    /// [`Enforcer::install`]; takes `spare` out of its option when it writes over it.
+    fn install_over(
+        &mut self,
+        c: &Compiled,
+        keys: Vec<HandleKey>,
+        spare: &mut Option<Spare>,
+    ) -> Result<(Installed, usize)> {
         let mut handles = Vec::with_capacity(keys.len());
         // Handles new to a rule start their counters at zero (all in one batch).
         let mut new_handles = Vec::new();
@@ -957,11 +973,11 @@ impl Enforcer {
         let counts =
             [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
         let fits = |s: &Spare| counts.iter().zip(&s.ranges).all(|(n, r)| *n <= r.len());
-        let (space, contents) = match spare {
-            Some(spare) if fits(&spare) => (spare.ranges, spare.contents),
-            other => {
-                if let Some(spare) = other {
-                    give_all(&mut self.arrays(), spare.ranges);
+        let (space, contents) = match spare.take_if(|s| fits(s)) {
+            Some(spare) => (spare.ranges, spare.contents),
+            None => {
+                if let Some(small) = spare.take() {
+                    give_all(&mut self.arrays(), small.ranges);
                 }
                 // Every set has the same number of first-level tables: no slack there.
                 let mut want = counts.map(with_slack);
