@@ -128,7 +128,25 @@ fn apply_switches_a_running_agent_and_a_bad_file_changes_nothing() {
     assert_eq!(reply["applied"]["generation"], generation, "no new generation: {reply}");
     let said = text(&sgctl(&inst, &["apply", first.to_str().unwrap()]).stdout);
     assert!(said.contains("2 of 2 rule sets unchanged"), "{said}");
+    assert!(said.contains("(same)"), "read as the text before: {said}");
     assert_eq!(open_ports(&out), (true, false), "the rules still enforce");
+
+    // The same file edited in one rule: the agent reads that rule alone, and the edit is
+    // in force; then edited back.
+    for (port, open) in [(9090, (false, true)), (8080, (true, false))] {
+        write("apply-8080.toml", &rules(port));
+        let edited = sgctl(&inst, &["apply", "--json", first.to_str().unwrap()]);
+        let reply: serde_json::Value = serde_json::from_slice(&edited.stdout).unwrap();
+        assert_eq!(reply["applied"]["read"], "one rule", "{reply}");
+        assert_eq!(reply["applied"]["unchanged"], 1, "the egress set is kept: {reply}");
+        assert_eq!(open_ports(&out), open, "port {port} after the edit");
+    }
+    // An invalid edit of that rule is refused with the whole read's errors.
+    write("apply-8080.toml", &rules(8080).replace("8080/8080", "8080/80"));
+    let refused = sgctl(&inst, &["apply", first.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(text(&refused.stderr).contains(&format!("{}:9:", first.display())), "{refused:?}");
+    assert_eq!(open_ports(&out), (true, false), "the old rules still enforce");
 }
 
 #[test]

@@ -72,6 +72,10 @@ pub struct ApplyView {
     /// validates before sending it). On a large file this is the biggest part.
     #[serde(default)]
     pub parse_ms: f64,
+    /// How the file was read: `whole`, `one rule` (the text differs from the one read
+    /// before only inside one rule's table, which alone was read again) or `same`.
+    #[serde(default)]
+    pub read: String,
     pub compile_ms: f64,
     /// Writing the new rule sets beside the old ones and switching to them.
     pub switch_ms: f64,

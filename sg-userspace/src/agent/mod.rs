@@ -130,8 +130,10 @@ fn starting_rules(opts: &RunOptions, runtime: &tokio::runtime::Runtime) -> Resul
 pub fn run(opts: &RunOptions) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (path, text) = starting_rules(opts, &runtime)?;
-    let cfg = crate::policy::config::parse_str(&text, &path)
-        .map_err(|errors| anyhow::anyhow!("{errors}\n{path}: invalid, nothing applied"))?;
+    // Kept for every later apply: an edit of one rule is then read alone.
+    let mut reader = crate::policy::config::Reader::default();
+    let cfg =
+        reader.read(&text, &path).map_err(|errors| anyhow::anyhow!("{errors}\n{path}: invalid, nothing applied"))?;
     // The socket first: a second agent in this namespace stops here, before touching
     // anything the first one runs.
     let socket = opts.socket.clone().unwrap_or_else(api::default_socket);
@@ -140,7 +142,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         serve::bind_socket(&socket)?
     };
     let mut bound = SocketGuard(socket.clone());
-    let (mut live, start) = Live::start(opts, &cfg, &path, &text)?;
+    let (mut live, start) = Live::start(opts, cfg, &path, &text)?;
     paths::write_pid_file_at(&paths::agent_pid_file())?;
     for name in live.names() {
         paths::write_pid_file(&name)?;
@@ -175,7 +177,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let observer = {
         let _in_runtime = runtime.enter();
         let mut observer = observe::Observer::new(&opts.events)?;
-        observer.refresh(&mut live)?;
+        observer.refresh(&mut live, &mut reader)?;
         observer
     };
     info!(
@@ -185,7 +187,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         live.now.generation.id,
         socket.display()
     );
-    let result = runtime.block_on(serve::serve(opts, &mut live, listener, observer, text));
+    let result = runtime.block_on(serve::serve(opts, &mut live, listener, observer, reader, text));
     bound.remove();
     let saved = live.save();
     for name in live.names() {

@@ -26,7 +26,7 @@ use crate::{
         counters::{HookCounters, counters_of, iface_hook_counters, rule_counters},
         events::{decode_event, event_ring, set_event_limits},
     },
-    policy::config::parse_str,
+    policy::config::Reader,
 };
 
 /// Events kept for `sgctl log` without `--follow`.
@@ -105,9 +105,10 @@ impl Observer {
 
     /// After the agent started or applied: the names of the rules and interfaces in
     /// force, the rate limit written, and the ring of the generation in force opened.
-    pub fn refresh(&mut self, live: &mut Live) -> anyhow::Result<()> {
+    /// `reader` reads the rule file in force (usually the text it read last).
+    pub fn refresh(&mut self, live: &mut Live, reader: &mut Reader) -> anyhow::Result<()> {
         self.names.clear();
-        if let Ok(cfg) = parse_str(&live.config_text, &live.config_path) {
+        if let Ok(cfg) = reader.read(&live.config_text, &live.config_path) {
             for rule in cfg.rules() {
                 self.names.insert(
                     rule.id,

@@ -33,7 +33,7 @@ use super::{
 use crate::{
     control::gc::gc_period,
     dataplane::counters::{counter_line, counters_of},
-    policy::config::parse_str,
+    policy::config::{ReadKind, Reader},
 };
 
 /// How long the rule file must stay unchanged before `--watch` applies it.
@@ -54,6 +54,8 @@ struct Rollback {
 struct Agent<'a> {
     opts: &'a RunOptions,
     live: &'a mut Live,
+    /// The rule files' reader, which reads an edit of one rule alone.
+    reader: Reader,
     rollback: Option<Rollback>,
     /// The fleet store's state, in fleet mode.
     store: Option<Arc<Mutex<StoreStatus>>>,
@@ -88,11 +90,13 @@ impl Agent<'_> {
     /// Validates `text` and applies it: the rules, and the interfaces it names.
     fn apply_text(&mut self, path: &str, text: &str) -> Result<ApplyView, ApplyError> {
         let parse_started = std::time::Instant::now();
-        let cfg = parse_str(text, path)
+        let cfg = self
+            .reader
+            .read(text, path)
             .map_err(|errors| ApplyError::Invalid(errors.errors.iter().map(ToString::to_string).collect()))?;
         let parse_time = parse_started.elapsed();
         let rules_before = self.live.now.rules;
-        let applied = self.live.apply(&cfg, path, text).map_err(|e| ApplyError::Refused(one_line(&e)))?;
+        let applied = self.live.apply(cfg, path, text).map_err(|e| ApplyError::Refused(one_line(&e)))?;
         let report = &applied.report;
         let view = ApplyView {
             config: path.to_string(),
@@ -103,6 +107,7 @@ impl Agent<'_> {
             rule_sets: report.rule_sets,
             unchanged: report.unchanged,
             parse_ms: parse_time.as_secs_f64() * 1e3,
+            read: self.reader.last_kind().map(ReadKind::describe).unwrap_or_default().to_string(),
             compile_ms: report.compile_time.as_secs_f64() * 1e3,
             switch_ms: report.write_time.as_secs_f64() * 1e3,
             entries_written: report.entries_written,
@@ -114,14 +119,16 @@ impl Agent<'_> {
             detached: applied.detached.clone(),
         };
         info!(
-            "applied {path}: generation {}, {} rules (was {}; {} of {} rule sets unchanged; read {:.1} ms, compile \
-             {:.1} ms, write and switch {:.1} ms ({} entries written); old rules removed in {:.1} ms after the switch)",
+            "applied {path}: generation {}, {} rules (was {}; {} of {} rule sets unchanged; read {:.1} ms ({}), \
+             compile {:.1} ms, write and switch {:.1} ms ({} entries written); old rules removed in {:.1} ms after \
+             the switch)",
             view.generation,
             view.rules_after,
             view.rules_before,
             view.unchanged,
             view.rule_sets,
             view.parse_ms,
+            view.read,
             view.compile_ms,
             view.switch_ms,
             view.entries_written,
@@ -379,8 +386,8 @@ async fn write_line(stream: &mut UnixStream, line: &str) -> std::io::Result<()> 
 }
 
 /// After the rules may have changed: the observer names events with the rules in force.
-fn refresh(observer: &mut Observer, live: &mut Live) {
-    if let Err(e) = observer.refresh(live) {
+fn refresh(observer: &mut Observer, live: &mut Live, reader: &mut Reader) {
+    if let Err(e) = observer.refresh(live, reader) {
         warn!("the verdict events: {e:#}");
     }
 }
@@ -397,6 +404,7 @@ pub(super) async fn serve(
     live: &mut Live,
     listener: UnixListener,
     mut observer: Observer,
+    reader: Reader,
     applied_text: String,
 ) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -415,7 +423,7 @@ pub(super) async fn serve(
         }
         None => (None, None),
     };
-    let mut agent = Agent { opts, live, rollback: None, store };
+    let mut agent = Agent { opts, live, reader, rollback: None, store };
     let metrics_listener = match opts.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -440,7 +448,7 @@ pub(super) async fn serve(
             _ = sigterm.recv() => return Ok(()),
             _ = sighup.recv() => {
                 agent.reload("reload on SIGHUP");
-                refresh(&mut observer, agent.live);
+                refresh(&mut observer, agent.live, &mut agent.reader);
                 applied_stamp = stamp(&config);
                 gc = tokio::time::interval(gc_period(agent.live.now.enforcer.timeouts()));
             }
@@ -487,7 +495,7 @@ pub(super) async fn serve(
                             figures.applies += 1;
                             figures.last_apply_s = view.duration_s();
                         }
-                        refresh(&mut observer, agent.live);
+                        refresh(&mut observer, agent.live, &mut agent.reader);
                         reply
                     }
                     Err(reply) => reply,
@@ -497,7 +505,7 @@ pub(super) async fn serve(
             }
             _ = tokio::time::sleep_until(rollback_at.unwrap_or_else(tokio::time::Instant::now)), if rollback_at.is_some() => {
                 agent.roll_back();
-                refresh(&mut observer, agent.live);
+                refresh(&mut observer, agent.live, &mut agent.reader);
             }
             _ = watch.tick(), if opts.watch => {
                 let now = stamp(&config);
@@ -508,7 +516,7 @@ pub(super) async fn serve(
                             pending = None;
                             applied_stamp = Some(s);
                             agent.reload("change of the rule file");
-                            refresh(&mut observer, agent.live);
+                            refresh(&mut observer, agent.live, &mut agent.reader);
                         }
                     }
                     (Some(s), _) => pending = Some((s, Instant::now())),
@@ -531,7 +539,7 @@ pub(super) async fn serve(
                         }
                     }
                 }
-                refresh(&mut observer, agent.live);
+                refresh(&mut observer, agent.live, &mut agent.reader);
                 gc = tokio::time::interval(gc_period(agent.live.now.enforcer.timeouts()));
             }
             _ = gc.tick() => {

@@ -85,7 +85,7 @@ fn show(reply: &Reply, json: bool) -> ExitCode {
         }
         if let Some(a) = &reply.applied {
             println!(
-                "applied {}: generation {} on {}, {} rules (was {}), {} of {} rule sets unchanged, read {:.1} ms, \
+                "applied {}: generation {} on {}, {} rules (was {}), {} of {} rule sets unchanged, read {:.1} ms ({}), \
                  compile {:.1} ms, write and switch {:.1} ms ({} entries), old rules removed in {:.1} ms",
                 a.config,
                 a.generation,
@@ -95,6 +95,7 @@ fn show(reply: &Reply, json: bool) -> ExitCode {
                 a.unchanged,
                 a.rule_sets,
                 a.parse_ms,
+                a.read,
                 a.compile_ms,
                 a.switch_ms,
                 a.entries_written,

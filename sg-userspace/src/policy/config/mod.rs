@@ -8,6 +8,7 @@
 //! that fails validation changes nothing" easy to keep.
 
 mod error;
+mod reread;
 mod tree;
 mod validate;
 mod values;
@@ -24,6 +25,7 @@ use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use reread::{ReadKind, Reader};
 
 /// At most this many groups on one interface (the provider's limit).
 pub const MAX_GROUPS_PER_INTERFACE: usize = 10;

@@ -64,6 +64,13 @@ const DESTINATION_FIELDS: [&str; 3] = ["destination", "destination_group", "dest
 const MAX_INTERFACE_NAME_BYTES: usize = 15;
 
 pub(crate) fn validate(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    validate_with_scope(text, file).map(|(config, _)| config)
+}
+
+/// [`validate`], also returning what resolving the file's rules needed (its groups' and
+/// prefix lists' ids and kinds), so one rule can later be read again on its own
+/// ([`revalidate_rule`]).
+pub(crate) fn validate_with_scope(text: &str, file: &str) -> Result<(Config, Scope), ConfigErrors> {
     let mut diag = Diagnostics::new(file, text);
     let root = match tree::parse(text) {
         Ok(root) => root,
@@ -72,11 +79,58 @@ pub(crate) fn validate(text: &str, file: &str) -> Result<Config, ConfigErrors> {
             return Err(diag.into_errors());
         }
     };
-    let config = Builder::new(&mut diag).build(&root, &(0..text.len()));
+    let mut builder = Builder::new(&mut diag);
+    let config = builder.build(&root, &(0..text.len()));
+    let scope = builder.into_scope();
     match config {
-        Ok(config) if !diag.has_errors() => Ok(config),
+        Ok(config) if !diag.has_errors() => Ok((config, scope)),
         _ => Err(diag.into_errors()),
     }
+}
+
+/// The ids and kinds of a valid file's groups and prefix lists: what reading one of its
+/// rules consults besides the groups themselves.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    group_kinds: Vec<Option<GroupKind>>,
+    group_ids: HashMap<String, Definition>,
+    list_families: Vec<Option<Family>>,
+    list_ids: HashMap<String, Definition>,
+    /// Per group: whether a rule was left out as an exact duplicate of an earlier one.
+    /// Changing either could bring the other back, so such a group is read whole again.
+    pub(crate) collapsed: Vec<bool>,
+}
+
+/// Reads `text`, a TOML document holding exactly one `[[security_group.rule]]` table, as
+/// rule `position` of group `group_index` of `config` (the file `scope` came from).
+/// `None` when the rule is invalid or the text holds anything else: the caller then
+/// reads the whole file, which reports the problems with their positions.
+pub(crate) fn revalidate_rule(
+    scope: &mut Scope,
+    config: &mut Config,
+    file: &str,
+    text: &str,
+    group_index: usize,
+    position: usize,
+) -> Option<Rule> {
+    let mut diag = Diagnostics::new(file, text);
+    let root = tree::parse(text).ok()?;
+    let mut builder = Builder::new(&mut diag);
+    builder.groups = std::mem::take(&mut config.groups);
+    builder.lists = std::mem::take(&mut config.prefix_lists);
+    builder.group_kinds = std::mem::take(&mut scope.group_kinds);
+    builder.group_ids = std::mem::take(&mut scope.group_ids);
+    builder.list_families = std::mem::take(&mut scope.list_families);
+    builder.list_ids = std::mem::take(&mut scope.list_ids);
+    let rule = builder.lone_rule(&root, text.len(), group_index, position);
+    config.groups = std::mem::take(&mut builder.groups);
+    config.prefix_lists = std::mem::take(&mut builder.lists);
+    scope.group_kinds = std::mem::take(&mut builder.group_kinds);
+    scope.group_ids = std::mem::take(&mut builder.group_ids);
+    scope.list_families = std::mem::take(&mut builder.list_families);
+    scope.list_ids = std::mem::take(&mut builder.list_ids);
+    drop(builder);
+    rule.filter(|_| !diag.has_errors())
 }
 
 /// Validation state: what has been read so far, for resolving references.
@@ -91,6 +145,7 @@ struct Builder<'d, 't> {
     lists: Vec<PrefixList>,
     list_families: Vec<Option<Family>>,
     list_ids: HashMap<String, Definition>,
+    collapsed: Vec<bool>,
 }
 
 /// Where an id was first defined.
@@ -110,10 +165,38 @@ impl<'d, 't> Builder<'d, 't> {
             lists: Vec::new(),
             list_families: Vec::new(),
             list_ids: HashMap::new(),
+            collapsed: Vec::new(),
         }
     }
 
-    fn build(mut self, root: &Located, whole_file: &Span) -> Checked<Config> {
+    fn into_scope(self) -> Scope {
+        Scope {
+            group_kinds: self.group_kinds,
+            group_ids: self.group_ids,
+            list_families: self.list_families,
+            list_ids: self.list_ids,
+            collapsed: self.collapsed,
+        }
+    }
+
+    /// The one rule of a document written as `[[security_group.rule]]` and its fields
+    /// only; `None` when the document holds anything else, or the rule is invalid.
+    fn lone_rule(&mut self, root: &Located, len: usize, group_index: usize, position: usize) -> Option<Rule> {
+        let root = Table::open(self.diag, root, String::new(), &(0..len), &["security_group"]).ok()?;
+        // Alone, `[[security_group.rule]]` makes `security_group` a table, not an array.
+        let field = root.get("security_group")?;
+        let group = Table::open(self.diag, field.value, field.path, &field.span, &["rule"]).ok()?;
+        let rules = group.tables(self.diag, "rule", RULE_FIELDS);
+        let [rule] = rules.as_slice() else { return None };
+        if self.diag.has_errors() {
+            return None;
+        }
+        self.read_rule(group_index, position, rule).ok()
+    }
+
+    /// Reads the whole document; the groups, lists and interfaces move into the
+    /// `Config`, the rest stays for [`Builder::into_scope`].
+    fn build(&mut self, root: &Located, whole_file: &Span) -> Checked<Config> {
         let root = Table::open(self.diag, root, String::new(), whole_file, ROOT_FIELDS)?;
         let group_tables = root.tables(self.diag, "security_group", GROUP_FIELDS);
         let list_tables = root.tables(self.diag, "prefix_list", LIST_FIELDS);
@@ -131,6 +214,7 @@ impl<'d, 't> Builder<'d, 't> {
             self.groups[group_index].rules = self.read_rules(group_index, &rule_tables);
         }
         assign_rule_ids(&mut self.groups);
+        self.collapsed.resize(self.groups.len(), false);
         let interfaces = self.read_interfaces(&interface_tables);
         // An instance's addresses are members of its interface's groups.
         for binding in &interfaces {
@@ -146,7 +230,9 @@ impl<'d, 't> Builder<'d, 't> {
             Some(field) => self.read_sessions(field)?,
             None => SessionSettings::default(),
         };
-        Ok(Config { groups: self.groups, prefix_lists: self.lists, interfaces, sessions })
+        let groups = std::mem::take(&mut self.groups);
+        let prefix_lists = std::mem::take(&mut self.lists);
+        Ok(Config { groups, prefix_lists, interfaces, sessions })
     }
 
     // ----- generic field readers -----
@@ -306,10 +392,13 @@ impl<'d, 't> Builder<'d, 't> {
         let mut rules = Vec::new();
         let mut seen = HashSet::new();
         for (position, table) in tables.iter().enumerate() {
-            if let Ok(rule) = self.read_rule(group_index, position + 1, table)
-                && seen.insert(RuleKey::of(&rule))
-            {
-                rules.push(rule);
+            if let Ok(rule) = self.read_rule(group_index, position + 1, table) {
+                if seen.insert(RuleKey::of(&rule)) {
+                    rules.push(rule);
+                } else {
+                    self.collapsed.resize(self.groups.len(), false);
+                    self.collapsed[group_index] = true;
+                }
             }
         }
         rules
@@ -959,6 +1048,12 @@ fn assign_rule_ids(groups: &mut [SecurityGroup]) {
     for (id, rule) in (1..).zip(rules) {
         rule.id = id;
     }
+}
+
+/// Whether two rules of one group are the same rule, so that the validator keeps only the
+/// first of them.
+pub(crate) fn same_rule(a: &Rule, b: &Rule) -> bool {
+    RuleKey::of(a) == RuleKey::of(b)
 }
 
 /// What makes two rules of one group the same rule: everything but the description
