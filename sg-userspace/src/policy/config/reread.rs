@@ -15,8 +15,8 @@
 //! `[security_group.rule.x]` headers). The text between them is then a table of its own.
 //! What validating that table depends on besides itself (the groups' and prefix lists'
 //! ids and kinds) is kept from the whole read ([`Scope`]), and the checks spanning
-//! rules are made again here or refused: a rule equal to another of its group (the
-//! validator keeps only the first), one whose group had such a duplicate, and one that
+//! rules are made again here or refused: a rule made equal to another of its group (the
+//! validator keeps only the first), one that had a duplicate left out, and one that
 //! changes direction (the interfaces' rule counts) go back to a whole read. Anything the
 //! one-table read does not accept (an error, a header in the changed text, a multi-line
 //! string) is read whole too, so errors are always reported as a whole read reports them.
@@ -142,10 +142,11 @@ fn read_one_rule(last: &mut Last, text: &str) -> bool {
     }
     let line = 1 + count_newlines(&old[..header]);
     let Some((group, index)) = find_rule(&last.config, line) else { return false };
-    if last.scope.collapsed.get(group).copied().unwrap_or(true) {
+    let previous = &last.config.groups[group].rules[index];
+    let Some(dropped) = last.scope.dropped.get(group) else { return false };
+    if dropped.iter().any(|d| validate::same_rule(d, previous)) {
         return false;
     }
-    let previous = &last.config.groups[group].rules[index];
     let position = previous.index_in_group;
     let Some(mut rule) =
         validate::revalidate_rule(&mut last.scope, &mut last.config, &last.file, new_table, group, position)

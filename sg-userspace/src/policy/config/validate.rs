@@ -96,9 +96,9 @@ pub(crate) struct Scope {
     group_ids: HashMap<String, Definition>,
     list_families: Vec<Option<Family>>,
     list_ids: HashMap<String, Definition>,
-    /// Per group: whether a rule was left out as an exact duplicate of an earlier one.
-    /// Changing either could bring the other back, so such a group is read whole again.
-    pub(crate) collapsed: Vec<bool>,
+    /// Per group: the rules left out as exact duplicates of earlier ones. Changing the
+    /// rule one duplicates would bring it back, so such a change is read whole again.
+    pub(crate) dropped: Vec<Vec<Rule>>,
 }
 
 /// Reads `text`, a TOML document holding exactly one `[[security_group.rule]]` table, as
@@ -145,7 +145,7 @@ struct Builder<'d, 't> {
     lists: Vec<PrefixList>,
     list_families: Vec<Option<Family>>,
     list_ids: HashMap<String, Definition>,
-    collapsed: Vec<bool>,
+    dropped: Vec<Vec<Rule>>,
 }
 
 /// Where an id was first defined.
@@ -165,7 +165,7 @@ impl<'d, 't> Builder<'d, 't> {
             lists: Vec::new(),
             list_families: Vec::new(),
             list_ids: HashMap::new(),
-            collapsed: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -175,7 +175,7 @@ impl<'d, 't> Builder<'d, 't> {
             group_ids: self.group_ids,
             list_families: self.list_families,
             list_ids: self.list_ids,
-            collapsed: self.collapsed,
+            dropped: self.dropped,
         }
     }
 
@@ -214,7 +214,7 @@ impl<'d, 't> Builder<'d, 't> {
             self.groups[group_index].rules = self.read_rules(group_index, &rule_tables);
         }
         assign_rule_ids(&mut self.groups);
-        self.collapsed.resize(self.groups.len(), false);
+        self.dropped.resize(self.groups.len(), Vec::new());
         let interfaces = self.read_interfaces(&interface_tables);
         // An instance's addresses are members of its interface's groups.
         for binding in &interfaces {
@@ -396,8 +396,8 @@ impl<'d, 't> Builder<'d, 't> {
                 if seen.insert(RuleKey::of(&rule)) {
                     rules.push(rule);
                 } else {
-                    self.collapsed.resize(self.groups.len(), false);
-                    self.collapsed[group_index] = true;
+                    self.dropped.resize(self.groups.len(), Vec::new());
+                    self.dropped[group_index].push(rule);
                 }
             }
         }

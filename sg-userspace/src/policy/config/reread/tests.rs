@@ -234,3 +234,23 @@ fn a_long_edit_sequence_agrees_and_mostly_reads_one_rule() {
     // Valid edits that do not read as one rule touch a header (or repeat a rule).
     assert!(valid * 4 >= steps && one_rule * 3 >= valid * 2, "{one_rule} of {valid} valid edits read as one rule");
 }
+
+#[test]
+fn a_rule_left_out_as_a_duplicate_comes_back_when_the_rule_it_repeats_changes() {
+    // Rule 1 repeated at the end (another description): the validator keeps the first.
+    let mut text = file(6);
+    let repeat = "  [[security_group.rule]] # again\n  direction = \"ingress\"\n  protocol = \"tcp\"\n  \
+                  port_range = \"1001/1001\"\n  priority = 2\n  source_prefix_list = \"pl-1\"\n  description = \"again\"\n\n";
+    text = replace_nth(&text, "[[interface]]", &format!("{repeat}[[interface]]"), 0);
+    let mut reader = Reader::default();
+    agree(&mut reader, &text);
+    let rules = parse_str(&text, FILE).expect("valid").groups[1].rules.len();
+    assert_eq!(rules, 6, "the repeat is left out");
+    // Another rule of that group: read alone.
+    let other = replace_nth(&text, "1004/1004", "4/4", 0);
+    assert_eq!(agree(&mut reader, &other), Some(ReadKind::OneRule));
+    // The repeated rule: the repeat comes back, which only a whole read sees.
+    let changed = replace_nth(&other, "1001/1001", "1/1", 0);
+    assert_eq!(agree(&mut reader, &changed), Some(ReadKind::Whole));
+    assert_eq!(reader.read(&changed, FILE).expect("valid").groups[1].rules.len(), 7);
+}
