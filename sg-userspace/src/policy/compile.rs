@@ -540,16 +540,28 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
     from_matchers(iface, &matchers(cfg, iface, dir)?)
 }
 
+/// A rule set the cache holds: what it was compiled from, and how many of its entries
+/// nothing may refer to ([`incremental`]).
+struct Last {
+    from: Vec<Matcher>,
+    compiled: Arc<Compiled>,
+    garbage: usize,
+}
+
 /// The last rule set compiled for each interface and direction, with the rules it was
 /// compiled from. A rule set depends on nothing else, so when an interface's rules in a
 /// direction are the same as last time, the same rule set is returned without compiling
 /// it again: a one-rule change recompiles one direction of the interfaces that use the
-/// rule, not every rule set of the file.
+/// rule, not every rule set of the file; and when only that rule's ports, protocol or
+/// decision changed, the direction is compiled from its last rule set
+/// ([`incremental`]).
 #[derive(Default)]
 pub struct CompileCache {
-    last: HashMap<(String, Direction), (Vec<Matcher>, Arc<Compiled>)>,
+    last: HashMap<(String, Direction), Last>,
     /// The entries used since [`CompileCache::keep_used`] last ran.
     used: HashSet<(String, Direction)>,
+    /// Rule sets compiled from the one before ([`incremental`]), for tests.
+    pub(crate) recompiled: usize,
 }
 
 impl CompileCache {
@@ -563,13 +575,26 @@ impl CompileCache {
         let matchers = matchers(cfg, iface, dir)?;
         let key = (iface.name.clone(), dir);
         self.used.insert(key.clone());
-        if let Some((from, compiled)) = self.last.get(&key)
-            && *from == matchers
-        {
-            return Ok(Arc::clone(compiled));
+        let mut again = None;
+        let mut garbage = 0;
+        if let Some(last) = self.last.get(&key) {
+            if last.from == matchers {
+                return Ok(Arc::clone(&last.compiled));
+            }
+            garbage = last.garbage;
+            again = incremental::recompile(&last.compiled, &last.from, &matchers, &mut garbage);
         }
-        let compiled = Arc::new(from_matchers(iface, &matchers)?);
-        self.last.insert(key, (matchers, Arc::clone(&compiled)));
+        let compiled = Arc::new(match again {
+            Some(compiled) => {
+                self.recompiled += 1;
+                compiled
+            }
+            None => {
+                garbage = 0;
+                from_matchers(iface, &matchers)?
+            }
+        });
+        self.last.insert(key, Last { from: matchers, compiled: Arc::clone(&compiled), garbage });
         Ok(compiled)
     }
 
@@ -810,6 +835,7 @@ impl Compiled {
     }
 }
 
+mod incremental;
 mod peer_v6;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,309 @@
+//! Compiling again after one rule's ports, protocol or action changed, from the rule
+//! set compiled before rather than from every rule.
+//!
+//! A rule keeps its bit when its rank does not move, and then every vector of the new
+//! set is a vector of the old one with that bit set or cleared where the rule's match
+//! changed. When the rule's peers, local address and source ports are as before, only
+//! the destination-port tables of its old and new protocol can change: each is expanded
+//! to its 65,536 entries, the entries whose ports the rule now matches differently get
+//! their vector with the bit flipped (interned, so equal vectors stay one), and the table
+//! is cut into blocks again the way [`super::port_table`] cuts it, its new blocks taking
+//! the places of its old ones. What nothing refers to any more (a vector the flip
+//! replaced, a block no longer needed) stays until it adds up to a sixty-fourth of the
+//! set, well within the room a spare range leaves ([`crate::dataplane::capacity`]'s
+//! slack): then it is removed, the last entry moving into each hole, a pass over every
+//! reference. Either way the numbering stays mostly as it was, so writing the set over
+//! its predecessor's ranges finds most entries in place. Any other change is compiled
+//! whole.
+//!
+//! The result decides every packet as a whole compile of the new rules does; it may
+//! number vectors, chunks and blocks differently and hold a few entries no lookup
+//! reaches (so can a whole compile: a prefix every address of which a longer one takes).
+
+use rustc_hash::FxHashMap as HashMap;
+use sg_common::{CHUNK_WORDS, PEER_V6_BOUNDS, PORT_BLOCK_REF, PortBlock, RuleChunk, RuleVector, ip_proto, port_table};
+
+use super::{Compiled, Matcher};
+
+/// The port table of a protocol with tables.
+fn table_of(protocol: Option<u8>) -> Option<u32> {
+    match protocol? {
+        ip_proto::TCP => Some(port_table::TCP_DESTINATION),
+        ip_proto::UDP => Some(port_table::UDP_DESTINATION),
+        ip_proto::ICMP => Some(port_table::ICMP),
+        ip_proto::ICMPV6 => Some(port_table::ICMPV6),
+        _ => None,
+    }
+}
+
+/// `old` (compiled from `before`) turned into the rule set of `after`, when they differ
+/// in one rule's destination ports, table protocol or decision only; `None` otherwise.
+/// `garbage` counts the entries of `old` nothing may refer to; updated.
+pub(super) fn recompile(
+    old: &Compiled,
+    before: &[Matcher],
+    after: &[Matcher],
+    garbage: &mut usize,
+) -> Option<Compiled> {
+    if before.len() != after.len() || old.rules.len() != before.len() {
+        return None;
+    }
+    let mut differing = before.iter().zip(after).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i);
+    let Some(bit) = differing.next() else { return Some(old.clone()) };
+    if differing.next().is_some() {
+        return None;
+    }
+    let (was, now) = (&before[bit], &after[bit]);
+    if was.peers != now.peers || was.local != now.local || was.source_ports != now.source_ports {
+        return None;
+    }
+    let (from, to) = (table_of(was.protocol)?, table_of(now.protocol)?);
+    let mut c = old.clone();
+    c.rules[bit] = now.info;
+    if was.protocol == now.protocol && was.destination_ports == now.destination_ports {
+        return Some(c);
+    }
+    let grown = c.vectors.len() + c.chunks.len();
+    let mut flipper = Flipper::new(&c, bit);
+    for table in [from, to].into_iter().collect::<std::collections::BTreeSet<_>>() {
+        let mut by_port = expand(&c, table);
+        let matched = |m: &Matcher, t: u32, port: usize| {
+            t == table && m.destination_ports.first as usize <= port && port <= m.destination_ports.last as usize
+        };
+        let ranges = [(from, was.destination_ports), (to, now.destination_ports)];
+        for (t, range) in ranges {
+            if t != table {
+                continue;
+            }
+            let first = range.first as usize;
+            for (port, vector) in by_port.iter_mut().enumerate().take(range.last as usize + 1).skip(first) {
+                let (had, has) = (matched(was, from, port), matched(now, to, port));
+                if had != has {
+                    *vector = flipper.flip(&mut c, *vector, has)?;
+                }
+            }
+        }
+        let mut places: Vec<usize> = c.port_tables[table as usize]
+            .entries
+            .iter()
+            .filter_map(|&e| match entry(e) {
+                Entry::Block(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        places.reverse();
+        c.port_tables[table as usize] = cut(&by_port, &mut c.port_blocks, &mut places);
+        *garbage += places.len();
+    }
+    // Each new vector or chunk may have replaced one nothing refers to now.
+    *garbage += c.vectors.len() + c.chunks.len() - grown;
+    if *garbage * 64 > c.vectors.len() + c.chunks.len() + c.port_blocks.len() {
+        compact(&mut c);
+        *garbage = 0;
+    }
+    Some(c)
+}
+
+/// Vectors with the bit flipped, interned among the set's.
+struct Flipper {
+    bit: usize,
+    vectors: HashMap<RuleVector, u32>,
+    chunks: HashMap<RuleChunk, u32>,
+    done: HashMap<(u32, bool), u32>,
+}
+
+impl Flipper {
+    fn new(c: &Compiled, bit: usize) -> Self {
+        let vectors = c.vectors.iter().enumerate().rev().map(|(i, v)| (*v, i as u32)).collect();
+        let chunks = c.chunks.iter().enumerate().rev().map(|(i, ch)| (*ch, i as u32)).collect();
+        Self { bit, vectors, chunks, done: HashMap::default() }
+    }
+
+    /// Vector `v` with the bit `on`; `None` when it already was (the set is not what
+    /// the rules before compiled to).
+    fn flip(&mut self, c: &mut Compiled, v: u32, on: bool) -> Option<u32> {
+        if let Some(&done) = self.done.get(&(v, on)) {
+            return Some(done);
+        }
+        const CHUNK_BITS: usize = CHUNK_WORDS * 64;
+        let (column, word, mask) = (self.bit / CHUNK_BITS, (self.bit % CHUNK_BITS) / 64, 1u64 << (self.bit % 64));
+        let mut vector = *c.vectors.get(v as usize)?;
+        let mut chunk = c.chunks[vector.chunks[column] as usize];
+        if (chunk.words[word] & mask != 0) == on {
+            return None;
+        }
+        chunk.words[word] ^= mask;
+        let chunks = &mut c.chunks;
+        let number = *self.chunks.entry(chunk).or_insert_with(|| {
+            chunks.push(chunk);
+            (chunks.len() - 1) as u32
+        });
+        vector.chunks[column] = number;
+        if chunk.words.iter().any(|&w| w != 0) {
+            vector.summary |= 1 << column;
+        } else {
+            vector.summary &= !(1 << column);
+        }
+        let vectors = &mut c.vectors;
+        let flipped = *self.vectors.entry(vector).or_insert_with(|| {
+            vectors.push(vector);
+            (vectors.len() - 1) as u32
+        });
+        self.done.insert((v, on), flipped);
+        Some(flipped)
+    }
+}
+
+/// Port table `table` as the vector of each of the 65,536 ports.
+fn expand(c: &Compiled, table: u32) -> Vec<u32> {
+    let mut by_port = vec![0u32; 65536];
+    for (high, &entry) in c.port_tables[table as usize].entries.iter().enumerate() {
+        let ports = &mut by_port[high * 256..(high + 1) * 256];
+        if entry & PORT_BLOCK_REF == 0 {
+            ports.fill(entry);
+        } else {
+            ports.copy_from_slice(&c.port_blocks[(entry & !PORT_BLOCK_REF) as usize].entries);
+        }
+    }
+    by_port
+}
+
+/// The first-level table over `by_port` (as [`super::port_table`] cuts it), its
+/// second-level blocks written over `places` (taken from the end) and then appended to
+/// `blocks`.
+fn cut(by_port: &[u32], blocks: &mut Vec<PortBlock>, places: &mut Vec<usize>) -> PortBlock {
+    let mut first = PortBlock::default();
+    for (high, ports) in by_port.chunks(256).enumerate() {
+        first.entries[high] = if ports.iter().all(|&v| v == ports[0]) {
+            ports[0]
+        } else {
+            let mut block = PortBlock::default();
+            block.entries.copy_from_slice(ports);
+            let at = match places.pop() {
+                Some(at) => {
+                    blocks[at] = block;
+                    at
+                }
+                None => {
+                    blocks.push(block);
+                    blocks.len() - 1
+                }
+            };
+            PORT_BLOCK_REF | at as u32
+        };
+    }
+    first
+}
+
+/// What a table or block entry refers to.
+enum Entry {
+    Vector(usize),
+    Block(usize),
+    /// An IPv6 peer leaf: bounds, which refer to vectors themselves.
+    Leaf,
+}
+
+fn entry(e: u32) -> Entry {
+    if e & PORT_BLOCK_REF != 0 {
+        Entry::Block((e & !PORT_BLOCK_REF) as usize)
+    } else if e & PEER_V6_BOUNDS != 0 {
+        Entry::Leaf
+    } else {
+        Entry::Vector(e as usize)
+    }
+}
+
+/// Removes the blocks, vectors and chunks nothing reachable refers to, and renumbers
+/// the references.
+fn compact(c: &mut Compiled) {
+    // Blocks reachable from the tables and the IPv6 root.
+    let mut live_blocks = vec![false; c.port_blocks.len()];
+    let mut stack: Vec<usize> = c
+        .port_tables
+        .iter()
+        .flat_map(|t| t.entries.iter())
+        .chain(std::iter::once(&c.peer_v6_root))
+        .filter_map(|&e| match entry(e) {
+            Entry::Block(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    while let Some(b) = stack.pop() {
+        if std::mem::replace(&mut live_blocks[b], true) {
+            continue;
+        }
+        stack.extend(c.port_blocks[b].entries.iter().filter_map(|&e| match entry(e) {
+            Entry::Block(child) => Some(child),
+            _ => None,
+        }));
+    }
+    let block_to = fill_holes(&mut c.port_blocks, &live_blocks);
+    // Vectors referred to by live entries, bounds and trie entries.
+    let mut live_vectors = vec![false; c.vectors.len()];
+    let tables = c.port_tables.iter().chain(&c.port_blocks);
+    for &e in tables.flat_map(|t| t.entries.iter()).chain(std::iter::once(&c.peer_v6_root)) {
+        if let Entry::Vector(v) = entry(e) {
+            live_vectors[v] = true;
+        }
+    }
+    for v in c.peer_v6.iter().map(|b| b.vector).chain(c.addr_entries.iter().map(|e| e.vector)) {
+        live_vectors[v as usize] = true;
+    }
+    for v in c.port_entries.iter().map(|e| e.vector) {
+        live_vectors[v as usize] = true;
+    }
+    let vector_to = fill_holes(&mut c.vectors, &live_vectors);
+    let renumber = |e: &mut u32| match entry(*e) {
+        Entry::Block(b) => *e = PORT_BLOCK_REF | block_to[b],
+        Entry::Vector(v) => *e = vector_to[v],
+        Entry::Leaf => {}
+    };
+    for t in c.port_tables.iter_mut().chain(c.port_blocks.iter_mut()) {
+        t.entries.iter_mut().for_each(renumber);
+    }
+    renumber(&mut c.peer_v6_root);
+    c.peer_v6.iter_mut().for_each(|b| b.vector = vector_to[b.vector as usize]);
+    c.addr_entries.iter_mut().for_each(|e| e.vector = vector_to[e.vector as usize]);
+    c.port_entries.iter_mut().for_each(|e| e.vector = vector_to[e.vector as usize]);
+    // Chunks the remaining vectors' rows name.
+    let mut live_chunks = vec![false; c.chunks.len()];
+    for v in &c.vectors {
+        v.chunks.iter().for_each(|&n| live_chunks[n as usize] = true);
+    }
+    let chunk_to = fill_holes(&mut c.chunks, &live_chunks);
+    for v in &mut c.vectors {
+        v.chunks.iter_mut().for_each(|n| *n = chunk_to[*n as usize]);
+    }
+}
+
+/// Removes the items not `live`, moving the last live item into each hole; returns each
+/// old index's new one (dead ones: `u32::MAX`).
+fn fill_holes<T: Copy>(items: &mut Vec<T>, live: &[bool]) -> Vec<u32> {
+    let mut to: Vec<u32> = (0..items.len() as u32).collect();
+    let mut live = live.to_vec();
+    let mut hole = 0;
+    let mut end = items.len();
+    loop {
+        while hole < end && live[hole] {
+            hole += 1;
+        }
+        while end > hole && !live[end - 1] {
+            to[end - 1] = u32::MAX;
+            end -= 1;
+        }
+        if hole >= end {
+            break;
+        }
+        // `hole` is dead, `end - 1` live: move it down.
+        to[hole] = u32::MAX;
+        items[hole] = items[end - 1];
+        to[end - 1] = hole as u32;
+        live[hole] = true;
+        end -= 1;
+    }
+    items.truncate(end);
+    to
+}
+
+#[cfg(test)]
+mod tests;
