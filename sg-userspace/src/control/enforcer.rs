@@ -928,7 +928,7 @@ impl Enforcer {
     /// ranges (only the entries that differ are written); live rule sets are not
     /// touched. Returns it and the entries written. A spare it does not use, or that it
     /// fails before using, goes back to free space.
-    fn install(&mut self, c: &Compiled, keys: Vec<HandleKey>, spare: Option<Spare>) -> Result<(Installed, usize)> {
+    fn install(&mut self, c: &Arc<Compiled>, keys: Vec<HandleKey>, spare: Option<Spare>) -> Result<(Installed, usize)> {
         let mut spare = spare;
         let result = self.install_over(c, keys, &mut spare);
         if let Some(unused) = spare {
@@ -940,7 +940,7 @@ impl Enforcer {
     /// [`Enforcer::install`]; takes `spare` out of its option when it writes over it.
     fn install_over(
         &mut self,
-        c: &Compiled,
+        c: &Arc<Compiled>,
         keys: Vec<HandleKey>,
         spare: &mut Option<Spare>,
     ) -> Result<(Installed, usize)> {

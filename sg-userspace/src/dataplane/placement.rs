@@ -10,8 +10,15 @@
 //! already is ([`place`]); the rest (rule info, IPv6 bounds, first-level tables) is
 //! positional and written where it differs. Unknown contents (fresh ranges) mean
 //! everything is written, as before.
+//!
+//! When the ranges hold a compiled set entry for entry at its own numbering (as every
+//! whole write and every plan that kept each entry at its index leaves them), and the new
+//! set numbers its entries mostly as that one did (an incremental compile keeps the
+//! numbering), comparing the two compiled sets entry by entry finds what differs without
+//! relocating or hashing anything ([`plan_in_place`]).
 
 use std::hash::Hash;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -29,6 +36,9 @@ pub struct Contents {
     pub rules: Vec<Option<RuleInfo>>,
     pub tables: Vec<Option<PortBlock>>,
     pub blocks: Vec<Option<PortBlock>>,
+    /// The compiled set (and its bits' handles) the ranges hold at its own numbering,
+    /// when they do: what [`plan_in_place`] compares with.
+    pub in_place: Option<(Arc<Compiled>, Vec<u32>)>,
 }
 
 impl Contents {
@@ -42,6 +52,7 @@ impl Contents {
             rules: vec![None; rules],
             tables: vec![None; tables],
             blocks: vec![None; blocks],
+            in_place: None,
         }
     }
 
@@ -91,6 +102,9 @@ pub struct Plan {
     pub vector_at: Vec<u32>,
     /// The IPv6 peer table's root entry, relocated.
     pub peer_v6_root: u32,
+    /// Every chunk, vector and block went to its own index: the ranges then hold the set
+    /// at its numbering ([`Contents::in_place`]).
+    pub in_place: bool,
 }
 
 impl Plan {
@@ -240,7 +254,58 @@ pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Op
         write_if_new(&mut plan.rules, &known.rules, i as u32, RuleInfo { rule_id: *handle, ..*info });
     }
     plan.peer_v6_root = relocate(c.peer_v6_root);
+    let identity = |at: &[u32]| at.iter().enumerate().all(|(i, &p)| p == i as u32);
+    plan.in_place = identity(&chunk_at) && identity(&vector_at) && identity(&block_at);
     plan.vector_at = vector_at;
+    Some(plan)
+}
+
+/// The plan for `c` (bits' handles `handles`) over ranges that hold `was` (handles
+/// `was_handles`) at its numbering: each entry at its own index, written where it
+/// differs from `was`'s. `None` when a range is too short.
+///
+/// A set numbered otherwise than `was` (compiled whole) writes more this way than
+/// [`plan`], which finds equal entries wherever they are; the caller picks the plan that
+/// writes less (this one when it writes only a few entries, without planning the other).
+pub fn plan_in_place(
+    c: &Compiled,
+    handles: &[u32],
+    was: &Compiled,
+    was_handles: &[u32],
+    known: &Contents,
+    bases: Bases,
+) -> Option<Plan> {
+    let counts =
+        [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
+    if counts.iter().zip(known.lens()).any(|(n, len)| *n > len) {
+        return None;
+    }
+    fn differing<'a, T: PartialEq>(new: &'a [T], old: &'a [T]) -> impl Iterator<Item = (u32, &'a T)> {
+        new.iter().enumerate().filter(move |(i, v)| old.get(*i) != Some(v)).map(|(i, v)| (i as u32, v))
+    }
+    let relocate = |e: u32| relocate_entry(e, &[], &[], bases);
+    let mut plan = Plan { in_place: true, ..Plan::default() };
+    plan.chunks = differing(&c.chunks, &was.chunks).map(|(i, v)| (i, *v)).collect();
+    plan.vectors = differing(&c.vectors, &was.vectors)
+        .map(|(i, v)| {
+            let mut out = *v;
+            out.chunks.iter_mut().for_each(|n| *n += bases.chunks);
+            (i, out)
+        })
+        .collect();
+    plan.blocks = differing(&c.port_blocks, &was.port_blocks).map(|(i, b)| (i, relocate_block(b, &relocate))).collect();
+    plan.tables = differing(&c.port_tables, &was.port_tables).map(|(i, b)| (i, relocate_block(b, &relocate))).collect();
+    plan.peer_v6 = differing(&c.peer_v6, &was.peer_v6)
+        .map(|(i, b)| (i, PeerV6Bound { vector: bases.vectors + b.vector, ..*b }))
+        .collect();
+    debug_assert_eq!(handles.len(), c.rules.len());
+    for (i, (info, handle)) in c.rules.iter().zip(handles).enumerate() {
+        if was.rules.get(i) != Some(info) || was_handles.get(i) != Some(handle) {
+            plan.rules.push((i as u32, RuleInfo { rule_id: *handle, ..*info }));
+        }
+    }
+    plan.peer_v6_root = relocate(c.peer_v6_root);
+    plan.vector_at = (0..c.vectors.len() as u32).collect();
     Some(plan)
 }
 
@@ -253,13 +318,16 @@ fn write_if_new<T: PartialEq + Copy>(writes: &mut Writes<T>, known: &[Option<T>]
 /// A table or block entry as the maps hold it: vector numbers and block references
 /// moved to where [`plan`] put them; IPv6 leaves (relative to the set's first bound,
 /// which stays positional) as they are.
+///
+/// Empty `vector_at` and `block_at` stand for every entry at its own index.
 fn relocate_entry(e: u32, vector_at: &[u32], block_at: &[u32], bases: Bases) -> u32 {
+    let at = |map: &[u32], i: u32| if map.is_empty() { i } else { map[i as usize] };
     if e & PORT_BLOCK_REF != 0 {
-        PORT_BLOCK_REF | (bases.blocks + block_at[(e & !PORT_BLOCK_REF) as usize])
+        PORT_BLOCK_REF | (bases.blocks + at(block_at, e & !PORT_BLOCK_REF))
     } else if e & PEER_V6_BOUNDS != 0 {
         e
     } else {
-        bases.vectors + vector_at[e as usize]
+        bases.vectors + at(vector_at, e)
     }
 }
 

@@ -5,7 +5,7 @@
 //! Where a rule set goes (slots, index ranges, versions) and when the old one may be
 //! deleted is decided above, in `control`.
 
-use std::ops::Range;
+use std::{ops::Range, sync::Arc};
 
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
@@ -230,11 +230,29 @@ impl RuleSetMaps {
     /// ranges), recording the trie keys it writes in `at`; live rule sets are not touched.
     /// Only the entries that differ from what `at.contents` says the ranges hold are
     /// written (everything, when they are unknown); returns how many.
-    pub fn write(&mut self, c: &Compiled, at: &mut Installed) -> Result<usize> {
+    pub fn write(&mut self, c: &Arc<Compiled>, at: &mut Installed) -> Result<usize> {
         debug_assert!(c.words() <= MAX_WORDS);
         let bases = Bases { vectors: at.vectors.start, chunks: at.chunks.start, blocks: at.blocks.start };
-        let plan = placement::plan(c, &at.handles, &at.contents, bases)
-            .ok_or_else(|| DataplaneError::Refused("a rule set's ranges are shorter than the rule set".into()))?;
+        let in_place = at.contents.in_place.as_ref().and_then(|(was, was_handles)| {
+            placement::plan_in_place(c, &at.handles, was, was_handles, &at.contents, bases)
+        });
+        // A set numbered a little otherwise than the one the ranges hold (compiled whole,
+        // a peer changed) writes more entries in place than where equal ones already are:
+        // then the content placement decides, when it writes fewer.
+        let whole = c.vectors.len() + c.chunks.len() + c.port_blocks.len() + c.rules.len();
+        let plan = match in_place {
+            Some(plan) if plan.entries() <= 64 + whole / 256 => Some(plan),
+            in_place => {
+                let placed = placement::plan(c, &at.handles, &at.contents, bases);
+                match (in_place, placed) {
+                    (Some(a), Some(b)) => Some(if a.entries() <= b.entries() { a } else { b }),
+                    (a, b) => a.or(b),
+                }
+            }
+        }
+        .ok_or_else(|| DataplaneError::Refused("a rule set's ranges are shorter than the rule set".into()))?;
+        // Until the ranges hold `c` (below), they hold no set entry for entry.
+        at.contents.in_place = None;
         fn update<V: aya::Pod>(map: &MapData, start: u32, writes: &Writes<V>) -> std::io::Result<()> {
             let keys: Vec<u32> = writes.iter().map(|(at, _)| start + at).collect();
             let values: Vec<V> = writes.iter().map(|(_, v)| *v).collect();
@@ -267,6 +285,9 @@ impl RuleSetMaps {
         };
         self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
         at.contents.record(&plan);
+        if plan.in_place {
+            at.contents.in_place = Some((Arc::clone(c), at.handles.clone()));
+        }
         Ok(plan.entries())
     }
 }

@@ -186,3 +186,42 @@ fn children_come_before_their_parents() {
     assert_eq!(order.len(), 4);
     assert!(at(2) < at(0) && at(3) < at(0) && at(1) < at(3));
 }
+
+/// Plans `c` over `image` holding `was` at its numbering, records the writes and checks
+/// the image answers as `c`.
+fn write_in_place(c: &Compiled, was: &Compiled, image: &mut Contents) -> Plan {
+    let plan = plan_in_place(c, &handles(c), was, &handles(was), image, BASES).expect("fits");
+    image.record(&plan);
+    check_image(c, image, &plan);
+    plan
+}
+
+/// Over ranges holding a set at its numbering, the next set is compared entry by entry:
+/// equal entries are not written, and the image answers as the new set, also for sets
+/// numbered otherwise (a rule added) and in alternating ranges.
+#[test]
+fn in_place_plans_write_what_differs_from_the_set_the_ranges_hold() {
+    let base = rules(1500, None, false);
+    let mut image = fresh(&base);
+    assert!(write(&base, &mut image).in_place, "a whole write leaves the set at its numbering");
+    let none = write_in_place(&base, &base, &mut image);
+    assert_eq!(none.entries(), 0, "the same set writes nothing");
+    // The same set with one vector's chunk and one block changed in place.
+    let mut edited = base.clone();
+    edited.vectors[5].chunks[0] = edited.vectors[6].chunks[0];
+    let block = &mut edited.port_blocks[0].entries;
+    let other = block.iter().position(|&e| e != block[0]).expect("a block of two entries at least");
+    block[0] = block[other];
+    let plan = write_in_place(&edited, &base, &mut image);
+    assert_eq!((plan.vectors.len(), plan.blocks.len(), plan.entries()), (1, 1, 2));
+    // Sets numbered otherwise, over the set two back, as the enforcer alternates.
+    let sets = [base.clone(), rules(1500, Some(3), true), rules(1499, None, false), rules(1500, Some(9), false)];
+    let mut ranges = [fresh(&sets[0]), fresh(&sets[0])];
+    for (i, c) in sets.iter().enumerate() {
+        if i < 2 {
+            write(c, &mut ranges[i % 2]);
+        } else {
+            write_in_place(c, &sets[i - 2], &mut ranges[i % 2]);
+        }
+    }
+}
