@@ -402,18 +402,7 @@ fn port_table(intervals: Vec<(u32, u32, Bits)>, table: &mut VectorTable, blocks:
         let vector = table.intern(bits);
         by_port[start as usize..=end as usize].fill(vector);
     }
-    let mut first = PortBlock::default();
-    for (high, ports) in by_port.chunks(256).enumerate() {
-        first.entries[high] = if ports.iter().all(|&v| v == ports[0]) {
-            ports[0]
-        } else {
-            let mut block = PortBlock::default();
-            block.entries.copy_from_slice(ports);
-            blocks.push(block);
-            PORT_BLOCK_REF | (blocks.len() - 1) as u32
-        };
-    }
-    first
+    incremental::cut(&by_port, blocks, &mut Vec::new())
 }
 
 /// The IPv6 peer intervals from the address entries of the peer field (prefixes with the

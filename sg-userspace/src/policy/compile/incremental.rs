@@ -7,7 +7,7 @@
 //! the destination-port tables of its old and new protocol can change: each is expanded
 //! to its 65,536 entries, the entries whose ports the rule now matches differently get
 //! their vector with the bit flipped (interned, so equal vectors stay one), and the table
-//! is cut into blocks again the way [`super::port_table`] cuts it, its new blocks taking
+//! is cut into blocks again as a whole compile cuts it ([`cut`]), its new blocks taking
 //! the places of its old ones. What nothing refers to any more (a vector the flip
 //! replaced, a block no longer needed) stays until it adds up to a sixty-fourth of the
 //! set, well within the room a spare range leaves ([`crate::dataplane::capacity`]'s
@@ -168,10 +168,11 @@ fn expand(c: &Compiled, table: u32) -> Vec<u32> {
     by_port
 }
 
-/// The first-level table over `by_port` (as [`super::port_table`] cuts it), its
-/// second-level blocks written over `places` (taken from the end) and then appended to
-/// `blocks`.
-fn cut(by_port: &[u32], blocks: &mut Vec<PortBlock>, places: &mut Vec<usize>) -> PortBlock {
+/// The first-level table over `by_port` (the vector of each port): an entry per 256
+/// ports, the vector when they all have the same, else a reference to a second-level
+/// block of them, written over `places` (taken from the end) and then appended to
+/// `blocks`. Whole compiles cut their tables the same way, with no places.
+pub(super) fn cut(by_port: &[u32], blocks: &mut Vec<PortBlock>, places: &mut Vec<usize>) -> PortBlock {
     let mut first = PortBlock::default();
     for (high, ports) in by_port.chunks(256).enumerate() {
         first.entries[high] = if ports.iter().all(|&v| v == ports[0]) {
