@@ -151,7 +151,7 @@ pub fn place<T: Hash + Eq>(items: &[T], slots: &[Option<T>]) -> Option<Vec<u32>>
             position[i] = index.take(item, slots, &mut taken);
         }
     }
-    fill_the_rest(&mut position, &mut taken);
+    fill_the_rest(0..position.len(), &mut position, &mut taken);
     Some(position.into_iter().map(|p| p.expect("every item placed")).collect())
 }
 
@@ -189,11 +189,11 @@ impl<'a, T: Hash + Eq> Index<'a, T> {
     }
 }
 
-/// Gives each unplaced item (`None`) a free position: its own index when free, else the
-/// lowest free one.
-fn fill_the_rest(position: &mut [Option<u32>], taken: &mut [bool]) {
+/// Gives each unplaced item (`None`), in `order`, a free position: its own index when
+/// free, else the lowest free one.
+fn fill_the_rest(order: impl IntoIterator<Item = usize>, position: &mut [Option<u32>], taken: &mut [bool]) {
     let mut next_free = 0usize;
-    for i in 0..position.len() {
+    for i in order {
         if position[i].is_some() {
             continue;
         }
@@ -238,7 +238,7 @@ pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Op
         write_if_new(&mut plan.vectors, &known.vectors, vector_at[i], *v);
     }
     let block_at = place_blocks(&c.port_blocks, &known.blocks, &vector_at, bases)?;
-    let relocate = |e: u32| relocate_entry(e, &vector_at, &block_at, bases);
+    let relocate = |e: u32| relocate_entry(e, |v| vector_at[v as usize], |b| block_at[b as usize], bases);
     for (i, block) in c.port_blocks.iter().enumerate() {
         write_if_new(&mut plan.blocks, &known.blocks, block_at[i], relocate_block(block, &relocate));
     }
@@ -283,7 +283,8 @@ pub fn plan_in_place(
     fn differing<'a, T: PartialEq>(new: &'a [T], old: &'a [T]) -> impl Iterator<Item = (u32, &'a T)> {
         new.iter().enumerate().filter(move |(i, v)| old.get(*i) != Some(v)).map(|(i, v)| (i as u32, v))
     }
-    let relocate = |e: u32| relocate_entry(e, &[], &[], bases);
+    // Every entry at its own index.
+    let relocate = |e: u32| relocate_entry(e, |v| v, |b| b, bases);
     let mut plan = Plan { in_place: true, ..Plan::default() };
     plan.chunks = differing(&c.chunks, &was.chunks).map(|(i, v)| (i, *v)).collect();
     plan.vectors = differing(&c.vectors, &was.vectors)
@@ -316,18 +317,16 @@ fn write_if_new<T: PartialEq + Copy>(writes: &mut Writes<T>, known: &[Option<T>]
 }
 
 /// A table or block entry as the maps hold it: vector numbers and block references
-/// moved to where [`plan`] put them; IPv6 leaves (relative to the set's first bound,
-/// which stays positional) as they are.
-///
-/// Empty `vector_at` and `block_at` stand for every entry at its own index.
-fn relocate_entry(e: u32, vector_at: &[u32], block_at: &[u32], bases: Bases) -> u32 {
-    let at = |map: &[u32], i: u32| if map.is_empty() { i } else { map[i as usize] };
+/// moved to where the plan put them (`vector_at`, `block_at`: position in its range of
+/// a compiled number); IPv6 leaves (relative to the set's first bound, which stays
+/// positional) as they are.
+fn relocate_entry(e: u32, vector_at: impl Fn(u32) -> u32, block_at: impl Fn(u32) -> u32, bases: Bases) -> u32 {
     if e & PORT_BLOCK_REF != 0 {
-        PORT_BLOCK_REF | (bases.blocks + at(block_at, e & !PORT_BLOCK_REF))
+        PORT_BLOCK_REF | (bases.blocks + block_at(e & !PORT_BLOCK_REF))
     } else if e & PEER_V6_BOUNDS != 0 {
         e
     } else {
-        bases.vectors + at(vector_at, e)
+        bases.vectors + vector_at(e)
     }
 }
 
@@ -400,22 +399,7 @@ fn place_blocks(
         }
     }
     // The rest, children first, so their parents can be relocated after them.
-    let mut next_free = 0usize;
-    for &i in &order {
-        if position[i].is_some() {
-            continue;
-        }
-        let p = if !taken[i] {
-            i
-        } else {
-            while taken[next_free] {
-                next_free += 1;
-            }
-            next_free
-        };
-        taken[p] = true;
-        position[i] = Some(p as u32);
-    }
+    fill_the_rest(order.iter().copied(), &mut position, &mut taken);
     Some(position.into_iter().map(|p| p.expect("every block placed")).collect())
 }
 

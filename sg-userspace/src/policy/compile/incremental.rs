@@ -65,19 +65,21 @@ pub(super) fn recompile(
     }
     let grown = c.vectors.len() + c.chunks.len();
     let mut flipper = Flipper::new(&c, bit);
-    for table in [from, to].into_iter().collect::<std::collections::BTreeSet<_>>() {
+    let tables = if from == to { vec![from] } else { vec![from, to] };
+    for table in tables {
         let mut by_port = expand(&c, table);
-        let matched = |m: &Matcher, t: u32, port: usize| {
-            t == table && m.destination_ports.first as usize <= port && port <= m.destination_ports.last as usize
-        };
-        let ranges = [(from, was.destination_ports), (to, now.destination_ports)];
-        for (t, range) in ranges {
+        // Ports of this table the rule matched before, and matches now.
+        let (had, has) = (
+            |port: u16| from == table && was.destination_ports.contains(port),
+            |port: u16| to == table && now.destination_ports.contains(port),
+        );
+        for (t, range) in [(from, was.destination_ports), (to, now.destination_ports)] {
             if t != table {
                 continue;
             }
-            let first = range.first as usize;
-            for (port, vector) in by_port.iter_mut().enumerate().take(range.last as usize + 1).skip(first) {
-                let (had, has) = (matched(was, from, port), matched(now, to, port));
+            let ports = by_port.iter_mut().enumerate().take(usize::from(range.last) + 1).skip(usize::from(range.first));
+            for (port, vector) in ports {
+                let (had, has) = (had(port as u16), has(port as u16));
                 if had != has {
                     *vector = flipper.flip(&mut c, *vector, has)?;
                 }

@@ -81,7 +81,7 @@ pub(crate) fn validate_with_scope(text: &str, file: &str) -> Result<(Config, Sco
     };
     let mut builder = Builder::new(&mut diag);
     let config = builder.build(&root, &(0..text.len()));
-    let scope = builder.into_scope();
+    let scope = builder.scope;
     match config {
         Ok(config) if !diag.has_errors() => Ok((config, scope)),
         _ => Err(diag.into_errors()),
@@ -92,7 +92,10 @@ pub(crate) fn validate_with_scope(text: &str, file: &str) -> Result<(Config, Sco
 /// rules consults besides the groups themselves.
 #[derive(Debug, Default)]
 pub(crate) struct Scope {
+    /// `None` when the group's `type` was invalid, so checks depending on it are skipped
+    /// instead of producing follow-on errors.
     group_kinds: Vec<Option<GroupKind>>,
+    /// Group id to its first definition.
     group_ids: HashMap<String, Definition>,
     list_families: Vec<Option<Family>>,
     list_ids: HashMap<String, Definition>,
@@ -115,21 +118,14 @@ pub(crate) fn revalidate_rule(
 ) -> Option<Rule> {
     let mut diag = Diagnostics::new(file, text);
     let root = tree::parse(text).ok()?;
+    // The builder borrows the file's groups, lists and scope for the read, and gives
+    // them back.
     let mut builder = Builder::new(&mut diag);
     builder.groups = std::mem::take(&mut config.groups);
     builder.lists = std::mem::take(&mut config.prefix_lists);
-    builder.group_kinds = std::mem::take(&mut scope.group_kinds);
-    builder.group_ids = std::mem::take(&mut scope.group_ids);
-    builder.list_families = std::mem::take(&mut scope.list_families);
-    builder.list_ids = std::mem::take(&mut scope.list_ids);
+    builder.scope = std::mem::take(scope);
     let rule = builder.lone_rule(&root, text.len(), group_index, position);
-    config.groups = std::mem::take(&mut builder.groups);
-    config.prefix_lists = std::mem::take(&mut builder.lists);
-    scope.group_kinds = std::mem::take(&mut builder.group_kinds);
-    scope.group_ids = std::mem::take(&mut builder.group_ids);
-    scope.list_families = std::mem::take(&mut builder.list_families);
-    scope.list_ids = std::mem::take(&mut builder.list_ids);
-    drop(builder);
+    (config.groups, config.prefix_lists, *scope) = (builder.groups, builder.lists, builder.scope);
     rule.filter(|_| !diag.has_errors())
 }
 
@@ -137,15 +133,8 @@ pub(crate) fn revalidate_rule(
 struct Builder<'d, 't> {
     diag: &'d mut Diagnostics<'t>,
     groups: Vec<SecurityGroup>,
-    /// `None` when the group's `type` was invalid, so checks depending on it are skipped
-    /// instead of producing follow-on errors.
-    group_kinds: Vec<Option<GroupKind>>,
-    /// Group id to its first definition.
-    group_ids: HashMap<String, Definition>,
     lists: Vec<PrefixList>,
-    list_families: Vec<Option<Family>>,
-    list_ids: HashMap<String, Definition>,
-    dropped: Vec<Vec<Rule>>,
+    scope: Scope,
 }
 
 /// Where an id was first defined.
@@ -157,26 +146,7 @@ struct Definition {
 
 impl<'d, 't> Builder<'d, 't> {
     fn new(diag: &'d mut Diagnostics<'t>) -> Self {
-        Builder {
-            diag,
-            groups: Vec::new(),
-            group_kinds: Vec::new(),
-            group_ids: HashMap::new(),
-            lists: Vec::new(),
-            list_families: Vec::new(),
-            list_ids: HashMap::new(),
-            dropped: Vec::new(),
-        }
-    }
-
-    fn into_scope(self) -> Scope {
-        Scope {
-            group_kinds: self.group_kinds,
-            group_ids: self.group_ids,
-            list_families: self.list_families,
-            list_ids: self.list_ids,
-            dropped: self.dropped,
-        }
+        Builder { diag, groups: Vec::new(), lists: Vec::new(), scope: Scope::default() }
     }
 
     /// The one rule of a document written as `[[security_group.rule]]` and its fields
@@ -195,7 +165,7 @@ impl<'d, 't> Builder<'d, 't> {
     }
 
     /// Reads the whole document; the groups, lists and interfaces move into the
-    /// `Config`, the rest stays for [`Builder::into_scope`].
+    /// `Config`, the rest stays in the builder's scope.
     fn build(&mut self, root: &Located, whole_file: &Span) -> Checked<Config> {
         let root = Table::open(self.diag, root, String::new(), whole_file, ROOT_FIELDS)?;
         let group_tables = root.tables(self.diag, "security_group", GROUP_FIELDS);
@@ -214,7 +184,7 @@ impl<'d, 't> Builder<'d, 't> {
             self.groups[group_index].rules = self.read_rules(group_index, &rule_tables);
         }
         assign_rule_ids(&mut self.groups);
-        self.dropped.resize(self.groups.len(), Vec::new());
+        self.scope.dropped.resize(self.groups.len(), Vec::new());
         let interfaces = self.read_interfaces(&interface_tables);
         // An instance's addresses are members of its interface's groups.
         for binding in &interfaces {
@@ -269,16 +239,16 @@ impl<'d, 't> Builder<'d, 't> {
     /// Reads a group's own fields; its rules are read once every group is known.
     fn read_group(&mut self, t: &Table) {
         let index = self.groups.len();
-        let (id, new_at_line) = read_id(self.diag, t, "security group", &self.group_ids);
+        let (id, new_at_line) = read_id(self.diag, t, "security group", &self.scope.group_ids);
         if let Some(line) = new_at_line {
-            self.group_ids.insert(id.clone(), Definition { index, line });
+            self.scope.group_ids.insert(id.clone(), Definition { index, line });
         }
         // Groups are basic unless written otherwise (the provider's default type).
         let kind = self.keyword::<GroupKind>(t, "type").map(|kind| kind.unwrap_or(GroupKind::Basic));
         let inner_access = self.inner_access(t, kind);
         let owner = self.owner(t);
         let members = self.members(t);
-        self.group_kinds.push(kind.ok());
+        self.scope.group_kinds.push(kind.ok());
         self.groups.push(SecurityGroup {
             id,
             owner,
@@ -343,13 +313,13 @@ impl<'d, 't> Builder<'d, 't> {
 
     fn read_prefix_list(&mut self, t: &Table) {
         let index = self.lists.len();
-        let (id, new_at_line) = read_id(self.diag, t, "prefix list", &self.list_ids);
+        let (id, new_at_line) = read_id(self.diag, t, "prefix list", &self.scope.list_ids);
         if let Some(line) = new_at_line {
-            self.list_ids.insert(id.clone(), Definition { index, line });
+            self.scope.list_ids.insert(id.clone(), Definition { index, line });
         }
         let family = self.required_keyword::<Family>(t, "family", "ipv4 or ipv6");
         let entries = self.list_entries(t, family.ok());
-        self.list_families.push(family.ok());
+        self.scope.list_families.push(family.ok());
         self.lists.push(PrefixList { id, family: family.unwrap_or(Family::Ipv4), entries });
     }
 
@@ -396,8 +366,8 @@ impl<'d, 't> Builder<'d, 't> {
                 if seen.insert(RuleKey::of(&rule)) {
                     rules.push(rule);
                 } else {
-                    self.dropped.resize(self.groups.len(), Vec::new());
-                    self.dropped[group_index].push(rule);
+                    self.scope.dropped.resize(self.groups.len(), Vec::new());
+                    self.scope.dropped[group_index].push(rule);
                 }
             }
         }
@@ -662,7 +632,7 @@ impl<'d, 't> Builder<'d, 't> {
     /// `sg-a` names group sg-a; `ACCOUNT/sg-a` names it only if its owner is ACCOUNT.
     fn resolve_group(&mut self, field: &Field<&str>, group_index: usize) -> Checked<usize> {
         let reference = values::group_ref(field.value).map_err(|m| self.fail(field, m))?;
-        let Some(target) = self.group_ids.get(reference.id).map(|d| d.index) else {
+        let Some(target) = self.scope.group_ids.get(reference.id).map(|d| d.index) else {
             let message = format!("unknown security group `{}`", reference.id);
             return Err(self.fail(field, message));
         };
@@ -686,7 +656,7 @@ impl<'d, 't> Builder<'d, 't> {
         }
         // The provider's rule: advanced groups neither reference groups nor are referenced.
         let key = field.path.rsplit('.').next().unwrap_or("source_group").to_string();
-        if self.group_kinds[group_index] == Some(GroupKind::Advanced) {
+        if self.scope.group_kinds[group_index] == Some(GroupKind::Advanced) {
             let message = format!(
                 "{key} = \"{}\": `{}` is an advanced group, and advanced groups cannot \
                  reference security groups; use a CIDR or a prefix list of the peers' addresses",
@@ -694,7 +664,7 @@ impl<'d, 't> Builder<'d, 't> {
             );
             return Err(self.fail(field, message));
         }
-        if self.group_kinds[target] == Some(GroupKind::Advanced) {
+        if self.scope.group_kinds[target] == Some(GroupKind::Advanced) {
             let message = format!(
                 "{key} = \"{}\": `{}` is an advanced group, and advanced groups cannot be \
                  referenced; use a CIDR or a prefix list of its members' addresses",
@@ -713,7 +683,7 @@ impl<'d, 't> Builder<'d, 't> {
     }
 
     fn resolve_prefix_list(&mut self, field: &Field<&str>) -> Checked<usize> {
-        match self.list_ids.get(field.value) {
+        match self.scope.list_ids.get(field.value) {
             Some(definition) => Ok(definition.index),
             None => {
                 let message = format!("unknown prefix list `{}`", field.value);
@@ -843,7 +813,7 @@ impl<'d, 't> Builder<'d, 't> {
     fn peer_family(&self, peer: &Peer) -> Option<Family> {
         match peer {
             Peer::Cidr(net) => Some(Family::of_net(net)),
-            Peer::PrefixList { list_index } => self.list_families.get(*list_index).copied().flatten(),
+            Peer::PrefixList { list_index } => self.scope.list_families.get(*list_index).copied().flatten(),
             Peer::Group { .. } => None,
         }
     }
@@ -913,7 +883,7 @@ impl<'d, 't> Builder<'d, 't> {
         }
         let mut groups: Vec<usize> = Vec::new();
         for item in &array.value {
-            match self.group_ids.get(item.value).map(|d| d.index) {
+            match self.scope.group_ids.get(item.value).map(|d| d.index) {
                 None => {
                     let message = format!("unknown security group `{}`", item.value);
                     result = Err(self.fail(item, message));
@@ -948,10 +918,10 @@ impl<'d, 't> Builder<'d, 't> {
 
     /// All groups on one interface must have one type: the type decides the defaults.
     fn check_same_kind(&mut self, earlier: &[usize], index: usize, item: &Field<&str>) -> Checked<()> {
-        let Some(kind) = self.group_kinds[index] else {
+        let Some(kind) = self.scope.group_kinds[index] else {
             return Ok(());
         };
-        let conflicting = earlier.iter().find(|&&other| self.group_kinds[other].is_some_and(|k| k != kind));
+        let conflicting = earlier.iter().find(|&&other| self.scope.group_kinds[other].is_some_and(|k| k != kind));
         match conflicting {
             Some(&other) => {
                 let message = format!(
