@@ -37,6 +37,10 @@ pub mod step {
     /// A non-first fragment: the remembered verdict of its first fragment.
     pub const FRAGMENT: u8 = 12;
     pub const COUNT: usize = 13;
+    /// Not a decision: the pseudo-rule ending a band of a rule set split into bands
+    /// (`crate::MAX_BANDS`) matched, so the search goes on in the next band. Never
+    /// leaves classification, so it is outside `COUNT` and has no counters.
+    pub const NEXT_BAND: u8 = 255;
 
     pub const NAMES: [&str; COUNT] = [
         "not-ip",

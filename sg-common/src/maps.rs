@@ -119,8 +119,8 @@ const _: () = assert!(MAX_IFACE_VERSIONS.is_power_of_two());
 /// Rule-set slots (index 0 means "none"), so several interfaces and a new rule set
 /// beside each live one fit.
 pub const MAX_RULESETS: u32 = 256;
-/// Bits (rules, including the three pseudo-rules for intra-group and default) one
-/// vector holds: 16,384 user rules and headroom.
+/// Bits (rules, including the pseudo-rules for intra-group, default and the next band)
+/// one vector, and so one band, holds.
 pub const MAX_RULE_BITS: usize = MAX_WORDS * 64;
 /// 64-bit words of one vector.
 pub const MAX_WORDS: usize = 260;
@@ -129,11 +129,27 @@ pub const CHUNK_WORDS: usize = 8;
 /// Chunks of one vector.
 pub const MAX_CHUNKS: usize = MAX_WORDS.div_ceil(CHUNK_WORDS);
 /// User rules one interface and direction may hold.
-pub const MAX_USER_RULES: usize = 16_384;
+pub const MAX_USER_RULES: usize = 65_536;
+/// Bands one rule set may have. A rule set whose bits do not fit one vector is split, in
+/// rank order, into bands of at most [`MAX_RULE_BITS`] bits, each with its own tables and
+/// vectors as if it were a rule set of its own; every band but the last ends in a
+/// pseudo-rule that matches everything and sends the search on to the next band
+/// ([`crate::step::NEXT_BAND`]). Band `b` of the rule set in slot `s` has its header at
+/// [`band_header`]`(s, b)` and its trie entries under that number. One band, the common
+/// case, costs nothing more than before; each further band costs another lookup round
+/// for the packets no earlier band decides.
+pub const MAX_BANDS: u32 = 4;
 
-// A vector holds every user rule plus the three pseudo-rules, and the summary covers
-// every chunk.
-const _: () = assert!(MAX_RULE_BITS >= MAX_USER_RULES + 3);
+/// Where band `band` of the rule set in `slot` has its [`RulesetHeader`] in `SG_RULESETS`,
+/// and the `ruleset` of its trie keys.
+#[inline(always)]
+pub const fn band_header(slot: u32, band: u32) -> u32 {
+    slot + band * MAX_RULESETS
+}
+
+// The bands hold every user rule plus the three pseudo-rules, each band but the last
+// one bit short for its next-band pseudo-rule; the summary covers every chunk.
+const _: () = assert!(MAX_BANDS as usize * (MAX_RULE_BITS - 1) >= MAX_USER_RULES + 3);
 const _: () = assert!(MAX_CHUNKS <= 64, "a vector's summary is one word, a bit a chunk");
 
 /// `IfaceConfig::flags`: compute and count verdicts but pass every packet.

@@ -15,11 +15,11 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, lpm_trie::Key},
 };
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, CHUNK_WORDS, Decision, IfaceConfig, MAX_CHUNKS, MAX_IFACE_VERSIONS, MAX_IFINDEX,
-    MAX_RULESETS, PEER_V6_BOUNDS, PEER_V6_COUNT_SHIFT, PEER_V6_FIRST_MASK, PEER_V6_LEAF_STEPS, PORT_BLOCK_REF,
-    PORT_KEY_FIXED_BITS, PacketMeta, PeerV6Bound, PortBlock, PortKey, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT,
-    RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, RulesetHeader, config_version, family,
-    field, icmp_key, ip_proto, lowest_bit, port_table, step, v6_words, verdict,
+    ADDR_KEY_FIXED_BITS, AddrKey, CHUNK_WORDS, Decision, IfaceConfig, MAX_BANDS, MAX_CHUNKS, MAX_IFACE_VERSIONS,
+    MAX_IFINDEX, MAX_RULESETS, PEER_V6_BOUNDS, PEER_V6_COUNT_SHIFT, PEER_V6_FIRST_MASK, PEER_V6_LEAF_STEPS,
+    PORT_BLOCK_REF, PORT_KEY_FIXED_BITS, PacketMeta, PeerV6Bound, PortBlock, PortKey, RULE_NEEDS_LOCAL,
+    RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, RulesetHeader,
+    band_header, config_version, family, field, icmp_key, ip_proto, lowest_bit, port_table, step, v6_words, verdict,
 };
 
 // Sizes here are placeholders: userspace sets them from the rule set before loading.
@@ -28,7 +28,7 @@ static SG_IFACE_INDEX: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
 #[map(name = "SG_IFACE_CONFIGS")]
 static SG_IFACE_CONFIGS: Array<IfaceConfig> = Array::with_max_entries(MAX_IFACE_VERSIONS, 0);
 #[map(name = "SG_RULESETS")]
-static SG_RULESETS: Array<RulesetHeader> = Array::with_max_entries(MAX_RULESETS, 0);
+static SG_RULESETS: Array<RulesetHeader> = Array::with_max_entries(MAX_RULESETS * MAX_BANDS, 0);
 #[map(name = "SG_ADDR_TRIE")]
 static SG_ADDR_TRIE: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(1024, 0);
 #[map(name = "SG_PORT_TRIE")]
@@ -151,13 +151,13 @@ fn peer_v6_vector(header: &RulesetHeader, addr: &[u8; 16]) -> Option<&'static Ru
 /// theirs by the message's key (type and code, `sg_common::icmp_key`), other protocols
 /// (no ports) from the port trie.
 #[inline(always)]
-fn destination_vector(slot: u32, header: &RulesetHeader, meta: &PacketMeta) -> Option<&'static RuleVector> {
+fn destination_vector(band: u32, header: &RulesetHeader, meta: &PacketMeta) -> Option<&'static RuleVector> {
     let (table, key) = match meta.protocol {
         ip_proto::TCP => (port_table::TCP_DESTINATION, meta.dst_port),
         ip_proto::UDP => (port_table::UDP_DESTINATION, meta.dst_port),
         ip_proto::ICMP => (port_table::ICMP, icmp_key(meta.icmp_type, meta.icmp_code)),
         ip_proto::ICMPV6 => (port_table::ICMPV6, icmp_key(meta.icmp_type, meta.icmp_code)),
-        _ => return port_vector(slot, field::DESTINATION_PORT, meta.protocol, meta.dst_port),
+        _ => return port_vector(band, field::DESTINATION_PORT, meta.protocol, meta.dst_port),
     };
     table_vector(header, table, key)
 }
@@ -244,6 +244,10 @@ const BROKEN_MAPS: Decision = Decision::new(verdict::DROP, step::DEFAULT);
 /// Decides a parsed IP packet with the rule set in `slot`; `ingress` tells which address
 /// is the peer. Called for new flows and for re-checks.
 ///
+/// A rule set of more bits than one vector holds is split into bands (`MAX_BANDS`), each
+/// searched like a rule set of its own: one that ends in its next-band pseudo-rule sends
+/// the search on to the next band's header.
+///
 /// The peer address and the destination port are always looked up. The local address
 /// and the source port are looked up only when the best candidate so far is a rule that
 /// constrains them (`RuleInfo::fields`): a field's vector only removes bits, so a
@@ -254,10 +258,17 @@ const BROKEN_MAPS: Decision = Decision::new(verdict::DROP, step::DEFAULT);
 /// stack older kernels allow.
 #[inline(always)]
 pub fn classify(slot: u32, meta: &PacketMeta, ingress: bool) -> Decision {
-    match first_round(slot, meta, ingress) {
-        FirstRound::Decided(decision) => decision,
-        FirstRound::Needs(fields) => constrained(slot, meta, ingress, fields),
+    for b in 0..MAX_BANDS {
+        let band = band_header(slot, b);
+        let decision = match first_round(band, meta, ingress) {
+            FirstRound::Decided(decision) => decision,
+            FirstRound::Needs(fields) => constrained(band, meta, ingress, fields),
+        };
+        if decision.step != step::NEXT_BAND {
+            return decision;
+        }
     }
+    BROKEN_MAPS
 }
 
 /// What the peer-address and destination-port round found.
@@ -271,7 +282,7 @@ enum FirstRound {
 /// destination port.
 #[inline(always)]
 fn peer_and_port(
-    slot: u32,
+    band: u32,
     header: &RulesetHeader,
     meta: &PacketMeta,
     ingress: bool,
@@ -282,14 +293,14 @@ fn peer_and_port(
     // Both peer tables are multibit; the IPv6 one ends in a short search of its bounds.
     let peer_vector =
         if meta.family == family::IPV4 { peer_v4_vector(header, peer) } else { peer_v6_vector(header, peer) }?;
-    Some((peer_vector, destination_vector(slot, header, meta)?))
+    Some((peer_vector, destination_vector(band, header, meta)?))
 }
 
 #[inline(never)]
-fn first_round(slot: u32, meta: &PacketMeta, ingress: bool) -> FirstRound {
+fn first_round(band: u32, meta: &PacketMeta, ingress: bool) -> FirstRound {
     let broken = FirstRound::Decided(BROKEN_MAPS);
-    let Some(header) = SG_RULESETS.get(slot) else { return broken };
-    let Some((peer_vector, dport_vector)) = peer_and_port(slot, header, meta, ingress) else { return broken };
+    let Some(header) = SG_RULESETS.get(band) else { return broken };
+    let Some((peer_vector, dport_vector)) = peer_and_port(band, header, meta, ingress) else { return broken };
     let Some(bit) = first_common_bit(&[peer_vector, dport_vector]) else { return broken };
     let Some(info) = rule_info(header, bit) else { return broken };
     if info.fields == 0 { FirstRound::Decided(decision(info)) } else { FirstRound::Needs(info.fields) }
@@ -313,9 +324,9 @@ fn decision(info: &RuleInfo) -> Decision {
 /// port (`fields`): looks them up as candidates need them. Each round loads at least
 /// one more field, so two rounds always decide.
 #[inline(never)]
-fn constrained(slot: u32, meta: &PacketMeta, ingress: bool, mut fields: u8) -> Decision {
-    let Some(header) = SG_RULESETS.get(slot) else { return BROKEN_MAPS };
-    let Some((peer_vector, dport_vector)) = peer_and_port(slot, header, meta, ingress) else { return BROKEN_MAPS };
+fn constrained(band: u32, meta: &PacketMeta, ingress: bool, mut fields: u8) -> Decision {
+    let Some(header) = SG_RULESETS.get(band) else { return BROKEN_MAPS };
+    let Some((peer_vector, dport_vector)) = peer_and_port(band, header, meta, ingress) else { return BROKEN_MAPS };
     // Fields not looked up (yet) are stood in for by the peer vector (x & x == x).
     let mut local_vector = peer_vector;
     let mut source_vector = peer_vector;
@@ -327,7 +338,7 @@ fn constrained(slot: u32, meta: &PacketMeta, ingress: bool, mut fields: u8) -> D
             if header.flags & RULESET_HAS_LOCAL == 0 {
                 return BROKEN_MAPS;
             }
-            match addr_vector(slot, field::LOCAL, meta, local) {
+            match addr_vector(band, field::LOCAL, meta, local) {
                 Some(v) => local_vector = v,
                 None => return BROKEN_MAPS,
             }

@@ -1283,3 +1283,22 @@ fn realistic_rule(
         description: Some(format!("rule {number}")),
     }
 }
+
+/// `n` ingress rules, rule `i` of TCP port `1 + i` (each port named by one rule), from
+/// 198.19.0.0/16 (even `i`) or 2001:db8:1::/48 (odd), every fifth a drop; members
+/// 198.18.0.1 and 2001:db8::1, bound to `eth0`. Past one vector's bits the set is
+/// compiled in bands (`sg_common::MAX_BANDS`), and each band's rules decide the packets
+/// to their own ports.
+pub fn one_port_each(n: usize) -> String {
+    let mut text = String::from("[[security_group]]\nid = \"sg-ports\"\nmembers = [\"198.18.0.1\", \"2001:db8::1\"]\n");
+    for i in 0..n {
+        let policy = if i % 5 == 4 { "  policy = \"drop\"\n" } else { "" };
+        let source = if i % 2 == 0 { "198.19.0.0/16" } else { "2001:db8:1::/48" };
+        text += &format!(
+            "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"tcp\"\nport_range = \"{p}/{p}\"\n\
+             source = \"{source}\"\n{policy}",
+            p = i + 1
+        );
+    }
+    text + "[[interface]]\nname = \"eth0\"\nsecurity_groups = [\"sg-ports\"]\n"
+}

@@ -136,6 +136,7 @@ pub fn throughput_section(quick: bool) -> Result<String> {
             Filter::MinimalXdp,
             Filter::Sgctl(1_000),
             Filter::Sgctl(16_384),
+            Filter::Sgctl(65_536),
             Filter::NftRules(1_000),
             Filter::NftSet(1_000),
             Filter::Iptables(1_000),

@@ -264,7 +264,7 @@ fn crowded_ipv6_peers_match_the_reference_at_every_bound() {
     let binding = &cfg.interfaces[0];
     let compiled = sgctl::policy::compile::compile(&cfg, binding, Direction::Ingress).expect("compiles");
     assert!(compiled.peer_v6.len() > 50, "{} bounds: not crowded", compiled.peer_v6.len());
-    assert!(compiled.peer_v6_root & sg_common::PORT_BLOCK_REF != 0, "the table must start with a block");
+    assert!(compiled.bands[0].peer_v6_root & sg_common::PORT_BLOCK_REF != 0, "the table must start with a block");
 
     let mut dp = Dataplane::load(&LoadOptions { trace: true, ..Default::default() }).expect("load");
     let mut enforcer = Enforcer::new(&mut dp, &Capacity::default()).expect("maps");

@@ -260,3 +260,83 @@ fn realistic_drop_all_from_is_decided_by_the_last_ranked_rule() {
         }
     }
 }
+
+/// The band of `compiled` whose bits hold user rule `rule_id`.
+fn band_of(compiled: &Compiled, rule_id: u32) -> usize {
+    let bit = compiled.rules.iter().position(|r| r.step == step::RULE && r.rule_id == rule_id).expect("a rule's bit");
+    compiled.bands.iter().position(|b| (b.first_rule..b.first_rule + b.rule_count).contains(&(bit as u32))).unwrap()
+}
+
+/// Rule sets of more bits than a vector holds are compiled in bands
+/// (`sg_common::MAX_BANDS`), each ending in a next-band pseudo-rule but the last: every
+/// probe is decided as the reference decides it, by rules of every band, and the
+/// last-ranked of 65,536 rules decides from the last band.
+#[test]
+fn rule_sets_in_bands_agree_with_the_evaluator() {
+    // Realistic sets: broad rules rank early and decide most probes.
+    for (seed, n, bands) in [(21, 20_000, 2), (22, 40_000, 3)] {
+        let toml = generator::realistic_ruleset(seed, n);
+        let cfg = parse(&toml);
+        let iface = &cfg.interfaces[0];
+        let mut rng = Rng::new(seed);
+        for dir in DIRECTIONS {
+            let compiled = compile(&cfg, iface, dir).unwrap_or_else(|e| panic!("seed {seed}, n {n}: {e:#}"));
+            let want_bands = if dir == Direction::Ingress { bands } else { 1 };
+            assert_eq!(compiled.bands.len(), want_bands, "{n} rules, {dir:?}");
+            let next_band = compiled.rules.iter().filter(|r| r.step == step::NEXT_BAND).count();
+            assert_eq!(next_band, want_bands - 1, "one next-band pseudo-rule ends each band but the last");
+            for _ in 0..100 {
+                let packet = generator::packet(&cfg, iface, dir, &mut rng);
+                let probe = Probe { iface: iface.name.clone(), direction: dir, packet };
+                if let Err(report) = check_probe(&cfg, &toml, &compiled, &probe) {
+                    panic!("realistic_ruleset({seed}, {n}):\n{}", &report[..report.len().min(4000)]);
+                }
+            }
+        }
+    }
+    // One rule a port: each band's rules decide their ports' probes.
+    let toml = generator::one_port_each(40_000);
+    let cfg = parse(&toml);
+    let iface = &cfg.interfaces[0];
+    let compiled = compile(&cfg, iface, Direction::Ingress).unwrap();
+    assert_eq!(compiled.bands.len(), 3);
+    let mut rng = Rng::new(5);
+    let mut decided_in = vec![0; compiled.bands.len()];
+    for _ in 0..600 {
+        let v6 = rng.below(2) == 1;
+        let src: IpAddr = if v6 { "2001:db8:1::7".parse().unwrap() } else { "198.19.3.4".parse().unwrap() };
+        let dst: IpAddr = if v6 { "2001:db8::1".parse().unwrap() } else { "198.18.0.1".parse().unwrap() };
+        let packet = PacketTuple { src, dst, protocol: 6, src_port: 40000, dst_port: 1 + rng.below(41_000) as u16 };
+        let probe = Probe { iface: iface.name.clone(), direction: Direction::Ingress, packet };
+        match check_probe(&cfg, &toml, &compiled, &probe) {
+            Ok((step::RULE, _)) => {
+                let got = compiled.simulate(src, dst, 6, 40000, probe.packet.dst_port).expect("a bit");
+                decided_in[band_of(&compiled, got.rule_id)] += 1;
+            }
+            Ok(_) => {}
+            Err(report) => panic!("one rule a port:\n{}", &report[..report.len().min(4000)]),
+        }
+    }
+    assert!(decided_in.iter().all(|&d| d > 20), "rules of every band decide probes: {decided_in:?}");
+    // The last-ranked of the most rules one interface and direction holds.
+    let opts = RealisticOptions {
+        iface: "bench0".to_string(),
+        drop_all_from: Some("192.0.2.0/24".to_string()),
+        drop_all_from_v6: Some("2001:db8:ffff::/48".to_string()),
+    };
+    let cfg = parse(&generator::realistic_ruleset_with(3, sg_common::MAX_USER_RULES, &opts));
+    let iface = cfg.interface("bench0").expect("bound");
+    let compiled = compile(&cfg, iface, Direction::Ingress).unwrap();
+    assert_eq!(compiled.bands.len(), sg_common::MAX_BANDS as usize);
+    let members = &cfg.groups[iface.groups[0]].members;
+    for (from, v6) in [("192.0.2.77", false), ("2001:db8:ffff::9", true)] {
+        let from: IpAddr = from.parse().unwrap();
+        let local = *members.iter().find(|a| a.is_ipv6() == v6).expect("a member of each family");
+        let got = compiled.simulate(from, local, 6, 40000, 443).expect("a bit matches");
+        let packet = PacketTuple { src: from, dst: local, protocol: 6, src_port: 40000, dst_port: 443 };
+        let want = expected(&evaluate(&cfg, iface, Direction::Ingress, &packet));
+        assert_eq!((got.verdict, got.step, got.rule_id), want, "{from}");
+        assert_eq!(got.step, step::RULE);
+        assert_eq!(band_of(&compiled, got.rule_id), sg_common::MAX_BANDS as usize - 1, "decided in the last band");
+    }
+}

@@ -17,7 +17,7 @@ use proptest::{
     test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
 };
 use sg_tests::{
-    r#gen::{self as generator, GenOptions, Rng},
+    r#gen::{self as generator, GenOptions, RealisticOptions, Rng},
     kernel::kernel_tests_enabled,
     testrun::{TEST_RUN_IFINDEX, compare, frame_for, hook_for, named, run, test_capacity, test_load_options},
 };
@@ -27,6 +27,7 @@ use sgctl::{
     policy::{
         compile::compile,
         config::{Direction, parse_str},
+        eval::PacketTuple,
     },
 };
 
@@ -148,6 +149,103 @@ fn kernel_agrees_with_the_reference_on_large_realistic_rule_sets() {
         }
     }
     eprintln!("large realistic rule sets: {probes} probes, 0 mismatches");
+}
+
+/// Rule sets past one vector's bits, compiled in bands (`sg_common::MAX_BANDS`): a
+/// realistic set of 40,000 rules (both hooks), one rule a port over 40,000 ports (each
+/// band's rules decide their ports' packets), and the last-ranked rule of 65,536 deciding
+/// from the last band, after every band before it passed the search on.
+#[test]
+fn kernel_agrees_with_the_reference_on_rule_sets_in_bands() {
+    if !kernel_tests_enabled("kernel_agrees_with_the_reference_on_rule_sets_in_bands") {
+        return;
+    }
+    let realistic = generator::realistic_ruleset(14, 40_000);
+    let last_ranked = RealisticOptions {
+        iface: "bench0".to_string(),
+        drop_all_from: Some("192.0.2.0/24".to_string()),
+        drop_all_from_v6: Some("2001:db8:ffff::/48".to_string()),
+    };
+    let texts = [
+        generator::as_egress(&realistic),
+        realistic,
+        generator::one_port_each(40_000),
+        generator::realistic_ruleset_with(3, sg_common::MAX_USER_RULES, &last_ranked),
+    ];
+    let configs: Vec<_> = texts.iter().map(|toml| parse_str(toml, "bands.toml").expect("valid")).collect();
+    let compiled: Vec<_> = configs
+        .iter()
+        .flat_map(|cfg| DIRECTIONS.map(|dir| compile(cfg, &cfg.interfaces[0], dir).expect("compiles")))
+        .collect();
+    assert!(compiled.iter().any(|c| c.bands.len() == sg_common::MAX_BANDS as usize));
+    let capacity = Capacity { sessions: test_capacity().sessions, ..Capacity::for_rule_sets(&compiled) };
+    let mut dp = Dataplane::load(&sgctl::dataplane::LoadOptions { capacity, ..test_load_options() }).expect("load");
+    let mut enforcer = Enforcer::new(&mut dp, &capacity).expect("maps");
+    enforcer.set_grace_period(Duration::ZERO);
+    let check = |dp: &mut Dataplane,
+                 enforcer: &mut Enforcer,
+                 cfg: &sgctl::policy::config::Config,
+                 dir: Direction,
+                 packet: &PacketTuple,
+                 what: &str| {
+        let binding = &cfg.interfaces[0];
+        enforcer.sessions().flush().expect("flush");
+        let got = run(dp, hook_for(dir), &frame_for(packet)).expect("test run");
+        let got = named(enforcer, got);
+        compare(cfg, binding, dir, packet, &got).unwrap_or_else(|e| panic!("{what}, {dir:?}: {e}"));
+        got
+    };
+    let mut probes = 0;
+    for (i, cfg) in configs.iter().enumerate() {
+        enforcer.apply(cfg, &[(TEST_RUN_IFINDEX, &cfg.interfaces[0])]).expect("apply");
+        let binding = &cfg.interfaces[0];
+        let mut rng = Rng::new(i as u64);
+        match i {
+            0 | 1 => {
+                for dir in DIRECTIONS {
+                    for _ in 0..150 {
+                        let packet = generator::packet(cfg, binding, dir, &mut rng);
+                        check(&mut dp, &mut enforcer, cfg, dir, &packet, "realistic_ruleset(14, 40000)");
+                        probes += 1;
+                    }
+                }
+            }
+            2 => {
+                for _ in 0..400 {
+                    let v6 = rng.below(2) == 1;
+                    let (src, dst) = if v6 { ("2001:db8:1::7", "2001:db8::1") } else { ("198.19.3.4", "198.18.0.1") };
+                    let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
+                    let dst_port = 1 + rng.below(41_000) as u16;
+                    let packet = PacketTuple { src, dst, protocol: 6, src_port: 40000, dst_port };
+                    check(&mut dp, &mut enforcer, cfg, Direction::Ingress, &packet, "one rule a port");
+                    probes += 1;
+                }
+            }
+            _ => {
+                let members = &cfg.groups[binding.groups[0]].members;
+                // The two last-ranked rules: the IPv4 network's drop, then the IPv6 one's.
+                let n = sg_common::MAX_USER_RULES as u32;
+                for (from, v6, rule) in [("192.0.2.77", false, n - 1), ("2001:db8:ffff::9", true, n)] {
+                    let src = from.parse().unwrap();
+                    let dst = *members.iter().find(|a| a.is_ipv6() == v6).expect("a member of each family");
+                    for (protocol, dst_port) in [(6, 443), (17, 53), (47, 0)] {
+                        let packet = PacketTuple { src, dst, protocol, src_port: 40000, dst_port };
+                        let got = check(
+                            &mut dp,
+                            &mut enforcer,
+                            cfg,
+                            Direction::Ingress,
+                            &packet,
+                            "the last-ranked of 65,536",
+                        );
+                        assert_eq!(got.decision.rule_id, rule, "{from} {protocol}");
+                        probes += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("rule sets in bands: {probes} probes, 0 mismatches");
 }
 
 const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];

@@ -410,7 +410,8 @@ impl Observer {
             }
         }
         view.interfaces.sort_by(|a, b| (&a.iface, &a.direction).cmp(&(&b.iface, &b.direction)));
-        for (handle, used) in live.now.enforcer.handles().in_use() {
+        // A next-band pseudo-rule decides nothing (`step::NEXT_BAND`): no line.
+        for (handle, used) in live.now.enforcer.handles().in_use().filter(|(_, u)| u.step != step::NEXT_BAND) {
             let c = rules.get(&handle).copied().unwrap_or_default();
             let first = *self.first_seen.entry(handle).or_insert(now);
             let last = self.last_used.entry(handle).or_insert((c.packets, first));

@@ -39,6 +39,7 @@ fn handle_keys(cfg: &Config, rules: &HashMap<u32, &Rule>, c: &Compiled, ifindex:
         .map(|info| {
             let identity = match rules.get(&info.rule_id) {
                 Some(rule) if info.step == step::RULE => rule.identity(cfg),
+                _ if info.step == step::NEXT_BAND => "pseudo:next-band".to_string(),
                 _ => format!("pseudo:{}", step::NAMES[usize::from(info.step) % step::COUNT]),
             };
             HandleKey { ifindex, hook, identity }

@@ -95,6 +95,7 @@ impl Capacity {
             need.addr_entries += c.addr_entries.len() as u32;
             need.port_entries += c.port_entries.len() as u32;
             need.port_blocks += with_slack(c.port_blocks.len());
+            need.port_tables += with_slack(c.port_tables.len());
         }
         let d = Self::default();
         Self {
@@ -105,7 +106,7 @@ impl Capacity {
             rule_info: (need.rule_info * 2 + 64).max(d.rule_info),
             addr_entries: (need.addr_entries * 2 + 64).max(d.addr_entries),
             port_entries: (need.port_entries * 2 + 64).max(d.port_entries),
-            port_tables: d.port_tables,
+            port_tables: (need.port_tables * 2 + 64).max(d.port_tables),
             port_blocks: (need.port_blocks * 2 + 64).max(d.port_blocks),
         }
     }

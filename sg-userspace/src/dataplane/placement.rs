@@ -100,8 +100,8 @@ pub struct Plan {
     /// Where each of the compiled set's vectors went (a position in the vector range),
     /// for the trie entries.
     pub vector_at: Vec<u32>,
-    /// The IPv6 peer table's root entry, relocated.
-    pub peer_v6_root: u32,
+    /// Each band's IPv6 peer table root entry, relocated.
+    pub peer_v6_roots: Vec<u32>,
     /// Every chunk, vector and block went to its own index: the ranges then hold the set
     /// at its numbering ([`Contents::in_place`]).
     pub in_place: bool,
@@ -253,7 +253,7 @@ pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Op
     for (i, (info, handle)) in c.rules.iter().zip(handles).enumerate() {
         write_if_new(&mut plan.rules, &known.rules, i as u32, RuleInfo { rule_id: *handle, ..*info });
     }
-    plan.peer_v6_root = relocate(c.peer_v6_root);
+    plan.peer_v6_roots = c.bands.iter().map(|b| relocate(b.peer_v6_root)).collect();
     let identity = |at: &[u32]| at.iter().enumerate().all(|(i, &p)| p == i as u32);
     plan.in_place = identity(&chunk_at) && identity(&vector_at) && identity(&block_at);
     plan.vector_at = vector_at;
@@ -305,7 +305,7 @@ pub fn plan_in_place(
             plan.rules.push((i as u32, RuleInfo { rule_id: *handle, ..*info }));
         }
     }
-    plan.peer_v6_root = relocate(c.peer_v6_root);
+    plan.peer_v6_roots = c.bands.iter().map(|b| relocate(b.peer_v6_root)).collect();
     plan.vector_at = (0..c.vectors.len() as u32).collect();
     Some(plan)
 }

@@ -9,8 +9,8 @@ use std::{ops::Range, sync::Arc};
 
 use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use sg_common::{
-    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_WORDS, PORT_KEY_FIXED_BITS, PeerV6Bound, PortBlock, PortKey,
-    RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, field, map,
+    ADDR_KEY_FIXED_BITS, AddrKey, IfaceConfig, MAX_RULESETS, MAX_WORDS, PORT_KEY_FIXED_BITS, PeerV6Bound, PortBlock,
+    PortKey, RuleChunk, RuleCounters, RuleInfo, RuleVector, RulesetHeader, Timeouts, band_header, field, map,
 };
 
 use super::{
@@ -59,7 +59,7 @@ pub struct RuleSetMaps {
 /// The trie keys compiled rule set `c` has in `slot`: what [`RuleSetMaps::write`] writes
 /// and a deletion must remove (an agent adopting pinned maps recomputes them).
 pub fn trie_keys(c: &Compiled, slot: u32) -> (Vec<Key<AddrKey>>, Vec<Key<PortKey>>) {
-    let ruleset = slot.to_be_bytes();
+    let ruleset = |band: u8| band_header(slot, u32::from(band)).to_be_bytes();
     let addr = c
         .addr_entries
         .iter()
@@ -74,7 +74,7 @@ pub fn trie_keys(c: &Compiled, slot: u32) -> (Vec<Key<AddrKey>>, Vec<Key<PortKey
             };
             Key::new(
                 ADDR_KEY_FIXED_BITS + u32::from(bits),
-                AddrKey { ruleset, field: e.field, family, _pad: [0; 2], addr },
+                AddrKey { ruleset: ruleset(e.band), field: e.field, family, _pad: [0; 2], addr },
             )
         })
         .collect();
@@ -86,7 +86,7 @@ pub fn trie_keys(c: &Compiled, slot: u32) -> (Vec<Key<AddrKey>>, Vec<Key<PortKey
             let (protocol, bits) = e.protocol.map_or((0, 0), |p| (p, 8));
             Key::new(
                 PORT_KEY_FIXED_BITS + bits,
-                PortKey { ruleset, field: field::DESTINATION_PORT, protocol, port: [0; 2] },
+                PortKey { ruleset: ruleset(e.band), field: field::DESTINATION_PORT, protocol, port: [0; 2] },
             )
         })
         .collect();
@@ -102,7 +102,8 @@ impl RuleSetMaps {
     /// Deletes trie entries of rule-set slots not in `live` (left by an agent that died
     /// between writing a rule set and recording it); returns how many.
     pub fn delete_orphans(&mut self, live: &[u32]) -> Result<usize> {
-        let slot_of = |ruleset: [u8; 4]| u32::from_be_bytes(ruleset);
+        // A band's entries are keyed by its header, `band_header` of the set's slot.
+        let slot_of = |ruleset: [u8; 4]| u32::from_be_bytes(ruleset) % MAX_RULESETS;
         let addr: Vec<Key<AddrKey>> = self
             .addr_trie
             .keys()
@@ -273,17 +274,20 @@ impl RuleSetMaps {
         batch::update(self.port_trie.map(), &at.port_keys, &port_values).doing("writing port entries")?;
         update(self.port_blocks.map(), at.blocks.start, &plan.blocks).doing("writing port blocks")?;
         update(self.port_tables.map(), at.tables.start, &plan.tables).doing("writing port tables")?;
-        let header = RulesetHeader {
-            rule_base: at.rules.start,
-            rule_count: c.rules.len() as u32,
-            flags: c.flags,
-            port_tables: at.tables.start,
-            peer_v6: at.peer_v6.start,
-            peer_v6_count: c.peer_v6.len() as u32,
-            peer_v6_root: plan.peer_v6_root,
-            _pad: 0,
-        };
-        self.rulesets.set(at.slot, header, 0).doing("writing the rule-set header")?;
+        // Later bands first: band 0's header, written last, is the one the slot names.
+        for (b, band) in c.bands.iter().enumerate().rev() {
+            let header = RulesetHeader {
+                rule_base: at.rules.start + band.first_rule,
+                rule_count: band.rule_count,
+                flags: band.flags,
+                port_tables: at.tables.start + band.first_table,
+                peer_v6: at.peer_v6.start + band.first_peer_v6,
+                peer_v6_count: band.peer_v6_count,
+                peer_v6_root: plan.peer_v6_roots[b],
+                _pad: 0,
+            };
+            self.rulesets.set(band_header(at.slot, b as u32), header, 0).doing("writing a rule-set header")?;
+        }
         at.contents.record(&plan);
         if plan.in_place {
             at.contents.in_place = Some((Arc::clone(c), at.handles.clone()));

@@ -21,9 +21,9 @@ use ipnet::IpNet;
 use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap, FxHashSet as HashSet};
 use sg_common::{
-    CHUNK_WORDS, MAX_PEER_V6_BOUNDS, MAX_USER_RULES, MAX_WORDS, PORT_BLOCK_REF, PeerV6Bound, PortBlock,
-    RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL, RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo,
-    RuleVector, field, ip_proto, port_table, step, verdict,
+    CHUNK_WORDS, MAX_BANDS, MAX_PEER_V6_BOUNDS, MAX_RULE_BITS, MAX_USER_RULES, MAX_WORDS, PEER_V6_BOUNDS,
+    PORT_BLOCK_REF, PeerV6Bound, PortBlock, RULE_NEEDS_LOCAL, RULE_NEEDS_SOURCE_PORT, RULESET_HAS_LOCAL,
+    RULESET_HAS_SOURCE_PORT, RuleChunk, RuleInfo, RuleVector, field, ip_proto, port_table, step, verdict,
 };
 
 use super::{
@@ -45,6 +45,8 @@ pub enum CompileError {
 /// An address-trie entry: `field` value within `net` maps to `vector`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddrEntry {
+    /// The band whose trie entries it is ([`Band`]).
+    pub band: u8,
     pub field: u8,
     pub net: IpNet,
     pub vector: u32,
@@ -54,6 +56,8 @@ pub struct AddrEntry {
 /// entry; otherwise the protocol, any port (TCP and UDP ports are in the port tables).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortEntry {
+    /// The band whose trie entries it is ([`Band`]).
+    pub band: u8,
     pub protocol: Option<u8>,
     pub vector: u32,
 }
@@ -61,29 +65,47 @@ pub struct PortEntry {
 /// One compiled rule set, ready to be written into the maps at any slot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// What bit `i` decides.
+    /// What bit `i` decides: the bits of every band, band after band.
     pub rules: Vec<RuleInfo>,
-    /// `RULESET_HAS_LOCAL` | `RULESET_HAS_SOURCE_PORT`.
-    pub flags: u32,
+    /// Where each band's parts are (one band unless the rules need more bits than a
+    /// vector holds: `sg_common::MAX_BANDS`).
+    pub bands: Vec<Band>,
     /// Distinct vectors; entries refer to them by index. Their chunk numbers index
     /// `chunks`.
     pub vectors: Vec<RuleVector>,
     /// Distinct chunks of the vectors' words.
     pub chunks: Vec<RuleChunk>,
-    /// The IPv6 peer intervals, sorted, the first at `::` (vector indices into `vectors`).
+    /// The IPv6 peer intervals, sorted, the first at `::` (vector indices into `vectors`),
+    /// band after band.
     pub peer_v6: Vec<PeerV6Bound>,
-    /// Where the IPv6 peer table (`sg_common::PEER_V6_BOUNDS`), which narrows a peer to a
-    /// few of `peer_v6`, starts: a vector, a leaf, or `PORT_BLOCK_REF` | a block of
-    /// `port_blocks`.
-    pub peer_v6_root: u32,
     pub addr_entries: Vec<AddrEntry>,
     /// Port-trie entries: the any-protocol entry and one per other protocol (no ports).
     pub port_entries: Vec<PortEntry>,
-    /// First-level port tables (`sg_common::PORT_TABLES` of them, in `port_table` order):
-    /// vector indices, or `PORT_BLOCK_REF` | an index into `port_blocks`.
+    /// First-level port tables (`sg_common::PORT_TABLES` of them a band, in `port_table`
+    /// order): vector indices, or `PORT_BLOCK_REF` | an index into `port_blocks`.
     pub port_tables: Vec<PortBlock>,
     /// Second-level port blocks: vector indices.
     pub port_blocks: Vec<PortBlock>,
+}
+
+/// One band of a compiled rule set: the parts of [`Compiled`] its header
+/// (`sg_common::RulesetHeader`) points to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Band {
+    /// Its first bit in `Compiled::rules`, and how many.
+    pub first_rule: u32,
+    pub rule_count: u32,
+    /// `RULESET_HAS_LOCAL` | `RULESET_HAS_SOURCE_PORT`.
+    pub flags: u32,
+    /// Its first table in `Compiled::port_tables`.
+    pub first_table: u32,
+    /// Its first IPv6 peer interval in `Compiled::peer_v6`, and how many.
+    pub first_peer_v6: u32,
+    pub peer_v6_count: u32,
+    /// Where its IPv6 peer table (`sg_common::PEER_V6_BOUNDS`), which narrows a peer to a
+    /// few of its intervals, starts: a vector, a leaf (counted from `first_peer_v6`), or
+    /// `PORT_BLOCK_REF` | a block of `Compiled::port_blocks`.
+    pub peer_v6_root: u32,
 }
 
 /// A rule as the compiler sees it: its sets of matching values per field.
@@ -332,7 +354,7 @@ fn address_vectors(
         };
         bits.update(&mut table.pool, own, true);
         let vector = table.intern(bits);
-        entries.push(AddrEntry { field, net, vector });
+        entries.push(AddrEntry { band: 0, field, net, vector });
         ancestors.push((net, vector));
     }
     entries
@@ -595,8 +617,30 @@ impl CompileCache {
     }
 }
 
-/// Compiles `matchers`, the rules of `iface` in one direction in bit order.
+/// Compiles `matchers`, the rules of `iface` in one direction in bit order: in one band
+/// when they fit a vector, else in bands of a vector's bits, each but the last ending in
+/// the next-band pseudo-rule (`sg_common::MAX_BANDS`).
 fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compiled, CompileError> {
+    if matchers.len() <= MAX_RULE_BITS {
+        return one_band(iface, matchers);
+    }
+    let pieces: Vec<&[Matcher]> = matchers.chunks(MAX_RULE_BITS - 1).collect();
+    if pieces.len() > MAX_BANDS as usize {
+        return Err(CompileError::TooWide { iface: iface.name.clone(), count: matchers.len() });
+    }
+    let mut out = Compiled::default();
+    for (b, piece) in pieces.iter().enumerate() {
+        let mut band = piece.to_vec();
+        if b + 1 < pieces.len() {
+            band.push(Matcher::pseudo(step::NEXT_BAND, Action::Drop, vec![any_net(false), any_net(true)]));
+        }
+        out.append_band(one_band(iface, &band)?, b as u8);
+    }
+    Ok(out)
+}
+
+/// Compiles `matchers` (at most a vector's bits) as a rule set of one band.
+fn one_band(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compiled, CompileError> {
     let words = matchers.len().div_ceil(64);
     if words > MAX_WORDS {
         return Err(CompileError::TooWide { iface: iface.name.clone(), count: matchers.len() });
@@ -620,10 +664,11 @@ fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compi
     if compiled.peer_v6.len() > MAX_PEER_V6_BOUNDS as usize {
         return Err(CompileError::TooManyPeerV6 { iface: iface.name.clone(), count: compiled.peer_v6.len() });
     }
-    compiled.peer_v6_root = peer_v6::table(&compiled.peer_v6, &mut compiled.port_blocks);
+    let peer_v6_root = peer_v6::table(&compiled.peer_v6, &mut compiled.port_blocks);
+    let mut flags = 0;
 
     if matchers.iter().any(|m| m.local.is_some()) {
-        compiled.flags |= RULESET_HAS_LOCAL;
+        flags |= RULESET_HAS_LOCAL;
         let mut locals: HashMap<IpNet, Vec<usize>> = HashMap::default();
         for (bit, m) in matchers.iter().enumerate() {
             match m.local {
@@ -642,7 +687,7 @@ fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compi
     let mut any_protocol = Bits::new(words);
     let any_bits = matchers.iter().enumerate().filter(|(_, m)| m.protocol.is_none()).map(|(bit, _)| bit);
     any_protocol.update(&mut table.pool, any_bits, true);
-    compiled.port_entries.push(PortEntry { protocol: None, vector: table.intern(any_protocol.clone()) });
+    compiled.port_entries.push(PortEntry { band: 0, protocol: None, vector: table.intern(any_protocol.clone()) });
     let protocols: BTreeSet<u8> = matchers.iter().filter_map(|m| m.protocol).collect();
     // TCP and UDP destination ports, and ICMP and ICMPv6 keys, go in tables (a protocol
     // no rule names gets the any-protocol vector throughout); other protocols have no
@@ -670,12 +715,12 @@ fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compi
             let mut bits = any_protocol.clone();
             bits.update(&mut table.pool, ranges.iter().map(|(bit, _)| *bit), true);
             let vector = table.intern(bits);
-            compiled.port_entries.push(PortEntry { protocol: Some(protocol), vector });
+            compiled.port_entries.push(PortEntry { band: 0, protocol: Some(protocol), vector });
         }
     }
 
     if matchers.iter().any(|m| m.source_ports.is_some()) {
-        compiled.flags |= RULESET_HAS_SOURCE_PORT;
+        flags |= RULESET_HAS_SOURCE_PORT;
         let mut unconstrained = Bits::new(words);
         let mut ranges = Vec::new();
         let mut free = Vec::new();
@@ -692,6 +737,15 @@ fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compi
     tables[port_table::PEER_V4 as usize] = peer_v4;
     compiled.port_tables = tables;
     (compiled.vectors, compiled.chunks) = chunked(&table.vectors, &table.pool);
+    compiled.bands = vec![Band {
+        first_rule: 0,
+        rule_count: matchers.len() as u32,
+        flags,
+        first_table: 0,
+        first_peer_v6: 0,
+        peer_v6_count: compiled.peer_v6.len() as u32,
+        peer_v6_root,
+    }];
     Ok(compiled)
 }
 
@@ -732,8 +786,58 @@ pub struct Simulated {
 }
 
 impl Compiled {
+    /// The words of the widest band's vectors.
     pub fn words(&self) -> usize {
-        self.rules.len().div_ceil(64)
+        self.bands.iter().map(|b| b.rule_count as usize).max().unwrap_or(0).div_ceil(64)
+    }
+
+    /// Appends `part`, a rule set of one band, as band `b`: its entries renumbered past
+    /// the ones already here.
+    fn append_band(&mut self, part: Compiled, b: u8) {
+        let [vectors, chunks, blocks] =
+            [self.vectors.len(), self.chunks.len(), self.port_blocks.len()].map(|n| n as u32);
+        // A table or block entry: a vector, a block, or an IPv6 leaf (counted from the
+        // band's own first interval, so it stays).
+        let entry = |e: u32| {
+            if e & PORT_BLOCK_REF != 0 {
+                e + blocks
+            } else if e & PEER_V6_BOUNDS != 0 {
+                e
+            } else {
+                e + vectors
+            }
+        };
+        let block = |mut t: PortBlock| {
+            t.entries = t.entries.map(entry);
+            t
+        };
+        let own = part.bands[0];
+        self.bands.push(Band {
+            first_rule: self.rules.len() as u32,
+            first_table: self.port_tables.len() as u32,
+            first_peer_v6: self.peer_v6.len() as u32,
+            peer_v6_root: entry(own.peer_v6_root),
+            ..own
+        });
+        self.rules.extend(part.rules);
+        self.vectors.extend(part.vectors.into_iter().map(|mut v| {
+            v.chunks = v.chunks.map(|c| c + chunks);
+            v
+        }));
+        self.chunks.extend(part.chunks);
+        self.peer_v6.extend(part.peer_v6.into_iter().map(|p| PeerV6Bound { vector: p.vector + vectors, ..p }));
+        self.addr_entries.extend(part.addr_entries.into_iter().map(|e| AddrEntry {
+            band: b,
+            vector: e.vector + vectors,
+            ..e
+        }));
+        self.port_entries.extend(part.port_entries.into_iter().map(|e| PortEntry {
+            band: b,
+            vector: e.vector + vectors,
+            ..e
+        }));
+        self.port_tables.extend(part.port_tables.into_iter().map(block));
+        self.port_blocks.extend(part.port_blocks.into_iter().map(block));
     }
 
     /// Word `w` of vector `v`, through its chunk as the kernel reads it.
@@ -741,15 +845,17 @@ impl Compiled {
         self.chunks[v.chunks[w / CHUNK_WORDS] as usize].words[w % CHUNK_WORDS]
     }
 
-    /// The words of vector `index`.
+    /// The words of vector `index` (as wide as the widest band).
     pub fn vector_words(&self, index: u32) -> Vec<u64> {
         let v = &self.vectors[index as usize];
         (0..self.words()).map(|w| self.word(v, w)).collect()
     }
 
-    fn addr_lookup(&self, field: u8, addr: IpAddr) -> Option<&RuleVector> {
+    fn addr_lookup(&self, b: usize, field: u8, addr: IpAddr) -> Option<&RuleVector> {
+        let band = &self.bands[b];
         if let (field::PEER, IpAddr::V4(v4)) = (field, addr) {
-            let mut entry = self.port_tables.get(port_table::PEER_V4 as usize)?.entries[usize::from(v4.octets()[0])];
+            let root = self.port_tables.get((band.first_table + port_table::PEER_V4) as usize)?;
+            let mut entry = root.entries[usize::from(v4.octets()[0])];
             for &byte in &v4.octets()[1..] {
                 if entry & PORT_BLOCK_REF == 0 {
                     break;
@@ -761,17 +867,19 @@ impl Compiled {
         if let (field::PEER, IpAddr::V6(v6)) = (field, addr) {
             // The last interval starting at or below the address, found through the
             // index as the kernel finds it.
-            let vector = peer_v6::lookup(self.peer_v6_root, &self.port_blocks, &self.peer_v6, &v6.octets())?;
+            let first = band.first_peer_v6 as usize;
+            let bounds = self.peer_v6.get(first..first + band.peer_v6_count as usize)?;
+            let vector = peer_v6::lookup(band.peer_v6_root, &self.port_blocks, bounds, &v6.octets())?;
             return self.vectors.get(vector as usize);
         }
         self.addr_entries
             .iter()
-            .filter(|e| e.field == field && e.net.contains(&addr))
+            .filter(|e| usize::from(e.band) == b && e.field == field && e.net.contains(&addr))
             .max_by_key(|e| e.net.prefix_len())
             .map(|e| &self.vectors[e.vector as usize])
     }
 
-    fn port_lookup(&self, field: u8, protocol: u8, port: u16) -> Option<&RuleVector> {
+    fn port_lookup(&self, b: usize, field: u8, protocol: u8, port: u16) -> Option<&RuleVector> {
         let table = match (field, protocol) {
             (field::SOURCE_PORT, _) => Some(port_table::SOURCE),
             (_, ip_proto::TCP) => Some(port_table::TCP_DESTINATION),
@@ -781,7 +889,8 @@ impl Compiled {
             _ => None,
         };
         if let Some(table) = table {
-            let first = self.port_tables.get(table as usize)?.entries[usize::from(port >> 8)];
+            let first =
+                self.port_tables.get((self.bands[b].first_table + table) as usize)?.entries[usize::from(port >> 8)];
             let vector = if first & PORT_BLOCK_REF == 0 {
                 first
             } else {
@@ -790,10 +899,10 @@ impl Compiled {
             return self.vectors.get(vector as usize);
         }
         // Other protocols: their own entry, else the any-protocol one.
-        self.port_entries
-            .iter()
+        let entries = || self.port_entries.iter().filter(|e| usize::from(e.band) == b);
+        entries()
             .find(|e| e.protocol == Some(protocol))
-            .or_else(|| self.port_entries.iter().find(|e| e.protocol.is_none()))
+            .or_else(|| entries().find(|e| e.protocol.is_none()))
             .map(|e| &self.vectors[e.vector as usize])
     }
 
@@ -806,21 +915,26 @@ impl Compiled {
         src_port: u16,
         dst_port: u16,
     ) -> Option<Simulated> {
-        let mut fields =
-            vec![self.addr_lookup(field::PEER, peer)?, self.port_lookup(field::DESTINATION_PORT, protocol, dst_port)?];
-        if self.flags & RULESET_HAS_LOCAL != 0 {
-            fields.push(self.addr_lookup(field::LOCAL, local)?);
+        for (b, band) in self.bands.iter().enumerate() {
+            let mut fields = vec![
+                self.addr_lookup(b, field::PEER, peer)?,
+                self.port_lookup(b, field::DESTINATION_PORT, protocol, dst_port)?,
+            ];
+            if band.flags & RULESET_HAS_LOCAL != 0 {
+                fields.push(self.addr_lookup(b, field::LOCAL, local)?);
+            }
+            if band.flags & RULESET_HAS_SOURCE_PORT != 0 {
+                fields.push(self.port_lookup(b, field::SOURCE_PORT, 0, src_port)?);
+            }
+            let found = (0..(band.rule_count as usize).div_ceil(64)).find_map(|w| {
+                let word = fields.iter().fold(u64::MAX, |acc, v| acc & self.word(v, w));
+                (word != 0).then(|| self.rules[band.first_rule as usize + w * 64 + word.trailing_zeros() as usize])
+            })?;
+            if found.step != step::NEXT_BAND {
+                return Some(Simulated { verdict: found.verdict, step: found.step, rule_id: found.rule_id });
+            }
         }
-        if self.flags & RULESET_HAS_SOURCE_PORT != 0 {
-            fields.push(self.port_lookup(field::SOURCE_PORT, 0, src_port)?);
-        }
-        (0..self.words()).find_map(|w| {
-            let word = fields.iter().fold(u64::MAX, |acc, v| acc & self.word(v, w));
-            (word != 0).then(|| {
-                let info = self.rules[w * 64 + word.trailing_zeros() as usize];
-                Simulated { verdict: info.verdict, step: info.step, rule_id: info.rule_id }
-            })
-        })
+        None
     }
 }
 

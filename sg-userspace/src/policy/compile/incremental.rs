@@ -45,7 +45,9 @@ pub(super) fn recompile(
     after: &[Matcher],
     garbage: &mut usize,
 ) -> Option<Compiled> {
-    if before.len() != after.len() || old.rules.len() != before.len() {
+    // A rule set in bands numbers its bits otherwise than its rules (the next-band
+    // pseudo-rules between them): compiled whole.
+    if old.bands.len() != 1 || before.len() != after.len() || old.rules.len() != before.len() {
         return None;
     }
     let mut differing = before.iter().zip(after).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i);
@@ -225,7 +227,7 @@ fn compact(c: &mut Compiled) {
         .port_tables
         .iter()
         .flat_map(|t| t.entries.iter())
-        .chain(std::iter::once(&c.peer_v6_root))
+        .chain(c.bands.iter().map(|b| &b.peer_v6_root))
         .filter_map(|&e| match entry(e) {
             Entry::Block(b) => Some(b),
             _ => None,
@@ -244,7 +246,7 @@ fn compact(c: &mut Compiled) {
     // Vectors referred to by live entries, bounds and trie entries.
     let mut live_vectors = vec![false; c.vectors.len()];
     let tables = c.port_tables.iter().chain(&c.port_blocks);
-    for &e in tables.flat_map(|t| t.entries.iter()).chain(std::iter::once(&c.peer_v6_root)) {
+    for &e in tables.flat_map(|t| t.entries.iter()).chain(c.bands.iter().map(|b| &b.peer_v6_root)) {
         if let Entry::Vector(v) = entry(e) {
             live_vectors[v] = true;
         }
@@ -264,7 +266,7 @@ fn compact(c: &mut Compiled) {
     for t in c.port_tables.iter_mut().chain(c.port_blocks.iter_mut()) {
         t.entries.iter_mut().for_each(renumber);
     }
-    renumber(&mut c.peer_v6_root);
+    c.bands.iter_mut().for_each(|b| renumber(&mut b.peer_v6_root));
     c.peer_v6.iter_mut().for_each(|b| b.vector = vector_to[b.vector as usize]);
     c.addr_entries.iter_mut().for_each(|e| e.vector = vector_to[e.vector as usize]);
     c.port_entries.iter_mut().for_each(|e| e.vector = vector_to[e.vector as usize]);

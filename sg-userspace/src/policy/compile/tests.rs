@@ -50,7 +50,7 @@ fn pseudo_rules_frame_the_user_rules_in_rank_order() {
     let ids: Vec<u32> = c.rules[1..4].iter().map(|r| r.rule_id).collect();
     assert_eq!(ids, vec![1, 3, 2]);
     assert_eq!(c.rules[4].verdict, verdict::DROP, "basic ingress default is drop");
-    assert_eq!(c.flags, RULESET_HAS_SOURCE_PORT);
+    assert_eq!(c.bands[0].flags, RULESET_HAS_SOURCE_PORT);
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn v4_table_is_a_longest_prefix_match() {
     let entries: Vec<AddrEntry> = nets
         .iter()
         .enumerate()
-        .map(|(i, n)| AddrEntry { field: field::PEER, net: n.parse().unwrap(), vector: i as u32 })
+        .map(|(i, n)| AddrEntry { band: 0, field: field::PEER, net: n.parse().unwrap(), vector: i as u32 })
         .collect();
     let mut blocks = Vec::new();
     let root = v4_table(entries.clone(), &mut blocks);

@@ -1236,10 +1236,10 @@ fn rejects_icmp_code_without_type_and_values_out_of_range() {
 
 #[test]
 fn rejects_an_interface_whose_groups_hold_more_rules_than_the_maps() {
-    // Two groups of 8,193 ingress rules each: each group is fine alone, together they
+    // Two groups of 32,769 ingress rules each: each group is fine alone, together they
     // exceed what one interface and direction holds, and the error is at the interface.
     let group = |id: &str| {
-        let rules: String = (0..8193)
+        let rules: String = (0..32_769)
             .map(|i| {
                 format!(
                     "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"tcp\"\nport_range = \"{p}/{p}\"\nsource = \"198.18.0.0/15\"\n",
@@ -1256,7 +1256,7 @@ fn rejects_an_interface_whose_groups_hold_more_rules_than_the_maps() {
         group("sg-a"),
         group("sg-b")
     );
-    let error = rejected(&two, "interface[1].security_groups", &["16386 ingress rules", "at most 16384 per direction"]);
+    let error = rejected(&two, "interface[1].security_groups", &["65538 ingress rules", "at most 65536 per direction"]);
     assert!(error.line > 0, "{error:?}");
 }
 
