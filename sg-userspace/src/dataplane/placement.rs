@@ -39,6 +39,9 @@ pub struct Contents {
     /// The compiled set (and its bits' handles) the ranges hold at its own numbering,
     /// when they do: what [`plan_in_place`] compares with.
     pub in_place: Option<(Arc<Compiled>, Vec<u32>)>,
+    /// Every entry is unknown (fresh ranges, nothing recorded since): a plan then writes
+    /// everything at its own index and need not look for equal entries.
+    pub nothing_known: bool,
 }
 
 impl Contents {
@@ -53,11 +56,13 @@ impl Contents {
             tables: vec![None; tables],
             blocks: vec![None; blocks],
             in_place: None,
+            nothing_known: true,
         }
     }
 
     /// Records that `plan`'s entries were written.
     pub fn record(&mut self, plan: &Plan) {
+        self.nothing_known = false;
         fn put<T: Copy>(to: &mut [Option<T>], writes: &Writes<T>) {
             for (at, value) in writes {
                 to[*at as usize] = Some(*value);
@@ -258,6 +263,42 @@ pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Op
     plan.in_place = identity(&chunk_at) && identity(&vector_at) && identity(&block_at);
     plan.vector_at = vector_at;
     Some(plan)
+}
+
+/// The plan for `c` over fresh ranges ([`Contents::nothing_known`]): every entry, each
+/// at its own index. `None` when a range is too short.
+pub fn plan_whole(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Option<Plan> {
+    let counts =
+        [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
+    if counts.iter().zip(known.lens()).any(|(n, len)| *n > len) {
+        return None;
+    }
+    fn all<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Writes<U> {
+        items.iter().enumerate().map(|(i, v)| (i as u32, f(v))).collect()
+    }
+    let relocate = |e: u32| relocate_entry(e, |v| v, |b| b, bases);
+    debug_assert_eq!(handles.len(), c.rules.len());
+    Some(Plan {
+        chunks: all(&c.chunks, |v| *v),
+        vectors: all(&c.vectors, |v| {
+            let mut out = *v;
+            out.chunks.iter_mut().for_each(|n| *n += bases.chunks);
+            out
+        }),
+        peer_v6: all(&c.peer_v6, |b| PeerV6Bound { vector: bases.vectors + b.vector, ..*b }),
+        rules: c
+            .rules
+            .iter()
+            .zip(handles)
+            .enumerate()
+            .map(|(i, (info, h))| (i as u32, RuleInfo { rule_id: *h, ..*info }))
+            .collect(),
+        tables: all(&c.port_tables, |b| relocate_block(b, &relocate)),
+        blocks: all(&c.port_blocks, |b| relocate_block(b, &relocate)),
+        vector_at: (0..c.vectors.len() as u32).collect(),
+        peer_v6_roots: c.bands.iter().map(|b| relocate(b.peer_v6_root)).collect(),
+        in_place: true,
+    })
 }
 
 /// The plan for `c` (bits' handles `handles`) over ranges that hold `was` (handles

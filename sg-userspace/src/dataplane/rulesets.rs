@@ -243,6 +243,9 @@ impl RuleSetMaps {
         let whole = c.vectors.len() + c.chunks.len() + c.port_blocks.len() + c.rules.len();
         let plan = match in_place {
             Some(plan) if plan.entries() <= 64 + whole / 256 => Some(plan),
+            // Fresh ranges: everything is written, each entry at its own index, with
+            // nothing to compare or look for.
+            None if at.contents.nothing_known => placement::plan_whole(c, &at.handles, &at.contents, bases),
             in_place => {
                 let placed = placement::plan(c, &at.handles, &at.contents, bases);
                 match (in_place, placed) {

@@ -628,13 +628,27 @@ fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compi
     if pieces.len() > MAX_BANDS as usize {
         return Err(CompileError::TooWide { iface: iface.name.clone(), count: matchers.len() });
     }
+    // The bands depend on nothing of each other: compiled side by side, a thread each.
+    let parts: Vec<Result<Compiled, CompileError>> = std::thread::scope(|scope| {
+        let last = pieces.len() - 1;
+        let threads: Vec<_> = pieces
+            .iter()
+            .enumerate()
+            .map(|(b, piece)| {
+                scope.spawn(move || {
+                    let mut band = piece.to_vec();
+                    if b < last {
+                        band.push(Matcher::pseudo(step::NEXT_BAND, Action::Drop, vec![any_net(false), any_net(true)]));
+                    }
+                    one_band(iface, &band)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
     let mut out = Compiled::default();
-    for (b, piece) in pieces.iter().enumerate() {
-        let mut band = piece.to_vec();
-        if b + 1 < pieces.len() {
-            band.push(Matcher::pseudo(step::NEXT_BAND, Action::Drop, vec![any_net(false), any_net(true)]));
-        }
-        out.append_band(one_band(iface, &band)?, b as u8);
+    for (b, part) in parts.into_iter().enumerate() {
+        out.append_band(part?, b as u8);
     }
     Ok(out)
 }

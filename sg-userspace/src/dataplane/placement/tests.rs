@@ -136,6 +136,30 @@ fn unknown_contents_are_written_whole_and_known_ones_not_again() {
 /// A one-rule change over the contents of the set before it writes a few entries, and
 /// a sequence of changes, each over the contents two sets back (as the enforcer
 /// alternates ranges), always reads back as the set compiled.
+/// Fresh ranges take the whole plan (`plan_whole`): the same writes as a content plan
+/// over unknown contents, each entry at its own index, and the image answers as the set.
+#[test]
+fn fresh_ranges_are_planned_whole_at_each_index() {
+    let c = rules(1500, None, false);
+    let image = fresh(&c);
+    assert!(image.nothing_known);
+    let whole = plan_whole(&c, &handles(&c), &image, BASES).expect("fits");
+    let placed = plan(&c, &handles(&c), &image, BASES).expect("fits");
+    assert_eq!(whole.entries(), placed.entries());
+    assert_eq!((&whole.chunks, &whole.vectors, &whole.blocks), (&placed.chunks, &placed.vectors, &placed.blocks));
+    assert_eq!(
+        (&whole.tables, &whole.rules, &whole.peer_v6_roots),
+        (&placed.tables, &placed.rules, &placed.peer_v6_roots)
+    );
+    assert!(whole.in_place);
+    let mut written = image.clone();
+    written.record(&whole);
+    assert!(!written.nothing_known, "recorded contents are known");
+    check_image(&c, &written, &whole);
+    let small = fresh(&rules(200, None, false));
+    assert!(plan_whole(&c, &handles(&c), &small, BASES).is_none(), "ranges too short");
+}
+
 #[test]
 fn a_one_rule_change_writes_only_what_changed() {
     let base = rules(1500, None, false);
