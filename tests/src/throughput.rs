@@ -139,8 +139,10 @@ pub fn throughput_section(quick: bool) -> Result<String> {
             Filter::Sgctl(65_536),
             Filter::NftRules(1_000),
             Filter::NftSet(1_000),
+            Filter::NftSet(16_384),
             Filter::Iptables(1_000),
             Filter::Ipset(1_000),
+            Filter::Ipset(16_384),
             Filter::XdpFilterPorts,
         ]
     };
@@ -224,6 +226,9 @@ pub fn throughput_section(quick: bool) -> Result<String> {
         }
     }
     writeln!(out)?;
+    if let Some((ceiling, "the minimal XDP program")) = ceiling {
+        writeln!(out, "{}", targets(&filters, &rows, ceiling))?;
+    }
     writeln!(
         out,
         "Setup: two network namespaces joined by one veth pair (`{GEN_IF}` - `{SINK_IF}`), a fresh pair \
@@ -680,6 +685,54 @@ fn profile_section(filters: &[Filter], plan: &Plan, work: &Path, traffic: &Path)
          not less."
     )?;
     Ok(out)
+}
+
+/// The throughput targets judged from the table: sgctl at least 0.95x the minimal XDP
+/// program at every size, and ahead of the nftables interval set and ipset of the same
+/// size by at least 5% with the two ranges apart (sgctl's slowest run faster than the
+/// peer's fastest), so the margin is not the run-to-run spread.
+fn targets(filters: &[Filter], rows: &[Row], ceiling: f64) -> String {
+    let stat = |f: Filter| filters.iter().zip(rows).find(|(g, _)| **g == f).and_then(|(_, r)| r.result.as_ref().ok());
+    let mut ratios = Vec::new();
+    let mut ratio_ok = true;
+    let mut margins = Vec::new();
+    let mut margin_ok = true;
+    for f in filters {
+        let Filter::Sgctl(n) = *f else { continue };
+        let Some(sg) = stat(*f) else { continue };
+        let r = sg.median / ceiling;
+        ratio_ok &= r >= 0.95;
+        ratios.push(format!("{}: {r:.2}x", thousands(n)));
+        for peer in [Filter::NftSet(n), Filter::Ipset(n)] {
+            let Some(p) = stat(peer) else { continue };
+            let ahead = sg.median / p.median;
+            let clear = ahead >= 1.05 && sg.min > p.max;
+            margin_ok &= clear;
+            let what = if matches!(peer, Filter::NftSet(_)) { "nftables set" } else { "ipset" };
+            margins.push(format!(
+                "{} {what} {ahead:.2}x (sgctl {}-{}, {what} {}-{})",
+                thousands(n),
+                kpps(sg.min),
+                kpps(sg.max),
+                kpps(p.min),
+                kpps(p.max)
+            ));
+        }
+    }
+    let verdict = |ok: bool, measured: bool| match (measured, ok) {
+        (false, _) => "not measured in this run",
+        (true, true) => "met",
+        (true, false) => "missed",
+    };
+    format!(
+        "Targets: sgctl at least 0.95x the minimal XDP program at every size ({}): {}. Ahead of the nftables \
+         interval set and ipset of the same size by at least 5%, with sgctl's slowest run faster than the peer's \
+         fastest{}: {}.\n",
+        ratios.join(", "),
+        verdict(ratio_ok, !ratios.is_empty()),
+        if margins.is_empty() { String::new() } else { format!(" ({})", margins.join("; ")) },
+        verdict(margin_ok, !margins.is_empty()),
+    )
 }
 
 /// The `i`-th of the non-matching rules: a /28 inside 198.18.0.0/16 and a destination port,
