@@ -617,14 +617,28 @@ impl CompileCache {
     }
 }
 
+/// How many bands (`sg_common::MAX_BANDS`) a rule set of `bits` bits (rules and
+/// pseudo-rules) takes: one while they fit a vector, else one per vector's bits less the
+/// next-band bit each band but the last ends in.
+fn band_count(bits: usize) -> usize {
+    if bits <= MAX_RULE_BITS { 1 } else { bits.div_ceil(MAX_RULE_BITS - 1) }
+}
+
+/// The bands the rules of `iface` in direction `dir` compile to (for advice: each band a
+/// packet passes through costs another round of lookups).
+pub fn bands(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<usize, CompileError> {
+    Ok(band_count(matchers(cfg, iface, dir)?.len()))
+}
+
 /// Compiles `matchers`, the rules of `iface` in one direction in bit order: in one band
 /// when they fit a vector, else in bands of a vector's bits, each but the last ending in
 /// the next-band pseudo-rule (`sg_common::MAX_BANDS`).
 fn from_matchers(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compiled, CompileError> {
-    if matchers.len() <= MAX_RULE_BITS {
+    if band_count(matchers.len()) == 1 {
         return one_band(iface, matchers);
     }
     let pieces: Vec<&[Matcher]> = matchers.chunks(MAX_RULE_BITS - 1).collect();
+    debug_assert_eq!(pieces.len(), band_count(matchers.len()));
     if pieces.len() > MAX_BANDS as usize {
         return Err(CompileError::TooWide { iface: iface.name.clone(), count: matchers.len() });
     }

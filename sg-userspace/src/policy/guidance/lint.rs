@@ -99,6 +99,7 @@ pub fn lint(cfg: &Config, text: &str, file: &str, options: &LintOptions) -> Vec<
     linter.database_and_internet(&analyses);
     linter.egress_whitelists(&analyses);
     linter.over_large_groups(options.max_rules);
+    linter.rules_in_bands();
     linter.unreachable_protocols();
     if let Some(provider) = options.provider {
         linter.findings.extend(provider::check(cfg, file, provider));
@@ -749,6 +750,40 @@ impl<'c> Linter<'c> {
                     related: Vec::new(),
                 });
                 let _ = group_index;
+            }
+        }
+    }
+
+    /// An interface and direction whose rules take more than one band in the kernel
+    /// (`policy::compile::bands`): each band a packet passes through costs another round
+    /// of lookups, so a new flow that only a late rule decides pays for every band.
+    fn rules_in_bands(&mut self) {
+        for iface in &self.cfg.interfaces {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let Ok(bands) = crate::policy::compile::bands(self.cfg, iface, dir) else { continue };
+                if bands < 2 {
+                    continue;
+                }
+                let rules = crate::policy::order::pooled_rules(self.cfg, iface, dir).len();
+                self.findings.push(Finding {
+                    severity: Severity::Info,
+                    check: "rules-in-bands",
+                    file: self.file.to_string(),
+                    line: 0,
+                    group: None,
+                    rule: None,
+                    interface: Some(iface.name.clone()),
+                    message: format!(
+                        "{rules} {dir} rules: the kernel searches them in {bands} bands, and a new flow that no \
+                         rule of the first bands matches costs another round of lookups for each band"
+                    ),
+                    fix: format!(
+                        "keep an interface at most {} rules a direction for one band: merge rules that differ only \
+                         in their peers into a prefix list, or in adjacent ports into a range",
+                        sg_common::MAX_RULE_BITS - 3
+                    ),
+                    related: Vec::new(),
+                });
             }
         }
     }

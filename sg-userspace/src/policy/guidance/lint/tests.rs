@@ -200,3 +200,39 @@ members = ["2001:db8::10"]
     let refused: Vec<usize> = of_check(&findings, "provider-refuses").iter().map(|f| f.line).collect();
     assert_eq!(refused, vec![5, 11, 15, 19], "{}", dump(&findings));
 }
+
+/// An interface past one band's rules (the lint alone, not the pool analyses, which take
+/// seconds at this size) gets an info finding naming the direction and the bands.
+#[test]
+fn rules_past_one_band_are_reported_with_their_bands() {
+    let file = |n: usize| {
+        let rules: String = (0..n)
+            .map(|i| {
+                format!(
+                    "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"tcp\"\nport_range = \"{p}/{p}\"\n\
+                     source = \"198.19.0.0/16\"\n",
+                    p = i + 1
+                )
+            })
+            .collect();
+        format!(
+            "[[security_group]]\nid = \"sg-a\"\nmembers = [\"198.18.0.1\"]\n{rules}[[interface]]\nname = \"eth0\"\n\
+             security_groups = [\"sg-a\"]\n"
+        )
+    };
+    let found = |n: usize| {
+        let cfg = parse_str(&file(n), "bands.toml").unwrap();
+        let mut linter = Linter { cfg: &cfg, file: "bands.toml", findings: Vec::new() };
+        linter.rules_in_bands();
+        linter.findings
+    };
+    // 16,638 rules and the intra-group and default bits fill one band exactly.
+    assert!(found(sg_common::MAX_RULE_BITS - 2).is_empty());
+    let over = found(sg_common::MAX_RULE_BITS - 1);
+    assert_eq!(over.len(), 1, "{}", dump(&over));
+    assert_eq!(
+        (over[0].check, over[0].severity, over[0].interface.as_deref()),
+        ("rules-in-bands", Severity::Info, Some("eth0"))
+    );
+    assert!(over[0].message.contains("ingress rules") && over[0].message.contains("2 bands"), "{}", over[0].message);
+}
