@@ -266,39 +266,10 @@ pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Op
 }
 
 /// The plan for `c` over fresh ranges ([`Contents::nothing_known`]): every entry, each
-/// at its own index. `None` when a range is too short.
+/// at its own index, without looking for equal ones: [`plan_in_place`] over an empty set.
+/// `None` when a range is too short.
 pub fn plan_whole(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Option<Plan> {
-    let counts =
-        [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
-    if counts.iter().zip(known.lens()).any(|(n, len)| *n > len) {
-        return None;
-    }
-    fn all<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Writes<U> {
-        items.iter().enumerate().map(|(i, v)| (i as u32, f(v))).collect()
-    }
-    let relocate = |e: u32| relocate_entry(e, |v| v, |b| b, bases);
-    debug_assert_eq!(handles.len(), c.rules.len());
-    Some(Plan {
-        chunks: all(&c.chunks, |v| *v),
-        vectors: all(&c.vectors, |v| {
-            let mut out = *v;
-            out.chunks.iter_mut().for_each(|n| *n += bases.chunks);
-            out
-        }),
-        peer_v6: all(&c.peer_v6, |b| PeerV6Bound { vector: bases.vectors + b.vector, ..*b }),
-        rules: c
-            .rules
-            .iter()
-            .zip(handles)
-            .enumerate()
-            .map(|(i, (info, h))| (i as u32, RuleInfo { rule_id: *h, ..*info }))
-            .collect(),
-        tables: all(&c.port_tables, |b| relocate_block(b, &relocate)),
-        blocks: all(&c.port_blocks, |b| relocate_block(b, &relocate)),
-        vector_at: (0..c.vectors.len() as u32).collect(),
-        peer_v6_roots: c.bands.iter().map(|b| relocate(b.peer_v6_root)).collect(),
-        in_place: true,
-    })
+    plan_in_place(c, handles, &Compiled::default(), &[], known, bases)
 }
 
 /// The plan for `c` (bits' handles `handles`) over ranges that hold `was` (handles
