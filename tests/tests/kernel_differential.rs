@@ -320,12 +320,13 @@ fn one_rule_changes_written_over_spares_match_the_reference() {
     );
     // The first two applies go to fresh ranges; from the third on, each is written over
     // the set before last. The last differs from that one (`narrowed`) by two rules and
-    // writes a handful of entries; a deletion moves every later bit and rewrites more,
-    // but still less than a whole set.
+    // writes a few entries at their own indexes (looking for equal entries elsewhere
+    // would find a few less, at a cost of writing thousands); a deletion moves every
+    // later bit and rewrites more, but still less than a whole set.
     // (The first apply writes the egress set too: the pseudo-rules alone.)
     assert!(written[0] >= whole(&compiled[0]), "{written:?}");
     for (i, w) in written.iter().enumerate().skip(2) {
         assert!(*w < whole(&compiled[i]), "change {i} wrote {w} entries, a whole set");
     }
-    assert!(written[6] * 100 < whole(&compiled[6]), "two rules apart: {written:?}");
+    assert!(written[6] * 40 < whole(&compiled[6]), "two rules apart: {written:?} of {}", whole(&compiled[6]));
 }

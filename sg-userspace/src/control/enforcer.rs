@@ -28,23 +28,44 @@ use crate::{
     },
     policy::{
         compile::{CompileCache, Compiled},
-        config::{Config, Direction, InterfaceBinding, Mode, Rule},
+        config::{Config, Direction, Identities, InterfaceBinding, Mode, Rule},
     },
 };
 
-/// The handle keys of a compiled rule set's bits, in bit order.
-fn handle_keys(cfg: &Config, rules: &HashMap<u32, &Rule>, c: &Compiled, ifindex: u32, hook: u32) -> Vec<HandleKey> {
+/// The handle keys of a compiled rule set's bits, in bit order. `rules` by id (ids are
+/// 1-based and dense).
+fn handle_keys(
+    cfg: &Config,
+    identities: &mut Identities,
+    rules: &[Option<&Rule>],
+    c: &Compiled,
+    ifindex: u32,
+    hook: u32,
+) -> Vec<HandleKey> {
     c.rules
         .iter()
         .map(|info| {
-            let identity = match rules.get(&info.rule_id) {
-                Some(rule) if info.step == step::RULE => rule.identity(cfg),
-                _ if info.step == step::NEXT_BAND => "pseudo:next-band".to_string(),
-                _ => format!("pseudo:{}", step::NAMES[usize::from(info.step) % step::COUNT]),
+            let identity: Arc<str> = match rules.get(info.rule_id as usize).copied().flatten() {
+                Some(rule) if info.step == step::RULE => identities.of(cfg, rule),
+                _ if info.step == step::NEXT_BAND => "pseudo:next-band".into(),
+                _ => format!("pseudo:{}", step::NAMES[usize::from(info.step) % step::COUNT]).into(),
             };
             HandleKey { ifindex, hook, identity }
         })
         .collect()
+}
+
+/// `cfg`'s rules by id, for [`handle_keys`].
+fn rules_by_id(cfg: &Config) -> Vec<Option<&Rule>> {
+    let mut by_id = Vec::new();
+    for rule in cfg.rules() {
+        let at = rule.id as usize;
+        if by_id.len() <= at {
+            by_id.resize(at + 1, None);
+        }
+        by_id[at] = Some(rule);
+    }
+    by_id
 }
 
 /// First-fit allocator of index ranges in an array map.
@@ -163,6 +184,11 @@ struct Source {
 }
 
 impl InterfaceState {
+    /// The installed set of `hook`.
+    fn installed(&self, hook: u32) -> Option<&Installed> {
+        if hook == stats::HOOK_INGRESS { self.ingress.as_ref() } else { self.egress.as_ref() }
+    }
+
     /// Whether the installed set of `hook` was written from `compiled` with `keys`.
     fn holds(&self, hook: u32, compiled: &Arc<Compiled>, keys: &[HandleKey]) -> bool {
         let (installed, source) = if hook == stats::HOOK_INGRESS {
@@ -381,6 +407,8 @@ pub struct Enforcer {
     iface_slots: HashMap<u32, u32>,
     free_iface_slots: Vec<u32>,
     compile_cache: CompileCache,
+    /// The identities of the rules applied last, for the handle keys.
+    identities: Identities,
 }
 
 impl Enforcer {
@@ -410,6 +438,7 @@ impl Enforcer {
             iface_slots: HashMap::new(),
             free_iface_slots: (1..stats::IFACES).rev().collect(),
             compile_cache: CompileCache::default(),
+            identities: Identities::default(),
         })
     }
 
@@ -451,11 +480,12 @@ impl Enforcer {
         }
         let mut report = ApplyReport::default();
         let written = Instant::now();
-        let rules: HashMap<u32, &Rule> = cfg.rules().map(|r| (r.id, r)).collect();
+        let rules = rules_by_id(cfg);
+        self.identities.begin(cfg);
         let mut fresh = Vec::with_capacity(compiled.len());
         for CompiledInterface { ifindex, mode, ingress, egress } in compiled {
-            let keys_in = handle_keys(cfg, &rules, ingress, *ifindex, stats::HOOK_INGRESS);
-            let keys_out = handle_keys(cfg, &rules, egress, *ifindex, stats::HOOK_EGRESS);
+            let keys_in = handle_keys(cfg, &mut self.identities, &rules, ingress, *ifindex, stats::HOOK_INGRESS);
+            let keys_out = handle_keys(cfg, &mut self.identities, &rules, egress, *ifindex, stats::HOOK_EGRESS);
             // A rule set compiled exactly as the installed one stays where it is.
             let holds =
                 |hook, c, keys: &[HandleKey]| self.installed.get(ifindex).is_some_and(|s| s.holds(hook, c, keys));
@@ -473,7 +503,10 @@ impl Enforcer {
                 }
                 let source = Source { compiled: Arc::clone(c), keys: keys.clone() };
                 let spare = self.spares.remove(&(*ifindex, hook));
-                match self.install(c, keys, spare) {
+                // The handles of the set this one replaces, bit by bit: most bits are the
+                // same rule as before.
+                let hints = self.installed.get(ifindex).and_then(|s| s.installed(hook)).map(|i| i.handles.clone());
+                match self.install(c, keys, hints.as_deref().unwrap_or_default(), spare) {
                     Ok((installed, written)) => {
                         report.entries_written += written;
                         *place = Some((installed, source));
@@ -575,7 +608,8 @@ impl Enforcer {
         timeouts: Timeouts,
     ) -> std::result::Result<Self, AdoptError> {
         let mut this = Self::new(dp, capacity)?;
-        let rules_by_id: HashMap<u32, &Rule> = cfg.rules().map(|r| (r.id, r)).collect();
+        let rules_by_id = rules_by_id(cfg);
+        this.identities.begin(cfg);
         this.config_serial = state.config_serial;
         this.current_timeouts = timeouts;
         let stale = |why: String| AdoptError::Stale(NotAdoptable(why));
@@ -615,7 +649,7 @@ impl Enforcer {
                     let (addr_keys, port_keys) = trie_keys(rules, p.slot);
                     // The handles the kernel counts these rules by, as the maps hold them.
                     let handles = this.maps.handles(p.rules.start..p.rules.start + rules.rules.len() as u32)?;
-                    let keys = handle_keys(cfg, &rules_by_id, rules, placed.ifindex, hook);
+                    let keys = handle_keys(cfg, &mut this.identities, &rules_by_id, rules, placed.ifindex, hook);
                     for ((handle, key), info) in handles.iter().zip(keys).zip(&rules.rules) {
                         this.handles.adopt(*handle, key, info.rule_id, info.step);
                     }
@@ -929,9 +963,15 @@ impl Enforcer {
     /// ranges (only the entries that differ are written); live rule sets are not
     /// touched. Returns it and the entries written. A spare it does not use, or that it
     /// fails before using, goes back to free space.
-    fn install(&mut self, c: &Arc<Compiled>, keys: Vec<HandleKey>, spare: Option<Spare>) -> Result<(Installed, usize)> {
+    fn install(
+        &mut self,
+        c: &Arc<Compiled>,
+        keys: Vec<HandleKey>,
+        hints: &[u32],
+        spare: Option<Spare>,
+    ) -> Result<(Installed, usize)> {
         let mut spare = spare;
-        let result = self.install_over(c, keys, &mut spare);
+        let result = self.install_over(c, keys, hints, &mut spare);
         if let Some(unused) = spare {
             give_all(&mut self.arrays(), unused.ranges);
         }
@@ -943,14 +983,15 @@ impl Enforcer {
         &mut self,
         c: &Arc<Compiled>,
         keys: Vec<HandleKey>,
+        hints: &[u32],
         spare: &mut Option<Spare>,
     ) -> Result<(Installed, usize)> {
         let mut handles = Vec::with_capacity(keys.len());
         // Handles new to a rule start their counters at zero (all in one batch).
         let mut new_handles = Vec::new();
         let release = |this: &mut Self, handles: &[u32]| handles.iter().for_each(|h| this.handles.release(*h));
-        for (key, info) in keys.into_iter().zip(&c.rules) {
-            match self.handles.acquire(key, info.rule_id, info.step) {
+        for (bit, (key, info)) in keys.into_iter().zip(&c.rules).enumerate() {
+            match self.handles.acquire_hinted(key, hints.get(bit).copied(), info.rule_id, info.step) {
                 Some((handle, fresh)) => {
                     handles.push(handle);
                     if fresh {

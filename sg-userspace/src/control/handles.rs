@@ -8,7 +8,7 @@
 //! still naming a freed handle is unlikely to count for its successor before the
 //! session's next packet re-checks it and takes its new rule's handle.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 // Looked up for every rule of both directions on every apply; the keys are the
 // operator's own rules, so a fast non-cryptographic hash is enough.
@@ -21,7 +21,9 @@ pub struct HandleKey {
     /// `sg_common::stats::HOOK_INGRESS` or `HOOK_EGRESS`.
     pub hook: u32,
     /// `Rule::identity`, or `pseudo:<step>` for the intra-group and default steps.
-    pub identity: String,
+    /// Shared: an unchanged rule's key is the same string from apply to apply
+    /// (`policy::config::Identities`), so comparing keys is mostly a pointer compare.
+    pub identity: Arc<str>,
 }
 
 /// One handle in use.
@@ -40,11 +42,14 @@ pub struct HandleUse {
 #[derive(Debug)]
 pub struct Handles {
     by_key: HashMap<HandleKey, u32>,
-    used: HashMap<u32, HandleUse>,
+    /// By handle; grown as handles are given out (the free ones go lowest first at
+    /// the start, so this stays as long as the most handles ever used at once).
+    used: Vec<Option<HandleUse>>,
+    in_use: usize,
     free: VecDeque<u32>,
     /// The rule id and step each handle last stood for, kept after it is freed: a session
-    /// or event may still name it.
-    last: HashMap<u32, (u32, u8)>,
+    /// or event may still name it. By handle, as `used`.
+    last: Vec<(u32, u8)>,
 }
 
 impl Handles {
@@ -52,45 +57,73 @@ impl Handles {
     pub fn new(capacity: u32) -> Self {
         Self {
             by_key: HashMap::default(),
-            used: HashMap::default(),
+            used: Vec::new(),
+            in_use: 0,
             free: (1..capacity).collect(),
-            last: HashMap::default(),
+            last: Vec::new(),
         }
     }
 
     /// Handles in use, of those there are.
     pub fn fill(&self) -> crate::dataplane::capacity::Fill {
-        let capacity = (self.used.len() + self.free.len()) as u64;
-        crate::dataplane::capacity::Fill { used: self.used.len() as u64, capacity }
+        let capacity = (self.in_use + self.free.len()) as u64;
+        crate::dataplane::capacity::Fill { used: self.in_use as u64, capacity }
+    }
+
+    fn use_mut(&mut self, handle: u32) -> Option<&mut HandleUse> {
+        self.used.get_mut(handle as usize).and_then(Option::as_mut)
+    }
+
+    fn set_last(&mut self, handle: u32, rule_id: u32, step: u8) {
+        let at = handle as usize;
+        if self.last.len() <= at {
+            self.last.resize(at + 1, (0, 0));
+        }
+        self.last[at] = (rule_id, step);
+    }
+
+    /// Records `handle` in use for `key` (not in use before).
+    fn put(&mut self, handle: u32, key: HandleKey, rule_id: u32, step: u8, refs: u32) {
+        let at = handle as usize;
+        if self.used.len() <= at {
+            self.used.resize(at + 1, None);
+        }
+        self.set_last(handle, rule_id, step);
+        self.by_key.insert(key.clone(), handle);
+        self.used[at] = Some(HandleUse { key, rule_id, step, refs });
+        self.in_use += 1;
     }
 
     /// The handle of `key`, and whether it is new (its counters must be zeroed before
     /// the kernel sees it). `None`: every handle is in use.
     pub fn acquire(&mut self, key: HandleKey, rule_id: u32, step: u8) -> Option<(u32, bool)> {
-        if let Some(&handle) = self.by_key.get(&key) {
-            let u = self.used.get_mut(&handle).expect("a keyed handle is in use");
+        self.acquire_hinted(key, None, rule_id, step)
+    }
+
+    /// [`Handles::acquire`], trying `hint` first (the handle the same bit had in the rule
+    /// set before, mostly the same rule): a hint whose key is `key` saves the lookup.
+    pub fn acquire_hinted(&mut self, key: HandleKey, hint: Option<u32>, rule_id: u32, step: u8) -> Option<(u32, bool)> {
+        let hinted = hint.filter(|h| self.used.get(*h as usize).and_then(Option::as_ref).is_some_and(|u| u.key == key));
+        if let Some(handle) = hinted.or_else(|| self.by_key.get(&key).copied()) {
+            let u = self.use_mut(handle).expect("a keyed handle is in use");
             u.refs += 1;
             u.rule_id = rule_id;
-            self.last.insert(handle, (rule_id, step));
+            self.set_last(handle, rule_id, step);
             return Some((handle, false));
         }
         let handle = self.free.pop_front()?;
-        self.last.insert(handle, (rule_id, step));
-        self.by_key.insert(key.clone(), handle);
-        self.used.insert(handle, HandleUse { key, rule_id, step, refs: 1 });
+        self.put(handle, key, rule_id, step, 1);
         Some((handle, true))
     }
 
     /// Takes `handle` for `key` as an earlier process left it (adoption).
     pub fn adopt(&mut self, handle: u32, key: HandleKey, rule_id: u32, step: u8) {
-        if let Some(u) = self.used.get_mut(&handle) {
+        if let Some(u) = self.use_mut(handle) {
             u.refs += 1;
             return;
         }
         self.free.retain(|h| *h != handle);
-        self.last.insert(handle, (rule_id, step));
-        self.by_key.insert(key.clone(), handle);
-        self.used.insert(handle, HandleUse { key, rule_id, step, refs: 1 });
+        self.put(handle, key, rule_id, step, 1);
     }
 
     /// Holds `handle` for `key` without a user yet: the next [`Handles::acquire`] of `key`
@@ -98,50 +131,52 @@ impl Handles {
     /// counters carried over stay with their rules). [`Handles::drop_unused`] frees the
     /// ones no rule set took.
     pub fn reserve(&mut self, handle: u32, key: HandleKey, rule_id: u32, step: u8) {
-        if self.used.contains_key(&handle) || self.by_key.contains_key(&key) {
+        if self.get(handle).is_some() || self.by_key.contains_key(&key) {
             return;
         }
         self.free.retain(|h| *h != handle);
-        self.last.insert(handle, (rule_id, step));
-        self.by_key.insert(key.clone(), handle);
-        self.used.insert(handle, HandleUse { key, rule_id, step, refs: 0 });
+        self.put(handle, key, rule_id, step, 0);
+    }
+
+    /// Frees `handle`, in use.
+    fn free_handle(&mut self, handle: u32) {
+        let u = self.used[handle as usize].take().expect("present");
+        self.by_key.remove(&u.key);
+        self.in_use -= 1;
+        self.free.push_back(handle);
     }
 
     /// Frees the reserved handles no rule set took.
     pub fn drop_unused(&mut self) {
-        let unused: Vec<u32> = self.used.iter().filter(|(_, u)| u.refs == 0).map(|(h, _)| *h).collect();
+        let unused: Vec<u32> = self.in_use().filter(|(_, u)| u.refs == 0).map(|(h, _)| h).collect();
         for handle in unused {
-            let u = self.used.remove(&handle).expect("present");
-            self.by_key.remove(&u.key);
-            self.free.push_back(handle);
+            self.free_handle(handle);
         }
     }
 
     /// One rule set stopped using `handle`.
     pub fn release(&mut self, handle: u32) {
-        let Some(u) = self.used.get_mut(&handle) else { return };
+        let Some(u) = self.use_mut(handle) else { return };
         u.refs -= 1;
         if u.refs == 0 {
-            let u = self.used.remove(&handle).expect("present");
-            self.by_key.remove(&u.key);
-            self.free.push_back(handle);
+            self.free_handle(handle);
         }
     }
 
     /// Every handle in use.
     pub fn in_use(&self) -> impl Iterator<Item = (u32, &HandleUse)> {
-        self.used.iter().map(|(h, u)| (*h, u))
+        self.used.iter().enumerate().filter_map(|(h, u)| Some((h as u32, u.as_ref()?)))
     }
 
     pub fn get(&self, handle: u32) -> Option<&HandleUse> {
-        self.used.get(&handle)
+        self.used.get(handle as usize).and_then(Option::as_ref)
     }
 
     /// The rule-file id of the rule `handle` last stood for; 0 for a pseudo-rule or a
     /// handle never given out (what the kernel reported before handles: the reference
     /// evaluator's numbering).
     pub fn rule_id_of(&self, handle: u32) -> u32 {
-        match self.last.get(&handle) {
+        match self.last.get(handle as usize) {
             Some(&(rule_id, step)) if step == sg_common::step::RULE => rule_id,
             _ => 0,
         }

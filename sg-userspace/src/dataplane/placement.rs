@@ -219,13 +219,29 @@ fn fill_the_rest(order: impl IntoIterator<Item = usize>, position: &mut [Option<
 /// `bases`): `handles` are the rule-info ids of its bits. `None` when a range is too
 /// short for the set.
 pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Option<Plan> {
+    plan_with(c, handles, known, bases, true)
+}
+
+/// The plan for `c` over `known` with every entry at its own index, written where the
+/// ranges hold something else: what [`plan_in_place`] writes, for ranges that hold no
+/// compiled set at its numbering (a [`plan`] that moved entries wrote them last), at
+/// the cost of relocating every entry to compare it. Such a write leaves them at the
+/// new set's numbering again. `None` when a range is too short.
+pub fn plan_at_own_index(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Option<Plan> {
+    plan_with(c, handles, known, bases, false)
+}
+
+/// [`plan`] (`search`: equal entries are looked for wherever they are) or
+/// [`plan_at_own_index`].
+fn plan_with(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases, search: bool) -> Option<Plan> {
     let counts =
         [c.vectors.len(), c.chunks.len(), c.peer_v6.len(), c.rules.len(), c.port_tables.len(), c.port_blocks.len()];
     if counts.iter().zip(known.lens()).any(|(n, len)| *n > len) {
         return None;
     }
+    let own = |n: usize| (0..n as u32).collect::<Vec<u32>>();
     let mut plan = Plan::default();
-    let chunk_at = place(&c.chunks, &known.chunks)?;
+    let chunk_at = if search { place(&c.chunks, &known.chunks)? } else { own(c.chunks.len()) };
     for (i, chunk) in c.chunks.iter().enumerate() {
         write_if_new(&mut plan.chunks, &known.chunks, chunk_at[i], *chunk);
     }
@@ -238,11 +254,12 @@ pub fn plan(c: &Compiled, handles: &[u32], known: &Contents, bases: Bases) -> Op
             out
         })
         .collect();
-    let vector_at = place(&vectors, &known.vectors)?;
+    let vector_at = if search { place(&vectors, &known.vectors)? } else { own(vectors.len()) };
     for (i, v) in vectors.iter().enumerate() {
         write_if_new(&mut plan.vectors, &known.vectors, vector_at[i], *v);
     }
-    let block_at = place_blocks(&c.port_blocks, &known.blocks, &vector_at, bases)?;
+    let block_at =
+        if search { place_blocks(&c.port_blocks, &known.blocks, &vector_at, bases)? } else { own(c.port_blocks.len()) };
     let relocate = |e: u32| relocate_entry(e, |v| vector_at[v as usize], |b| block_at[b as usize], bases);
     for (i, block) in c.port_blocks.iter().enumerate() {
         write_if_new(&mut plan.blocks, &known.blocks, block_at[i], relocate_block(block, &relocate));

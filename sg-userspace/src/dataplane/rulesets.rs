@@ -234,18 +234,23 @@ impl RuleSetMaps {
     pub fn write(&mut self, c: &Arc<Compiled>, at: &mut Installed) -> Result<usize> {
         debug_assert!(c.words() <= MAX_WORDS);
         let bases = Bases { vectors: at.vectors.start, chunks: at.chunks.start, blocks: at.blocks.start };
-        let in_place = at.contents.in_place.as_ref().and_then(|(was, was_handles)| {
-            placement::plan_in_place(c, &at.handles, was, was_handles, &at.contents, bases)
-        });
-        // A set numbered a little otherwise than the one the ranges hold (compiled whole,
-        // a peer changed) writes more entries in place than where equal ones already are:
-        // then the content placement decides, when it writes fewer.
+        // Every entry at its own index, written where it differs: a compare, against the
+        // set the ranges hold at its numbering when there is one (memory order, nothing
+        // relocated), else against their recorded contents.
+        let in_place = match &at.contents.in_place {
+            Some((was, was_handles)) => placement::plan_in_place(c, &at.handles, was, was_handles, &at.contents, bases),
+            // Fresh ranges: everything is written, with nothing to compare or look for.
+            None if at.contents.nothing_known => placement::plan_whole(c, &at.handles, &at.contents, bases),
+            None => placement::plan_at_own_index(c, &at.handles, &at.contents, bases),
+        };
+        // A set numbered otherwise than the one the ranges hold (compiled whole after a
+        // peer changed) differs from it nearly everywhere at its own index: then the
+        // content placement, which finds equal entries wherever they are, decides when it
+        // writes fewer. Below a quarter of the set, writing the difference costs less than
+        // that search (about as much as writing a third of a 16,384-rule set).
         let whole = c.vectors.len() + c.chunks.len() + c.port_blocks.len() + c.rules.len();
         let plan = match in_place {
-            Some(plan) if plan.entries() <= 64 + whole / 256 => Some(plan),
-            // Fresh ranges: everything is written, each entry at its own index, with
-            // nothing to compare or look for.
-            None if at.contents.nothing_known => placement::plan_whole(c, &at.handles, &at.contents, bases),
+            Some(plan) if at.contents.nothing_known || plan.entries() <= 64 + whole / 4 => Some(plan),
             in_place => {
                 let placed = placement::plan(c, &at.handles, &at.contents, bases);
                 match (in_place, placed) {

@@ -557,6 +557,8 @@ struct Last {
     from: Vec<Matcher>,
     compiled: Arc<Compiled>,
     garbage: usize,
+    /// `compiled`'s vectors and chunks by content, once a recompile built it.
+    interned: Option<incremental::Interned>,
 }
 
 /// The last rule set compiled for each interface and direction, with the rules it was
@@ -588,12 +590,14 @@ impl CompileCache {
         self.used.insert(key.clone());
         let mut again = None;
         let mut garbage = 0;
-        if let Some(last) = self.last.get(&key) {
+        let mut interned = None;
+        if let Some(last) = self.last.get_mut(&key) {
             if last.from == matchers {
                 return Ok(Arc::clone(&last.compiled));
             }
             garbage = last.garbage;
-            again = incremental::recompile(&last.compiled, &last.from, &matchers, &mut garbage);
+            interned = last.interned.take();
+            again = incremental::recompile(&last.compiled, &last.from, &matchers, &mut garbage, &mut interned);
         }
         let compiled = Arc::new(match again {
             Some(compiled) => {
@@ -602,10 +606,11 @@ impl CompileCache {
             }
             None => {
                 garbage = 0;
+                interned = None;
                 from_matchers(iface, &matchers)?
             }
         });
-        self.last.insert(key, Last { from: matchers, compiled: Arc::clone(&compiled), garbage });
+        self.last.insert(key, Last { from: matchers, compiled: Arc::clone(&compiled), garbage, interned });
         Ok(compiled)
     }
 

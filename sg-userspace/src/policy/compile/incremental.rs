@@ -20,8 +20,11 @@
 //! number vectors, chunks and blocks differently and hold a few entries no lookup
 //! reaches (so can a whole compile: a prefix every address of which a longer one takes).
 
-use rustc_hash::FxHashMap as HashMap;
-use sg_common::{CHUNK_WORDS, PEER_V6_BOUNDS, PORT_BLOCK_REF, PortBlock, RuleChunk, RuleVector, ip_proto, port_table};
+use std::hash::{BuildHasher as _, Hash};
+
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
+use sg_common::{CHUNK_WORDS, PEER_V6_BOUNDS, PORT_BLOCK_REF, PortBlock, ip_proto, port_table};
 
 use super::{Compiled, Matcher};
 
@@ -44,6 +47,7 @@ pub(super) fn recompile(
     before: &[Matcher],
     after: &[Matcher],
     garbage: &mut usize,
+    interned: &mut Option<Interned>,
 ) -> Option<Compiled> {
     // A rule set in bands numbers its bits otherwise than its rules (the next-band
     // pseudo-rules between them): compiled whole.
@@ -66,7 +70,8 @@ pub(super) fn recompile(
         return Some(c);
     }
     let grown = c.vectors.len() + c.chunks.len();
-    let mut flipper = Flipper::new(&c, bit);
+    // Taken out: a recompile that fails part-way leaves none (the next one builds it).
+    let mut flipper = Flipper::new(&c, bit, interned.take());
     let tables = if from == to { vec![from] } else { vec![from, to] };
     for table in tables {
         let mut by_port = expand(&c, table);
@@ -102,25 +107,69 @@ pub(super) fn recompile(
     // Each new vector or chunk may have replaced one nothing refers to now.
     *garbage += c.vectors.len() + c.chunks.len() - grown;
     if *garbage * 64 > c.vectors.len() + c.chunks.len() + c.port_blocks.len() {
+        // Entries move: the index is built again when next needed.
         compact(&mut c);
         *garbage = 0;
+    } else {
+        *interned = Some(flipper.interned);
     }
     Some(c)
+}
+
+/// Where each distinct vector and chunk of a compiled set is, by content: what a flip
+/// interns against. Indexing a 16,384-rule set takes longer than the rest of a
+/// recompile, so it is kept with the set from one recompile to the next (new entries
+/// are added as they are appended; a compaction, which moves entries, drops it).
+/// Lookups compare contents, so an entry that does not hold what it held when indexed
+/// is never taken for it.
+#[derive(Default)]
+pub(super) struct Interned {
+    vectors: HashTable<(u64, u32)>,
+    chunks: HashTable<(u64, u32)>,
+}
+
+impl Interned {
+    fn of(c: &Compiled) -> Self {
+        let mut this = Self::default();
+        for (i, v) in c.vectors.iter().enumerate() {
+            find_or_add(&mut this.vectors, &c.vectors, v, || i as u32);
+        }
+        for (i, chunk) in c.chunks.iter().enumerate() {
+            find_or_add(&mut this.chunks, &c.chunks, chunk, || i as u32);
+        }
+        this
+    }
+}
+
+/// The number of an entry of `items` equal to `item` in `table`, or `add()`'s, recorded.
+fn find_or_add<T: Hash + Eq>(
+    table: &mut HashTable<(u64, u32)>,
+    items: &[T],
+    item: &T,
+    add: impl FnOnce() -> u32,
+) -> u32 {
+    let hash = FxBuildHasher.hash_one(item);
+    let found = table.find(hash, |&(h, i)| h == hash && items.get(i as usize) == Some(item));
+    match found {
+        Some(&(_, i)) => i,
+        None => {
+            let i = add();
+            table.insert_unique(hash, (hash, i), |&(h, _)| h);
+            i
+        }
+    }
 }
 
 /// Vectors with the bit flipped, interned among the set's.
 struct Flipper {
     bit: usize,
-    vectors: HashMap<RuleVector, u32>,
-    chunks: HashMap<RuleChunk, u32>,
+    interned: Interned,
     done: HashMap<(u32, bool), u32>,
 }
 
 impl Flipper {
-    fn new(c: &Compiled, bit: usize) -> Self {
-        let vectors = c.vectors.iter().enumerate().rev().map(|(i, v)| (*v, i as u32)).collect();
-        let chunks = c.chunks.iter().enumerate().rev().map(|(i, ch)| (*ch, i as u32)).collect();
-        Self { bit, vectors, chunks, done: HashMap::default() }
+    fn new(c: &Compiled, bit: usize, interned: Option<Interned>) -> Self {
+        Self { bit, interned: interned.unwrap_or_else(|| Interned::of(c)), done: HashMap::default() }
     }
 
     /// Vector `v` with the bit `on`; `None` when it already was (the set is not what
@@ -138,10 +187,10 @@ impl Flipper {
         }
         chunk.words[word] ^= mask;
         let chunks = &mut c.chunks;
-        let number = *self.chunks.entry(chunk).or_insert_with(|| {
+        let number = find_or_add(&mut self.interned.chunks, chunks, &chunk, || chunks.len() as u32);
+        if number as usize == chunks.len() {
             chunks.push(chunk);
-            (chunks.len() - 1) as u32
-        });
+        }
         vector.chunks[column] = number;
         if chunk.words.iter().any(|&w| w != 0) {
             vector.summary |= 1 << column;
@@ -149,10 +198,10 @@ impl Flipper {
             vector.summary &= !(1 << column);
         }
         let vectors = &mut c.vectors;
-        let flipped = *self.vectors.entry(vector).or_insert_with(|| {
+        let flipped = find_or_add(&mut self.interned.vectors, vectors, &vector, || vectors.len() as u32);
+        if flipped as usize == vectors.len() {
             vectors.push(vector);
-            (vectors.len() - 1) as u32
-        });
+        }
         self.done.insert((v, on), flipped);
         Some(flipped)
     }

@@ -8,6 +8,7 @@
 //! that fails validation changes nothing" easy to keep.
 
 mod error;
+mod identities;
 mod reread;
 mod tree;
 mod validate;
@@ -25,6 +26,7 @@ use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use identities::Identities;
 pub use reread::{ReadKind, Reader};
 
 /// At most this many groups on one interface (the provider's limit).
@@ -133,7 +135,7 @@ pub struct PortRange {
 }
 
 /// What a rule matches the peer address against.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Peer {
     /// A network; single addresses are host networks (/32, /128).

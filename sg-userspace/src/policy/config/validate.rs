@@ -1049,7 +1049,7 @@ impl RuleKey {
             protocol: rule.protocol,
             port_range: rule.port_range,
             source_port_range: rule.source_port_range,
-            peer: rule.peer.clone(),
+            peer: rule.peer,
             local: rule.local,
         }
     }

@@ -1,0 +1,221 @@
+//! Rule identities ([`Rule::identity`]) remembered from one apply to the next.
+//!
+//! Every apply names every rule of both directions by its identity, and formatting
+//! 16,384 of them took longer than the rest of a one-rule change. An unchanged rule has
+//! the same fields as before, so its identity is looked up by them (a hash of a few
+//! integers and an address) and handed out as the same shared string, which also makes
+//! comparing it with the last apply's key a pointer compare.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{Action, Config, Direction, Peer, PortRange, Protocol, Rule};
+
+/// Everything [`Rule::identity`] is made of, names given by index (the cache is
+/// emptied when the names behind the indexes change).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Parts {
+    group_index: usize,
+    direction: Direction,
+    action: Action,
+    priority: u8,
+    protocol: Protocol,
+    port_range: PortRange,
+    source_port_range: Option<PortRange>,
+    peer: Peer,
+    local: Option<IpNet>,
+}
+
+impl Parts {
+    fn of(rule: &Rule) -> Self {
+        Self {
+            group_index: rule.group_index,
+            direction: rule.direction,
+            action: rule.action,
+            priority: rule.priority,
+            protocol: rule.protocol,
+            port_range: rule.port_range,
+            source_port_range: rule.source_port_range,
+            peer: rule.peer,
+            local: rule.local,
+        }
+    }
+}
+
+/// The identities of the rules of the last rule file applied.
+#[derive(Default)]
+pub struct Identities {
+    /// The group and prefix-list ids the indexes in the keys stand for.
+    names: (Vec<String>, Vec<String>),
+    /// The round before's rules, by rule id: an unchanged rule mostly keeps its id, and
+    /// then comparing its parts is all it takes.
+    before: Vec<Option<(Parts, Arc<str>)>>,
+    /// `before` by parts, built when a rule is not where it was (rules added or removed
+    /// above it renumber it).
+    by_parts: Option<HashMap<Parts, Arc<str>>>,
+    /// Rules this round not found where they were.
+    misses: usize,
+    /// This round's rules, by rule id.
+    now: Vec<Option<(Parts, Arc<str>)>>,
+}
+
+impl Identities {
+    /// Starts naming the rules of `cfg`: identities the round before did not ask for are
+    /// forgotten.
+    pub fn begin(&mut self, cfg: &Config) {
+        self.before = std::mem::take(&mut self.now);
+        self.by_parts = None;
+        self.misses = 0;
+        let groups = cfg.groups.iter().map(|g| &g.id);
+        let lists = cfg.prefix_lists.iter().map(|l| &l.id);
+        if !groups.clone().eq(&self.names.0) || !lists.clone().eq(&self.names.1) {
+            self.before.clear();
+            self.names = (groups.cloned().collect(), lists.cloned().collect());
+        }
+    }
+
+    /// `rule.identity(cfg)`, the same shared string as the round before's for a rule made
+    /// the same way ([`Identities::begin`] was called for `cfg`).
+    pub fn of(&mut self, cfg: &Config, rule: &Rule) -> Arc<str> {
+        let parts = Parts::of(rule);
+        let at = rule.id as usize;
+        let identity = match self.before.get(at) {
+            Some(Some((was, identity))) if *was == parts => Arc::clone(identity),
+            _ => {
+                // An edited rule is formatted anew; the index of the round before pays
+                // only once rules were renumbered (building it costs about as much as
+                // formatting a few thousand).
+                self.misses += 1;
+                let before = &self.before;
+                let by_parts = match self.by_parts.as_mut() {
+                    Some(by_parts) => Some(by_parts),
+                    None if self.misses > 256 => {
+                        Some(self.by_parts.insert(before.iter().flatten().map(|(p, i)| (*p, Arc::clone(i))).collect()))
+                    }
+                    None => None,
+                };
+                match by_parts.and_then(|m| m.get(&parts)) {
+                    Some(identity) => Arc::clone(identity),
+                    None => rule.identity(cfg).into(),
+                }
+            }
+        };
+        if self.now.len() <= at {
+            self.now.resize(at + 1, None);
+        }
+        self.now[at] = Some((parts, Arc::clone(&identity)));
+        identity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::config::parse_str;
+
+    const FILE: &str = r#"
+[[prefix_list]]
+id = "pl-a"
+family = "ipv4"
+entries = ["198.18.0.0/24"]
+
+[[security_group]]
+id = "sg-peer"
+members = ["198.18.0.20"]
+
+[[security_group]]
+id = "sg-a"
+members = ["198.18.0.10"]
+[[security_group.rule]]
+direction = "ingress"
+protocol = "tcp"
+port_range = "22/22"
+source = "198.18.0.0/15"
+[[security_group.rule]]
+direction = "ingress"
+protocol = "udp"
+port_range = "53/53"
+source_prefix_list = "pl-a"
+[[security_group.rule]]
+direction = "ingress"
+protocol = "tcp"
+port_range = "80/80"
+source_group = "sg-peer"
+
+[[interface]]
+name = "eth0"
+security_groups = ["sg-a"]
+"#;
+
+    fn names(ids: &mut Identities, text: &str) -> Vec<Arc<str>> {
+        let cfg = parse_str(text, "t.toml").expect("valid");
+        ids.begin(&cfg);
+        cfg.rules().map(|r| ids.of(&cfg, r)).collect()
+    }
+
+    #[test]
+    fn remembered_identities_are_the_rules_own_and_shared_while_they_stay() {
+        let mut ids = Identities::default();
+        let cfg = parse_str(FILE, "t.toml").expect("valid");
+        let first = names(&mut ids, FILE);
+        let fresh: Vec<String> = cfg.rules().map(|r| r.identity(&cfg)).collect();
+        assert_eq!(first.iter().map(|s| s.to_string()).collect::<Vec<_>>(), fresh);
+        // The same file again: the very same strings.
+        let again = names(&mut ids, FILE);
+        assert!(first.iter().zip(&again).all(|(a, b)| Arc::ptr_eq(a, b)));
+        // One rule's port changed: its identity changes, the others stay shared.
+        let edited = names(&mut ids, &FILE.replace("22/22", "2222/2222"));
+        assert!(edited[0].contains("2222") && !Arc::ptr_eq(&edited[0], &first[0]));
+        assert!(Arc::ptr_eq(&edited[1], &first[1]) && Arc::ptr_eq(&edited[2], &first[2]));
+    }
+
+    #[test]
+    fn renumbered_rules_keep_their_identities() {
+        let mut ids = Identities::default();
+        let first = names(&mut ids, FILE);
+        // A rule written first renumbers the others.
+        let rule =
+            "[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"icmp\"\nsource = \"198.18.0.0/15\"\n";
+        let text = FILE.replacen("[[security_group.rule]]", &format!("{rule}[[security_group.rule]]"), 1);
+        let shifted = names(&mut ids, &text);
+        assert_eq!(shifted.len(), 4);
+        assert_eq!(first[..], shifted[1..]);
+        // Past a few hundred renumbered rules, they are looked up rather than formatted.
+        let many: String = (1..=400)
+            .map(|p| format!("[[security_group.rule]]\ndirection = \"ingress\"\nprotocol = \"tcp\"\nport_range = \"{p}/{p}\"\nsource = \"198.18.0.0/15\"\n"))
+            .collect();
+        let text = FILE.replacen("[[security_group.rule]]", &format!("{many}[[security_group.rule]]"), 1);
+        let before = names(&mut ids, &text);
+        let shifted =
+            names(&mut ids, &text.replacen("[[security_group.rule]]", &format!("{rule}[[security_group.rule]]"), 1));
+        assert_eq!(before[..], shifted[1..]);
+        let shared = before.iter().zip(&shifted[1..]).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        assert!(shared >= 100, "{shared} of {} shared", before.len());
+    }
+
+    #[test]
+    fn renamed_groups_and_lists_rename_the_identities() {
+        let mut ids = Identities::default();
+        let first = names(&mut ids, FILE);
+        let text = FILE.replace("sg-a", "sg-b").replace("pl-a", "pl-b");
+        let cfg = parse_str(&text, "t.toml").expect("valid");
+        let renamed = names(&mut ids, &text);
+        let fresh: Vec<String> = cfg.rules().map(|r| r.identity(&cfg)).collect();
+        assert_eq!(renamed.iter().map(|s| s.to_string()).collect::<Vec<_>>(), fresh);
+        assert!(renamed.iter().zip(&first).all(|(a, b)| a != b), "{renamed:?}");
+    }
+
+    #[test]
+    fn identities_no_rule_asks_for_are_forgotten() {
+        let mut ids = Identities::default();
+        names(&mut ids, FILE);
+        names(&mut ids, &FILE.replace("22/22", "2222/2222"));
+        names(&mut ids, &FILE.replace("22/22", "3333/3333"));
+        assert_eq!(ids.now.iter().flatten().count(), 3, "this round's rules");
+        assert!(ids.before.iter().flatten().any(|(_, i)| i.contains("2222")), "the round before's");
+        names(&mut ids, &FILE.replace("22/22", "3333/3333"));
+        assert!(!ids.before.iter().flatten().any(|(_, i)| i.contains("2222")), "forgotten");
+    }
+}
