@@ -112,7 +112,7 @@ pub struct Band {
 #[derive(Clone, PartialEq)]
 struct Matcher {
     info: RuleInfo,
-    peers: Vec<IpNet>,
+    peers: Peers,
     /// `None`: any protocol.
     protocol: Option<u8>,
     destination_ports: PortRange,
@@ -120,11 +120,40 @@ struct Matcher {
     local: Option<IpNet>,
 }
 
+/// The networks a rule matches its peer against: one, or a group's members or a prefix
+/// list's entries, shared by every rule naming them (each apply builds the matchers of
+/// every rule, and allocating a list per rule was most of that).
+#[derive(Clone, Debug, Eq)]
+enum Peers {
+    One(IpNet),
+    Shared(Arc<[IpNet]>),
+}
+
+impl std::ops::Deref for Peers {
+    type Target = [IpNet];
+
+    fn deref(&self) -> &[IpNet] {
+        match self {
+            Self::One(net) => std::slice::from_ref(net),
+            Self::Shared(nets) => nets,
+        }
+    }
+}
+
+impl PartialEq for Peers {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Shared(a), Self::Shared(b)) if Arc::ptr_eq(a, b) => true,
+            _ => **self == **other,
+        }
+    }
+}
+
 impl Matcher {
     fn pseudo(step: u8, action: Action, peers: Vec<IpNet>) -> Self {
         Self {
             info: info(0, action, step),
-            peers,
+            peers: Peers::Shared(peers.into()),
             protocol: None,
             destination_ports: PortRange::ANY,
             source_ports: None,
@@ -164,11 +193,19 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
     if !connected.is_empty() {
         out.push(Matcher::pseudo(step::INTRA_GROUP_ACCEPT, Action::Accept, connected));
     }
+    let mut group_peers: Vec<Option<Arc<[IpNet]>>> = vec![None; cfg.groups.len()];
+    let mut list_peers: Vec<Option<Arc<[IpNet]>>> = vec![None; cfg.prefix_lists.len()];
     for rule in rules {
-        let peers = match &rule.peer {
-            Peer::Cidr(net) => vec![net.trunc()],
-            Peer::Group { group_index } => cfg.groups[*group_index].members.iter().copied().map(host_net).collect(),
-            Peer::PrefixList { list_index } => cfg.prefix_lists[*list_index].entries.iter().map(IpNet::trunc).collect(),
+        let peers = match rule.peer {
+            Peer::Cidr(net) => Peers::One(net.trunc()),
+            Peer::Group { group_index } => Peers::Shared(Arc::clone(
+                group_peers[group_index]
+                    .get_or_insert_with(|| cfg.groups[group_index].members.iter().copied().map(host_net).collect()),
+            )),
+            Peer::PrefixList { list_index } => Peers::Shared(Arc::clone(
+                list_peers[list_index]
+                    .get_or_insert_with(|| cfg.prefix_lists[list_index].entries.iter().map(IpNet::trunc).collect()),
+            )),
         };
         let fields = if rule.local.is_some() { RULE_NEEDS_LOCAL } else { 0 }
             | if rule.source_port_range.is_some() { RULE_NEEDS_SOURCE_PORT } else { 0 };
@@ -683,7 +720,7 @@ fn one_band(iface: &InterfaceBinding, matchers: &[Matcher]) -> Result<Compiled, 
 
     let mut peers: HashMap<IpNet, Vec<usize>> = HashMap::default();
     for (bit, m) in matchers.iter().enumerate() {
-        for net in &m.peers {
+        for net in m.peers.iter() {
             peers.entry(*net).or_default().push(bit);
         }
     }

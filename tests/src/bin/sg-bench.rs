@@ -752,9 +752,9 @@ fn main() -> Result<()> {
              {:.0}-{:.0}). The agent reads a text that differs from the one before inside one rule's table by reading \
              that table alone (a whole read of this file: {parse:.1} ms), compiles the changed direction from its \
              rule set before (a port, protocol or action edit flips the rule's bit in the port tables it touches), \
-             and writes the new set over the ranges of the set before last, only the entries that differ \
-             (target for 16,384 rules: at most 5 ms end to end: not met; the write's plan compares the whole set \
-             with what the ranges hold and takes most of the time: it needs writes planned from what changed).\n",
+             and writes the new set over the ranges of the set before last, only the entries that differ, each \
+             at its own index; unchanged rules keep their identities and handles without formatting or hashing \
+             them (target for 16,384 rules: at most 5 ms end to end: {}).\n",
             sequence.len() - 2,
             one.median,
             one.min,
@@ -765,6 +765,16 @@ fn main() -> Result<()> {
             written.median,
             written.min,
             written.max,
+            if one.median <= 5.0 {
+                "met".to_string()
+            } else {
+                format!(
+                    "missed ({:.1} ms); what remains is per-rule work over the whole set: the compile's matchers \
+                     and its copy of the set before, the handle keys, and the in-place comparison of the set with \
+                     the ranges' contents",
+                    one.median
+                )
+            },
         )?;
         if !s.quick {
             writeln!(

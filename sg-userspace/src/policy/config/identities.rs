@@ -81,9 +81,14 @@ impl Identities {
     pub fn of(&mut self, cfg: &Config, rule: &Rule) -> Arc<str> {
         let parts = Parts::of(rule);
         let at = rule.id as usize;
-        let identity = match self.before.get(at) {
-            Some(Some((was, identity))) if *was == parts => Arc::clone(identity),
-            _ => {
+        let kept = match self.before.get_mut(at) {
+            // Moved, not copied: a rule found where it was is not looked for again.
+            Some(slot) if slot.as_ref().is_some_and(|(was, _)| *was == parts) => slot.take().map(|(_, i)| i),
+            _ => None,
+        };
+        let identity = match kept {
+            Some(identity) => identity,
+            None => {
                 // An edited rule is formatted anew; the index of the round before pays
                 // only once rules were renumbered (building it costs about as much as
                 // formatting a few thousand).
