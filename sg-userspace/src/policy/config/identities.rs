@@ -8,39 +8,21 @@
 
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{Action, Config, Direction, Peer, PortRange, Protocol, Rule};
+use super::{Config, Rule, validate::RuleKey};
 
-/// Everything [`Rule::identity`] is made of, names given by index (the cache is
-/// emptied when the names behind the indexes change).
+/// Everything [`Rule::identity`] is made of: the rule's group, by index (the cache is
+/// emptied when the names behind the indexes change), and what makes it the rule it is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Parts {
     group_index: usize,
-    direction: Direction,
-    action: Action,
-    priority: u8,
-    protocol: Protocol,
-    port_range: PortRange,
-    source_port_range: Option<PortRange>,
-    peer: Peer,
-    local: Option<IpNet>,
+    rule: RuleKey,
 }
 
 impl Parts {
     fn of(rule: &Rule) -> Self {
-        Self {
-            group_index: rule.group_index,
-            direction: rule.direction,
-            action: rule.action,
-            priority: rule.priority,
-            protocol: rule.protocol,
-            port_range: rule.port_range,
-            source_port_range: rule.source_port_range,
-            peer: rule.peer,
-            local: rule.local,
-        }
+        Self { group_index: rule.group_index, rule: RuleKey::of(rule) }
     }
 }
 

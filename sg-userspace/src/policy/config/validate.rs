@@ -1027,9 +1027,10 @@ pub(crate) fn same_rule(a: &Rule, b: &Rule) -> bool {
 }
 
 /// What makes two rules of one group the same rule: everything but the description
-/// (and position).
-#[derive(PartialEq, Eq, Hash)]
-struct RuleKey {
+/// (and position). With its group, what a rule's identity is made of
+/// (`super::identities`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct RuleKey {
     direction: Direction,
     action: Action,
     priority: u8,
@@ -1041,7 +1042,7 @@ struct RuleKey {
 }
 
 impl RuleKey {
-    fn of(rule: &Rule) -> Self {
+    pub(super) fn of(rule: &Rule) -> Self {
         RuleKey {
             direction: rule.direction,
             action: rule.action,
