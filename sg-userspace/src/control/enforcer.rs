@@ -187,14 +187,10 @@ impl InterfaceState {
 
     /// Whether the installed set of `hook` was written from `compiled` with `keys`.
     fn holds(&self, hook: u32, compiled: &Arc<Compiled>, keys: &[HandleKey]) -> bool {
-        let (installed, source) = if hook == stats::HOOK_INGRESS {
-            (&self.ingress, &self.ingress_source)
-        } else {
-            (&self.egress, &self.egress_source)
-        };
+        let source = if hook == stats::HOOK_INGRESS { &self.ingress_source } else { &self.egress_source };
         // Mostly the very rule set the compile cache returned: `Arc`'s comparison is then
         // a pointer compare.
-        installed.is_some() && source.as_ref().is_some_and(|s| s.compiled == *compiled && s.keys == keys)
+        self.installed(hook).is_some() && source.as_ref().is_some_and(|s| s.compiled == *compiled && s.keys == keys)
     }
 }
 

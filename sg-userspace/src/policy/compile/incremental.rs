@@ -131,33 +131,37 @@ pub(super) struct Interned {
 impl Interned {
     fn of(c: &Compiled) -> Self {
         let mut this = Self::default();
-        for (i, v) in c.vectors.iter().enumerate() {
-            find_or_add(&mut this.vectors, &c.vectors, v, || i as u32);
-        }
-        for (i, chunk) in c.chunks.iter().enumerate() {
-            find_or_add(&mut this.chunks, &c.chunks, chunk, || i as u32);
-        }
+        index_all(&mut this.vectors, &c.vectors);
+        index_all(&mut this.chunks, &c.chunks);
         this
     }
 }
 
-/// The number of an entry of `items` equal to `item` in `table`, or `add()`'s, recorded.
-fn find_or_add<T: Hash + Eq>(
-    table: &mut HashTable<(u64, u32)>,
-    items: &[T],
-    item: &T,
-    add: impl FnOnce() -> u32,
-) -> u32 {
-    let hash = FxBuildHasher.hash_one(item);
-    let found = table.find(hash, |&(h, i)| h == hash && items.get(i as usize) == Some(item));
-    match found {
-        Some(&(_, i)) => i,
-        None => {
-            let i = add();
-            table.insert_unique(hash, (hash, i), |&(h, _)| h);
-            i
+/// Records each entry of `items` not equal to an earlier one (the first of equals wins).
+fn index_all<T: Hash + Eq>(table: &mut HashTable<(u64, u32)>, items: &[T]) {
+    for (i, item) in items.iter().enumerate() {
+        let hash = FxBuildHasher.hash_one(item);
+        if find(table, items, item, hash).is_none() {
+            table.insert_unique(hash, (hash, i as u32), |&(h, _)| h);
         }
     }
+}
+
+/// The number of an indexed entry of `items` equal to `item` (of hash `hash`).
+fn find<T: Eq>(table: &HashTable<(u64, u32)>, items: &[T], item: &T, hash: u64) -> Option<u32> {
+    table.find(hash, |&(h, i)| h == hash && items.get(i as usize) == Some(item)).map(|&(_, i)| i)
+}
+
+/// The number of an entry of `items` equal to `item`, appended and indexed if none is.
+fn intern<T: Hash + Eq>(table: &mut HashTable<(u64, u32)>, items: &mut Vec<T>, item: T) -> u32 {
+    let hash = FxBuildHasher.hash_one(&item);
+    if let Some(i) = find(table, items, &item, hash) {
+        return i;
+    }
+    items.push(item);
+    let i = (items.len() - 1) as u32;
+    table.insert_unique(hash, (hash, i), |&(h, _)| h);
+    i
 }
 
 /// Vectors with the bit flipped, interned among the set's.
@@ -186,22 +190,13 @@ impl Flipper {
             return None;
         }
         chunk.words[word] ^= mask;
-        let chunks = &mut c.chunks;
-        let number = find_or_add(&mut self.interned.chunks, chunks, &chunk, || chunks.len() as u32);
-        if number as usize == chunks.len() {
-            chunks.push(chunk);
-        }
-        vector.chunks[column] = number;
+        vector.chunks[column] = intern(&mut self.interned.chunks, &mut c.chunks, chunk);
         if chunk.words.iter().any(|&w| w != 0) {
             vector.summary |= 1 << column;
         } else {
             vector.summary &= !(1 << column);
         }
-        let vectors = &mut c.vectors;
-        let flipped = find_or_add(&mut self.interned.vectors, vectors, &vector, || vectors.len() as u32);
-        if flipped as usize == vectors.len() {
-            vectors.push(vector);
-        }
+        let flipped = intern(&mut self.interned.vectors, &mut c.vectors, vector);
         self.done.insert((v, on), flipped);
         Some(flipped)
     }
