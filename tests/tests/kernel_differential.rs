@@ -319,14 +319,15 @@ fn one_rule_changes_written_over_spares_match_the_reference() {
         whole(&compiled[0])
     );
     // The first two applies go to fresh ranges; from the third on, each is written over
-    // the set before last. The last differs from that one (`narrowed`) by two rules and
-    // writes a few entries at their own indexes (looking for equal entries elsewhere
-    // would find a few less, at a cost of writing thousands); a deletion moves every
-    // later bit and rewrites more, but still less than a whole set.
+    // the set before last. A narrowed peer is compiled whole, and numbered like the set
+    // before, so it writes a few entries too. The last differs from the set its ranges
+    // hold (`narrowed`) by two rules and writes a few entries at their own indexes; a
+    // deletion moves every later bit and rewrites more, but still less than a whole set.
     // (The first apply writes the egress set too: the pseudo-rules alone.)
     assert!(written[0] >= whole(&compiled[0]), "{written:?}");
     for (i, w) in written.iter().enumerate().skip(2) {
         assert!(*w < whole(&compiled[i]), "change {i} wrote {w} entries, a whole set");
     }
+    assert!(written[2] * 40 < whole(&compiled[2]), "a peer narrowed: {written:?} of {}", whole(&compiled[2]));
     assert!(written[6] * 40 < whole(&compiled[6]), "two rules apart: {written:?} of {}", whole(&compiled[6]));
 }

@@ -234,30 +234,15 @@ impl RuleSetMaps {
     pub fn write(&mut self, c: &Arc<Compiled>, at: &mut Installed) -> Result<usize> {
         debug_assert!(c.words() <= MAX_WORDS);
         let bases = Bases { vectors: at.vectors.start, chunks: at.chunks.start, blocks: at.blocks.start };
-        // Every entry at its own index, written where it differs: a compare, against the
-        // set the ranges hold at its numbering when there is one (memory order, nothing
-        // relocated), else against their recorded contents.
-        let in_place = match &at.contents.in_place {
+        // Every entry at its own index, written where it differs: a compare against the
+        // set the ranges hold when there is one, else against their recorded contents.
+        // (The compile numbers each set like the one before, so equal entries are found
+        // at their own index; see `placement`.)
+        let plan = match &at.contents.in_place {
             Some((was, was_handles)) => placement::plan_in_place(c, &at.handles, was, was_handles, &at.contents, bases),
-            // Fresh ranges: everything is written, with nothing to compare or look for.
+            // Fresh ranges: everything is written, with nothing to compare.
             None if at.contents.nothing_known => placement::plan_whole(c, &at.handles, &at.contents, bases),
             None => placement::plan_at_own_index(c, &at.handles, &at.contents, bases),
-        };
-        // A set numbered otherwise than the one the ranges hold (compiled whole after a
-        // peer changed) differs from it nearly everywhere at its own index: then the
-        // content placement, which finds equal entries wherever they are, decides when it
-        // writes fewer. Below a quarter of the set, writing the difference costs less than
-        // that search (about as much as writing a third of a 16,384-rule set).
-        let whole = c.vectors.len() + c.chunks.len() + c.port_blocks.len() + c.rules.len();
-        let plan = match in_place {
-            Some(plan) if at.contents.nothing_known || plan.entries() <= 64 + whole / 4 => Some(plan),
-            in_place => {
-                let placed = placement::plan(c, &at.handles, &at.contents, bases);
-                match (in_place, placed) {
-                    (Some(a), Some(b)) => Some(if a.entries() <= b.entries() { a } else { b }),
-                    (a, b) => a.or(b),
-                }
-            }
         }
         .ok_or_else(|| DataplaneError::Refused("a rule set's ranges are shorter than the rule set".into()))?;
         // Until the ranges hold `c` (below), they hold no set entry for entry.
@@ -275,7 +260,7 @@ impl RuleSetMaps {
         update(self.rule_info.map(), at.rules.start, &plan.rules).doing("writing rule info")?;
         // Recorded before writing, so a failed batch is undone in full by `remove`.
         (at.addr_keys, at.port_keys) = trie_keys(c, at.slot);
-        let vector = |v: u32| at.vectors.start + plan.vector_at[v as usize];
+        let vector = |v: u32| at.vectors.start + v;
         let addr_values: Vec<u32> = c.addr_entries.iter().map(|e| vector(e.vector)).collect();
         batch::update(self.addr_trie.map(), &at.addr_keys, &addr_values).doing("writing address entries")?;
         let port_values: Vec<u32> = c.port_entries.iter().map(|e| vector(e.vector)).collect();
@@ -297,9 +282,7 @@ impl RuleSetMaps {
             self.rulesets.set(band_header(at.slot, b as u32), header, 0).doing("writing a rule-set header")?;
         }
         at.contents.record(&plan);
-        if plan.in_place {
-            at.contents.in_place = Some((Arc::clone(c), at.handles.clone()));
-        }
+        at.contents.in_place = Some((Arc::clone(c), at.handles.clone()));
         Ok(plan.entries())
     }
 }

@@ -642,9 +642,19 @@ impl CompileCache {
                 compiled
             }
             None => {
-                garbage = 0;
                 interned = None;
-                from_matchers(iface, &matchers)?
+                let mut whole = from_matchers(iface, &matchers)?;
+                // Numbered like the set before, so writing it over that set's ranges
+                // finds its equal entries in place ([`numbering`]).
+                garbage = match self.last.get(&key) {
+                    Some(last) => numbering::renumber_like(&mut whole, &last.compiled),
+                    None => 0,
+                };
+                if incremental::over_garbage_limit(&whole, garbage) {
+                    incremental::compact(&mut whole);
+                    garbage = 0;
+                }
+                whole
             }
         });
         self.last.insert(key, Last { from: matchers, compiled: Arc::clone(&compiled), garbage, interned });
@@ -1009,6 +1019,7 @@ impl Compiled {
 }
 
 mod incremental;
+mod numbering;
 mod peer_v6;
 #[cfg(test)]
 mod tests;

@@ -106,7 +106,7 @@ pub(super) fn recompile(
     }
     // Each new vector or chunk may have replaced one nothing refers to now.
     *garbage += c.vectors.len() + c.chunks.len() - grown;
-    if *garbage * 64 > c.vectors.len() + c.chunks.len() + c.port_blocks.len() {
+    if over_garbage_limit(&c, *garbage) {
         // Entries move: the index is built again when next needed.
         compact(&mut c);
         *garbage = 0;
@@ -114,6 +114,12 @@ pub(super) fn recompile(
         *interned = Some(flipper.interned);
     }
     Some(c)
+}
+
+/// Whether `garbage` entries nothing refers to are more than a sixty-fourth of `c`'s
+/// pooled entries: then [`compact`] removes them.
+pub(super) fn over_garbage_limit(c: &Compiled, garbage: usize) -> bool {
+    garbage * 64 > c.vectors.len() + c.chunks.len() + c.port_blocks.len()
 }
 
 /// Where each distinct vector and chunk of a compiled set is, by content: what a flip
@@ -264,7 +270,7 @@ fn entry(e: u32) -> Entry {
 
 /// Removes the blocks, vectors and chunks nothing reachable refers to, and renumbers
 /// the references.
-fn compact(c: &mut Compiled) {
+pub(super) fn compact(c: &mut Compiled) {
     // Blocks reachable from the tables and the IPv6 root.
     let mut live_blocks = vec![false; c.port_blocks.len()];
     let mut stack: Vec<usize> = c
@@ -355,4 +361,4 @@ fn fill_holes<T: Copy>(items: &mut Vec<T>, live: &[bool]) -> Vec<u32> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

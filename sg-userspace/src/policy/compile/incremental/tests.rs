@@ -9,10 +9,10 @@ use super::super::{CompileCache, Compiled, compile};
 use crate::policy::config::{Action, Config, Direction, PortRange, Protocol, parse_str};
 
 /// A deterministic generator (the tests need no crate for it).
-struct Lcg(u64);
+pub(in crate::policy::compile) struct Lcg(pub(in crate::policy::compile) u64);
 
 impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
+    pub(in crate::policy::compile) fn next(&mut self, n: u64) -> u64 {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
@@ -20,7 +20,7 @@ impl Lcg {
 
 /// `n` rules of mixed protocols, ports and peers (some with source ports, one with a
 /// local address) in one basic group on `eth0`.
-fn rules_file(n: usize, rng: &mut Lcg) -> String {
+pub(in crate::policy::compile) fn rules_file(n: usize, rng: &mut Lcg) -> String {
     let mut text = String::from("[[security_group]]\nid = \"sg-a\"\nmembers = [\"198.18.0.10\", \"2001:db8::10\"]\n");
     for i in 0..n {
         let (protocol, ports) = match rng.next(6) {
@@ -61,7 +61,7 @@ fn rules_file(n: usize, rng: &mut Lcg) -> String {
 }
 
 /// Vector words of every lookup the kernel makes, equal in both.
-fn assert_same_decisions(inc: &Compiled, full: &Compiled, cfg: &Config) {
+pub(in crate::policy::compile) fn assert_same_decisions(inc: &Compiled, full: &Compiled, cfg: &Config) {
     assert_eq!(inc.rules, full.rules);
     let shape = |c: &Compiled| c.bands.iter().map(|b| (b.flags, b.rule_count)).collect::<Vec<_>>();
     assert_eq!(shape(inc), shape(full));
