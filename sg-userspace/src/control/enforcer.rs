@@ -33,35 +33,19 @@ use crate::{
 };
 
 /// The handle keys of a compiled rule set's bits, in bit order, from the rules'
-/// identities by rule id ([`identities_by_id`]).
-fn handle_keys(identities: &[Option<Arc<str>>], c: &Compiled, ifindex: u32, hook: u32) -> Vec<HandleKey> {
+/// identities ([`Identities::name`] named the rules of the config it was compiled from).
+fn handle_keys(identities: &Identities, c: &Compiled, ifindex: u32, hook: u32) -> Vec<HandleKey> {
     c.rules
         .iter()
         .map(|info| {
-            let identity: Arc<str> = match identities.get(info.rule_id as usize) {
-                Some(Some(identity)) if info.step == step::RULE => Arc::clone(identity),
+            let identity: Arc<str> = match identities.get(info.rule_id) {
+                Some(identity) if info.step == step::RULE => Arc::clone(identity),
                 _ if info.step == step::NEXT_BAND => "pseudo:next-band".into(),
                 _ => format!("pseudo:{}", step::NAMES[usize::from(info.step) % step::COUNT]).into(),
             };
             HandleKey { ifindex, hook, identity }
         })
         .collect()
-}
-
-/// The identity of each of `cfg`'s rules, by rule id (ids are 1-based and dense). Taken
-/// in file order, as the rules lie in memory: in bit order every rule read would be a
-/// cache miss.
-fn identities_by_id(cfg: &Config, identities: &mut Identities) -> Vec<Option<Arc<str>>> {
-    identities.begin(cfg);
-    let mut by_id = Vec::new();
-    for rule in cfg.rules() {
-        let at = rule.id as usize;
-        if by_id.len() <= at {
-            by_id.resize(at + 1, None);
-        }
-        by_id[at] = Some(identities.of(cfg, rule));
-    }
-    by_id
 }
 
 /// First-fit allocator of index ranges in an array map.
@@ -472,11 +456,11 @@ impl Enforcer {
         }
         let mut report = ApplyReport::default();
         let written = Instant::now();
-        let identities = identities_by_id(cfg, &mut self.identities);
+        self.identities.name(cfg);
         let mut fresh = Vec::with_capacity(compiled.len());
         for CompiledInterface { ifindex, mode, ingress, egress } in compiled {
-            let keys_in = handle_keys(&identities, ingress, *ifindex, stats::HOOK_INGRESS);
-            let keys_out = handle_keys(&identities, egress, *ifindex, stats::HOOK_EGRESS);
+            let keys_in = handle_keys(&self.identities, ingress, *ifindex, stats::HOOK_INGRESS);
+            let keys_out = handle_keys(&self.identities, egress, *ifindex, stats::HOOK_EGRESS);
             // A rule set compiled exactly as the installed one stays where it is.
             let holds =
                 |hook, c, keys: &[HandleKey]| self.installed.get(ifindex).is_some_and(|s| s.holds(hook, c, keys));
@@ -599,7 +583,7 @@ impl Enforcer {
         timeouts: Timeouts,
     ) -> std::result::Result<Self, AdoptError> {
         let mut this = Self::new(dp, capacity)?;
-        let identities = identities_by_id(cfg, &mut this.identities);
+        this.identities.name(cfg);
         this.config_serial = state.config_serial;
         this.current_timeouts = timeouts;
         let stale = |why: String| AdoptError::Stale(NotAdoptable(why));
@@ -639,7 +623,7 @@ impl Enforcer {
                     let (addr_keys, port_keys) = trie_keys(rules, p.slot);
                     // The handles the kernel counts these rules by, as the maps hold them.
                     let handles = this.maps.handles(p.rules.start..p.rules.start + rules.rules.len() as u32)?;
-                    let keys = handle_keys(&identities, rules, placed.ifindex, hook);
+                    let keys = handle_keys(&this.identities, rules, placed.ifindex, hook);
                     for ((handle, key), info) in handles.iter().zip(keys).zip(&rules.rules) {
                         this.handles.adopt(*handle, key, info.rule_id, info.step);
                     }

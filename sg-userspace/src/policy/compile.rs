@@ -27,7 +27,7 @@ use sg_common::{
 };
 
 use super::{
-    config::{Action, Config, Direction, GroupKind, InterfaceBinding, Peer, PortRange},
+    config::{Action, Config, Direction, Edit, GroupKind, InterfaceBinding, Peer, PortRange, Rule},
     order::{default_action, pooled_rules},
 };
 
@@ -207,21 +207,7 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
                     .get_or_insert_with(|| cfg.prefix_lists[list_index].entries.iter().map(IpNet::trunc).collect()),
             )),
         };
-        let fields = if rule.local.is_some() { RULE_NEEDS_LOCAL } else { 0 }
-            | if rule.source_port_range.is_some() { RULE_NEEDS_SOURCE_PORT } else { 0 };
-        out.push(Matcher {
-            info: RuleInfo { fields, ..info(rule.id, rule.action, step::RULE) },
-            peers,
-            protocol: rule.protocol.ip_proto(),
-            // TCP/UDP ports, or the ICMP key range of an icmp rule's type and code.
-            destination_ports: if rule.protocol.has_ports() || rule.protocol.is_icmp() {
-                rule.port_range
-            } else {
-                PortRange::ANY
-            },
-            source_ports: rule.source_port_range,
-            local: rule.local.map(|n| n.trunc()),
-        });
+        out.push(rule_matcher(rule, peers));
     }
     let isolated: Vec<IpNet> = groups()
         .filter(|g| g.inner_access == Action::Drop)
@@ -233,6 +219,71 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
     let kind = iface.kind(cfg);
     out.push(Matcher::pseudo(step::DEFAULT, default_action(kind, dir), vec![any_net(false), any_net(true)]));
     Ok(out)
+}
+
+/// The matcher of user rule `rule`, whose peer is `peers`.
+fn rule_matcher(rule: &Rule, peers: Peers) -> Matcher {
+    let fields = if rule.local.is_some() { RULE_NEEDS_LOCAL } else { 0 }
+        | if rule.source_port_range.is_some() { RULE_NEEDS_SOURCE_PORT } else { 0 };
+    Matcher {
+        info: RuleInfo { fields, ..info(rule.id, rule.action, step::RULE) },
+        peers,
+        protocol: rule.protocol.ip_proto(),
+        // TCP/UDP ports, or the ICMP key range of an icmp rule's type and code.
+        destination_ports: if rule.protocol.has_ports() || rule.protocol.is_icmp() {
+            rule.port_range
+        } else {
+            PortRange::ANY
+        },
+        source_ports: rule.source_port_range,
+        local: rule.local.map(|n| n.trunc()),
+    }
+}
+
+/// The matcher of rule `rule` of `cfg` as [`matchers`] makes it, alone.
+fn lone_rule_matcher(cfg: &Config, rule: &Rule) -> Matcher {
+    let peers = match rule.peer {
+        Peer::Cidr(net) => Peers::One(net.trunc()),
+        Peer::Group { group_index } => {
+            Peers::Shared(cfg.groups[group_index].members.iter().copied().map(host_net).collect())
+        }
+        Peer::PrefixList { list_index } => {
+            Peers::Shared(cfg.prefix_lists[list_index].entries.iter().map(IpNet::trunc).collect())
+        }
+    };
+    rule_matcher(rule, peers)
+}
+
+/// How one rule's edit ([`Edit`]) changes the matchers of an interface and direction
+/// compiled from the config it was made to.
+enum EditedMatchers {
+    /// Not at all (the rule is not among them, or matches as it did).
+    Same,
+    /// The matcher of bit `bit` is now `matcher`; the rule kept its rank.
+    Bit { bit: usize, matcher: Matcher },
+    /// Otherwise (its rank moved): the matchers are built anew.
+    Other,
+}
+
+fn edited_matchers(
+    cfg: &Config,
+    iface: &InterfaceBinding,
+    dir: Direction,
+    from: &[Matcher],
+    edit: Edit,
+) -> EditedMatchers {
+    let Some(rule) = cfg.rule(edit.rule_id) else { return EditedMatchers::Other };
+    if rule.direction != dir || !iface.groups.contains(&rule.group_index) {
+        return EditedMatchers::Same;
+    }
+    if rule.rank() != edit.rank_before {
+        return EditedMatchers::Other;
+    }
+    let Some(bit) = from.iter().position(|m| m.info.step == step::RULE && m.info.rule_id == rule.id) else {
+        return EditedMatchers::Other;
+    };
+    let matcher = lone_rule_matcher(cfg, rule);
+    if matcher == from[bit] { EditedMatchers::Same } else { EditedMatchers::Bit { bit, matcher } }
 }
 
 /// The distinct chunks ([`CHUNK_WORDS`] words) of the vectors being built. A vector
@@ -592,6 +643,8 @@ pub fn compile(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result
 /// nothing may refer to ([`incremental`]).
 struct Last {
     from: Vec<Matcher>,
+    /// The serial of the config `from` was made of ([`crate::policy::config::Lineage`]).
+    serial: u64,
     compiled: Arc<Compiled>,
     garbage: usize,
     /// `compiled`'s vectors and chunks by content, once a recompile built it.
@@ -612,6 +665,8 @@ pub struct CompileCache {
     used: HashSet<(String, Direction)>,
     /// Rule sets compiled from the one before ([`incremental`]), for tests.
     pub(crate) recompiled: usize,
+    /// Compiles that took a config's edit from its lineage, for tests.
+    pub(crate) from_edit: usize,
 }
 
 impl CompileCache {
@@ -622,14 +677,47 @@ impl CompileCache {
         iface: &InterfaceBinding,
         dir: Direction,
     ) -> Result<Arc<Compiled>, CompileError> {
-        let matchers = matchers(cfg, iface, dir)?;
         let key = (iface.name.clone(), dir);
         self.used.insert(key.clone());
+        let serial = cfg.lineage.serial();
+        // One rule's edit of the config compiled last: its matcher alone is made again.
+        if let Some(last) = self.last.get_mut(&key)
+            && let Some(edit) = cfg.lineage.edit_of(Some(last.serial))
+        {
+            self.from_edit += 1;
+            match edited_matchers(cfg, iface, dir, &last.from, edit) {
+                EditedMatchers::Same => {
+                    last.serial = serial;
+                    return Ok(Arc::clone(&last.compiled));
+                }
+                EditedMatchers::Bit { bit, matcher } => {
+                    let (mut garbage, mut interned) = (last.garbage, last.interned.take());
+                    let again = incremental::recompile_bit(
+                        &last.compiled,
+                        (bit, &last.from[bit], &matcher),
+                        &mut garbage,
+                        &mut interned,
+                    );
+                    if let Some(compiled) = again {
+                        self.recompiled += 1;
+                        last.garbage = garbage;
+                        last.from[bit] = matcher;
+                        last.serial = serial;
+                        last.compiled = Arc::new(compiled);
+                        last.interned = interned;
+                        return Ok(Arc::clone(&last.compiled));
+                    }
+                }
+                EditedMatchers::Other => {}
+            }
+        }
+        let matchers = matchers(cfg, iface, dir)?;
         let mut again = None;
         let mut garbage = 0;
         let mut interned = None;
         if let Some(last) = self.last.get_mut(&key) {
             if last.from == matchers {
+                last.serial = serial;
                 return Ok(Arc::clone(&last.compiled));
             }
             garbage = last.garbage;
@@ -657,7 +745,7 @@ impl CompileCache {
                 whole
             }
         });
-        self.last.insert(key, Last { from: matchers, compiled: Arc::clone(&compiled), garbage, interned });
+        self.last.insert(key, Last { from: matchers, serial, compiled: Arc::clone(&compiled), garbage, interned });
         Ok(compiled)
     }
 

@@ -49,9 +49,8 @@ pub(super) fn recompile(
     garbage: &mut usize,
     interned: &mut Option<Interned>,
 ) -> Option<Compiled> {
-    // A rule set in bands numbers its bits otherwise than its rules (the next-band
-    // pseudo-rules between them): compiled whole.
-    if old.bands.len() != 1 || before.len() != after.len() || old.rules.len() != before.len() {
+    // A matcher added or removed moves the bits after it: compiled whole.
+    if before.len() != after.len() {
         return None;
     }
     let mut differing = before.iter().zip(after).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i);
@@ -59,7 +58,22 @@ pub(super) fn recompile(
     if differing.next().is_some() {
         return None;
     }
-    let (was, now) = (&before[bit], &after[bit]);
+    recompile_bit(old, (bit, &before[bit], &after[bit]), garbage, interned)
+}
+
+/// [`recompile`] when the matchers differ in bit `bit` alone, matcher `was` before and
+/// `now` after.
+pub(super) fn recompile_bit(
+    old: &Compiled,
+    (bit, was, now): (usize, &Matcher, &Matcher),
+    garbage: &mut usize,
+    interned: &mut Option<Interned>,
+) -> Option<Compiled> {
+    // A rule set in bands numbers its bits otherwise than its rules (the next-band
+    // pseudo-rules between them): compiled whole.
+    if old.bands.len() != 1 || bit >= old.rules.len() {
+        return None;
+    }
     if was.peers != now.peers || was.local != now.local || was.source_ports != now.source_ports {
         return None;
     }

@@ -4,7 +4,9 @@
 //! 16,384 of them took longer than the rest of a one-rule change. An unchanged rule has
 //! the same fields as before, so its identity is looked up by them (a hash of a few
 //! integers and an address) and handed out as the same shared string, which also makes
-//! comparing it with the last apply's key a pointer compare.
+//! comparing it with the last apply's key a pointer compare. A config the reader made
+//! by editing one rule of the config named last ([`super::Lineage`]) renames that rule
+//! alone.
 
 use std::sync::Arc;
 
@@ -41,12 +43,44 @@ pub struct Identities {
     misses: usize,
     /// This round's rules, by rule id.
     now: Vec<Option<(Parts, Arc<str>)>>,
+    /// The serial of the config `now` names, when it names every rule of one
+    /// ([`Identities::name`]).
+    named: Option<u64>,
 }
 
 impl Identities {
+    /// Names every rule of `cfg` ([`Identities::get`]): from the round before's names,
+    /// and only the edited rule when `cfg` is one rule's edit of the config named last.
+    pub fn name(&mut self, cfg: &Config) {
+        let edited = cfg.lineage.edit_of(self.named).and_then(|edit| cfg.rule(edit.rule_id));
+        if let Some(rule) = edited {
+            let parts = Parts::of(rule);
+            let at = rule.id as usize;
+            if !self.now.get(at).and_then(Option::as_ref).is_some_and(|(was, _)| *was == parts) {
+                if self.now.len() <= at {
+                    self.now.resize(at + 1, None);
+                }
+                self.now[at] = Some((parts, rule.identity(cfg).into()));
+            }
+        } else {
+            self.begin(cfg);
+            self.now.reserve(self.before.len());
+            for rule in cfg.rules() {
+                self.of(cfg, rule);
+            }
+        }
+        self.named = Some(cfg.lineage.serial());
+    }
+
+    /// The identity of rule `id` of the config [`Identities::name`] named last.
+    pub fn get(&self, id: u32) -> Option<&Arc<str>> {
+        self.now.get(id as usize).and_then(Option::as_ref).map(|(_, identity)| identity)
+    }
+
     /// Starts naming the rules of `cfg`: identities the round before did not ask for are
     /// forgotten.
     pub fn begin(&mut self, cfg: &Config) {
+        self.named = None;
         self.before = std::mem::take(&mut self.now);
         self.by_parts = None;
         self.misses = 0;
@@ -204,5 +238,32 @@ security_groups = ["sg-a"]
         assert!(ids.before.iter().flatten().any(|(_, i)| i.contains("2222")), "the round before's");
         names(&mut ids, &FILE.replace("22/22", "3333/3333"));
         assert!(!ids.before.iter().flatten().any(|(_, i)| i.contains("2222")), "forgotten");
+    }
+
+    /// The names of every rule of `cfg` after naming it.
+    fn named(ids: &mut Identities, cfg: &Config) -> Vec<Arc<str>> {
+        ids.name(cfg);
+        cfg.rules().map(|r| Arc::clone(ids.get(r.id).expect("named"))).collect()
+    }
+
+    /// A one-rule edit the reader made is renamed alone and still names every rule as a
+    /// whole naming would; a config that is no edit of the one named is named whole.
+    #[test]
+    fn an_edited_rule_is_renamed_alone() {
+        let mut reader = crate::policy::config::Reader::default();
+        let mut ids = Identities::default();
+        let first = named(&mut ids, reader.read(FILE, "t.toml").expect("valid"));
+        let text = FILE.replace("22/22", "2222/2222");
+        let cfg = reader.read(&text, "t.toml").expect("valid");
+        assert!(cfg.lineage.edit_of(ids.named).is_some(), "one rule's edit of the config named");
+        let edited = named(&mut ids, cfg);
+        let fresh: Vec<String> = cfg.rules().map(|r| r.identity(cfg)).collect();
+        assert_eq!(edited.iter().map(|s| s.to_string()).collect::<Vec<_>>(), fresh);
+        assert!(Arc::ptr_eq(&edited[1], &first[1]) && Arc::ptr_eq(&edited[2], &first[2]));
+        assert!(ids.before.is_empty(), "no whole naming ran");
+        // A copy is not an edit: named whole, to the same names.
+        let copy = cfg.clone();
+        assert_eq!(named(&mut ids, &copy), edited);
+        assert!(!ids.before.is_empty(), "named whole");
     }
 }

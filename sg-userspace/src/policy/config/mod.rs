@@ -9,6 +9,7 @@
 
 mod error;
 mod identities;
+mod lineage;
 mod reread;
 mod tree;
 mod validate;
@@ -27,6 +28,7 @@ use serde::{Serialize, Serializer};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use identities::Identities;
+pub use lineage::{Edit, Lineage};
 pub use reread::{ReadKind, Reader};
 
 /// At most this many groups on one interface (the provider's limit).
@@ -63,6 +65,9 @@ pub struct Config {
     pub prefix_lists: Vec<PrefixList>,
     pub interfaces: Vec<InterfaceBinding>,
     pub sessions: SessionSettings,
+    /// Read whole, or one rule's edit of a config read before ([`Lineage`]).
+    #[serde(skip)]
+    pub lineage: Lineage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -20,9 +20,12 @@
 //! changes direction (the interfaces' rule counts) go back to a whole read. Anything the
 //! one-table read does not accept (an error, a header in the changed text, a multi-line
 //! string) is read whole too, so errors are always reported as a whole read reports them.
+//!
+//! A config read this way records the edit in its [`Lineage`]: the rule and the config
+//! it was made to, so the compile and the apply can redo that rule's part alone.
 
 use super::validate::{self, Scope};
-use super::{Config, ConfigErrors};
+use super::{Config, ConfigErrors, Lineage};
 
 /// How [`Reader::read`] read the latest text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,13 +165,16 @@ fn read_one_rule(last: &mut Last, text: &str) -> bool {
     }
     rule.id = previous.id;
     rule.line = line;
+    let rank_before = previous.rank();
     let shift = count_newlines(new_table.as_bytes()) as isize - count_newlines(old_table) as isize;
+    let rule_id = rule.id;
     last.config.groups[group].rules[index] = rule;
     if shift != 0 {
         for later in last.config.groups.iter_mut().flat_map(|g| &mut g.rules).filter(|r| r.line > line) {
             later.line = later.line.saturating_add_signed(shift);
         }
     }
+    last.config.lineage = Lineage::edited(&last.config.lineage, rule_id, rank_before);
     last.text = text.to_string();
     true
 }

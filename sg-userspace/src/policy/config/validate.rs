@@ -15,7 +15,7 @@ use super::error::{Checked, ConfigErrors, Diagnostics, Reported};
 use super::tree::{self, Field, Located, Node, Span, Table};
 use super::values::{self, PortSpec};
 use super::{
-    Action, Config, Direction, Family, GroupKind, IcmpMatch, InterfaceBinding, MAX_DESCRIPTION_CHARS,
+    Action, Config, Direction, Family, GroupKind, IcmpMatch, InterfaceBinding, Lineage, MAX_DESCRIPTION_CHARS,
     MAX_GROUPS_PER_INTERFACE, MAX_PREFIX_LIST_ENTRIES, Mode, PRIORITY_RANGE, Peer, PortRange, PrefixList, Protocol,
     Rule, SESSION_RANGES, SecurityGroup, SessionSettings,
 };
@@ -202,7 +202,7 @@ impl<'d, 't> Builder<'d, 't> {
         };
         let groups = std::mem::take(&mut self.groups);
         let prefix_lists = std::mem::take(&mut self.lists);
-        Ok(Config { groups, prefix_lists, interfaces, sessions })
+        Ok(Config { groups, prefix_lists, interfaces, sessions, lineage: Lineage::default() })
     }
 
     // ----- generic field readers -----

@@ -147,3 +147,61 @@ fn chains_of_port_protocol_and_action_edits_decide_as_whole_compiles() {
     // Action flips reorder rules of one priority, which compiles whole; most edits do not.
     assert!(incremental >= 30, "only {incremental} of 60 edits compiled from the set before");
 }
+
+/// Edits the reader reads as one rule's (ports, actions, priorities, peers), compiled
+/// through the cache from the lineage alone (the edited rule's matcher made again, not
+/// every rule's), decide as whole compiles, and leave the cache holding the matchers a
+/// whole build makes.
+#[test]
+fn reader_edits_compiled_from_their_lineage_decide_as_whole_compiles() {
+    let mut rng = Lcg(0x11ea6e);
+    let mut text = rules_file(300, &mut rng);
+    let mut reader = crate::policy::config::Reader::default();
+    let mut cache = CompileCache::default();
+    let cfg = reader.read(&text, "inc.toml").unwrap_or_else(|e| panic!("{}", e.errors[0]));
+    let iface = cfg.interfaces[0].clone();
+    cache.compile(cfg, &iface, Direction::Ingress).expect("compiles");
+    let mut one_rule_reads = 0;
+    for round in 0..40 {
+        // The nth rule's table, edited in one of its lines.
+        let starts: Vec<usize> = text.match_indices("[[security_group.rule]]").map(|(at, _)| at).collect();
+        let n = rng.next(starts.len() as u64) as usize;
+        let end = starts.get(n + 1).copied().unwrap_or_else(|| text.find("[[interface]]").expect("interface"));
+        let table = &text[starts[n]..end];
+        let edited = match round % 4 {
+            0 if table.contains("port_range") => {
+                let first = 1 + rng.next(3000);
+                let at = table.find("port_range = \"").expect("ports");
+                let close = at + table[at..].find('\n').expect("line end");
+                format!("{}port_range = \"{first}/{}\"{}", &table[..at], first + rng.next(50), &table[close..])
+            }
+            1 => table
+                .replacen("\"accept\"", "\"@\"", 1)
+                .replacen("\"drop\"", "\"accept\"", 1)
+                .replacen("\"@\"", "\"drop\"", 1),
+            2 => {
+                let at = table.find("priority = ").expect("priority");
+                let close = at + table[at..].find('\n').expect("line end");
+                format!("{}priority = {}{}", &table[..at], 1 + rng.next(20), &table[close..])
+            }
+            _ => {
+                let at = table.find("source = \"").expect("a source");
+                let close = at + table[at..].find('\n').expect("line end");
+                format!("{}source = \"198.19.{}.0/24\"{}", &table[..at], rng.next(256), &table[close..])
+            }
+        };
+        let next = format!("{}{edited}{}", &text[..starts[n]], &text[end..]);
+        let Ok(cfg) = reader.read(&next, "inc.toml") else { continue };
+        let inc = cache.compile(cfg, &iface, Direction::Ingress).expect("compiles");
+        let full = compile(cfg, &iface, Direction::Ingress).expect("compiles");
+        assert_same_decisions(&inc, &full, cfg);
+        let key = (iface.name.clone(), Direction::Ingress);
+        let kept = &cache.last[&key].from;
+        assert!(*kept == super::super::matchers(cfg, &iface, Direction::Ingress).expect("builds"), "round {round}");
+        text = next;
+        one_rule_reads += usize::from(reader.last_kind() == Some(crate::policy::config::ReadKind::OneRule));
+    }
+    assert!(one_rule_reads >= 25, "only {one_rule_reads} of 40 edits read as one rule's");
+    assert_eq!(cache.from_edit, one_rule_reads, "every one-rule read compiled from its lineage");
+    assert!(cache.recompiled >= 5, "only {} compiled from the set before", cache.recompiled);
+}

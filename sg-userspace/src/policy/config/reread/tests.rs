@@ -254,3 +254,25 @@ fn a_rule_left_out_as_a_duplicate_comes_back_when_the_rule_it_repeats_changes() 
     assert_eq!(agree(&mut reader, &changed), Some(ReadKind::Whole));
     assert_eq!(reader.read(&changed, FILE).expect("valid").groups[1].rules.len(), 7);
 }
+
+/// A one-rule read records the edited rule and the config it was made to; a whole read
+/// and a copy record none.
+#[test]
+fn one_rule_reads_record_their_edit_in_the_lineage() {
+    let mut reader = Reader::default();
+    let text = file(20);
+    let first = reader.read(&text, FILE).expect("valid").lineage.serial();
+    let edited = replace_nth(&text, "port_range = \"1005/1005\"", "port_range = \"2005/2005\"", 0);
+    let second = {
+        let cfg = reader.read(&edited, FILE).expect("valid");
+        let edit = cfg.lineage.edit_of(Some(first)).expect("an edit of the first read");
+        let rule = cfg.rules().find(|r| r.port_range.first == 2005).expect("the edited rule");
+        assert_eq!((edit.rule_id, edit.rank_before), (rule.id, rule.rank()));
+        assert_eq!(cfg.clone().lineage.edit_of(Some(first)), None, "a copy is detached");
+        cfg.lineage.serial()
+    };
+    assert_eq!(reader.last_kind(), Some(ReadKind::OneRule));
+    let whole = reader.read(&edited.replace("max_sessions = 4096", "max_sessions = 4000"), FILE).expect("valid");
+    assert_eq!(whole.lineage.edit_of(Some(second)), None);
+    assert_eq!(reader.last_kind(), Some(ReadKind::Whole));
+}
