@@ -172,9 +172,11 @@ impl InterfaceState {
     /// Whether the installed set of `hook` was written from `compiled` with `keys`.
     fn holds(&self, hook: u32, compiled: &Arc<Compiled>, keys: &[HandleKey]) -> bool {
         let source = if hook == stats::HOOK_INGRESS { &self.ingress_source } else { &self.egress_source };
-        // Mostly the very rule set the compile cache returned: `Arc`'s comparison is then
-        // a pointer compare.
-        self.installed(hook).is_some() && source.as_ref().is_some_and(|s| s.compiled == *compiled && s.keys == keys)
+        // The compile cache returns the very rule set it compiled before when the rules did
+        // not change, so the same set is the same `Arc` (comparing contents would read
+        // megabytes to find the first difference of a changed one).
+        self.installed(hook).is_some()
+            && source.as_ref().is_some_and(|s| Arc::ptr_eq(&s.compiled, compiled) && s.keys == keys)
     }
 }
 
@@ -476,15 +478,14 @@ impl Enforcer {
                     report.unchanged += 1;
                     continue;
                 }
-                let source = Source { compiled: Arc::clone(c), keys: keys.clone() };
                 let spare = self.spares.remove(&(*ifindex, hook));
                 // The handles of the set this one replaces, bit by bit: most bits are the
                 // same rule as before.
                 let hints = self.installed.get(ifindex).and_then(|s| s.installed(hook)).map(|i| i.handles.clone());
-                match self.install(c, keys, hints.as_deref().unwrap_or_default(), spare) {
+                match self.install(c, &keys, hints.as_deref().unwrap_or_default(), spare) {
                     Ok((installed, written)) => {
                         report.entries_written += written;
-                        *place = Some((installed, source));
+                        *place = Some((installed, Source { compiled: Arc::clone(c), keys }));
                     }
                     Err(err) => {
                         written = Err(err);
@@ -940,7 +941,7 @@ impl Enforcer {
     fn install(
         &mut self,
         c: &Arc<Compiled>,
-        keys: Vec<HandleKey>,
+        keys: &[HandleKey],
         hints: &[u32],
         spare: Option<Spare>,
     ) -> Result<(Installed, usize)> {
@@ -956,7 +957,7 @@ impl Enforcer {
     fn install_over(
         &mut self,
         c: &Arc<Compiled>,
-        keys: Vec<HandleKey>,
+        keys: &[HandleKey],
         hints: &[u32],
         spare: &mut Option<Spare>,
     ) -> Result<(Installed, usize)> {
@@ -964,7 +965,7 @@ impl Enforcer {
         // Handles new to a rule start their counters at zero (all in one batch).
         let mut new_handles = Vec::new();
         let release = |this: &mut Self, handles: &[u32]| handles.iter().for_each(|h| this.handles.release(*h));
-        for (bit, (key, info)) in keys.into_iter().zip(&c.rules).enumerate() {
+        for (bit, (key, info)) in keys.iter().zip(&c.rules).enumerate() {
             match self.handles.acquire_hinted(key, hints.get(bit).copied(), info.rule_id, info.step) {
                 Some((handle, fresh)) => {
                     handles.push(handle);

@@ -704,12 +704,13 @@ fn main() -> Result<()> {
                 matches!(r.protocol, sgctl::policy::config::Protocol::Tcp | sgctl::policy::config::Protocol::Udp)
             })
             .map(|r| r.line)
-            .take(10)
+            .take(if s.quick { 10 } else { 40 })
             .collect();
         let mut sequence = Vec::new();
         let mut next = text.clone();
-        for line in &ported {
-            next = with_port_moved(&next, *line)?;
+        // Each to a port of its own, so no edit makes its rule a duplicate of another.
+        for (round, line) in ported.iter().enumerate() {
+            next = with_port_moved(&next, *line, 61_000 + round as u16)?;
             sequence.push(next.clone());
         }
         let mut reader = sgctl::policy::config::Reader::default();
@@ -819,13 +820,12 @@ fn main() -> Result<()> {
 
 /// `text` with the destination port of the rule whose header is on `line` moved to 1,
 /// or to 2 when it is 1.
-fn with_port_moved(text: &str, line: usize) -> Result<String> {
+fn with_port_moved(text: &str, line: usize, port: u16) -> Result<String> {
     let header = text.split_inclusive('\n').take(line - 1).map(str::len).sum::<usize>();
     let key = "port_range = \"";
     let at = header + text[header..].find(key).context("a ported rule has a port_range")? + key.len();
     let end = at + text[at..].find('"').context("a closing quote")?;
-    let port = if &text[at..end] == "1/1" { "2/2" } else { "1/1" };
-    Ok(format!("{}{port}{}", &text[..at], &text[end..]))
+    Ok(format!("{}{port}/{port}{}", &text[..at], &text[end..]))
 }
 
 /// The array entries (vectors, chunks, bounds, rule info, tables and blocks) a compiled

@@ -43,6 +43,9 @@ pub struct Identities {
     misses: usize,
     /// This round's rules, by rule id.
     now: Vec<Option<(Parts, Arc<str>)>>,
+    /// `now`'s identities alone, by rule id: what [`Identities::get`] reads for every bit
+    /// of a rule set, in rank order (a sixth of `now`'s size, so it stays in cache).
+    by_id: Vec<Option<Arc<str>>>,
     /// The serial of the config `now` names, when it names every rule of one
     /// ([`Identities::name`]).
     named: Option<u64>,
@@ -57,14 +60,12 @@ impl Identities {
             let parts = Parts::of(rule);
             let at = rule.id as usize;
             if !self.now.get(at).and_then(Option::as_ref).is_some_and(|(was, _)| *was == parts) {
-                if self.now.len() <= at {
-                    self.now.resize(at + 1, None);
-                }
-                self.now[at] = Some((parts, rule.identity(cfg).into()));
+                self.put(at, parts, rule.identity(cfg).into());
             }
         } else {
             self.begin(cfg);
             self.now.reserve(self.before.len());
+            self.by_id.reserve(self.before.len());
             for rule in cfg.rules() {
                 self.of(cfg, rule);
             }
@@ -74,13 +75,24 @@ impl Identities {
 
     /// The identity of rule `id` of the config [`Identities::name`] named last.
     pub fn get(&self, id: u32) -> Option<&Arc<str>> {
-        self.now.get(id as usize).and_then(Option::as_ref).map(|(_, identity)| identity)
+        self.by_id.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Records `identity` (of `parts`) for rule id `at` this round.
+    fn put(&mut self, at: usize, parts: Parts, identity: Arc<str>) {
+        if self.now.len() <= at {
+            self.now.resize(at + 1, None);
+            self.by_id.resize(at + 1, None);
+        }
+        self.by_id[at] = Some(Arc::clone(&identity));
+        self.now[at] = Some((parts, identity));
     }
 
     /// Starts naming the rules of `cfg`: identities the round before did not ask for are
     /// forgotten.
     pub fn begin(&mut self, cfg: &Config) {
         self.named = None;
+        self.by_id.clear();
         self.before = std::mem::take(&mut self.now);
         self.by_parts = None;
         self.misses = 0;
@@ -123,10 +135,7 @@ impl Identities {
                 }
             }
         };
-        if self.now.len() <= at {
-            self.now.resize(at + 1, None);
-        }
-        self.now[at] = Some((parts, Arc::clone(&identity)));
+        self.put(at, parts, Arc::clone(&identity));
         identity
     }
 }
