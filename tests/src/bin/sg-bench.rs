@@ -747,15 +747,16 @@ fn main() -> Result<()> {
         let whole = ruleset_entries(&compile(&cfg, &cfg.interfaces[0], Direction::Ingress)?);
         writeln!(
             report,
-            "One-rule change at {n} rules (each file the one before with one more rule's port moved, median of {}), \
+            "One-rule change at {n} rules (each file the one before with one more rule's port moved to a port of \
+             its own, median of {}), \
              end to end from the file's text to the new rules in force: {:.1} ms (min-max {:.1}-{:.1}; read {:.2}, \
              compile {:.1}, write and switch {:.1}), {:.0} array entries written (of {whole} in the set; min-max \
              {:.0}-{:.0}). The agent reads a text that differs from the one before inside one rule's table by reading \
              that table alone (a whole read of this file: {parse:.1} ms), compiles the changed direction from its \
-             rule set before (a port, protocol or action edit flips the rule's bit in the port tables it touches), \
-             and writes the new set over the ranges of the set before last, only the entries that differ, each \
-             at its own index; unchanged rules keep their identities and handles without formatting or hashing \
-             them (target for 16,384 rules: at most 5 ms end to end: {}).\n",
+             rule set before, making the edited rule's matcher alone (the reader says which rule it edited; a \
+             port, protocol or action edit flips the rule's bit in the port tables it touches), and writes the \
+             new set over the ranges of the set before last, only the entries that differ, each at its own index; \
+             unchanged rules keep their identities and handles without formatting or hashing them (target for 16,384 rules: at most 5 ms end to end: {}).\n",
             sequence.len() - 2,
             one.median,
             one.min,
@@ -770,9 +771,9 @@ fn main() -> Result<()> {
                 "met".to_string()
             } else {
                 format!(
-                    "missed ({:.1} ms); what remains is per-rule work over the whole set: the compile's matchers \
-                     and its copy of the set before, the handle keys, and the in-place comparison of the set with \
-                     the ranges' contents",
+                    "missed ({:.1} ms); what remains is work over the whole text or set: the read's compare of \
+                     the two texts, the compile's copy of the set before, every bit's handle key, and the \
+                     in-place comparison of the set with the ranges' contents",
                     one.median
                 )
             },
