@@ -418,12 +418,12 @@ impl FlowCacheEntry {
                 }
             }
             // An egress entry's hits are the instance's segments: the latest one's
-            // acknowledgement is the instance's latest (hits come after the slow-path
-            // packet that made the entry, and the slow path folds before it updates).
+            // acknowledgement is this CPU's latest; another CPU may have folded a later
+            // one already, so the anchor only moves ahead.
             if let Some(ack) = self.pending_ack()
                 && session.anchors & anchor::INSTANCE_ACK != 0
             {
-                session.instance_ack = ack;
+                session.instance_ack = crate::session::later_ack(session.instance_ack, ack);
             }
             session.packets += self.packets;
             self.packets = 0;

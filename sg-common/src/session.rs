@@ -374,9 +374,21 @@ pub fn take_anchors(s: &mut Session, ingress: bool, meta: &PacketMeta) {
         s.instance_syn = meta.tcp_seq.wrapping_add(1);
     }
     if flags & tcp_flag::ACK != 0 && flags & tcp_flag::RST == 0 {
+        s.instance_ack =
+            if s.anchors & anchor::INSTANCE_ACK != 0 { later_ack(s.instance_ack, meta.tcp_ack) } else { meta.tcp_ack };
         s.anchors |= anchor::INSTANCE_ACK;
-        s.instance_ack = meta.tcp_ack;
     }
+}
+
+/// The later of two of the instance's acknowledgements of one connection, in sequence
+/// space. They only advance, so the one further ahead is the latest, whichever CPU saw
+/// it and whenever it is folded in: segments of one connection may leave on two CPUs
+/// within one jiffy, and an older one must not move the anchor back (a RST at the
+/// anchor would then miss the instance's receive window start, which its stack takes
+/// as a challenge rather than a reset).
+#[inline(always)]
+pub fn later_ack(current: u32, candidate: u32) -> u32 {
+    if (candidate.wrapping_sub(current) as i32) > 0 { candidate } else { current }
 }
 
 /// The key of a session: interface, protocol, and the two ends, low end first.

@@ -833,3 +833,18 @@ fn a_new_syn_on_the_tuple_forgets_the_old_connection_anchors() {
     assert_eq!(s.anchors, 0);
     assert!(tcp_plausible(&s, INGRESS, &segment(RST, 1 << 31, 0)));
 }
+
+/// The instance's acknowledgement only moves ahead, across the wrap too: an older one
+/// folded in late (another CPU's, or a delayed slow-path segment) leaves it where it is.
+#[test]
+fn the_instance_ack_only_moves_ahead() {
+    assert_eq!(later_ack(1000, 2000), 2000);
+    assert_eq!(later_ack(2000, 1000), 2000);
+    assert_eq!(later_ack(u32::MAX - 5, 10), 10, "across the wrap");
+    assert_eq!(later_ack(10, u32::MAX - 5), 10);
+    let mut s = answered(5000);
+    take_anchors(&mut s, EGRESS, &segment(ACK, 777, 4000));
+    assert_eq!(s.instance_ack, 5000, "an older acknowledgement does not move it back");
+    take_anchors(&mut s, EGRESS, &segment(ACK, 777, 6000));
+    assert_eq!(s.instance_ack, 6000);
+}

@@ -11,7 +11,7 @@ use sg_common::{
     FlowCacheSlot, FragmentKey, FragmentVerdict, Session, SessionKey, Timeouts,
     flow_cache::slot_of_key,
     ip_proto, map,
-    session::{anchor, assures, echo_identifier, state, table},
+    session::{anchor, assures, echo_identifier, later_ack, state, table},
     session_hints::{HINT_FLAGS, SessionHints, key_bit},
     stats,
 };
@@ -551,24 +551,19 @@ fn add_pending(
     epoch: u32,
     ns_per_jiffy: u64,
 ) {
-    // The instance's latest acknowledgement: the latest pending egress hit's, on any CPU.
-    let mut latest_ack: Option<(u64, u32)> = None;
+    // The instance's latest acknowledgement: the one furthest ahead of the pending egress
+    // hits', on any CPU (their hit times are jiffies, too coarse to order two segments).
     for cpu in slot.iter() {
         for entry in &cpu.entries {
             if let Some((packets, last_seen)) = entry.pending_for(key, session, epoch, ns_per_jiffy) {
                 session.packets += packets;
                 session.last_seen_ns = session.last_seen_ns.max(last_seen);
                 if let Some(ack) = entry.pending_ack()
-                    && latest_ack.is_none_or(|(at, _)| last_seen > at)
+                    && session.anchors & anchor::INSTANCE_ACK != 0
                 {
-                    latest_ack = Some((last_seen, ack));
+                    session.instance_ack = later_ack(session.instance_ack, ack);
                 }
             }
         }
-    }
-    if let Some((_, ack)) = latest_ack
-        && session.anchors & anchor::INSTANCE_ACK != 0
-    {
-        session.instance_ack = ack;
     }
 }
