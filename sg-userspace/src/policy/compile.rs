@@ -193,21 +193,9 @@ fn matchers(cfg: &Config, iface: &InterfaceBinding, dir: Direction) -> Result<Ve
     if !connected.is_empty() {
         out.push(Matcher::pseudo(step::INTRA_GROUP_ACCEPT, Action::Accept, connected));
     }
-    let mut group_peers: Vec<Option<Arc<[IpNet]>>> = vec![None; cfg.groups.len()];
-    let mut list_peers: Vec<Option<Arc<[IpNet]>>> = vec![None; cfg.prefix_lists.len()];
+    let mut peers = PeerLists::new(cfg);
     for rule in rules {
-        let peers = match rule.peer {
-            Peer::Cidr(net) => Peers::One(net.trunc()),
-            Peer::Group { group_index } => Peers::Shared(Arc::clone(
-                group_peers[group_index]
-                    .get_or_insert_with(|| cfg.groups[group_index].members.iter().copied().map(host_net).collect()),
-            )),
-            Peer::PrefixList { list_index } => Peers::Shared(Arc::clone(
-                list_peers[list_index]
-                    .get_or_insert_with(|| cfg.prefix_lists[list_index].entries.iter().map(IpNet::trunc).collect()),
-            )),
-        };
-        out.push(rule_matcher(rule, peers));
+        out.push(rule_matcher(rule, peers.of(cfg, rule.peer)));
     }
     let isolated: Vec<IpNet> = groups()
         .filter(|g| g.inner_access == Action::Drop)
@@ -240,18 +228,32 @@ fn rule_matcher(rule: &Rule, peers: Peers) -> Matcher {
     }
 }
 
-/// The matcher of rule `rule` of `cfg` as [`matchers`] makes it, alone.
-fn lone_rule_matcher(cfg: &Config, rule: &Rule) -> Matcher {
-    let peers = match rule.peer {
-        Peer::Cidr(net) => Peers::One(net.trunc()),
-        Peer::Group { group_index } => {
-            Peers::Shared(cfg.groups[group_index].members.iter().copied().map(host_net).collect())
+/// The peer lists of a config's groups and prefix lists, each built once and shared by
+/// every rule naming it.
+struct PeerLists {
+    groups: Vec<Option<Arc<[IpNet]>>>,
+    lists: Vec<Option<Arc<[IpNet]>>>,
+}
+
+impl PeerLists {
+    fn new(cfg: &Config) -> Self {
+        Self { groups: vec![None; cfg.groups.len()], lists: vec![None; cfg.prefix_lists.len()] }
+    }
+
+    /// What a rule with peer `peer` matches its peer against.
+    fn of(&mut self, cfg: &Config, peer: Peer) -> Peers {
+        match peer {
+            Peer::Cidr(net) => Peers::One(net.trunc()),
+            Peer::Group { group_index } => Peers::Shared(Arc::clone(
+                self.groups[group_index]
+                    .get_or_insert_with(|| cfg.groups[group_index].members.iter().copied().map(host_net).collect()),
+            )),
+            Peer::PrefixList { list_index } => Peers::Shared(Arc::clone(
+                self.lists[list_index]
+                    .get_or_insert_with(|| cfg.prefix_lists[list_index].entries.iter().map(IpNet::trunc).collect()),
+            )),
         }
-        Peer::PrefixList { list_index } => {
-            Peers::Shared(cfg.prefix_lists[list_index].entries.iter().map(IpNet::trunc).collect())
-        }
-    };
-    rule_matcher(rule, peers)
+    }
 }
 
 /// How one rule's edit ([`Edit`]) changes the matchers of an interface and direction
@@ -282,7 +284,7 @@ fn edited_matchers(
     let Some(bit) = from.iter().position(|m| m.info.step == step::RULE && m.info.rule_id == rule.id) else {
         return EditedMatchers::Other;
     };
-    let matcher = lone_rule_matcher(cfg, rule);
+    let matcher = rule_matcher(rule, PeerLists::new(cfg).of(cfg, rule.peer));
     if matcher == from[bit] { EditedMatchers::Same } else { EditedMatchers::Bit { bit, matcher } }
 }
 
@@ -680,6 +682,9 @@ impl CompileCache {
         let key = (iface.name.clone(), dir);
         self.used.insert(key.clone());
         let serial = cfg.lineage.serial();
+        // Set when the edit's own recompile failed: comparing every matcher would find
+        // the same one bit and fail the same way.
+        let mut edit_failed = false;
         // One rule's edit of the config compiled last: its matcher alone is made again.
         if let Some(last) = self.last.get_mut(&key)
             && let Some(edit) = cfg.lineage.edit_of(Some(last.serial))
@@ -707,6 +712,7 @@ impl CompileCache {
                         last.interned = interned;
                         return Ok(Arc::clone(&last.compiled));
                     }
+                    edit_failed = true;
                 }
                 EditedMatchers::Other => {}
             }
@@ -720,9 +726,11 @@ impl CompileCache {
                 last.serial = serial;
                 return Ok(Arc::clone(&last.compiled));
             }
-            garbage = last.garbage;
-            interned = last.interned.take();
-            again = incremental::recompile(&last.compiled, &last.from, &matchers, &mut garbage, &mut interned);
+            if !edit_failed {
+                garbage = last.garbage;
+                interned = last.interned.take();
+                again = incremental::recompile(&last.compiled, &last.from, &matchers, &mut garbage, &mut interned);
+            }
         }
         let compiled = Arc::new(match again {
             Some(compiled) => {
